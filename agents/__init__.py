@@ -1,0 +1,1 @@
+"""Runnable OCS agents shipped with ocs-locking (installed as ``ocs_locking.agents``)."""

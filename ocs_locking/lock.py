@@ -1,0 +1,674 @@
+"""TimeoutLock: one FIFO lock shared by worker threads and the Twisted reactor.
+
+Contract
+--------
+* **Single owner, not re-entrant.** A grant belongs to the thread that asked for
+  it (for :meth:`TimeoutLock.acquire_deferred`, the reactor thread). Only that
+  thread may :meth:`~TimeoutLock.release`; anyone else gets :class:`NotOwner`.
+* **FIFO.** Waiters are served strictly in arrival order, whether they wait in a
+  thread or through a Deferred. A release hands the lock directly to the first
+  waiter, so nobody can barge in between. :meth:`~TimeoutLock.release_and_acquire`
+  queues the holder behind everyone already waiting.
+* **One deadline.** ``timeout`` is measured once, from the call, on a monotonic
+  clock: ``0`` tries once, ``-1`` waits forever, ``None`` uses the default.
+* **Reactor-safe.** A call that could block (``timeout != 0``) made on the
+  reactor thread raises :class:`ReactorBlockingError` at once; reactor code uses
+  :meth:`~TimeoutLock.acquire_deferred`. Deferred waiters must be created on the
+  reactor thread; they are woken through ``reactor.callFromThread``.
+* **Shutdown.** :meth:`~TimeoutLock.close` wakes every waiter with
+  :class:`LockClosed` and refuses new acquires; the holder may still release.
+* **Observable.** :meth:`~TimeoutLock.status` returns a frozen snapshot;
+  listeners receive :class:`~ocs_locking.status.LockEvent` values in ``seq``
+  order, outside the internal mutex.
+
+This module knows nothing of OCS or the network: Twisted is used only for
+Deferreds and, lazily, the reactor to schedule timeouts.
+"""
+import math
+import threading
+import time
+from collections import deque
+
+from twisted.internet import defer
+from twisted.python import log as _twlog
+from twisted.python import threadable as _threadable
+
+from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
+from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
+
+__all__ = ['TimeoutLock', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
+           'LockTimeout']
+
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+_MAX_WAIT = threading.TIMEOUT_MAX
+
+# Waiter states. A waiter leaves WAITING exactly once, under the mutex.
+_WAITING, _GRANTED, _GAVE_UP, _CANCELLED, _CLOSED = range(5)
+
+
+def _in_reactor_thread(ident):
+    io = _threadable.ioThread
+    return io is not None and io == ident
+
+
+def _thread_name(ident):
+    for t in threading.enumerate():
+        if t.ident == ident:
+            return t.name
+    return str(ident)
+
+
+class _Waiter:
+    __slots__ = ('job', 'op', 'session_id', 'owner', 'since', 'state',
+                 'wake', 'deferred', 'timer', 'token')
+
+    def __init__(self, job, op, session_id, owner, since):
+        self.job = job
+        self.op = op
+        self.session_id = session_id
+        self.owner = owner
+        self.since = since
+        self.state = _WAITING
+        self.wake = None       # threading.Lock held until granted or closed
+        self.deferred = None   # or the Deferred handed to reactor code
+        self.timer = None
+        self.token = 0
+
+
+class _AcquireTimeout:
+    """Context manager returned by :meth:`TimeoutLock.acquire_timeout`."""
+    __slots__ = ('_lock', '_timeout', '_job', '_op', '_session_id', '_owner')
+
+    def __init__(self, lock, timeout, job, op, session_id):
+        self._lock = lock
+        self._timeout = timeout
+        self._job = job
+        self._op = op
+        self._session_id = session_id
+        self._owner = None
+
+    def __enter__(self):
+        if self._lock._acquire(self._timeout, self._job, self._op, self._session_id):
+            self._owner = _get_ident()
+            return True
+        return False
+
+    def __exit__(self, *exc):
+        # Release only a hold this thread still has: after a failed
+        # release_and_acquire the lock belongs to someone else (ocs released it
+        # anyway, letting two threads talk to the hardware at once).
+        owner = self._owner
+        if owner is not None:
+            lock = self._lock
+            if lock._owner == owner and not lock._by_deferred:
+                lock.release()
+        return False
+
+
+class _Hold(_AcquireTimeout):
+    """Context manager returned by :meth:`TimeoutLock.hold`: raises if not acquired."""
+    __slots__ = ()
+
+    def __enter__(self):
+        if not _AcquireTimeout.__enter__(self):
+            raise LockTimeout(
+                f'could not acquire {self._lock.status().describe()}')
+        return self._lock
+
+
+class TimeoutLock:
+    """A fair, owner-checked lock with timeouts, for OCS agents.
+
+    Drop-in for :class:`ocs.ocs_twisted.TimeoutLock`: same methods, arguments
+    and return values. See the module docstring for the full contract.
+
+    Args:
+        default_timeout (float): timeout used when a call passes ``None``
+            (default 0: try once).
+        name (str): name used in messages, status and events.
+        reactor: the Twisted reactor used by :meth:`acquire_deferred` to
+            schedule timeouts and wake-ups; defaults to the global reactor,
+            looked up on first use. Tests may pass a
+            :class:`twisted.internet.task.Clock` with ``callFromThread``.
+    """
+
+    def __init__(self, default_timeout=0, *, name='lock', reactor=None):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f'name must be a non-empty string, not {name!r}')
+        self.name = name
+        self._default_timeout = 0
+        self._default_timeout = self._check_timeout(default_timeout)
+        self._reactor = reactor
+        self._mutex = threading.Lock()
+        # Holder state. Invariant: _owner is None => _waiters is empty
+        # (a release hands the lock straight to the first waiter).
+        self._owner = None          # thread ident of the holder
+        self._by_deferred = False   # granted through acquire_deferred
+        self._job = None
+        self._op = None
+        self._session_id = None
+        self._since = 0.0           # monotonic time of the grant
+        self._token = 0             # grants so far; the holder's token
+        self._waiters = deque()     # of _Waiter, FIFO
+        self._closed = False
+        # Counters (see LockCounters).
+        self._n_acquired = 0
+        self._n_released = 0
+        self._n_timed_out = 0
+        self._n_cancelled = 0
+        self._n_handoffs = 0
+        self._longest_hold = 0.0
+        self._longest_wait = 0.0
+        # Listeners and the ordered queue of events still to deliver.
+        self._listeners = ()
+        self._events = deque()
+        self._emit_lock = threading.Lock()
+        self._seq = 0
+
+    # -- argument checks (before any state is touched) ----------------------
+
+    def _check_timeout(self, timeout):
+        if timeout is None:
+            return self._default_timeout
+        t = type(timeout)
+        if (t is int or t is float) and 0 <= timeout < math.inf:
+            return timeout
+        if t is bool or not isinstance(timeout, (int, float)):
+            raise TypeError(f'timeout must be a number or None, not '
+                            f'{t.__name__} {timeout!r}')
+        if timeout == -1 or timeout == math.inf:
+            return -1
+        if timeout >= 0:
+            return float(timeout)
+        raise ValueError(f'timeout must be >= 0 or -1 (wait forever), not {timeout!r}')
+
+    @staticmethod
+    def _check_job(job, op, session_id):
+        if job is not None and type(job) is not str:
+            raise TypeError(f'job must be a string or None, not {type(job).__name__} {job!r}')
+        if op is not None and type(op) is not str:
+            raise TypeError(f'op must be a string or None, not {type(op).__name__} {op!r}')
+        if session_id is not None and (type(session_id) is not int):
+            raise TypeError(f'session_id must be an int or None, not '
+                            f'{type(session_id).__name__} {session_id!r}')
+
+    def _refuse_on_reactor(self, what, timeout, me):
+        if timeout != 0 and _in_reactor_thread(me):
+            raise ReactorBlockingError(
+                f"{what}(timeout={timeout!r}) on TimeoutLock '{self.name}' would "
+                f"block the reactor thread; use acquire_deferred() or timeout=0")
+
+    # -- the one place a grant is made (mutex held) --------------------------
+
+    def _grant(self, owner, by_deferred, job, op, session_id, now):
+        self._owner = owner
+        self._by_deferred = by_deferred
+        self._job = job
+        self._op = op
+        self._session_id = session_id
+        self._since = now
+        self._token += 1
+        self._n_acquired += 1
+        if self._listeners:
+            self._queue_event('acquired', job, op, session_id, now, self._token)
+
+    def _handoff(self, now):
+        """Give the lock to the first waiter (mutex held). Returns that waiter."""
+        w = self._waiters.popleft()
+        w.state = _GRANTED
+        waited = now - w.since
+        if waited > self._longest_wait:
+            self._longest_wait = waited
+        self._n_handoffs += 1
+        self._grant(w.owner, w.deferred is not None, w.job, w.op, w.session_id, now)
+        w.token = self._token
+        return w
+
+    def _end_hold(self, now):
+        """Account for the end of the current hold (mutex held)."""
+        held = now - self._since
+        if held > self._longest_hold:
+            self._longest_hold = held
+        self._n_released += 1
+        if self._listeners:
+            self._queue_event('released', self._job, self._op, self._session_id,
+                              self._since, self._token)
+
+    def _free(self):
+        self._owner = None
+        self._by_deferred = False
+        self._job = self._op = self._session_id = None
+
+    def _wake(self, w):
+        """Tell a waiter its state changed (mutex NOT held)."""
+        if w.deferred is None:
+            w.wake.release()
+        else:
+            self._get_reactor().callFromThread(self._settle_deferred, w)
+
+    # -- thread API ---------------------------------------------------------
+
+    @property
+    def job(self):
+        """The job name of the current holder, or None when free."""
+        return self._job
+
+    def acquire(self, timeout=None, job=None, *, op=None, session_id=None):
+        """Acquire the lock, waiting at most ``timeout`` seconds.
+
+        Args:
+            timeout (float): None for the default timeout; 0 to try once; -1
+                to wait forever; > 0 for one deadline for the whole call.
+            job (str): name recorded as the holder's job (``lock.job``).
+            op (str): the OCS operation taking the lock, for status/events.
+            session_id (int): that operation's session id.
+
+        Returns:
+            bool: True if this thread now holds the lock.
+
+        Raises:
+            ReactorBlockingError: a wait (timeout != 0) on the reactor thread.
+            LockClosed: the lock is closed, or was closed while waiting.
+            RuntimeError: this thread already holds the lock and would wait
+                for itself.
+        """
+        timeout = self._check_timeout(timeout)
+        if (job is not None and type(job) is not str) or op is not None \
+                or session_id is not None:
+            self._check_job(job, op, session_id)
+        return self._acquire(timeout, job, op, session_id)
+
+    def _acquire(self, timeout, job, op, session_id):
+        # Arguments already checked. The uncontended path is inlined: it is
+        # what every locked operation pays.
+        me = _get_ident()
+        if timeout != 0 and _threadable.ioThread == me:
+            self._refuse_on_reactor('acquire', timeout, me)
+        now = _monotonic()
+        with self._mutex:
+            if self._owner is None and not self._closed:
+                self._owner = me
+                self._job = job
+                self._op = op
+                self._session_id = session_id
+                self._since = now
+                self._token += 1
+                self._n_acquired += 1
+                if not self._listeners:
+                    return True
+                self._queue_event('acquired', job, op, session_id, now, self._token)
+                granted = True
+            elif self._closed:
+                raise LockClosed(f"TimeoutLock '{self.name}' is closed")
+            elif timeout == 0:
+                return False
+            elif self._owner == me and not self._by_deferred:
+                raise RuntimeError(
+                    f"TimeoutLock '{self.name}' is already held by this thread "
+                    f"(job {self._job!r}); it is not re-entrant")
+            else:
+                w = self._enqueue_thread(job, op, session_id, me, now)
+                granted = None
+        if self._events:
+            self._drain()
+        if granted is not None:
+            return granted
+        return self._wait(w, None if timeout == -1 else now + timeout)
+
+    def _enqueue_thread(self, job, op, session_id, me, now):
+        w = _Waiter(job, op, session_id, me, now)
+        w.wake = threading.Lock()
+        w.wake.acquire()
+        self._waiters.append(w)
+        if self._listeners:
+            self._queue_event('waiting', job, op, session_id, now, 0)
+        return w
+
+    def _wait(self, w, deadline):
+        """Block until ``w`` is granted, closed, or the deadline passes."""
+        wake = w.wake
+        if deadline is None:
+            wake.acquire()
+        else:
+            while not wake.acquire(timeout=min(max(deadline - _monotonic(), 0), _MAX_WAIT)):
+                if _monotonic() >= deadline:
+                    break
+        with self._mutex:
+            state = w.state
+            if state == _WAITING:
+                self._waiters.remove(w)
+                w.state = _GAVE_UP
+                self._n_timed_out += 1
+                if self._listeners:
+                    self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+        if self._events:
+            self._drain()
+        if state == _GRANTED:
+            return True
+        if state == _CLOSED:
+            raise LockClosed(f"TimeoutLock '{self.name}' was closed while waiting")
+        return False
+
+    def release(self):
+        """Release the lock; only the holder may.
+
+        If anyone waits, the lock passes directly to the first waiter.
+
+        Raises:
+            NotOwner: the calling thread does not hold the lock.
+        """
+        me = _get_ident()
+        with self._mutex:
+            if self._owner != me:
+                raise NotOwner(self._not_owner_message('release'))
+            now = _monotonic()
+            if not self._waiters and not self._listeners:
+                # Uncontended: end the hold inline.
+                held = now - self._since
+                if held > self._longest_hold:
+                    self._longest_hold = held
+                self._n_released += 1
+                self._owner = None
+                self._by_deferred = False
+                self._job = self._op = self._session_id = None
+                return
+            w = self._release_locked(now)
+        if w is not None:
+            self._wake(w)
+        if self._events:
+            self._drain()
+
+    def _release_locked(self, now):
+        self._end_hold(now)
+        if self._waiters:
+            return self._handoff(now)
+        self._free()
+        return None
+
+    def _not_owner_message(self, what):
+        if self._owner is None:
+            return f"cannot {what} TimeoutLock '{self.name}': it is not held"
+        return (f"cannot {what} TimeoutLock '{self.name}': it is held by job "
+                f"{self._job!r} in another thread; only the holder may release it")
+
+    def release_and_acquire(self, timeout=None):
+        """Let every current waiter have the lock, then take it back.
+
+        With nobody waiting this returns True at once and the caller keeps the
+        lock. Otherwise the caller queues behind every waiter present now and
+        waits at most ``timeout`` for its turn, keeping its job name.
+
+        Returns:
+            bool: True if the caller holds the lock again. On False the caller
+            does **not** hold the lock (and ``acquire_timeout`` will not
+            release it on exit).
+
+        Raises:
+            NotOwner: the caller does not hold the lock.
+            ReactorBlockingError: timeout != 0 on the reactor thread.
+            LockClosed: the lock is closed (the caller's hold is released).
+        """
+        timeout = self._check_timeout(timeout)
+        me = _get_ident()
+        if timeout != 0 and _threadable.ioThread == me:
+            self._refuse_on_reactor('release_and_acquire', timeout, me)
+        w = mine = None
+        with self._mutex:
+            if self._owner != me:
+                raise NotOwner(self._not_owner_message('release_and_acquire'))
+            if not self._waiters and not self._closed:
+                return True
+            now = _monotonic()
+            job, op, session_id = self._job, self._op, self._session_id
+            w = self._release_locked(now)
+            closed = self._closed
+            if not closed and timeout != 0:
+                mine = self._enqueue_thread(job, op, session_id, me, now)
+        if w is not None:
+            self._wake(w)
+        if self._events:
+            self._drain()
+        if closed:
+            raise LockClosed(f"TimeoutLock '{self.name}' is closed; the hold was released")
+        if mine is None:
+            return False
+        return self._wait(mine, None if timeout == -1 else now + timeout)
+
+    def acquire_timeout(self, timeout=None, job='unnamed', *, op=None, session_id=None):
+        """Context manager: try to acquire; yields True if acquired.
+
+        On exit it releases the lock only if this thread still holds it, so a
+        failed :meth:`release_and_acquire` inside the block never releases
+        someone else's hold. Prefer :meth:`hold`, which cannot be misused::
+
+            with lock.acquire_timeout(3, job='set_heater') as acquired:
+                if not acquired:
+                    return False, f'Lock held by {lock.job}'
+                ...
+        """
+        timeout = self._check_timeout(timeout)
+        if (job is not None and type(job) is not str) or op is not None \
+                or session_id is not None:
+            self._check_job(job, op, session_id)
+        return _AcquireTimeout(self, timeout, job, op, session_id)
+
+    def hold(self, timeout=None, job=None, *, op=None, session_id=None):
+        """Context manager that holds the lock or raises :class:`LockTimeout`.
+
+        The body never runs unlocked; the lock is released on exit if still
+        held by this thread.
+        """
+        timeout = self._check_timeout(timeout)
+        self._check_job(job, op, session_id)
+        return _Hold(self, timeout, job, op, session_id)
+
+    # -- reactor API --------------------------------------------------------
+
+    def _get_reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def acquire_deferred(self, timeout=None, job=None, *, op=None, session_id=None):
+        """Acquire from reactor code; never blocks.
+
+        Joins the same FIFO queue as thread waiters. Call it on the reactor
+        thread. The grant belongs to the reactor thread: release it from
+        reactor code with :meth:`release`.
+
+        Returns:
+            Deferred: fires True when acquired, False when ``timeout`` passes
+            first (at once for ``timeout=0`` if the lock is busy); errbacks
+            with :class:`LockClosed` if the lock is (or gets) closed.
+            Cancelling it withdraws the request, or releases the lock if it
+            had just been granted.
+        """
+        timeout = self._check_timeout(timeout)
+        self._check_job(job, op, session_id)
+        me = _get_ident()
+        io = _threadable.ioThread
+        if self._reactor is None and io is not None and io != me:
+            raise RuntimeError(
+                f"acquire_deferred on TimeoutLock '{self.name}' must be called "
+                f"from the reactor thread; worker threads use acquire()")
+        now = _monotonic()
+        w = None
+        with self._mutex:
+            if self._closed:
+                result = defer.fail(LockClosed(f"TimeoutLock '{self.name}' is closed"))
+            elif self._owner is None:
+                self._grant(me, True, job, op, session_id, now)
+                result = defer.succeed(True)
+            elif timeout == 0:
+                result = defer.succeed(False)
+            else:
+                w = _Waiter(job, op, session_id, me, now)
+                w.deferred = result = defer.Deferred(lambda d: self._cancel_deferred(w))
+                self._waiters.append(w)
+                if self._listeners:
+                    self._queue_event('waiting', job, op, session_id, now, 0)
+        if w is not None and timeout > 0:
+            w.timer = self._get_reactor().callLater(timeout, self._deferred_timed_out, w)
+        if self._events:
+            self._drain()
+        return result
+
+    def _deferred_timed_out(self, w):
+        w.timer = None
+        with self._mutex:
+            if w.state != _WAITING:
+                return  # granted or closed: _settle_deferred fires it
+            self._waiters.remove(w)
+            w.state = _GAVE_UP
+            self._n_timed_out += 1
+            if self._listeners:
+                self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+        if self._events:
+            self._drain()
+        w.deferred.callback(False)
+
+    def _cancel_deferred(self, w):
+        handed = None
+        with self._mutex:
+            state = w.state
+            if state == _WAITING:
+                self._waiters.remove(w)
+            elif state == _GRANTED and self._token == w.token:
+                # Granted but not yet delivered: give it to the next in line.
+                handed = self._release_locked(_monotonic())
+            w.state = _CANCELLED
+            if state in (_WAITING, _GRANTED):
+                self._n_cancelled += 1
+                if self._listeners:
+                    self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+        if w.timer is not None and w.timer.active():
+            w.timer.cancel()
+        if handed is not None:
+            self._wake(handed)
+        if self._events:
+            self._drain()
+        # Leaving the Deferred uncalled makes Twisted errback CancelledError.
+
+    def _settle_deferred(self, w):
+        """Deliver a grant or a close to a Deferred waiter (reactor thread)."""
+        if w.timer is not None and w.timer.active():
+            w.timer.cancel()
+        w.timer = None
+        if w.state == _GRANTED:
+            w.deferred.callback(True)
+        elif w.state == _CLOSED:
+            w.deferred.errback(LockClosed(
+                f"TimeoutLock '{self.name}' was closed while waiting"))
+        # _CANCELLED: the Deferred already failed with CancelledError.
+
+    # -- shutdown -----------------------------------------------------------
+
+    def close(self):
+        """Refuse new acquires and wake every waiter with :class:`LockClosed`.
+
+        The current holder keeps the lock until it releases. Idempotent.
+        """
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            woken = list(self._waiters)
+            self._waiters.clear()
+            for w in woken:
+                w.state = _CLOSED
+            if self._listeners:
+                self._queue_event('closed', None, None, None, None, 0)
+        for w in woken:
+            self._wake(w)
+        if self._events:
+            self._drain()
+
+    @property
+    def closed(self):
+        return self._closed
+
+    # -- observability ------------------------------------------------------
+
+    def status(self):
+        """A consistent :class:`~ocs_locking.status.LockStatus` snapshot."""
+        with self._mutex:
+            now = _monotonic()
+            wall = time.time() - now
+            holder = None
+            if self._owner is not None:
+                holder = HolderInfo(
+                    job=self._job, op=self._op, session_id=self._session_id,
+                    thread=('reactor' if self._by_deferred else _thread_name(self._owner)),
+                    since=wall + self._since, held_for=now - self._since,
+                    token=self._token)
+            waiters = tuple(
+                WaiterInfo(job=w.job, op=w.op, session_id=w.session_id,
+                           since=wall + w.since, waited_for=now - w.since,
+                           reactor=w.deferred is not None)
+                for w in self._waiters)
+            counters = LockCounters(
+                acquired=self._n_acquired, released=self._n_released,
+                timed_out=self._n_timed_out, cancelled=self._n_cancelled,
+                handoffs=self._n_handoffs, longest_hold=self._longest_hold,
+                longest_wait=self._longest_wait)
+            return LockStatus(name=self.name, holder=holder, waiters=waiters,
+                              counters=counters, closed=self._closed)
+
+    def held_by_me(self):
+        """True if the calling thread holds the lock (reactor grants count
+        for the reactor thread)."""
+        return self._owner == _get_ident()
+
+    def add_listener(self, fn):
+        """Call ``fn(event)`` for every later :class:`LockEvent`.
+
+        Listeners run in the thread that caused the event, outside the lock's
+        mutex, one event at a time and in ``seq`` order; they may call
+        :meth:`status`. An exception in a listener is logged and dropped.
+        """
+        if not callable(fn):
+            raise TypeError(f'listener must be callable, not {fn!r}')
+        with self._mutex:
+            self._listeners = self._listeners + (fn,)
+
+    def remove_listener(self, fn):
+        with self._mutex:
+            self._listeners = tuple(f for f in self._listeners if f is not fn)
+
+    def _queue_event(self, event, job, op, session_id, since_mono, token):
+        # mutex held: seq order == queue order == delivery order
+        self._seq += 1
+        since = None if since_mono is None else time.time() - (_monotonic() - since_mono)
+        self._events.append(LockEvent(
+            lock=self.name, event=event, job=job, op=op, session_id=session_id,
+            since=since, waiters=len(self._waiters), token=token, seq=self._seq))
+
+    def _drain(self):
+        events = self._events
+        while events:
+            # Whoever holds _emit_lock delivers; others leave their events to
+            # it, and it re-checks the queue after letting go.
+            if not self._emit_lock.acquire(blocking=False):
+                return
+            try:
+                while events:
+                    try:
+                        ev = events.popleft()
+                    except IndexError:
+                        break
+                    for fn in self._listeners:
+                        try:
+                            fn(ev)
+                        except Exception:
+                            _twlog.err(None, f"listener {fn!r} of TimeoutLock "
+                                             f"'{self.name}' failed")
+            finally:
+                self._emit_lock.release()
+
+    def __repr__(self):
+        holder = 'free' if self._owner is None else f'held by {self._job!r}'
+        state = ' closed' if self._closed else ''
+        return (f"<TimeoutLock '{self.name}' {holder}, "
+                f"{len(self._waiters)} waiting{state}>")

@@ -1,0 +1,8 @@
+"""The ``ocs.plugins`` entry point: which agents ``ocs-agent-cli`` can launch."""
+package_name = 'ocs_locking'
+agents = {
+    'SimulatedDeviceAgent': {
+        'module': 'ocs_locking.agents.simulated_device.agent',
+        'entry_point': 'main',
+    },
+}
