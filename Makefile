@@ -1,0 +1,45 @@
+# The two commands: `make run` (demo site) and `make test` (whole suite).
+# Each creates what it needs on first use and is quick once set up.
+PYTHON ?= python3
+VENV := .venv
+CBVENV := .venv-crossbar
+PIP_QUIET := --quiet --disable-pip-version-check
+export PIP_NO_INPUT := 1
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's notes about unreachable local mirrors are noise; real errors still fail.
+QUIET_PIP := sed -u '/^WARNING: Location/d'
+
+.PHONY: run test venv crossbar bench docs clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,docs]' 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/python -c "import ocs_locking, ocs, pytest, sphinx" 
+	touch $@
+
+$(CBVENV)/.installed: site-config/crossbar/requirements.txt
+	test -x $(CBVENV)/bin/python || $(PYTHON) -m venv $(CBVENV)
+	$(CBVENV)/bin/pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(CBVENV)/bin/pip install $(PIP_QUIET) -r site-config/crossbar/requirements.txt 2>&1 | $(QUIET_PIP)
+	$(CBVENV)/bin/crossbar version > /dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+crossbar: $(CBVENV)/.installed
+
+run: venv crossbar
+	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m ocs_locking.devsite run site-config/default.yaml --host demo --workdir run
+
+test: venv crossbar
+	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+bench: venv
+	$(VENV)/bin/python benchmarks/lock_bench.py
+
+docs: venv
+	$(VENV)/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) $(CBVENV) run docs/_build *.egg-info
