@@ -282,8 +282,16 @@ def _banner(site):
     return '\n'.join(lines)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args=None):
     opts = make_parser().parse_args(args)
+    # Ctrl-C and SIGTERM both stop everything we started, even when this runs
+    # in the background (where a shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         site = Site(opts.site_file, opts.host, opts.workdir, crossbar=opts.crossbar)
         with site:
