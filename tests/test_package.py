@@ -1,0 +1,55 @@
+"""Packaging: the wheel carries the agents as ocs_locking.agents and the
+ocs.plugins entry point, and ocs-agent-cli's plugin discovery finds them."""
+import configparser
+import importlib
+import os
+import subprocess
+import sys
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_wheel_contains_agents_and_plugin_entry_point(tmp_path):
+    """When the project is built as a wheel (what `pip install .` installs),
+    the top-level agents/ directory lands in ocs_locking/agents and the wheel
+    declares the ocs.plugins entry point."""
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+         '-q', '-w', str(tmp_path), REPO],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [wheel] = list(tmp_path.glob('ocs_locking-*.whl'))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
+    assert 'ocs_locking/agents/simulated_device/agent.py' in names
+    assert 'ocs_locking/lock.py' in names
+    cfg = configparser.ConfigParser()
+    cfg.read_string(entry_points)
+    assert cfg['ocs.plugins']['ocs_locking'] == 'ocs_locking.plugin'
+
+
+def test_ocs_agent_cli_discovers_every_agent_of_the_plugin():
+    """When ocs-agent-cli builds its agent list, each agent class of this
+    plugin maps to an importable module with the named entry point."""
+    from ocs.agent_cli import build_agent_list
+
+    from ocs_locking import plugin
+    agents = build_agent_list()
+    for name, info in plugin.agents.items():
+        assert agents[name] == info
+        module = importlib.import_module(info['module'])
+        assert callable(getattr(module, info['entry_point']))
+
+
+def test_lock_core_imports_nothing_from_ocs_or_the_network():
+    """When ocs_locking.lock is imported alone, neither ocs, autobahn nor a
+    Twisted reactor is loaded (the core stays free of OCS and network code)."""
+    code = ('import sys, ocs_locking.lock; '
+            'bad = [m for m in ("ocs", "autobahn", "twisted.internet.reactor") if m in sys.modules]; '
+            'print(bad)')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]'
