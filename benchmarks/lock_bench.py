@@ -130,6 +130,8 @@ def _wait_blocked(name, lock, announced, n_waiting):
 def _interleaved(body, rounds, n):
     """ns per iteration of ``body(lock, n)`` for each lock, median over rounds."""
     per = {name: [] for name in LOCKS}
+    for name in LOCKS:                      # warm-up, not timed
+        body(FACTORIES[name](), n // 10)
     for r in range(rounds):
         for name in LOCKS[r % 3:] + LOCKS[:r % 3]:
             lock = FACTORIES[name]()

@@ -329,21 +329,30 @@ class TimeoutLock:
         """Block until ``w`` is granted, closed, or the deadline passes."""
         wake = w.wake
         if deadline is None:
-            wake.acquire()
+            woken = wake.acquire()
         else:
-            while not wake.acquire(timeout=min(max(deadline - _monotonic(), 0), _MAX_WAIT)):
-                if _monotonic() >= deadline:
+            woken = False
+            while True:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
                     break
-        with self._mutex:
+                if wake.acquire(timeout=min(remaining, _MAX_WAIT)):
+                    woken = True
+                    break
+        if woken:
+            # Whoever released ``wake`` set the final state under the mutex first.
             state = w.state
-            if state == _WAITING:
-                self._waiters.remove(w)
-                w.state = _GAVE_UP
-                self._n_timed_out += 1
-                if self._listeners:
-                    self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
-        if self._events:
-            self._drain()
+        else:
+            with self._mutex:
+                state = w.state
+                if state == _WAITING:
+                    self._waiters.remove(w)
+                    w.state = _GAVE_UP
+                    self._n_timed_out += 1
+                    if self._listeners:
+                        self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+            if self._events:
+                self._drain()
         if state == _GRANTED:
             return True
         if state == _CLOSED:
@@ -363,17 +372,42 @@ class TimeoutLock:
             if self._owner != me:
                 raise NotOwner(self._not_owner_message('release'))
             now = _monotonic()
-            if not self._waiters and not self._listeners:
-                # Uncontended: end the hold inline.
+            if not self._listeners:
+                # The common cases inlined: they are on every operation's path,
+                # and a waiter is woken sooner the less we do before waking it.
                 held = now - self._since
                 if held > self._longest_hold:
                     self._longest_hold = held
                 self._n_released += 1
-                self._owner = None
-                self._by_deferred = False
-                self._job = self._op = self._session_id = None
-                return
-            w = self._release_locked(now)
+                if not self._waiters:
+                    self._owner = None
+                    self._by_deferred = False
+                    self._job = self._op = self._session_id = None
+                    return
+                w = self._waiters.popleft()
+                w.state = _GRANTED
+                self._owner = w.owner
+                self._job = w.job
+                self._by_deferred = w.deferred is not None
+                if w.deferred is None:
+                    # Wake the thread at once and finish the bookkeeping while
+                    # still holding the mutex: the waiter needs only its state,
+                    # the owner and the job; everyone else reads under the mutex.
+                    w.wake.release()
+                self._op = w.op
+                self._session_id = w.session_id
+                self._since = now
+                self._token += 1
+                w.token = self._token
+                self._n_acquired += 1
+                self._n_handoffs += 1
+                waited = now - w.since
+                if waited > self._longest_wait:
+                    self._longest_wait = waited
+                if w.deferred is None:
+                    return
+            else:
+                w = self._release_locked(now)
         if w is not None:
             self._wake(w)
         if self._events:
