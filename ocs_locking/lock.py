@@ -36,7 +36,7 @@ from twisted.python import threadable as _threadable
 from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
 from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
 
-__all__ = ['TimeoutLock', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
+__all__ = ['TimeoutLock', 'Cancel', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
            'LockTimeout']
 
 _get_ident = threading.get_ident
@@ -45,6 +45,24 @@ _MAX_WAIT = threading.TIMEOUT_MAX
 
 # Waiter states. A waiter leaves WAITING exactly once, under the mutex.
 _WAITING, _GRANTED, _GAVE_UP, _CANCELLED, _CLOSED = range(5)
+
+
+def check_timeout(timeout):
+    """Validate a timeout: a number >= 0, or -1 (or +inf) to wait forever.
+
+    Returns the value to use (-1 for forever); raises TypeError/ValueError
+    with a one-line message otherwise. ``None`` is not accepted here.
+    """
+    t = type(timeout)
+    if (t is int or t is float) and 0 <= timeout < math.inf:
+        return timeout
+    if t is bool or not isinstance(timeout, (int, float)):
+        raise TypeError(f'timeout must be a number or None, not {t.__name__} {timeout!r}')
+    if timeout == -1 or timeout == math.inf:
+        return -1
+    if timeout >= 0:
+        return float(timeout)
+    raise ValueError(f'timeout must be >= 0 or -1 (wait forever), not {timeout!r}')
 
 
 def _in_reactor_thread(ident):
@@ -74,6 +92,47 @@ class _Waiter:
         self.deferred = None   # or the Deferred handed to reactor code
         self.timer = None
         self.token = 0
+
+
+class Cancel:
+    """A token that ends a thread's wait for a lock early.
+
+    Pass it as ``cancel=`` to :meth:`TimeoutLock.acquire` or
+    :meth:`TimeoutLock.release_and_acquire`; :meth:`cancel` (from any thread)
+    makes a wait in progress return False at once, and any later wait with
+    this token return False without waiting. Used to stop a process that is
+    waiting for its lock.
+    """
+    __slots__ = ('_guard', '_cancelled', '_pending')
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._cancelled = False
+        self._pending = None    # (lock, waiter) while a wait is in progress
+
+    @property
+    def cancelled(self):
+        return self._cancelled
+
+    def cancel(self):
+        with self._guard:
+            self._cancelled = True
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0]._abort(pending[1])
+
+    def _attach(self, lock, w):
+        # Called with lock._mutex held. Returns False if already cancelled.
+        with self._guard:
+            if self._cancelled:
+                return False
+            self._pending = (lock, w)
+            return True
+
+    def _detach(self, w):
+        with self._guard:
+            if self._pending is not None and self._pending[1] is w:
+                self._pending = None
 
 
 class _AcquireTimeout:
@@ -174,14 +233,7 @@ class TimeoutLock:
         t = type(timeout)
         if (t is int or t is float) and 0 <= timeout < math.inf:
             return timeout
-        if t is bool or not isinstance(timeout, (int, float)):
-            raise TypeError(f'timeout must be a number or None, not '
-                            f'{t.__name__} {timeout!r}')
-        if timeout == -1 or timeout == math.inf:
-            return -1
-        if timeout >= 0:
-            return float(timeout)
-        raise ValueError(f'timeout must be >= 0 or -1 (wait forever), not {timeout!r}')
+        return check_timeout(timeout)
 
     @staticmethod
     def _check_job(job, op, session_id):
@@ -254,7 +306,7 @@ class TimeoutLock:
         """The job name of the current holder, or None when free."""
         return self._job
 
-    def acquire(self, timeout=None, job=None, *, op=None, session_id=None):
+    def acquire(self, timeout=None, job=None, *, op=None, session_id=None, cancel=None):
         """Acquire the lock, waiting at most ``timeout`` seconds.
 
         Args:
@@ -263,6 +315,8 @@ class TimeoutLock:
             job (str): name recorded as the holder's job (``lock.job``).
             op (str): the OCS operation taking the lock, for status/events.
             session_id (int): that operation's session id.
+            cancel (Cancel): a token whose ``cancel()`` ends the wait early
+                (the call then returns False).
 
         Returns:
             bool: True if this thread now holds the lock.
@@ -277,9 +331,11 @@ class TimeoutLock:
         if (job is not None and type(job) is not str) or op is not None \
                 or session_id is not None:
             self._check_job(job, op, session_id)
-        return self._acquire(timeout, job, op, session_id)
+        if cancel is not None and not isinstance(cancel, Cancel):
+            raise TypeError(f'cancel must be a Cancel token or None, not {cancel!r}')
+        return self._acquire(timeout, job, op, session_id, cancel)
 
-    def _acquire(self, timeout, job, op, session_id):
+    def _acquire(self, timeout, job, op, session_id, cancel=None):
         # Arguments already checked. The uncontended path is inlined: it is
         # what every locked operation pays.
         me = _get_ident()
@@ -308,16 +364,19 @@ class TimeoutLock:
                     f"TimeoutLock '{self.name}' is already held by this thread "
                     f"(job {self._job!r}); it is not re-entrant")
             else:
-                w = self._enqueue_thread(job, op, session_id, me, now)
-                granted = None
+                w = self._enqueue_thread(job, op, session_id, me, now, cancel)
+                granted = None if w is not None else False
         if self._events:
             self._drain()
         if granted is not None:
             return granted
-        return self._wait(w, None if timeout == -1 else now + timeout)
+        return self._wait(w, None if timeout == -1 else now + timeout, cancel)
 
-    def _enqueue_thread(self, job, op, session_id, me, now):
+    def _enqueue_thread(self, job, op, session_id, me, now, cancel=None):
+        """Queue a thread waiter (mutex held); None if ``cancel`` already fired."""
         w = _Waiter(job, op, session_id, me, now)
+        if cancel is not None and not cancel._attach(self, w):
+            return None
         w.wake = threading.Lock()
         w.wake.acquire()
         self._waiters.append(w)
@@ -325,8 +384,8 @@ class TimeoutLock:
             self._queue_event('waiting', job, op, session_id, now, 0)
         return w
 
-    def _wait(self, w, deadline):
-        """Block until ``w`` is granted, closed, or the deadline passes."""
+    def _wait(self, w, deadline, cancel=None):
+        """Block until ``w`` is granted, closed, cancelled or the deadline passes."""
         wake = w.wake
         if deadline is None:
             woken = wake.acquire()
@@ -353,11 +412,27 @@ class TimeoutLock:
                         self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
             if self._events:
                 self._drain()
+        if cancel is not None:
+            cancel._detach(w)
         if state == _GRANTED:
             return True
         if state == _CLOSED:
             raise LockClosed(f"TimeoutLock '{self.name}' was closed while waiting")
         return False
+
+    def _abort(self, w):
+        """End a thread waiter's wait (its call returns False); see Cancel."""
+        with self._mutex:
+            if w.state != _WAITING:
+                return
+            self._waiters.remove(w)
+            w.state = _CANCELLED
+            self._n_cancelled += 1
+            if self._listeners:
+                self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+        w.wake.release()
+        if self._events:
+            self._drain()
 
     def release(self):
         """Release the lock; only the holder may.
@@ -426,12 +501,13 @@ class TimeoutLock:
         return (f"cannot {what} TimeoutLock '{self.name}': it is held by job "
                 f"{self._job!r} in another thread; only the holder may release it")
 
-    def release_and_acquire(self, timeout=None):
+    def release_and_acquire(self, timeout=None, *, cancel=None):
         """Let every current waiter have the lock, then take it back.
 
         With nobody waiting this returns True at once and the caller keeps the
         lock. Otherwise the caller queues behind every waiter present now and
-        waits at most ``timeout`` for its turn, keeping its job name.
+        waits at most ``timeout`` for its turn, keeping its job name. A
+        :class:`Cancel` token passed as ``cancel`` ends that wait early.
 
         Returns:
             bool: True if the caller holds the lock again. On False the caller
@@ -444,6 +520,8 @@ class TimeoutLock:
             LockClosed: the lock is closed (the caller's hold is released).
         """
         timeout = self._check_timeout(timeout)
+        if cancel is not None and not isinstance(cancel, Cancel):
+            raise TypeError(f'cancel must be a Cancel token or None, not {cancel!r}')
         me = _get_ident()
         if timeout != 0 and _threadable.ioThread == me:
             self._refuse_on_reactor('release_and_acquire', timeout, me)
@@ -458,7 +536,7 @@ class TimeoutLock:
             w = self._release_locked(now)
             closed = self._closed
             if not closed and timeout != 0:
-                mine = self._enqueue_thread(job, op, session_id, me, now)
+                mine = self._enqueue_thread(job, op, session_id, me, now, cancel)
         if w is not None:
             self._wake(w)
         if self._events:
@@ -467,7 +545,7 @@ class TimeoutLock:
             raise LockClosed(f"TimeoutLock '{self.name}' is closed; the hold was released")
         if mine is None:
             return False
-        return self._wait(mine, None if timeout == -1 else now + timeout)
+        return self._wait(mine, None if timeout == -1 else now + timeout, cancel)
 
     def acquire_timeout(self, timeout=None, job='unnamed', *, op=None, session_id=None):
         """Context manager: try to acquire; yields True if acquired.
@@ -649,6 +727,10 @@ class TimeoutLock:
                 longest_wait=self._longest_wait)
             return LockStatus(name=self.name, holder=holder, waiters=waiters,
                               counters=counters, closed=self._closed)
+
+    def waiting(self):
+        """How many callers wait right now (a cheap read, no snapshot)."""
+        return len(self._waiters)
 
     def held_by_me(self):
         """True if the calling thread holds the lock (reactor grants count

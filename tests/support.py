@@ -6,6 +6,8 @@ import threading
 
 from twisted.internet import task
 
+from ocs_locking.testing import ReactorThread  # noqa: F401  (re-exported for the tests)
+
 WAIT = 10.0  # bound on every wait in the tests, in seconds
 
 
@@ -14,33 +16,6 @@ class FakeReactor(task.Clock):
 
     def callFromThread(self, f, *args, **kwargs):
         self.callLater(0, f, *args, **kwargs)
-
-
-class ReactorThread:
-    """The global Twisted reactor running in a daemon thread for the session."""
-
-    def __init__(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.thread = threading.Thread(
-            target=reactor.run, kwargs={'installSignalHandlers': False},
-            name='test-reactor', daemon=True)
-        started = threading.Event()
-        reactor.callWhenRunning(started.set)
-        self.thread.start()
-        assert started.wait(WAIT), 'reactor did not start'
-
-    def call(self, fn, *args, **kwargs):
-        """Run fn on the reactor thread; return its result or raise its error.
-
-        If fn returns a Deferred, wait for it.
-        """
-        from twisted.internet.threads import blockingCallFromThread
-        return blockingCallFromThread(self.reactor, fn, *args, **kwargs)
-
-    def stop(self):
-        self.reactor.callFromThread(self.reactor.stop)
-        self.thread.join(WAIT)
 
 
 class EventRecorder:

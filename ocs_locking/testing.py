@@ -1,0 +1,251 @@
+"""A kit for testing an agent's lock use without a crossbar router.
+
+The agent class is built on a mocked ``OCSAgent`` (as socs's own tests do);
+its operation methods are run in threads with a :class:`FakeSession`, their
+``params`` processed by ocs's own ``@ocs_agent.param`` handling. A
+:class:`LockProbe` records when each job waited for and got the lock, and a
+:class:`LockHog` holds the lock from another thread to drive the hard cases
+("the process cannot take the lock back", "stop while waiting")::
+
+    from ocs_locking.testing import LockProbe, mock_agent, run_op, start_op
+
+    def test_set_heater_gets_the_lock_while_acq_runs():
+        sim = SimulatedDeviceAgent(mock_agent(), ...)
+        probe = LockProbe(sim.lock)
+        acq = start_op(sim.acq, {'rate': 10})
+        probe.wait_for('acquired', job='acq')
+        ok, msg = run_op(sim.set_heater, {'value': 5})
+        assert ok, msg
+        probe.assert_acquired_within('set_heater', 0.25)
+        acq.stop(sim._stop_acq)
+        assert acq.result()[0]
+
+Every wait here is bounded (``timeout``, default 10 s) and fails with a
+message saying what did not happen.
+"""
+import threading
+import time
+from unittest import mock
+
+from .lock import TimeoutLock
+
+__all__ = ['FakeSession', 'mock_agent', 'start_op', 'run_op', 'RunningOp',
+           'LockProbe', 'LockHog', 'ReactorThread']
+
+WAIT = 10.0
+
+
+class FakeSession:
+    """Stands in for ``ocs.ocs_agent.OpSession`` in operation code."""
+
+    def __init__(self, op_name='op', session_id=0):
+        self.op_name = op_name
+        self.session_id = session_id
+        self.data = {}
+        self.messages = []
+        self.status = 'starting'
+        self.degraded = False
+        self.success = None
+        self.app = None
+
+    def set_status(self, status):
+        if status not in ('starting', 'running', 'stopping', 'done'):
+            raise ValueError(f'unknown session status {status!r}')
+        self.status = status
+
+    def add_message(self, message):
+        self.messages.append((time.time(), message))
+
+
+def mock_agent():
+    """A MagicMock ``OCSAgent`` (register_feed, publish_to_feed, log, ...)."""
+    return mock.MagicMock(name='OCSAgent')
+
+
+def _params(fn, params):
+    """Apply the operation's ``@ocs_agent.param`` declarations, as ocs does."""
+    prescreen = getattr(fn, '_ocs_prescreen', None)
+    if prescreen is None:
+        return dict(params or {})
+    from ocs.ocs_agent import ParamHandler
+    return ParamHandler(dict(params or {})).batch(prescreen)
+
+
+class RunningOp:
+    """An operation running in its own thread, like a ``blocking=True`` op."""
+
+    def __init__(self, fn, params=None, op_name=None, session_id=0):
+        self.params = _params(fn, params)
+        self.session = FakeSession(op_name or fn.__name__, session_id)
+        self._fn = fn
+        self._done = threading.Event()
+        self._result = self._error = None
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f'op-{self.session.op_name}')
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.session.set_status('running')
+            self._result = self._fn(self.session, self.params)
+        except BaseException as e:
+            self._error = e
+        finally:
+            self.session.set_status('done')
+            self._done.set()
+
+    @property
+    def done(self):
+        return self._done.is_set()
+
+    def result(self, timeout=WAIT):
+        """The operation's ``(ok, message)``; re-raises what it raised."""
+        if not self._done.wait(timeout):
+            raise AssertionError(f'{self.session.op_name} did not finish within {timeout} s')
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def stop(self, stopper, params=None):
+        """Call the process's stop function as ocs would; returns its result."""
+        self.session.set_status('stopping')
+        return stopper(self.session, params or {})
+
+
+def start_op(fn, params=None, op_name=None, session_id=0):
+    """Start ``fn(session, params)`` in a thread; returns a :class:`RunningOp`."""
+    return RunningOp(fn, params, op_name, session_id)
+
+
+def run_op(fn, params=None, op_name=None, session_id=0, timeout=WAIT):
+    """Run an operation to completion in a thread and return its result."""
+    return start_op(fn, params, op_name, session_id).result(timeout)
+
+
+class LockProbe:
+    """Records a lock's events with times so tests can wait on and measure them."""
+
+    def __init__(self, lock):
+        if not isinstance(lock, TimeoutLock):
+            raise TypeError(f'LockProbe needs a TimeoutLock, not {lock!r}')
+        self.lock = lock
+        self.events = []        # (monotonic time, LockEvent)
+        self._cond = threading.Condition()
+        lock.add_listener(self._record)
+
+    def _record(self, ev):
+        with self._cond:
+            self.events.append((time.monotonic(), ev))
+            self._cond.notify_all()
+
+    def close(self):
+        self.lock.remove_listener(self._record)
+
+    def _matching(self, event, job):
+        return [(t, e) for t, e in self.events
+                if e.event == event and (job is None or e.job == job)]
+
+    def wait_for(self, event, job=None, n=1, timeout=WAIT):
+        """Wait until ``n`` events of this kind (for ``job``) have happened."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self._matching(event, job)) >= n, timeout)
+        if not ok:
+            raise AssertionError(f'no {event!r} event for job {job!r} within {timeout} s; '
+                                 f'saw {[(e.event, e.job) for _, e in self.events]}')
+
+    def waited(self, job):
+        """Seconds the job's last grant waited (0.0 if it got the lock at once)."""
+        with self._cond:
+            got = self._matching('acquired', job)
+            if not got:
+                raise AssertionError(f'job {job!r} never acquired the lock')
+            t_got, ev = got[-1]
+            queued = [t for t, e in self._matching('waiting', job) if t <= t_got]
+            granted_before = [t for t, _ in got[:-1]]
+            if not queued or (granted_before and queued[-1] < granted_before[-1]):
+                return 0.0
+            return t_got - queued[-1]
+
+    def assert_acquired_within(self, job, bound):
+        """Fail unless the job's last grant came within ``bound`` seconds."""
+        waited = self.waited(job)
+        if waited > bound:
+            raise AssertionError(f'job {job!r} waited {waited:.3f} s for the lock '
+                                 f'(bound {bound} s)')
+        return waited
+
+
+class LockHog:
+    """Another operation that queues for the lock and holds it until released.
+
+    Use it to make a process's re-take fail (hold longer than its
+    ``retake_timeout``) or to keep a process waiting while it is stopped.
+    """
+
+    def __init__(self, lock, job='hog'):
+        self.lock = lock
+        self.job = job
+        self._holding = threading.Event()
+        self._let_go = threading.Event()
+        self._thread = None
+
+    def start(self, timeout=-1):
+        """Queue for the lock in a thread; returns at once."""
+        def hog():
+            if self.lock.acquire(timeout, job=self.job):
+                self._holding.set()
+                self._let_go.wait(60)
+                self.lock.release()
+        self._thread = threading.Thread(target=hog, daemon=True, name=f'hog-{self.job}')
+        self._thread.start()
+        return self
+
+    def wait_holding(self, timeout=WAIT):
+        if not self._holding.wait(timeout):
+            raise AssertionError(f'{self.job!r} did not get the lock within {timeout} s')
+
+    def release(self, timeout=WAIT):
+        self._let_go.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class ReactorThread:
+    """The global Twisted reactor running in a daemon thread, for tests of
+    reactor (``blocking=False``) operations and ``acquire_deferred``.
+
+    The reactor cannot be restarted: start one per test session.
+    """
+
+    def __init__(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.thread = threading.Thread(
+            target=reactor.run, kwargs={'installSignalHandlers': False},
+            name='test-reactor', daemon=True)
+        started = threading.Event()
+        reactor.callWhenRunning(started.set)
+        self.thread.start()
+        if not started.wait(WAIT):
+            raise RuntimeError('the reactor did not start')
+
+    def call(self, fn, *args, **kwargs):
+        """Run fn on the reactor thread and return its result, waiting for a
+        Deferred if it returns one; re-raises its error."""
+        from twisted.internet.threads import blockingCallFromThread
+        return blockingCallFromThread(self.reactor, fn, *args, **kwargs)
+
+    def run_op(self, fn, params=None, op_name=None, session_id=0):
+        """Run a reactor operation (may return a Deferred) to completion."""
+        session = FakeSession(op_name or fn.__name__, session_id)
+        return self.call(fn, session, _params(fn, params))
+
+    def stop(self):
+        self.reactor.callFromThread(self.reactor.stop)
+        self.thread.join(WAIT)
