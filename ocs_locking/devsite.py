@@ -8,6 +8,11 @@ integration tests, so both exercise the same start-up and shutdown code.
   127.0.0.1; the router is ready when its ``info`` (nodeinfo) path answers.
 * Agents are started with ``ocs-agent-cli`` (``python -m ocs.agent_cli`` of this
   interpreter), only after the router answers; each logs to ``<workdir>/logs``.
+* Simulated devices listed under the host's ``simulated-devices`` key (name,
+  port, channels, latency) are started before the agents, as processes of
+  ``python -m ocs_locking.agents.simulated_device.server``. When the site is
+  moved to free ports (``port=0``), each device gets a free port too and the
+  agents' ``--device-port`` arguments are rewritten to match.
 * crossbar runs from its own virtual environment: ``--crossbar``, else
   ``$OCS_LOCKING_CROSSBAR``, else ``.venv-crossbar/bin/crossbar`` beside the
   site config's repository, else ``crossbar`` on PATH.
@@ -91,6 +96,7 @@ class Site:
         for key in ('wamp_server', 'wamp_http', 'wamp_realm', 'address_root'):
             if not isinstance(hub.get(key), str):
                 raise SiteError(f"site config {site_file}: hub.{key} must be a string")
+        relocate = port == 0
         if port is None:
             port = int(hub['wamp_server'].rsplit(':', 1)[1].split('/')[0])
         elif port == 0:
@@ -100,7 +106,17 @@ class Site:
         hub['wamp_http'] = f'http://127.0.0.1:{port}/call'
         self.realm = hub['wamp_realm']
         self.address_root = hub['address_root']
-        self.instances = [i for i in (data['hosts'][host].get('agent-instances') or [])]
+        host_cfg = data['hosts'][host]
+        self.instances = list(host_cfg.get('agent-instances') or [])
+        self.devices = _device_specs(site_file, host_cfg.get('simulated-devices') or [])
+        if relocate:
+            moved = {}
+            for dev in self.devices:
+                new = free_port()
+                moved[dev['port']] = new
+                dev['port'] = new
+            for inst in self.instances:
+                inst['arguments'] = _rewrite_device_ports(inst.get('arguments') or [], moved)
         os.makedirs(os.path.join(self.workdir, 'logs'), exist_ok=True)
         self.site_file = os.path.join(self.workdir, 'site.yaml')
         with open(self.site_file, 'w') as f:
@@ -111,6 +127,7 @@ class Site:
         self.extra_agent_args = list(extra_agent_args)
         self.router = None
         self.agents = {}
+        self.device_procs = {}
 
     @property
     def client_args(self):
@@ -165,6 +182,44 @@ class Site:
             _stop(self.router, signal.SIGTERM, timeout)
             self.router = None
 
+    # -- simulated devices ------------------------------------------------------
+
+    def device(self, name):
+        for dev in self.devices:
+            if dev['name'] == name:
+                return dev
+        raise SiteError(f'no simulated device {name!r} in this site')
+
+    def start_device(self, name, timeout=30):
+        """Start one simulated device and wait until it accepts connections."""
+        dev = self.device(name)
+        log = open(self.log_path(f'device-{name}'), 'ab')
+        cmd = [sys.executable, '-u', '-m', 'ocs_locking.agents.simulated_device.server',
+               '--port', str(dev['port']), '--channels', str(dev['channels']),
+               '--latency', str(dev['latency']), '--serial', name]
+        proc = self.device_procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', dev['port']), timeout=1).close()
+                return proc
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                raise SiteError(f'simulated device {name} exited with code '
+                                f'{proc.returncode}; see {log.name}')
+            if time.monotonic() > deadline:
+                raise SiteError(f'simulated device {name} did not listen on port '
+                                f'{dev["port"]} within {timeout} s; see {log.name}')
+            time.sleep(0.05)
+
+    def stop_device(self, name, timeout=10):
+        proc = self.device_procs.pop(name, None)
+        if proc is not None:
+            _stop(proc, signal.SIGINT, timeout)
+
     # -- agents ---------------------------------------------------------------
 
     def agent_command(self, instance_id):
@@ -212,8 +267,10 @@ class Site:
             _stop(proc, signal.SIGINT, timeout)
 
     def start(self):
-        """Start the router, then every agent instance of the host."""
+        """Start the router and the simulated devices, then every agent instance."""
         self.start_router()
+        for dev in self.devices:
+            self.start_device(dev['name'])
         for inst in self.instances:
             self.start_agent(inst['instance-id'])
         for inst in self.instances:
@@ -222,6 +279,8 @@ class Site:
     def stop(self):
         for instance_id in list(self.agents):
             self.stop_agent(instance_id)
+        for name in list(self.device_procs):
+            self.stop_device(name)
         self.stop_router()
 
     def __enter__(self):
@@ -253,6 +312,47 @@ def _stop(proc, sig, timeout):
             proc.wait(timeout)
 
 
+def _device_specs(site_file, entries):
+    """Check the host's ``simulated-devices`` list; fill in defaults."""
+    if not isinstance(entries, list):
+        raise SiteError(f'site config {site_file}: simulated-devices must be a list')
+    specs, names = [], set()
+    for i, e in enumerate(entries):
+        where = f'site config {site_file}: simulated-devices[{i}]'
+        if not isinstance(e, dict) or not isinstance(e.get('name'), str) or not e['name']:
+            raise SiteError(f'{where} needs a name (a non-empty string)')
+        if e['name'] in names:
+            raise SiteError(f"{where}: duplicate name {e['name']!r}")
+        names.add(e['name'])
+        port = e.get('port')
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise SiteError(f'{where}: port must be an integer 1..65535, not {port!r}')
+        channels = e.get('channels', 4)
+        if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
+            raise SiteError(f'{where}: channels must be an integer 1..64, not {channels!r}')
+        latency = e.get('latency', 0.002)
+        if not isinstance(latency, (int, float)) or isinstance(latency, bool) \
+                or not 0 <= latency <= 10:
+            raise SiteError(f'{where}: latency must be seconds in 0..10, not {latency!r}')
+        unknown = set(e) - {'name', 'port', 'channels', 'latency'}
+        if unknown:
+            raise SiteError(f'{where}: unknown keys {sorted(unknown)}')
+        specs.append({'name': e['name'], 'port': port, 'channels': channels,
+                      'latency': latency})
+    return specs
+
+
+def _rewrite_device_ports(arguments, moved):
+    """Point ``--device-port`` arguments at the devices' new ports."""
+    out = []
+    for arg in arguments:
+        if isinstance(arg, list) and len(arg) == 2 and arg[0] == '--device-port' \
+                and arg[1] in moved:
+            arg = ['--device-port', moved[arg[1]]]
+        out.append(arg)
+    return out
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
         prog='python -m ocs_locking.devsite',
@@ -271,6 +371,9 @@ def _banner(site):
     lines = [f'ocs-locking demo site is up (logs in {site.workdir}/logs):',
              f'  crossbar router   ws://127.0.0.1:{site.port}/ws   '
              f'(HTTP calls: http://127.0.0.1:{site.port}/call, realm {site.realm})']
+    for dev in site.devices:
+        lines.append(f"  {dev['name']:<17} simulated device on 127.0.0.1:{dev['port']} "
+                     f"({dev['channels']} channels)")
     for inst in site.instances:
         lines.append(f"  {inst['instance-id']:<17} {inst['agent-class']} "
                      f"(pid {site.agents[inst['instance-id']].pid})")

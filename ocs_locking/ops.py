@@ -209,6 +209,8 @@ class YieldingHold:
             if self.result is None:
                 self.result = (True, f'Stopped on request after {n} samples.')
         finally:
+            if self.result is None:     # the caller left the loop early
+                self.result = (True, f'Ended after {n} samples.')
             lock.remove_listener(self._on_event)
             if lock.held_by_me():
                 lock.release()

@@ -1,114 +1,125 @@
-"""SimulatedDeviceAgent: a thermometry controller shared by a process and tasks.
+"""SimulatedDeviceAgent: a thermometry controller over TCP, shared by a process
+and tasks, written with the ocs_locking kit only.
 
-The ``acq`` process samples at ``rate`` Hz while holding the device lock and
-hands it to waiting tasks between samples (``release_and_acquire``); the tasks
-take the same lock with a 3 s timeout. ``set_heater`` waits in a worker thread,
-``get_reading`` waits on the reactor through ``acquire_deferred``: both join one
-FIFO queue.
+* ``self.lock`` (a :class:`~ocs_locking.TimeoutLock`) decides who may talk to
+  the device; ``@locked`` tasks take it, and the ``acq`` process holds it
+  through a :class:`~ocs_locking.ops.YieldingHold` that lends it to waiting
+  tasks between samples.
+* ``self.worker`` (a :class:`~ocs_locking.worker.DeviceWorker`) owns the TCP
+  driver: every device command runs on that one thread, whichever operation
+  (worker thread or reactor) asks for it.
+* A dropped connection is reported as "Device offline", never as lock
+  contention; the driver reconnects on the next command, so the agent
+  recovers when the device returns.
 """
 import argparse
 import os
-import time
 
 import txaio
 from ocs import ocs_agent, site_config
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking import TimeoutLock
-from ocs_locking.agents.simulated_device.device import SimulatedThermometry
+from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
+                                                        ThermometryClient)
+from ocs_locking.ops import YieldingHold, locked
+from ocs_locking.worker import DeviceWorker
 
 #: Seconds a task waits for the device lock.
 TASK_TIMEOUT = 3.0
-#: Seconds ``acq`` waits to take the lock back after letting tasks in.
+#: Seconds ``acq`` waits to take the lock back after lending it to a task.
 RETAKE_TIMEOUT = 10.0
+#: Query the device's collision counter every this many samples.
+STATS_EVERY = 10
 
 
 class SimulatedDeviceAgent:
-    """Agent for a simulated thermometry controller.
+    """Agent for a simulated thermometry controller reached over TCP.
 
     Args:
-        agent (OCSAgent): the agent object from ``ocs_agent.init_site_agent``.
-        channels (int): number of thermometer channels.
-        latency (float): seconds each device command takes.
+        agent (OCSAgent): from ``ocs_agent.init_site_agent``.
+        host (str): the device's address (loopback).
+        port (int): the device's TCP port.
+        timeout (float): seconds to wait for each device reply.
     """
 
-    def __init__(self, agent, channels=4, latency=0.002):
+    def __init__(self, agent, host='127.0.0.1', port=18101, timeout=2.0):
         self.agent = agent
         self.log = agent.log
-        self.device = SimulatedThermometry(channels=channels, latency=latency)
         self.lock = TimeoutLock(name='hw')
-        self.take_data = False
+        self.acq_hold = YieldingHold(self.lock, timeout=TASK_TIMEOUT,
+                                     retake_timeout=RETAKE_TIMEOUT)
+        self.driver = ThermometryClient(host, port, timeout=timeout)
+        self.worker = DeviceWorker('sim-device', on_stop=self.driver.close)
+        self.worker.start()
         agent.register_feed('temperatures', record=True,
                             agg_params={'frame_length': 60}, buffer_time=1.)
 
-    def _refusal(self, what):
-        return False, f'Could not {what}: lock {self.lock.status().describe()}'
+    def shutdown(self):
+        """Wake every waiter and stop the device thread (agent shutdown)."""
+        self.lock.close()
+        self.worker.stop()
 
     @ocs_agent.param('rate', default=10., type=float, check=lambda r: 0 < r <= 100)
     @ocs_agent.param('test_mode', default=False, type=bool)
     def acq(self, session, params):
         """acq(rate=10., test_mode=False)
 
-        **Process** - Sample every channel at ``rate`` Hz, holding the device
-        lock and handing it to waiting tasks between samples.
+        **Process** - Sample every channel at ``rate`` Hz while holding the
+        device lock, lending it to waiting tasks between samples.
 
         Parameters:
             rate (float, optional): samples per second, in (0, 100]. Default 10.
             test_mode (bool, optional): take one sample and exit.
 
         Notes:
-            The latest sample and the lock state are kept in session.data::
+            The latest sample, the device state and the lock state are kept
+            in session.data::
 
                 >>> response.session['data']
                 {'timestamp': 1700000000.1,
                  'channels': {'ch00': 0.1, 'ch01': 0.11, 'ch02': 0.12, 'ch03': 0.13},
                  'samples': 42,
+                 'device': 'online',
                  'collisions': 0,
-                 'lock': "'hw' held by 'acq' (session 0) for 4.2 s; 0 waiting"}
+                 'lock': {'holder': 'acq', 'session_id': 0, 'since': 1700000000.0,
+                          'waiters': 0, 'handovers': 3}}
 
+            While the device is unreachable ``device`` reads
+            ``'offline: <reason>'`` and the session is marked degraded; the
+            process keeps trying at every sample and recovers by itself.
         """
-        period = 1.0 / params['rate']
-        with self.lock.acquire_timeout(0, job='acq', op='acq',
-                                       session_id=session.session_id) as acquired:
-            if not acquired:
-                return self._refusal('start acq')
-            session.set_status('running')
-            self.take_data = True
-            samples = 0
-            next_sample = time.monotonic()
-            while self.take_data:
-                reading = self.device.read()
-                samples += 1
-                session.data.update(reading)
-                session.data.update(samples=samples, collisions=self.device.collisions,
-                                    lock=self.lock.status().describe())
-                self.agent.publish_to_feed('temperatures', {
-                    'timestamp': reading['timestamp'],
-                    'block_name': 'temps',
-                    'data': reading['channels']})
-                if params['test_mode']:
-                    break
-                next_sample += period
-                delay = next_sample - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:
-                    next_sample = time.monotonic()
-                # Let every waiting task in, then take the lock back.
-                if not self.lock.release_and_acquire(timeout=RETAKE_TIMEOUT):
-                    return False, (f'acq stopped: could not take the lock back within '
-                                   f'{RETAKE_TIMEOUT:g} s; {self.lock.status().describe()}')
-        return True, f'Acquisition exited cleanly after {samples} samples.'
+        offline = None
+        for n in self.acq_hold.run(session, period=1.0 / params['rate']):
+            try:
+                reading = self.worker.call(self.driver.read)
+                if n % STATS_EVERY == 1:
+                    session.data['collisions'] = self.worker.call(self.driver.stats)['collisions']
+            except DeviceOffline as e:
+                if offline is None:
+                    self.log.warn('acq: device offline: {e}', e=e)
+                offline = str(e)
+                session.degraded = True
+                session.data['device'] = f'offline: {e}'
+                continue
+            if offline is not None:
+                self.log.info('acq: device back online')
+                offline = None
+                session.degraded = False
+            session.data.update(reading, samples=n, device='online')
+            self.agent.publish_to_feed('temperatures', {
+                'timestamp': reading['timestamp'], 'block_name': 'temps',
+                'data': reading['channels']})
+            if params['test_mode']:
+                break
+        return self.acq_hold.result
 
     def _stop_acq(self, session, params):
-        if not self.take_data:
-            return False, 'acq is not running.'
-        self.take_data = False
-        session.set_status('stopping')
-        return True, 'Requested acq to stop.'
+        return self.acq_hold.stop()
 
     @ocs_agent.param('value', type=float, check=lambda v: 0 <= v <= 100)
+    @locked(timeout=TASK_TIMEOUT)
     def set_heater(self, session, params):
         """set_heater(value)
 
@@ -118,30 +129,28 @@ class SimulatedDeviceAgent:
             value (float): heater output in percent, 0 to 100.
 
         Notes:
-            On success session.data holds the value set::
+            On success session.data holds the value the device reports::
 
                 >>> response.session['data']
-                {'heater': 42.0, 'waited': 0.05}
+                {'heater': 42.0}
 
         """
-        t0 = time.monotonic()
-        with self.lock.acquire_timeout(TASK_TIMEOUT, job='set_heater', op='set_heater',
-                                       session_id=session.session_id) as acquired:
-            if not acquired:
-                return self._refusal('set heater')
-            waited = time.monotonic() - t0
-            value = self.device.set_heater(params['value'])
-        session.data = {'heater': value, 'waited': waited}
-        return True, f'Heater set to {value:g} % (waited {waited:.3f} s for the lock).'
+        try:
+            value = self.worker.call(self.driver.set_heater, params['value'])
+        except DeviceOffline as e:
+            return False, f'Device offline: {e}'
+        session.data = {'heater': value}
+        return True, f'Heater set to {value:g} %.'
 
     @ocs_agent.param('channel', default=None, type=int)
+    @locked(timeout=TASK_TIMEOUT)
     @inlineCallbacks
     def get_reading(self, session, params):
         """get_reading(channel=None)
 
-        **Task** - Read one channel (or all), waiting up to 3 s for the device.
-        Runs in the reactor: it waits through ``acquire_deferred`` in the same
-        queue as the thread-based operations.
+        **Task** - Read one channel (or all), waiting up to 3 s for the
+        device. Runs in the reactor: it waits for the lock through
+        ``acquire_deferred``, in the same queue as the thread operations.
 
         Parameters:
             channel (int, optional): channel number; all channels if omitted.
@@ -153,30 +162,47 @@ class SimulatedDeviceAgent:
                 {'timestamp': 1700000000.1, 'channels': {'ch00': 0.1}}
 
         """
-        channel = params['channel']
-        if channel is not None and not 0 <= channel < self.device.channels:
-            return False, (f'channel must be in 0..{self.device.channels - 1}, '
-                           f'not {channel}')
-        acquired = yield self.lock.acquire_deferred(
-            TASK_TIMEOUT, job='get_reading', op='get_reading', session_id=session.session_id)
-        if not acquired:
-            return self._refusal('read the device')
         try:
-            reading = yield threads.deferToThread(self.device.read, channel)
-        finally:
-            self.lock.release()
+            reading = yield self.worker.call_deferred(self.driver.read, params['channel'])
+        except DeviceOffline as e:
+            return False, f'Device offline: {e}'
+        except (DeviceError, ValueError) as e:
+            return False, f'Device refused: {e}'
         session.data = reading
         return True, 'Read {} channel(s).'.format(len(reading['channels']))
+
+    @locked(timeout=TASK_TIMEOUT)
+    def reconnect(self, session, params):
+        """reconnect()
+
+        **Task** - Drop the device connection and connect again.
+
+        Notes:
+            On success session.data holds the device identity::
+
+                >>> response.session['data']
+                {'idn': 'OCSLOCK,SIMTHERM,bridge-1,1.0'}
+
+        """
+        try:
+            self.worker.call(self.driver.reconnect)
+            idn = self.worker.call(self.driver.identify)
+        except DeviceOffline as e:
+            return False, f'Device offline: {e}'
+        session.data = {'idn': idn}
+        return True, f'Reconnected to {idn}.'
 
 
 def make_parser(parser=None):
     if parser is None:
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group('Agent Options')
-    pgroup.add_argument('--channels', type=int, default=4,
-                        help='Number of simulated thermometer channels (1..64).')
-    pgroup.add_argument('--latency', type=float, default=0.002,
-                        help='Seconds each device command takes (0..10).')
+    pgroup.add_argument('--device-host', default='127.0.0.1',
+                        help='Address of the simulated device (loopback).')
+    pgroup.add_argument('--device-port', type=int, default=18101,
+                        help='TCP port of the simulated device.')
+    pgroup.add_argument('--device-timeout', type=float, default=2.0,
+                        help='Seconds to wait for each device reply.')
     pgroup.add_argument('--mode', choices=['idle', 'acq'], default='acq',
                         help="Start the acq process at startup ('acq') or not.")
     return parser
@@ -187,17 +213,20 @@ def main(args=None):
     parser = make_parser()
     args = site_config.parse_args(agent_class='SimulatedDeviceAgent',
                                   parser=parser, args=args)
+    if not 1 <= args.device_port <= 65535:
+        parser.error(f'--device-port must be 1..65535, not {args.device_port}')
+    if not 0 < args.device_timeout <= 60:
+        parser.error(f'--device-timeout must be in (0, 60] seconds, not {args.device_timeout}')
     agent, runner = ocs_agent.init_site_agent(args)
-    try:
-        sim = SimulatedDeviceAgent(agent, channels=args.channels, latency=args.latency)
-    except ValueError as e:
-        parser.error(str(e))
+    sim = SimulatedDeviceAgent(agent, host=args.device_host, port=args.device_port,
+                               timeout=args.device_timeout)
     agent.register_process('acq', sim.acq, sim._stop_acq, blocking=True,
                            startup=(args.mode == 'acq'))
     agent.register_task('set_heater', sim.set_heater, blocking=True)
     agent.register_task('get_reading', sim.get_reading, blocking=False)
+    agent.register_task('reconnect', sim.reconnect, blocking=True)
     # Wake anything still waiting for the device when the agent shuts down.
-    reactor.addSystemEventTrigger('before', 'shutdown', sim.lock.close)
+    reactor.addSystemEventTrigger('before', 'shutdown', sim.shutdown)
     runner.run(agent, auto_reconnect=True)
 
 
