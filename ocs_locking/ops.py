@@ -19,6 +19,7 @@ import time
 from twisted.internet import defer
 from twisted.python import threadable
 
+from .errors import LockClosed
 from .lock import Cancel, TimeoutLock, check_timeout
 
 __all__ = ['locked', 'refusal', 'YieldingHold']
@@ -82,10 +83,17 @@ def locked(lock='lock', timeout=3.0, job=None):
             sid = getattr(session, 'session_id', None)
             if threadable.isInIOThread():
                 return _run_on_reactor(lk, timeout, name, op, sid, fn, self, session, params)
-            with lk.acquire_timeout(timeout, job=name, op=op, session_id=sid) as acquired:
+            try:
+                hold = lk.acquire_timeout(timeout, job=name, op=op, session_id=sid)
+                acquired = hold.__enter__()
+            except LockClosed:
+                return False, refusal(lk)
+            try:
                 if not acquired:
                     return False, refusal(lk, timeout)
                 return fn(self, session, params)
+            finally:
+                hold.__exit__(None, None, None)
         wrapper.__wrapped_lock__ = lock
         return wrapper
     return decorate
@@ -93,7 +101,10 @@ def locked(lock='lock', timeout=3.0, job=None):
 
 @defer.inlineCallbacks
 def _run_on_reactor(lk, timeout, name, op, sid, fn, self, session, params):
-    acquired = yield lk.acquire_deferred(timeout, job=name, op=op, session_id=sid)
+    try:
+        acquired = yield lk.acquire_deferred(timeout, job=name, op=op, session_id=sid)
+    except LockClosed:
+        return (False, refusal(lk))
     if not acquired:
         return (False, refusal(lk, timeout))
     try:
@@ -208,6 +219,9 @@ class YieldingHold:
                     break
             if self.result is None:
                 self.result = (True, f'Stopped on request after {n} samples.')
+        except LockClosed:
+            self.result = (True, f"Stopped after {n} samples: lock '{lock.name}' was "
+                                 f"closed (the agent is shutting down).")
         finally:
             if self.result is None:     # the caller left the loop early
                 self.result = (True, f'Ended after {n} samples.')

@@ -315,3 +315,33 @@ def test_YieldingHold_misuse_raises(dev):
     assert dev.lock.status().holder is None
     with pytest.raises(TypeError, match=r'^lock must be a TimeoutLock'):
         YieldingHold('hw')
+
+
+def test_locked_after_close_returns_the_closed_refusal(dev):
+    """When the lock is closed (agent shutting down), a decorated task returns
+    (False, message) instead of crashing with LockClosed."""
+    dev.lock.close()
+    assert run_op(dev.set_value, {'value': 1}) == (
+        False, "Could not acquire lock 'hw': it is closed (the agent is shutting down)")
+
+
+def test_locked_on_the_reactor_after_close_returns_the_closed_refusal(reactor_thread, dev):
+    """When the lock is closed, a decorated reactor task also returns the refusal."""
+    dev.lock.close()
+    ok, msg = reactor_thread.run_op(dev.reactor_op)
+    assert (ok, msg) == (False, "Could not acquire lock 'hw': it is closed "
+                                "(the agent is shutting down)")
+
+
+def test_YieldingHold_close_while_waiting_to_retake_ends_the_loop(dev):
+    """When the lock is closed while the loop waits to take it back, the loop
+    ends with a message saying the agent is shutting down."""
+    probe = LockProbe(dev.lock)
+    acq = start_op(dev.acq, {'period': 60.0})
+    probe.wait_for('acquired', job='acq')
+    with LockHog(dev.lock, job='long-task') as hog:
+        hog.wait_holding()
+        probe.wait_for('waiting', job='acq')
+        dev.lock.close()
+        assert acq.result() == (True, "Stopped after 1 samples: lock 'hw' was closed "
+                                      "(the agent is shutting down).")
