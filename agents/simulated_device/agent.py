@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking import TimeoutLock
+from ocs_locking.events import report_locks
 from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
                                                         ThermometryClient)
 from ocs_locking.ops import YieldingHold, locked
@@ -48,6 +49,7 @@ class SimulatedDeviceAgent:
         self.agent = agent
         self.log = agent.log
         self.lock = TimeoutLock(name='hw')
+        report_locks(agent, self.lock)      # lock events on this agent's 'locks' feed
         self.acq_hold = YieldingHold(self.lock, timeout=TASK_TIMEOUT,
                                      retake_timeout=RETAKE_TIMEOUT)
         self.driver = ThermometryClient(host, port, timeout=timeout)

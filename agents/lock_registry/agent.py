@@ -1,0 +1,262 @@
+"""LockRegistryAgent: one live lock-ownership table for the whole site.
+
+It listens to every agent's ``locks`` feed and heartbeat over crossbar and
+keeps :class:`ocs_locking.registry.table.OwnershipTable`; it publishes the
+table's changes on its ``ownership`` feed, per-lock figures on the recorded
+``lock_stats`` feed, and keeps the whole table in the ``monitor`` process's
+session.data. Everything runs on the reactor thread.
+"""
+import argparse
+import os
+import re
+import time
+
+import txaio
+from autobahn.twisted.util import sleep as dsleep
+from ocs import ocs_agent, site_config
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+
+from ocs_locking.registry.table import BadLockMessage, OwnershipTable
+
+#: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
+STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
+
+
+def _slug(key):
+    return re.sub(r'[^A-Za-z0-9_]', '_', key)
+
+
+class LockRegistryAgent:
+    """Gathers every agent's lock state into one table.
+
+    Args:
+        agent (OCSAgent): from ``ocs_agent.init_site_agent``.
+        address_root (str): the site's address root (``observatory``).
+        expiry (float): seconds without a heartbeat before an agent's locks
+            are marked stale.
+        snapshot_every (float): seconds between full snapshots on ``ownership``.
+        stats_every (float): seconds between ``lock_stats`` records.
+    """
+
+    def __init__(self, agent, address_root='observatory', expiry=5.0,
+                 snapshot_every=5.0, stats_every=10.0):
+        self.agent = agent
+        self.log = agent.log
+        self.root = address_root
+        self.table = OwnershipTable(expiry=expiry)
+        self.snapshot_every = snapshot_every
+        self.stats_every = stats_every
+        self._pending = {}
+        self._flush_call = None
+        self._session = None
+        agent.register_feed('ownership', record=False, max_messages=100)
+        agent.register_feed('lock_stats', record=True,
+                            agg_params={'frame_length': 60}, buffer_time=1.)
+        options = {'match': 'wildcard', 'details_arg': 'details'}
+        agent.subscribe_on_start(self._on_locks, f'{address_root}..feeds.locks', options)
+        agent.subscribe_on_start(self._on_heartbeat, f'{address_root}..feeds.heartbeat',
+                                 options)
+
+    # -- bus input (reactor thread) ---------------------------------------------
+
+    def _instance(self, details, feed_info, feed):
+        """The agent a feed message is from, checked against its topic."""
+        topic = getattr(details, 'topic', None) or ''
+        parts = topic.split('.')
+        if len(parts) != 4 or parts[0] != self.root or parts[2:] != ['feeds', feed]:
+            raise BadLockMessage(f'unexpected topic {topic!r}')
+        instance_id = parts[1]
+        address = f'{self.root}.{instance_id}'
+        if not isinstance(feed_info, dict) or feed_info.get('agent_address') != address \
+                or feed_info.get('feed_name') != feed:
+            claimed = feed_info.get('agent_address') if isinstance(feed_info, dict) else None
+            raise BadLockMessage(f'feed info claims {claimed!r}, but the message came '
+                                 f'on {topic}')
+        return instance_id
+
+    @staticmethod
+    def _unpack(data):
+        if not isinstance(data, (list, tuple)) or len(data) != 2:
+            raise BadLockMessage('a feed message must be [message, feed_info]')
+        return data
+
+    def _on_locks(self, data, details=None):
+        try:
+            message, feed_info = self._unpack(data)
+            instance_id = self._instance(details, feed_info, 'locks')
+            changes = self.table.lock_message(instance_id, message, time.time())
+        except BadLockMessage as e:
+            self.table.dropped += 1
+            self.log.warn('dropped lock message on {topic}: {err}',
+                          topic=getattr(details, 'topic', '?'), err=str(e))
+            return
+        self._publish(changes)
+
+    def _on_heartbeat(self, data, details=None):
+        try:
+            _, feed_info = self._unpack(data)
+            instance_id = self._instance(details, feed_info, 'heartbeat')
+        except BadLockMessage:
+            return          # not ours to judge: the ocs registry watches heartbeats
+        self._publish(self.table.heartbeat(instance_id, time.time()))
+
+    # -- output -------------------------------------------------------------------
+
+    def _publish(self, changes):
+        """Queue changed rows; publish them all at the end of this reactor turn."""
+        if not changes:
+            return
+        for row in changes:
+            self._pending[row['lock']] = row
+        if self._flush_call is None:
+            self._flush_call = reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        self._flush_call = None
+        rows, self._pending = list(self._pending.values()), {}
+        self.agent.publish_to_feed('ownership', {
+            'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
+            'rows': rows})
+        self._update_session()
+
+    def _publish_snapshot(self):
+        self.agent.publish_to_feed('ownership', {
+            'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': time.time(),
+            'rows': self.table.snapshot()})
+
+    def _publish_stats(self):
+        now = time.time()
+        for row in self.table.snapshot():
+            slug = _slug(row['lock'])
+            values = {
+                'held': int(row['job'] is not None or row['since'] is not None),
+                'waiters': row['waiters'],
+                'held_for': (now - row['since']) if row['since'] is not None else 0.0,
+                'acquired': row['acquired'],
+                'timed_out': row['timed_out'],
+                'alive': int(row['alive']),
+            }
+            data = {f'{slug}_{k}': v for k, v in values.items()}
+            tags = {f'{slug}_{k}': {'lock': row['lock'], 'agent': row['agent'], '_field': k}
+                    for k in values}
+            self.agent.publish_to_feed('lock_stats', {
+                'block_name': slug, 'timestamp': now, 'data': data,
+                'influxdb_tags': tags})
+
+    def _update_session(self):
+        session = self._session
+        if session is None:
+            return
+        session.data.update({
+            'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': time.time(),
+            'agents': {a.instance_id: {'alive': a.alive, 'last_seen': a.last_seen}
+                       for a in self.table.agents.values()}})
+
+    # -- operations -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def monitor(self, session, params):
+        """monitor()
+
+        **Process** - Keep the site's lock table: mark the locks of agents
+        whose heartbeats stopped as stale, publish snapshots on ``ownership``
+        and figures on ``lock_stats``. Started at startup.
+
+        Notes:
+            The whole table is kept in session.data, keyed
+            ``<instance-id>/<lock>``::
+
+                >>> response.session['data']
+                {'locks': {'sim-device-1/hw': {
+                    'lock': 'sim-device-1/hw', 'agent': 'sim-device-1', 'name': 'hw',
+                    'job': 'acq', 'op': 'acq', 'session_id': 0,
+                    'since': 1700000000.0, 'waiters': 0, 'token': 42, 'alive': True,
+                    'closed': False, 'acquired': 42, 'timed_out': 0,
+                    'longest_hold': 0.12, 'updated': 1700000100.0}},
+                 'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
+                 'seq': 1234, 'dropped': 0, 'timestamp': 1700000100.2}
+
+        """
+        session.set_status('running')
+        session.data = {'locks': self.table.rows}
+        self._session = session
+        self._update_session()
+        last_snapshot = last_stats = 0.0
+        tick = min(1.0, self.table.expiry / 5)
+        while session.status == 'running':
+            now = time.time()
+            self._publish(self.table.expire(now))
+            if now - last_snapshot >= self.snapshot_every:
+                last_snapshot = now
+                self._publish_snapshot()
+            if now - last_stats >= self.stats_every:
+                last_stats = now
+                self._publish_stats()
+            self._update_session()
+            yield dsleep(tick)
+        self._session = None
+        return True, 'Monitor stopped.'
+
+    @inlineCallbacks
+    def _stop_monitor(self, session, params):
+        yield
+        if session.status == 'running':
+            session.set_status('stopping')
+            return True, 'Stopping the monitor.'
+        return False, 'The monitor is not running.'
+
+    def status(self, session, params):
+        """status()
+
+        **Task** - Return the whole lock table now.
+
+        Notes:
+            session.data holds the rows, sorted by lock::
+
+                >>> response.session['data']
+                {'locks': [{'lock': 'sim-device-1/hw', 'agent': 'sim-device-1',
+                            'job': 'acq', 'session_id': 0, 'since': 1700000000.0,
+                            'waiters': 0, 'alive': True, ...}],
+                 'seq': 1234, 'dropped': 0}
+
+        """
+        rows = self.table.snapshot()
+        session.data = {'locks': rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
+        agents = {r['agent'] for r in rows}
+        return True, f'{len(rows)} lock(s) from {len(agents)} agent(s).'
+
+
+def make_parser(parser=None):
+    if parser is None:
+        parser = argparse.ArgumentParser()
+    pgroup = parser.add_argument_group('Agent Options')
+    pgroup.add_argument('--expiry', type=float, default=5.0,
+                        help='Seconds without a heartbeat before locks are stale.')
+    pgroup.add_argument('--snapshot-every', type=float, default=5.0,
+                        help='Seconds between full snapshots on the ownership feed.')
+    pgroup.add_argument('--stats-every', type=float, default=10.0,
+                        help='Seconds between lock_stats records.')
+    return parser
+
+
+def main(args=None):
+    txaio.start_logging(level=os.environ.get('LOGLEVEL', 'info'))
+    parser = make_parser()
+    args = site_config.parse_args(agent_class='LockRegistryAgent', parser=parser, args=args)
+    for name in ('expiry', 'snapshot_every', 'stats_every'):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, not {value}")
+    agent, runner = ocs_agent.init_site_agent(args)
+    registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
+                                 snapshot_every=args.snapshot_every,
+                                 stats_every=args.stats_every)
+    agent.register_process('monitor', registry.monitor, registry._stop_monitor,
+                           blocking=False, startup=True)
+    agent.register_task('status', registry.status, blocking=False)
+    runner.run(agent, auto_reconnect=True)
+
+
+if __name__ == '__main__':
+    main()

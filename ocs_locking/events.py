@@ -1,0 +1,172 @@
+"""Lock events on an agent's ``locks`` feed, for the LockRegistryAgent.
+
+One line attaches a lock to its agent::
+
+    report_locks(agent, self.lock)
+
+Every message is a dict (the wire contract)::
+
+    {"lock": "hw", "event": "acquired", "job": "acq", "op": "acq",
+     "session_id": 3, "since": 1700000000.0, "waiters": 0, "token": 12,
+     "seq": 345, "boot": 1700000000.0}
+
+``event`` is one of acquired, released, waiting, gave_up, closed, snapshot.
+For acquired/released/snapshot the job/op/session_id/since/token fields
+describe the holder (None when free); for waiting/gave_up they describe the
+waiter. ``seq`` increases per agent; ``boot`` identifies the agent process, so
+a restarted agent's lower ``seq`` is not mistaken for stale messages.
+
+Events come from any thread; they are published from the reactor thread, in
+order. Short holds cannot flood the bus: each lock publishes at most one
+message per ``min_interval``; changes in between are folded into one
+``snapshot`` of the lock's latest state at the end of the interval, so the
+latest state is never lost. A snapshot of every lock also goes out when the
+agent (re)joins the router and every ``snapshot_every`` seconds.
+"""
+import threading
+import time
+
+from .lock import TimeoutLock
+
+__all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message']
+
+#: The feed every agent publishes its lock events on.
+FEED_NAME = 'locks'
+
+
+def snapshot_message(lock):
+    """The ``snapshot`` message body (without seq/boot) for a lock's state now."""
+    st = lock.status()
+    h = st.holder
+    return {'lock': st.name, 'event': 'closed' if st.closed and h is None else 'snapshot',
+            'job': h.job if h else None, 'op': h.op if h else None,
+            'session_id': h.session_id if h else None, 'since': h.since if h else None,
+            'waiters': len(st.waiters), 'token': h.token if h else 0}
+
+
+class LockReporter:
+    """Publishes the events of an agent's locks on its ``locks`` feed.
+
+    Args:
+        agent (OCSAgent): the agent whose feed carries the events.
+        min_interval (float): at most one message per lock per this many
+            seconds; changes in between are folded into one snapshot.
+        snapshot_every (float): seconds between full snapshots.
+        reactor: the Twisted reactor (default: the global one).
+    """
+
+    def __init__(self, agent, *, min_interval=0.01, snapshot_every=5.0, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.agent = agent
+        self.reactor = reactor
+        self.min_interval = min_interval
+        self.snapshot_every = snapshot_every
+        self.boot = time.time()
+        self.seq = 0
+        self.locks = {}
+        self._guard = threading.Lock()
+        self._queue = []            # messages waiting for the reactor, in order
+        self._last_sent = {}        # lock name -> monotonic time of last message
+        self._folded = set()        # locks with changes folded into a snapshot
+        self._flush_scheduled = False
+        self._joined = False
+        agent.register_feed(FEED_NAME, record=False, max_messages=100)
+        self._ticker = None
+        reactor.callWhenRunning(self._start)
+
+    def attach(self, lock):
+        """Publish this lock's events from now on (and include it in snapshots)."""
+        if not isinstance(lock, TimeoutLock):
+            raise TypeError(f'can only report a TimeoutLock, not {lock!r}')
+        if lock.name in self.locks and self.locks[lock.name] is not lock:
+            raise ValueError(f"this agent already reports a lock named '{lock.name}'; "
+                             f"give each lock its own name")
+        self.locks[lock.name] = lock
+        lock.add_listener(self._on_event)
+        self.reactor.callFromThread(self._publish_snapshot, lock)
+        return lock
+
+    # -- any thread ---------------------------------------------------------------
+
+    def _on_event(self, ev):
+        now = time.monotonic()
+        with self._guard:
+            name = ev.lock
+            if name in self._folded:
+                return       # a snapshot of this lock is already due
+            if now - self._last_sent.get(name, -1e9) < self.min_interval:
+                self._folded.add(name)
+                delay = self.min_interval - (now - self._last_sent[name])
+                self.reactor.callFromThread(self.reactor.callLater, delay,
+                                            self._publish_folded, name)
+                return
+            self._last_sent[name] = now
+            self._queue.append({'lock': name, 'event': ev.event, 'job': ev.job,
+                                'op': ev.op, 'session_id': ev.session_id,
+                                'since': ev.since, 'waiters': ev.waiters,
+                                'token': ev.token})
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self.reactor.callFromThread(self._flush)
+
+    # -- reactor thread ---------------------------------------------------------
+
+    def _start(self):
+        from twisted.internet import task
+        self._ticker = task.LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(1.0, now=True)
+        self._last_snapshot = 0.0
+
+    def _tick(self):
+        joined = bool(getattr(self.agent, 'realm_joined', True))
+        now = time.monotonic()
+        if joined and (not self._joined or now - self._last_snapshot >= self.snapshot_every):
+            self._last_snapshot = now
+            for lock in list(self.locks.values()):
+                self._publish_snapshot(lock)
+        self._joined = joined
+
+    def _flush(self):
+        with self._guard:
+            queue, self._queue = self._queue, []
+            self._flush_scheduled = False
+        for msg in queue:
+            self._send(msg)
+
+    def _publish_folded(self, name):
+        with self._guard:
+            self._folded.discard(name)
+            self._last_sent[name] = time.monotonic()
+        lock = self.locks.get(name)
+        if lock is not None:
+            self._flush()       # keep order: earlier events first
+            self._send(snapshot_message(lock))
+
+    def _publish_snapshot(self, lock):
+        self._flush()
+        self._send(snapshot_message(lock))
+
+    def _send(self, msg):
+        if not getattr(self.agent, 'realm_joined', True):
+            return      # not on the bus: the snapshot at (re)join covers it
+        self.seq += 1
+        msg['seq'] = self.seq
+        msg['boot'] = self.boot
+        self.agent.publish_to_feed(FEED_NAME, msg)
+
+
+_reporters = {}
+
+
+def report_locks(agent, *locks, **options):
+    """Publish these locks' events on ``agent``'s ``locks`` feed (one reporter
+    per agent; call again to add locks). Returns the :class:`LockReporter`."""
+    reporter = _reporters.get(id(agent))
+    if reporter is None or reporter.agent is not agent:
+        reporter = _reporters[id(agent)] = LockReporter(agent, **options)
+    for lock in locks:
+        reporter.attach(lock)
+    return reporter
