@@ -67,7 +67,7 @@ class LockReporter:
         self.locks = {}
         self._guard = threading.Lock()
         self._queue = []            # messages waiting for the reactor, in order
-        self._last_sent = {}        # lock name -> monotonic time of last message
+        self._last_sent = {}        # lock name -> reactor time of its last message
         self._folded = set()        # locks with changes folded into a snapshot
         self._flush_scheduled = False
         self._joined = False
@@ -90,7 +90,7 @@ class LockReporter:
     # -- any thread ---------------------------------------------------------------
 
     def _on_event(self, ev):
-        now = time.monotonic()
+        now = self.reactor.seconds()
         with self._guard:
             name = ev.lock
             if name in self._folded:
@@ -117,12 +117,12 @@ class LockReporter:
         from twisted.internet import task
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
+        self._last_snapshot = -1e9
         self._ticker.start(1.0, now=True)
-        self._last_snapshot = 0.0
 
     def _tick(self):
         joined = bool(getattr(self.agent, 'realm_joined', True))
-        now = time.monotonic()
+        now = self.reactor.seconds()
         if joined and (not self._joined or now - self._last_snapshot >= self.snapshot_every):
             self._last_snapshot = now
             for lock in list(self.locks.values()):
@@ -139,7 +139,7 @@ class LockReporter:
     def _publish_folded(self, name):
         with self._guard:
             self._folded.discard(name)
-            self._last_sent[name] = time.monotonic()
+            self._last_sent[name] = self.reactor.seconds()
         lock = self.locks.get(name)
         if lock is not None:
             self._flush()       # keep order: earlier events first

@@ -1,0 +1,114 @@
+"""The lock-event reporter: what an agent publishes on its ``locks`` feed."""
+import pytest
+
+from ocs_locking import TimeoutLock
+from ocs_locking.events import FEED_NAME, LockReporter
+from ocs_locking.registry.table import OwnershipTable, parse_lock_message
+
+from ..support import FakeReactor
+
+
+class Reactor(FakeReactor):
+    def callWhenRunning(self, f, *a, **kw):
+        f(*a, **kw)
+
+
+class FakeAgent:
+    def __init__(self):
+        self.feeds = {}
+        self.published = []
+        self.realm_joined = True
+
+    def register_feed(self, name, **kw):
+        self.feeds[name] = kw
+
+    def publish_to_feed(self, name, message):
+        assert name in self.feeds
+        self.published.append(dict(message))
+
+
+@pytest.fixture
+def setup():
+    reactor = Reactor()
+    agent = FakeAgent()
+    reporter = LockReporter(agent, min_interval=0.0, snapshot_every=5.0, reactor=reactor)
+    lock = TimeoutLock(name='hw')
+    reporter.attach(lock)
+    reactor.advance(0)
+    agent.published.clear()
+    return reactor, agent, reporter, lock
+
+
+def test_LockReporter_publishes_each_event_in_order_with_the_contract_fields(setup):
+    """When the lock changes, each event goes out on the agent's unrecorded
+    'locks' feed with the contract's fields and an increasing seq."""
+    reactor, agent, reporter, lock = setup
+    assert agent.feeds[FEED_NAME]['record'] is False
+    assert lock.acquire(0, job='acq', op='acq', session_id=3)
+    lock.release()
+    reactor.advance(0)
+    events = [m['event'] for m in agent.published]
+    assert events == ['acquired', 'released']
+    first = agent.published[0]
+    assert set(first) == {'lock', 'event', 'job', 'op', 'session_id', 'since', 'waiters',
+                          'token', 'seq', 'boot'}
+    assert (first['lock'], first['job'], first['session_id'], first['token']) == ('hw', 'acq', 3, 1)
+    seqs = [m['seq'] for m in agent.published]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 2
+    for m in agent.published:
+        parse_lock_message(m)       # the registry accepts every one
+
+
+def test_LockReporter_folds_bursts_into_one_snapshot_of_the_latest_state():
+    """When a lock changes faster than min_interval, the extra changes are
+    folded into one snapshot sent at the end of the interval, so the bus is
+    not flooded and the latest state is never lost."""
+    reactor, agent = Reactor(), FakeAgent()
+    reporter = LockReporter(agent, min_interval=0.5, reactor=reactor)
+    lock = reporter.attach(TimeoutLock(name='hw'))
+    reactor.advance(0)
+    agent.published.clear()
+    for i in range(1000):
+        assert lock.acquire(0, job=f'task{i}')
+        lock.release()
+    assert lock.acquire(0, job='last')
+    reactor.advance(0)
+    assert len(agent.published) <= 2           # the first event (plus nothing else yet)
+    reactor.advance(0.5)
+    reactor.advance(0)
+    last = agent.published[-1]
+    assert (last['event'], last['job']) == ('snapshot', 'last')
+    assert len(agent.published) <= 3
+    table = OwnershipTable()
+    for m in agent.published:
+        table.lock_message('dev', m, 1.0)
+    assert table.rows['dev/hw']['job'] == 'last'
+
+
+def test_LockReporter_sends_snapshots_on_join_and_periodically(setup):
+    """When the agent (re)joins the router, and every snapshot_every seconds,
+    a snapshot of every lock goes out; nothing is sent while not joined."""
+    reactor, agent, reporter, lock = setup
+    assert lock.acquire(0, job='acq')
+    reactor.advance(0)
+    agent.published.clear()
+    agent.realm_joined = False
+    reactor.advance(1.0)
+    lock.release()
+    reactor.advance(0)
+    assert agent.published == []
+    agent.realm_joined = True
+    reactor.advance(1.0)
+    assert [(m['event'], m['job']) for m in agent.published] == [('snapshot', None)]
+    agent.published.clear()
+    reactor.advance(5.0)
+    assert [m['event'] for m in agent.published] == ['snapshot']
+
+
+def test_LockReporter_refuses_two_locks_with_one_name(setup):
+    """When a second lock with the same name is attached, ValueError says so."""
+    reactor, agent, reporter, lock = setup
+    with pytest.raises(ValueError, match=r"^this agent already reports a lock named 'hw'"):
+        reporter.attach(TimeoutLock(name='hw'))
+    with pytest.raises(TypeError, match=r'^can only report a TimeoutLock'):
+        reporter.attach('hw')
