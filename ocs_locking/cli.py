@@ -38,6 +38,8 @@ def make_parser():
                    help='exit after this many updates (default: until Ctrl-C)')
     w.add_argument('--no-clear', action='store_true',
                    help='print each table below the last instead of redrawing')
+    w.add_argument('--header', default=None,
+                   help='a line to show above the table (e.g. how to stop a demo)')
     return parser
 
 
@@ -145,7 +147,8 @@ def cmd_watch(args):
         stamp = time.strftime('%H:%M:%S')
         if not args.no_clear:
             sys.stdout.write('\x1b[H\x1b[2J')
-        sys.stdout.write(f'ocs-locks watch  {topic}  {stamp}\n{text}\n\n')
+        header = f'{args.header}\n' if args.header else ''
+        sys.stdout.write(f'{header}ocs-locks watch  {topic}  {stamp}\n{text}\n\n')
         sys.stdout.flush()
 
     def run(reactor):
@@ -171,6 +174,10 @@ def cmd_watch(args):
         @comp.on_join
         def joined(session, details):
             draw()
+            if not state.get('ticker'):
+                # Keep "held for" current between messages.
+                state['ticker'] = task.LoopingCall(draw)
+                state['ticker'].start(1.0, now=False)
             return session.subscribe(on_message, topic)
 
         @comp.on_connectfailure

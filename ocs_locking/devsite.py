@@ -277,6 +277,13 @@ class Site:
             self.wait_agent(inst['instance-id'])
 
     def stop(self):
+        # Signal every agent first, then wait: their shutdowns overlap.
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
         for instance_id in list(self.agents):
             self.stop_agent(instance_id)
         for name in list(self.device_procs):
@@ -364,6 +371,8 @@ def make_parser():
     run.add_argument('--host', default='demo', help='hosts entry to run (default demo)')
     run.add_argument('--workdir', default='run', help='state and logs (default ./run)')
     run.add_argument('--crossbar', default=None, help='crossbar executable')
+    run.add_argument('--watch', action='store_true',
+                     help='end by showing `ocs-locks watch` (needs a LockRegistryAgent)')
     return parser
 
 
@@ -377,10 +386,14 @@ def _banner(site):
     for inst in site.instances:
         lines.append(f"  {inst['instance-id']:<17} {inst['agent-class']} "
                      f"(pid {site.agents[inst['instance-id']].pid})")
-    lines += ['', 'Talk to it from another terminal:',
-              '  .venv/bin/python -c "from ocs.ocs_client import OCSClient; '
-              f"c = OCSClient('{site.instances[0]['instance-id'] if site.instances else 'sim-device-1'}', "
-              f"args={site.client_args!r}); print(c.set_heater(value=42))\"",
+    devices = [i['instance-id'] for i in site.instances
+               if i['agent-class'] == 'SimulatedDeviceAgent']
+    lines += ['', 'Talk to it from another terminal:']
+    if devices:
+        lines.append('  .venv/bin/python -c "from ocs.ocs_client import OCSClient; '
+                     f"c = OCSClient('{devices[0]}', args={site.client_args!r}); "
+                     'print(c.set_heater(value=42))"')
+    lines += [f"  .venv/bin/ocs-locks {' '.join(site.client_args)} status",
               '', 'Ctrl-C stops everything this command started.']
     return '\n'.join(lines)
 
@@ -399,8 +412,20 @@ def main(args=None):
         site = Site(opts.site_file, opts.host, opts.workdir, crossbar=opts.crossbar)
         with site:
             print(_banner(site), flush=True)
-            while all(p.poll() is None for p in site.agents.values()):
-                time.sleep(0.5)
+            watcher = None
+            if opts.watch:
+                time.sleep(2)       # let the banner be read before the table takes the screen
+                watcher = subprocess.Popen(
+                    [sys.executable, '-m', 'ocs_locking.cli', *site.client_args, 'watch',
+                     '--header', f'ocs-locking demo site: router ws://127.0.0.1:{site.port}/ws, '
+                                 f'logs in {site.workdir}/logs. Ctrl-C stops everything.'])
+            try:
+                while all(p.poll() is None for p in site.agents.values()):
+                    time.sleep(0.5)
+            finally:
+                if watcher is not None and watcher.poll() is None:
+                    watcher.terminate()
+                    watcher.wait(10)
             dead = [i for i, p in site.agents.items() if p.poll() is not None]
             print(f'agent(s) exited: {", ".join(dead)}; stopping the site', file=sys.stderr)
             return 1
