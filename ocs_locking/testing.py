@@ -235,16 +235,28 @@ class ReactorThread:
         if not started.wait(WAIT):
             raise RuntimeError('the reactor did not start')
 
-    def call(self, fn, *args, **kwargs):
-        """Run fn on the reactor thread and return its result, waiting for a
-        Deferred if it returns one; re-raises its error."""
-        from twisted.internet.threads import blockingCallFromThread
-        return blockingCallFromThread(self.reactor, fn, *args, **kwargs)
+    def call(self, fn, *args, timeout=WAIT, **kwargs):
+        """Run fn on the reactor thread and return its result, waiting (at
+        most ``timeout`` s) for a Deferred if it returns one; re-raises its error."""
+        import concurrent.futures
 
-    def run_op(self, fn, params=None, op_name=None, session_id=0):
+        from twisted.internet import defer
+        fut = concurrent.futures.Future()
+
+        def run():
+            d = defer.maybeDeferred(fn, *args, **kwargs)
+            d.addCallbacks(fut.set_result, lambda f: fut.set_exception(f.value))
+        self.reactor.callFromThread(run)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AssertionError(f'{getattr(fn, "__name__", fn)} did not finish on the '
+                                 f'reactor within {timeout} s') from None
+
+    def run_op(self, fn, params=None, op_name=None, session_id=0, timeout=WAIT):
         """Run a reactor operation (may return a Deferred) to completion."""
         session = FakeSession(op_name or fn.__name__, session_id)
-        return self.call(fn, session, _params(fn, params))
+        return self.call(fn, session, _params(fn, params), timeout=timeout)
 
     def stop(self):
         self.reactor.callFromThread(self.reactor.stop)
