@@ -23,11 +23,15 @@ def test_wheel_contains_agents_and_plugin_entry_point(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
-    assert 'ocs_locking/agents/simulated_device/agent.py' in names
-    assert 'ocs_locking/lock.py' in names
+    for path in ('ocs_locking/agents/simulated_device/agent.py',
+                 'ocs_locking/agents/simulated_device/server.py',
+                 'ocs_locking/agents/lock_registry/agent.py',
+                 'ocs_locking/registry/table.py', 'ocs_locking/lock.py'):
+        assert path in names
     cfg = configparser.ConfigParser()
     cfg.read_string(entry_points)
     assert cfg['ocs.plugins']['ocs_locking'] == 'ocs_locking.plugin'
+    assert cfg['console_scripts']['ocs-locks'] == 'ocs_locking.cli:main'
 
 
 def test_ocs_agent_cli_discovers_every_agent_of_the_plugin():
