@@ -48,10 +48,17 @@ def _site(args):
         site, _, _ = site_config.get_config(args, '*control*')
     except AssertionError:
         raise CliError('no site config: pass --site-file or set OCS_CONFIG_DIR') from None
-    except (OSError, KeyError, ValueError) as e:
-        raise CliError(f'cannot read the site config: {e}') from None
+    except OSError as e:
+        raise CliError(f'cannot read the site config: {e.strerror}: {e.filename}') from None
+    except Exception as e:      # YAML errors, missing sections...
+        text = ' '.join(str(e).split())[:200] or type(e).__name__
+        raise CliError(f'the site config is not valid: {type(e).__name__}: {text}') from None
     if site is None:
         raise CliError('no site config (--site none)')
+    missing = [k for k in ('wamp_server', 'wamp_http', 'wamp_realm', 'address_root')
+               if not isinstance(site.hub.data.get(k), str)]
+    if missing:
+        raise CliError(f"the site config's hub lacks {', '.join(missing)}")
     return site
 
 
