@@ -31,3 +31,22 @@ def test_lock_bench_quick_prints_table_for_every_lock(tmp_path, capsys):
         assert set(by_lock) >= {'ocs_locking', 'threading.Lock'}, scenario
     assert data['results']['fifo_pct']['ocs_locking'] == 100.0
     assert {t['name'] for t in data['targets']} >= {'FIFO ours 100%'}
+
+
+def test_task_latency_quick_prints_both_tables_without_collisions(tmp_path, capsys):
+    """When task_latency runs in quick mode it prints the (a) and (b) tables
+    and writes every scenario, each with its task count and zero collisions
+    on the simulated device, to JSON."""
+    out = tmp_path / 'latency.json'
+    _load('task_latency').main(['--quick', '--json', str(out)])
+    printed = capsys.readouterr().out
+    assert ('| metric | kit (ocs_locking) | socs pattern (ocs 0.12.1 TimeoutLock, baseline) '
+            '| ratio |') in printed
+    assert '| metric | kit (ocs_locking), period 0.1 s | kit (ocs_locking), period 5 s |' in printed
+    data = json.loads(out.read_text())
+    assert set(data['results']) == {'a_kit', 'a_socs', 'b_kit', 'b_kit5', 'b_socs'}
+    for name, res in data['results'].items():
+        assert res['tasks'] == (30 if name.startswith('a_') else 6), name
+        assert res['collisions'] == 0, name
+    assert {t['name'] for t in data['targets']} >= {
+        '(b) zero kit failures (period 0.1 s and 5 s)', 'zero device collisions in every scenario'}
