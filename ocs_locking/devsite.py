@@ -162,20 +162,11 @@ class Site:
         if self.router_ready():
             raise SiteError(f'port {self.port} on 127.0.0.1 is already serving; '
                             f'is another site running?')
-        log = open(os.path.join(self.workdir, 'logs', 'crossbar.log'), 'ab')
-        self.router = subprocess.Popen(
-            [self.crossbar_bin, 'start', '--cbdir', self.cbdir, '--loglevel', 'warn'],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.router_ready():
-            if self.router.poll() is not None:
-                raise SiteError(f'crossbar exited with code {self.router.returncode}; '
-                                f'see {log.name}')
-            if time.monotonic() > deadline:
-                raise SiteError(f'crossbar did not answer on port {self.port} within '
-                                f'{timeout} s; see {log.name}')
-            time.sleep(0.1)
+        log = self.log_path('crossbar')
+        self.router = _spawn([self.crossbar_bin, 'start', '--cbdir', self.cbdir,
+                              '--loglevel', 'warn'], log)
+        _wait_ready(self.router, self.router_ready, f'crossbar on port {self.port}',
+                    timeout, log)
 
     def stop_router(self, timeout=15):
         if self.router is not None:
@@ -193,27 +184,21 @@ class Site:
     def start_device(self, name, timeout=30):
         """Start one simulated device and wait until it accepts connections."""
         dev = self.device(name)
-        log = open(self.log_path(f'device-{name}'), 'ab')
-        cmd = [sys.executable, '-u', '-m', 'ocs_locking.agents.simulated_device.server',
-               '--port', str(dev['port']), '--channels', str(dev['channels']),
-               '--latency', str(dev['latency']), '--serial', name]
-        proc = self.device_procs[name] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
+        log = self.log_path(f'device-{name}')
+        proc = self.device_procs[name] = _spawn(
+            [sys.executable, '-u', '-m', 'ocs_locking.agents.simulated_device.server',
+             '--port', str(dev['port']), '--channels', str(dev['channels']),
+             '--latency', str(dev['latency']), '--serial', name], log)
+
+        def listening():
             try:
                 socket.create_connection(('127.0.0.1', dev['port']), timeout=1).close()
-                return proc
+                return True
             except OSError:
-                pass
-            if proc.poll() is not None:
-                raise SiteError(f'simulated device {name} exited with code '
-                                f'{proc.returncode}; see {log.name}')
-            if time.monotonic() > deadline:
-                raise SiteError(f'simulated device {name} did not listen on port '
-                                f'{dev["port"]} within {timeout} s; see {log.name}')
-            time.sleep(0.05)
+                return False
+        _wait_ready(proc, listening, f'simulated device {name} on port {dev["port"]}',
+                    timeout, log)
+        return proc
 
     def stop_device(self, name, timeout=10):
         proc = self.device_procs.pop(name, None)
@@ -231,13 +216,11 @@ class Site:
     def start_agent(self, instance_id):
         if instance_id in self.agents and self.agents[instance_id].poll() is None:
             raise SiteError(f'agent {instance_id} is already running')
-        log = open(os.path.join(self.workdir, 'logs', f'{instance_id}.log'), 'ab')
         env = dict(os.environ)
         env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')
         env.setdefault('LOGLEVEL', 'info')
-        self.agents[instance_id] = subprocess.Popen(
-            self.agent_command(instance_id), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.agents[instance_id] = _spawn(self.agent_command(instance_id),
+                                          self.log_path(instance_id), env=env)
         return self.agents[instance_id]
 
     def wait_agent(self, instance_id, timeout=60):
@@ -300,6 +283,24 @@ class Site:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _spawn(cmd, log_path, env=None):
+    """Start a process in its own session, appending its output to a log."""
+    with open(log_path, 'ab') as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _wait_ready(proc, ready, what, timeout, log_path):
+    """Wait until ready() is true; fail at once if the process exits."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise SiteError(f'{what} exited with code {proc.returncode}; see {log_path}')
+        if time.monotonic() > deadline:
+            raise SiteError(f'{what} did not answer within {timeout} s; see {log_path}')
+        time.sleep(0.05)
 
 
 def _stop(proc, sig, timeout):
