@@ -14,7 +14,6 @@ import time
 import txaio
 from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.registry.table import BadLockMessage, OwnershipTable
@@ -37,10 +36,14 @@ class LockRegistryAgent:
             are marked stale.
         snapshot_every (float): seconds between full snapshots on ``ownership``.
         stats_every (float): seconds between ``lock_stats`` records.
+        reactor: the Twisted reactor (default: the global one).
     """
 
     def __init__(self, agent, address_root='observatory', expiry=5.0,
-                 snapshot_every=5.0, stats_every=10.0):
+                 snapshot_every=5.0, stats_every=10.0, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.agent = agent
         self.log = agent.log
         self.root = address_root
@@ -110,7 +113,7 @@ class LockRegistryAgent:
         for row in changes:
             self._pending[row['lock']] = row
         if self._flush_call is None:
-            self._flush_call = reactor.callLater(0, self._flush)
+            self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
         self._flush_call = None
