@@ -7,6 +7,10 @@ lock, and our lock's FIFO share is 100%.
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,3 +54,35 @@ def test_task_latency_quick_prints_both_tables_without_collisions(tmp_path, caps
         assert res['collisions'] == 0, name
     assert {t['name'] for t in data['targets']} >= {
         '(b) zero kit failures (period 0.1 s and 5 s)', 'zero device collisions in every scenario'}
+
+
+@pytest.mark.integration
+def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(tmp_path):
+    """When registry_bench runs in quick mode (a real site on loopback; its own
+    process, as it runs the Twisted reactor) it prints the (a) and (b) tables,
+    and its JSON accounts for every set_heater call and every published event."""
+    out = tmp_path / 'registry.json'
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'registry_bench.py'),
+                           '--quick', '--json', str(out)],
+                          capture_output=True, text=True, timeout=180)
+    # 1: a timing target failed (a site that cannot start writes no JSON)
+    assert proc.returncode in (0, 1) and out.exists(), proc.stderr[-3000:]
+    printed = proc.stdout
+    assert ('| metric | ours: lock-registry `ownership`, lock free | ocs 0.12.1 RegistryAgent '
+            '`agent_operations`, lock free (baseline) | ours, acq running |') in printed
+    assert ('| window (s) | published | received | latency median (ms) | latency p99 (ms) '
+            '|') in printed
+    data = json.loads(out.read_text())
+    for run in ('free', 'acq'):
+        a = data['results']['a'][run]
+        assert a['changes'] == 20 and a['call_failures'] == 0, run
+        assert 0 <= a['ours']['seen'] <= 20 and 0 <= a['ocs']['seen'] <= 20, run
+    b = data['results']['b']
+    s = b['summary']
+    assert s['published'] == s['expected'] == 500
+    assert s['received'] + s['superseded'] + s['missing'] == s['published']
+    assert sum(w['published'] for w in b['windows']) == s['published']
+    assert len(b['windows']) == 5
+    assert s['expected_rows'] == 10
+    assert {t['name'] for t in data['targets']} >= {
+        '(a) ours median < 10 ms (lock free)', '(b) registry dropped 0 messages'}
