@@ -1,4 +1,4 @@
-"""``ocs-locks``: the site's lock table for people.
+"""``ocs-locks``: the site's lock table for people::
 
     ocs-locks status            # the table, from the registry over HTTP
     ocs-locks status --json     # the same as a JSON list of rows
@@ -14,6 +14,8 @@ import sys
 import time
 
 from ocs import site_config
+
+from .wamp import set_nodelay
 
 __all__ = ['main', 'make_parser', 'format_table', 'json_rows']
 
@@ -160,6 +162,8 @@ def cmd_watch(args):
 
     def run(reactor):
         done = defer.Deferred()
+        # Ctrl-C (or reaching --count) stops the reactor: not a lost connection.
+        reactor.addSystemEventTrigger('before', 'shutdown', state.update, finished=True)
         comp = Component(transports=[{'url': site.hub.data['wamp_server'], 'max_retries': 0}],
                          realm=site.hub.data['wamp_realm'])
 
@@ -180,6 +184,7 @@ def cmd_watch(args):
 
         @comp.on_join
         def joined(session, details):
+            set_nodelay(session)
             draw()
             if not state.get('ticker'):
                 # Keep "held for" current between messages.
@@ -218,6 +223,8 @@ def cmd_watch(args):
 
 
 def main(args=None):
+    """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
+    exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments."""
     parser = make_parser()
     opts = parser.parse_args(args)
     try:

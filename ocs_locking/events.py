@@ -11,6 +11,9 @@ Every message is a dict (the wire contract)::
      "seq": 345, "boot": 1700000000.0}
 
 ``event`` is one of acquired, released, waiting, gave_up, closed, snapshot.
+A snapshot that stands for folded events also says how many grants and
+give-ups it folded (``folded_acquired``, ``folded_gave_up``) so counters stay
+exact.
 For acquired/released/snapshot the job/op/session_id/since/token fields
 describe the holder (None when free); for waiting/gave_up they describe the
 waiter. ``seq`` increases per agent; ``boot`` identifies the agent process, so
@@ -27,6 +30,7 @@ import threading
 import time
 
 from .lock import TimeoutLock
+from .wamp import set_nodelay
 
 __all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message']
 
@@ -35,13 +39,17 @@ FEED_NAME = 'locks'
 
 
 def snapshot_message(lock):
-    """The ``snapshot`` message body (without seq/boot) for a lock's state now."""
+    """The ``snapshot`` message body (without seq/boot) for a lock's state now.
+
+    For a free lock ``token`` is the last grant's token (every grant gets
+    the next token, so it equals the number of grants so far).
+    """
     st = lock.status()
     h = st.holder
     return {'lock': st.name, 'event': 'closed' if st.closed and h is None else 'snapshot',
             'job': h.job if h else None, 'op': h.op if h else None,
             'session_id': h.session_id if h else None, 'since': h.since if h else None,
-            'waiters': len(st.waiters), 'token': h.token if h else 0}
+            'waiters': len(st.waiters), 'token': h.token if h else st.counters.acquired}
 
 
 class LockReporter:
@@ -68,7 +76,7 @@ class LockReporter:
         self._guard = threading.Lock()
         self._queue = []            # messages waiting for the reactor, in order
         self._last_sent = {}        # lock name -> reactor time of its last message
-        self._folded = set()        # locks with changes folded into a snapshot
+        self._folded = {}           # lock name -> {'acquired': n, 'gave_up': n} folded
         self._flush_scheduled = False
         self._joined = False
         agent.register_feed(FEED_NAME, record=False, max_messages=100)
@@ -93,10 +101,14 @@ class LockReporter:
         now = self.reactor.seconds()
         with self._guard:
             name = ev.lock
-            if name in self._folded:
-                return       # a snapshot of this lock is already due
+            folded = self._folded.get(name)
+            if folded is not None:      # a snapshot of this lock is already due
+                if ev.event in folded:
+                    folded[ev.event] += 1
+                return
             if now - self._last_sent.get(name, -1e9) < self.min_interval:
-                self._folded.add(name)
+                self._folded[name] = {'acquired': int(ev.event == 'acquired'),
+                                      'gave_up': int(ev.event == 'gave_up')}
                 delay = self.min_interval - (now - self._last_sent[name])
                 self.reactor.callFromThread(self.reactor.callLater, delay,
                                             self._publish_folded, name)
@@ -123,6 +135,8 @@ class LockReporter:
     def _tick(self):
         joined = bool(getattr(self.agent, 'realm_joined', True))
         now = self.reactor.seconds()
+        if joined and not self._joined:
+            set_nodelay(self.agent)     # see ocs_locking.wamp
         if joined and (not self._joined or now - self._last_snapshot >= self.snapshot_every):
             self._last_snapshot = now
             for lock in list(self.locks.values()):
@@ -138,12 +152,15 @@ class LockReporter:
 
     def _publish_folded(self, name):
         with self._guard:
-            self._folded.discard(name)
+            folded = self._folded.pop(name, {})
             self._last_sent[name] = self.reactor.seconds()
         lock = self.locks.get(name)
         if lock is not None:
             self._flush()       # keep order: earlier events first
-            self._send(snapshot_message(lock))
+            msg = snapshot_message(lock)
+            msg.update(folded_acquired=folded.get('acquired', 0),
+                       folded_gave_up=folded.get('gave_up', 0))
+            self._send(msg)
 
     def _publish_snapshot(self, lock):
         self._flush()

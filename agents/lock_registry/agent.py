@@ -17,6 +17,7 @@ from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.registry.table import BadLockMessage, OwnershipTable
+from ocs_locking.wamp import set_nodelay
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
@@ -50,12 +51,13 @@ class LockRegistryAgent:
         self.table = OwnershipTable(expiry=expiry)
         self.snapshot_every = snapshot_every
         self.stats_every = stats_every
-        self._pending = {}
+        self._pending = []
         self._flush_call = None
+        self._joined = False
         self._session = None
         agent.register_feed('ownership', record=False, max_messages=100)
         agent.register_feed('lock_stats', record=True,
-                            agg_params={'frame_length': 60}, buffer_time=1.)
+                            agg_params={'frame_length': 60}, buffer_time=0)
         options = {'match': 'wildcard', 'details_arg': 'details'}
         agent.subscribe_on_start(self._on_locks, f'{address_root}..feeds.locks', options)
         agent.subscribe_on_start(self._on_heartbeat, f'{address_root}..feeds.heartbeat',
@@ -107,30 +109,35 @@ class LockRegistryAgent:
     # -- output -------------------------------------------------------------------
 
     def _publish(self, changes):
-        """Queue changed rows; publish them all at the end of this reactor turn."""
+        """Queue changed rows; publish them, in order, at the end of this
+        reactor turn (every change is kept, so a short hold is seen too)."""
         if not changes:
             return
-        for row in changes:
-            self._pending[row['lock']] = row
+        self._pending.extend(changes)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
         self._flush_call = None
-        rows, self._pending = list(self._pending.values()), {}
+        rows, self._pending = self._pending, []
         self.agent.publish_to_feed('ownership', {
             'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
             'rows': rows})
-        self._update_session()
+        session = self._session
+        if session is not None:
+            session.data.update(seq=self.table.seq, dropped=self.table.dropped)
 
     def _publish_snapshot(self):
         self.agent.publish_to_feed('ownership', {
             'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': time.time(),
             'rows': self.table.snapshot()})
 
-    def _publish_stats(self):
+    def _publish_stats(self, part=0, parts=1):
+        """Record figures for one slice of the locks (all when parts == 1), so
+        a big site's records are spread over the stats period."""
         now = time.time()
-        for row in self.table.snapshot():
+        rows = self.table.snapshot()
+        for row in rows[part::parts]:
             slug = _slug(row['lock'])
             values = {
                 'held': int(row['job'] is not None or row['since'] is not None),
@@ -185,17 +192,22 @@ class LockRegistryAgent:
         session.data = {'locks': self.table.rows}
         self._session = session
         self._update_session()
-        last_snapshot = last_stats = 0.0
+        last_snapshot = 0.0
         tick = min(1.0, self.table.expiry / 5)
+        parts = max(1, round(self.stats_every / tick))
+        n = 0
         while session.status == 'running':
             now = time.time()
+            joined = bool(getattr(self.agent, 'realm_joined', True))
+            if joined and not self._joined:
+                set_nodelay(self.agent)     # see ocs_locking.wamp
+            self._joined = joined
             self._publish(self.table.expire(now))
             if now - last_snapshot >= self.snapshot_every:
                 last_snapshot = now
                 self._publish_snapshot()
-            if now - last_stats >= self.stats_every:
-                last_stats = now
-                self._publish_stats()
+            self._publish_stats(n % parts, parts)
+            n += 1
             self._update_session()
             yield dsleep(tick)
         self._session = None

@@ -63,7 +63,8 @@ def parse_lock_message(msg):
     if event not in EVENTS:
         raise BadLockMessage(f'event must be one of {", ".join(EVENTS)}, not {event!r:.60}')
     boot = _time(msg, 'boot')
-    return {'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
+    folded = {k: _int(msg, k, optional=True) or 0 for k in ('folded_acquired', 'folded_gave_up')}
+    return {**folded, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
             'op': _opt_text(msg, 'op'), 'session_id': _int(msg, 'session_id', optional=True),
             'since': _time(msg, 'since'), 'waiters': _int(msg, 'waiters'),
             'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot}
@@ -89,8 +90,8 @@ class OwnershipTable:
     """
 
     def __init__(self, expiry=5.0):
-        if not isinstance(expiry, (int, float)) or not 0 < expiry < 3600:
-            raise ValueError(f'expiry must be seconds in (0, 3600), not {expiry!r}')
+        if not isinstance(expiry, (int, float)) or not 0 < expiry <= 3600:
+            raise ValueError(f'expiry must be seconds in (0, 3600], not {expiry!r}')
         self.expiry = float(expiry)
         self.rows = {}       # key -> row dict (ROW_KEYS)
         self.agents = {}     # instance id -> _Agent
@@ -152,9 +153,11 @@ class OwnershipTable:
     def _apply(row, m, now):
         event = m['event']
         row['waiters'] = m['waiters']
+        row['acquired'] += m['folded_acquired']
+        row['timed_out'] += m['folded_gave_up']
         if event in ('acquired', 'snapshot'):
-            if event == 'acquired' or (m['job'] is not None and m['token'] != row['token']):
-                row['acquired'] += 1     # a snapshot may reveal a grant folded away
+            if event == 'acquired':
+                row['acquired'] += 1
             for k in ('job', 'op', 'session_id', 'since', 'token'):
                 row[k] = m[k]
             row['closed'] = False

@@ -101,6 +101,23 @@ def test_ocs_locks_watch_follows_the_ownership_feed(site, registry):
     assert 'sim-device-2/hw' in proc.stdout
 
 
+def test_ocs_locks_watch_ends_quietly_on_ctrl_c(site, registry):
+    """When the watch gets SIGINT (Ctrl-C), it exits 0 without an error line."""
+    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'watch', '--no-clear'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:      # wait for the first table drawn over WAMP
+            if line.startswith('LOCK'):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, err) == (0, '')
+
+
 def test_ocs_locks_without_a_registry_says_so_in_one_line(site):
     """When the named registry is not running, ocs-locks prints one line and
     exits 1 (no traceback)."""

@@ -79,10 +79,37 @@ def test_LockReporter_folds_bursts_into_one_snapshot_of_the_latest_state():
     last = agent.published[-1]
     assert (last['event'], last['job']) == ('snapshot', 'last')
     assert len(agent.published) <= 3
+    assert last['folded_acquired'] == 1000      # task1..task999 and 'last'
     table = OwnershipTable()
     for m in agent.published:
         table.lock_message('dev', m, 1.0)
     assert table.rows['dev/hw']['job'] == 'last'
+    assert table.rows['dev/hw']['acquired'] == 1001   # no grant lost from the count
+
+
+def test_snapshot_of_a_free_lock_keeps_the_last_token(setup):
+    """When a lock is free, its snapshot carries the last grant's token, so
+    the registry's token never goes backwards."""
+    from ocs_locking.events import snapshot_message
+    reactor, agent, reporter, lock = setup
+    for _ in range(3):
+        assert lock.acquire(0)
+        lock.release()
+    assert snapshot_message(lock)['token'] == 3
+
+
+def test_set_nodelay_switches_nagle_off_on_the_sessions_tcp_connection():
+    """When a joined session's TCP transport is found, Nagle is disabled;
+    anything else is left alone and reported False."""
+    from types import SimpleNamespace
+
+    from ocs_locking.wamp import set_nodelay
+    state = {}
+    tcp = SimpleNamespace(setTcpNoDelay=lambda on: state.update(on=on),
+                          getTcpNoDelay=lambda: state['on'])
+    assert set_nodelay(SimpleNamespace(_transport=SimpleNamespace(transport=tcp))) is True
+    assert state == {'on': True}
+    assert set_nodelay(SimpleNamespace()) is False
 
 
 def test_LockReporter_sends_snapshots_on_join_and_periodically(setup):

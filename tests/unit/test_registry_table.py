@@ -109,5 +109,5 @@ def test_OwnershipTable_malformed_message_raises_and_changes_nothing(table, bad,
 
 def test_OwnershipTable_bad_expiry_raises():
     """When expiry is not a positive number of seconds, ValueError says so."""
-    with pytest.raises(ValueError, match=r'^expiry must be seconds in \(0, 3600\), not 0$'):
+    with pytest.raises(ValueError, match=r'^expiry must be seconds in \(0, 3600\], not 0$'):
         OwnershipTable(expiry=0)
