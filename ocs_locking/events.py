@@ -20,10 +20,12 @@ waiter. ``seq`` increases per agent; ``boot`` identifies the agent process, so
 a restarted agent's lower ``seq`` is not mistaken for stale messages.
 
 Events come from any thread; they are published from the reactor thread, in
-order. Short holds cannot flood the bus: each lock publishes at most one
-message per ``min_interval``; changes in between are folded into one
-``snapshot`` of the lock's latest state at the end of the interval, so the
-latest state is never lost. A snapshot of every lock also goes out when the
+order. Short holds cannot flood the bus: each lock may send a burst of
+``burst`` messages, then one per ``min_interval`` (a token bucket); changes
+beyond that are folded into one ``snapshot`` of the lock's latest state sent
+as soon as the bucket allows, so the latest state is never lost. A task
+taking the lock from an acquisition loop (waiting, released, acquired,
+released, acquired) fits in one burst and is seen whole. A snapshot of every lock also goes out when the
 agent (re)joins the router and every ``snapshot_every`` seconds.
 """
 import threading
@@ -57,25 +59,28 @@ class LockReporter:
 
     Args:
         agent (OCSAgent): the agent whose feed carries the events.
-        min_interval (float): at most one message per lock per this many
-            seconds; changes in between are folded into one snapshot.
+        min_interval (float): after a burst, at most one message per lock per
+            this many seconds; changes in between are folded into one snapshot.
+        burst (int): messages a lock may send at once before folding starts.
         snapshot_every (float): seconds between full snapshots.
         reactor: the Twisted reactor (default: the global one).
     """
 
-    def __init__(self, agent, *, min_interval=0.01, snapshot_every=5.0, reactor=None):
+    def __init__(self, agent, *, min_interval=0.01, burst=8, snapshot_every=5.0,
+                 reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.agent = agent
         self.reactor = reactor
         self.min_interval = min_interval
+        self.burst = burst
         self.snapshot_every = snapshot_every
         self.boot = time.time()
         self.seq = 0
         self.locks = {}
         self._guard = threading.Lock()
         self._queue = []            # messages waiting for the reactor, in order
-        self._last_sent = {}        # lock name -> reactor time of its last message
+        self._bucket = {}           # lock name -> [tokens, reactor time of last refill]
         self._folded = {}           # lock name -> {'acquired': n, 'gave_up': n} folded
         self._flush_scheduled = False
         self._joined = False
@@ -106,14 +111,13 @@ class LockReporter:
                 if ev.event in folded:
                     folded[ev.event] += 1
                 return
-            if now - self._last_sent.get(name, -1e9) < self.min_interval:
+            if not self._take_token(name, now):
                 self._folded[name] = {'acquired': int(ev.event == 'acquired'),
                                       'gave_up': int(ev.event == 'gave_up')}
-                delay = self.min_interval - (now - self._last_sent[name])
+                delay = (1 - self._bucket[name][0]) * self.min_interval
                 self.reactor.callFromThread(self.reactor.callLater, delay,
                                             self._publish_folded, name)
                 return
-            self._last_sent[name] = now
             self._queue.append({'lock': name, 'event': ev.event, 'job': ev.job,
                                 'op': ev.op, 'session_id': ev.session_id,
                                 'since': ev.since, 'waiters': ev.waiters,
@@ -122,6 +126,22 @@ class LockReporter:
                 return
             self._flush_scheduled = True
         self.reactor.callFromThread(self._flush)
+
+    def _take_token(self, name, now):
+        """Token bucket per lock (guard held): True if a message may go now."""
+        bucket = self._bucket.get(name)
+        if bucket is None:
+            bucket = self._bucket[name] = [float(self.burst), now]
+        elif self.min_interval > 0:
+            bucket[0] = min(float(self.burst),
+                            bucket[0] + (now - bucket[1]) / self.min_interval)
+        else:
+            bucket[0] = float(self.burst)
+        bucket[1] = now
+        if bucket[0] >= 1:
+            bucket[0] -= 1
+            return True
+        return False
 
     # -- reactor thread ---------------------------------------------------------
 
@@ -153,7 +173,7 @@ class LockReporter:
     def _publish_folded(self, name):
         with self._guard:
             folded = self._folded.pop(name, {})
-            self._last_sent[name] = self.reactor.seconds()
+            self._take_token(name, self.reactor.seconds())
         lock = self.locks.get(name)
         if lock is not None:
             self._flush()       # keep order: earlier events first

@@ -60,11 +60,11 @@ def test_LockReporter_publishes_each_event_in_order_with_the_contract_fields(set
 
 
 def test_LockReporter_folds_bursts_into_one_snapshot_of_the_latest_state():
-    """When a lock changes faster than min_interval, the extra changes are
-    folded into one snapshot sent at the end of the interval, so the bus is
-    not flooded and the latest state is never lost."""
+    """When a lock changes faster than its token bucket allows, the extra
+    changes are folded into one snapshot sent when the bucket allows, so the
+    bus is not flooded and the latest state is never lost."""
     reactor, agent = Reactor(), FakeAgent()
-    reporter = LockReporter(agent, min_interval=0.5, reactor=reactor)
+    reporter = LockReporter(agent, min_interval=0.5, burst=1, reactor=reactor)
     lock = reporter.attach(TimeoutLock(name='hw'))
     reactor.advance(0)
     agent.published.clear()
@@ -85,6 +85,36 @@ def test_LockReporter_folds_bursts_into_one_snapshot_of_the_latest_state():
         table.lock_message('dev', m, 1.0)
     assert table.rows['dev/hw']['job'] == 'last'
     assert table.rows['dev/hw']['acquired'] == 1001   # no grant lost from the count
+
+
+def test_LockReporter_sends_a_task_handover_whole_within_one_burst():
+    """When an acquisition loop lends its lock to a task for a moment, the
+    whole handover (waiting, released, acquired, released, acquired) goes
+    out event by event: it fits in one burst."""
+    import threading
+    reactor, agent = Reactor(), FakeAgent()
+    reporter = LockReporter(agent, min_interval=0.01, burst=8, reactor=reactor)
+    lock = reporter.attach(TimeoutLock(name='hw'))
+    assert lock.acquire(0, job='acq')
+    reactor.advance(0)
+    agent.published.clear()
+    got = threading.Event()
+
+    def task():
+        assert lock.acquire(10, job='set_heater')
+        got.set()
+        lock.release()
+    t = threading.Thread(target=task)
+    queued = threading.Event()
+    lock.add_listener(lambda ev: ev.event == 'waiting' and queued.set())
+    t.start()
+    assert queued.wait(10)
+    assert lock.release_and_acquire(10)
+    t.join(10)
+    reactor.advance(0)
+    assert [(m['event'], m['job']) for m in agent.published] == [
+        ('waiting', 'set_heater'), ('released', 'acq'), ('acquired', 'set_heater'),
+        ('waiting', 'acq'), ('released', 'set_heater'), ('acquired', 'acq')]
 
 
 def test_snapshot_of_a_free_lock_keeps_the_last_token(setup):
