@@ -1,0 +1,573 @@
+"""Site-wide leases: a pure state machine (no Twisted, no I/O, no threads).
+
+Resources are ``/``-separated paths (``satp1/hwp``). A *request* names one or
+several of them and gets all of them or none; each grant carries a fencing
+token and a lease that ends unless renewed. Time is always passed in (``now``,
+seconds); the LockRegistryAgent calls :meth:`LeaseState.expire` on a timer.
+Persistence and the audit trail go through a store (see ``store.py``).
+"""
+import contextlib
+import copy
+import logging
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Optional, Tuple
+
+__all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'conflicts',
+           'check_resource', 'ACTIONS']
+
+log = logging.getLogger(__name__)
+
+MAX_PATH, MAX_DEPTH = 200, 8
+_SEGMENT = re.compile(r'[a-z0-9][a-z0-9_.-]{0,31}\Z')
+MAX_OWNER, MAX_CLIENT, MAX_NOTE = 128, 200, 500
+MAX_TIME = 1e12          # seconds; refuses inf, NaN and absurd clocks
+KEEP_DONE = 1000        # finished requests remembered for poll()
+#: Audit actions, also the names listeners are called with.
+ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'timeout',
+           'cancel')
+_ENDED_AS = {'release': 'released', 'force_release': 'revoked', 'expire': 'expired'}
+
+
+class LeaseError(ValueError):
+    """A call LeaseState refuses; the one-line text says why. Nothing changed."""
+
+
+def _bad(name, rule, value):
+    return LeaseError(f'{name} must be {rule}, not {value!r:.80}')
+
+
+def ancestors(path):
+    """``'a/b/c'`` -> ``('a', 'a/b')``: the proper ancestors, outermost first."""
+    parts = path.split('/')
+    return tuple('/'.join(parts[:i]) for i in range(1, len(parts)))
+
+
+def conflicts(a, a_tree, b, b_tree):
+    """Whether a grant on path ``a`` and one on path ``b`` exclude each other.
+
+    The same path always conflicts with itself; a tree grant also excludes
+    every path below it. Non-tree grants on ``x`` and ``x/y`` coexist.
+    """
+    if a == b:
+        return True
+    if b.startswith(a + '/'):
+        return a_tree
+    if a.startswith(b + '/'):
+        return b_tree
+    return False
+
+
+def _overlap(paths, tree, other_paths, other_tree):
+    return any(conflicts(a, tree, b, other_tree) for a in paths for b in other_paths)
+
+
+def check_resource(value, name='resource'):
+    """Return ``value`` if it is a well-formed resource path, else raise LeaseError."""
+    if not isinstance(value, str):
+        raise _bad(name, "a path like 'satp1/hwp'", value)
+    if not value:
+        raise LeaseError(f'{name} must not be empty')
+    if len(value) > MAX_PATH:
+        raise LeaseError(f'{name} must be at most {MAX_PATH} characters, '
+                         f'not {len(value)}: {value!r:.80}')
+    parts = value.split('/')
+    if len(parts) > MAX_DEPTH:
+        raise LeaseError(f'{name} must have at most {MAX_DEPTH} segments, '
+                         f'not {len(parts)}: {value!r:.80}')
+    for part in parts:
+        if not _SEGMENT.match(part):
+            raise LeaseError(f'{name} segment {part!r:.40} must match '
+                             f'[a-z0-9][a-z0-9_.-]{{0,31}}: {value!r:.80}')
+    return value
+
+
+def _resources(value, tree, most):
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _bad('resources', 'a resource path or a list of them', value)
+    if not items:
+        raise LeaseError('resources must not be an empty list')
+    if len(items) > most:
+        raise LeaseError(f'resources must list at most {most} paths, not {len(items)}')
+    names = sorted(check_resource(v) for v in items)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a == b:
+                raise LeaseError(f'resources must not list {a!r} twice')
+            if conflicts(a, tree, b, tree):
+                raise LeaseError(f'resources {a!r} and {b!r} overlap (tree={tree})')
+    return tuple(names)
+
+
+def _seconds(name, value, most, zero_ok=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, 'a number of seconds', value)
+    if not 0 <= value <= most or (value == 0 and not zero_ok):     # also refuses NaN
+        raise _bad(name, f'in {"[" if zero_ok else "("}0, {most:g}] seconds', value)
+    return float(value)
+
+
+def _time(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not -MAX_TIME <= value <= MAX_TIME:
+        raise _bad('now', 'a finite time in seconds', value)
+    return float(value)
+
+
+def _text(name, value, most, required=False):
+    if not isinstance(value, str):
+        raise _bad(name, 'a string', value)
+    if required and not value.strip():
+        raise LeaseError(f'{name} must not be empty')
+    if len(value) > most:
+        raise LeaseError(f'{name} must be at most {most} characters, '
+                         f'not {len(value)}: {value!r:.80}')
+    if not value.isprintable():
+        raise _bad(name, 'printable text on one line', value)
+    return value
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2 ** 63:
+        raise _bad(name, 'a positive integer', value)
+    return value
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One resource held under a lease. ``expires`` and ``granted_at`` are
+    times in the caller's clock; all grants of one request share ``request_id``
+    and ``expires`` (they are renewed and released together)."""
+    resource: str
+    owner: str
+    token: int
+    expires: float
+    tree: bool
+    note: str
+    client: str
+    granted_at: float
+    request_id: int
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request waiting for its resources (sorted); it gives up at ``deadline``."""
+    request_id: int
+    resources: Tuple[str, ...]
+    owner: str
+    lease: float
+    tree: bool
+    note: str
+    client: str
+    queued_at: float
+    deadline: float
+
+    def as_dict(self):
+        return dict(asdict(self), resources=list(self.resources))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a request.
+
+    ``status`` is ``granted`` (``grants`` holds one Grant per resource),
+    ``queued`` (``queue_position``: 1 + the earlier waiters it conflicts with),
+    ``busy`` (refused at once; ``queue_position`` is the place it would have
+    taken), or, from :meth:`LeaseState.poll`, ``released``, ``expired``,
+    ``revoked`` (``grants`` as they ended), ``timed_out``, ``cancelled``,
+    ``unknown``. ``holders`` are the grants it conflicts with (queued, busy).
+    """
+    status: str
+    request_id: Optional[int] = None
+    grants: Tuple[Grant, ...] = ()
+    holders: Tuple[Grant, ...] = ()
+    queue_position: Optional[int] = None
+
+    def as_dict(self):
+        return {'status': self.status, 'request_id': self.request_id,
+                'grants': [g.as_dict() for g in self.grants],
+                'holders': [g.as_dict() for g in self.holders],
+                'queue_position': self.queue_position}
+
+
+class _Claims:
+    """The union of several claims: does a claim conflict with any of them?"""
+
+    def __init__(self):
+        self.paths, self.tree_paths, self.inner = set(), set(), set()
+
+    def add(self, paths, tree):
+        self.paths.update(paths)
+        if tree:
+            self.tree_paths.update(paths)
+        for p in paths:
+            self.inner.update(ancestors(p))     # every path strictly above a claim
+
+    def hits(self, paths, tree):
+        return any(p in self.paths or (tree and p in self.inner)
+                   or any(a in self.tree_paths for a in ancestors(p)) for p in paths)
+
+
+class _NoStore:
+    """LeaseState(store=None): nothing persists, no audit trail."""
+
+    def load(self):
+        return {'grants': [], 'counters': {}, 'last_request_id': 0}
+
+    def apply(self, **changes):
+        pass
+
+
+class _Batch:
+    """What one operation changed: written to the store in one transaction."""
+
+    def __init__(self):
+        self.counters, self.grants, self.audit, self.notices = {}, {}, [], []
+
+
+_STATE = ('_grants', '_counters', '_waiting', '_done', '_ended', '_last_rid')
+
+
+class LeaseState:
+    """Leased, fenced, tree-scoped locks on site-wide resources.
+
+    Contract:
+
+    * **All or nothing.** A request for several resources holds all of them
+      or none; they are taken in one canonical (sorted) order.
+    * **Conflicts** follow :func:`conflicts`: a tree grant on ``satp1``
+      excludes ``satp1`` and every ``satp1/...``; no two current grants ever
+      conflict, whoever the owners are (leases are not re-entrant).
+    * **Fair.** Waiting requests are served strictly first-come first-served
+      among those that conflict: a request is granted only when no grant and
+      no *earlier* waiting request conflicts with it, so a multi-resource
+      request is never starved by later small ones. A request that cannot be
+      granted now is refused (``timeout=0``: ``busy``) or waits until
+      ``now + timeout`` (``queued``); :meth:`poll` tells how it ended.
+    * **Leases** end at ``expires`` (``now >= expires``) unless renewed; a
+      request's grants are renewed and released together, through any one of
+      its resources and its token. Only the token's grant may be renewed or
+      released; :meth:`force_release` is the privileged way round it.
+    * **Tokens** strictly increase per resource, forever (counters persist),
+      and along a path: a grant's token exceeds every token ever issued on a
+      path it covers or that covers it, so a device sees growing tokens from
+      whoever holds it, directly or through a tree grant.
+    * **Time** is passed in. Every method taking ``now`` first applies what is
+      due by then (:meth:`expire`), in time order: expiries, the waiters they
+      let in, the waiters whose deadline passed. Grants start at ``now``.
+    * **Misuse** raises :class:`LeaseError` and changes nothing at all: every
+      argument is checked first, and a refused call rolls back even the
+      expiries it applied. The same holds when the store fails to write.
+    * **Observable.** Each change is one audit row per resource in the store
+      (who, what, resource, token, when, why, client), and listeners added
+      with :meth:`add_listener` are called after the write with
+      ``(action, item)``: ``grant``/``queue``/``timeout``/``cancel`` with an
+      Outcome; ``renew``/``release``/``force_release``/``expire`` with a Grant.
+    * **Persistence.** With a store, grants, token counters and the last
+      request id are loaded at start, so a restart loses no grant and reuses
+      no token or id; waiting requests and finished outcomes are not kept
+      (their callers' sessions ended with the registry: they ask again).
+    * **Threads.** Not thread-safe: one thread (the reactor) calls it.
+    """
+
+    def __init__(self, store=None, max_lease=3600.0, max_timeout=600.0, max_resources=16,
+                 max_waiting=1000):
+        self.max_lease = _seconds('max_lease', max_lease, 1e9)
+        self.max_timeout = _seconds('max_timeout', max_timeout, 1e9, zero_ok=True)
+        self.max_resources = _positive_int('max_resources', max_resources)
+        self.max_waiting = _positive_int('max_waiting', max_waiting)
+        self._store = _NoStore() if store is None else store
+        self._listeners = []
+        self._batch = None
+        self._grants = {}     # resource -> Grant; no two conflict
+        self._counters = {}   # resource -> last token issued; never decreases
+        self._waiting = []    # Requests, oldest first; each blocked by a grant or an earlier one
+        self._done = {}       # request id -> final Outcome, the newest KEEP_DONE
+        self._ended = {}      # resource -> (token, why) of the last grant that ended
+        loaded = self._store.load()
+        for row in loaded['grants']:
+            self._grants[row['resource']] = Grant(**row)
+        self._counters.update(loaded['counters'])
+        self._last_rid = max([loaded['last_request_id']] +
+                             [g.request_id for g in self._grants.values()])
+
+    def add_listener(self, callback):
+        """Call ``callback(action, item)`` after each change is stored."""
+        self._listeners.append(callback)
+
+    # -- requests -----------------------------------------------------------------
+
+    def acquire(self, resources, owner, lease, now, timeout=0.0, tree=False, note='',
+                client=''):
+        """Ask for ``resources`` (a path or a list) for ``lease`` seconds.
+
+        Returns an Outcome: ``granted``, ``queued`` (poll its ``request_id``)
+        or ``busy``. Raises LeaseError for a bad argument or a full queue.
+        """
+        if not isinstance(tree, bool):
+            raise _bad('tree', 'True or False', tree)
+        names = _resources(resources, tree, self.max_resources)
+        owner = _text('owner', owner, MAX_OWNER, required=True)
+        lease = _seconds('lease', lease, self.max_lease)
+        timeout = _seconds('timeout', timeout, self.max_timeout, zero_ok=True)
+        note, client = _text('note', note, MAX_NOTE), _text('client', client, MAX_CLIENT)
+        now = _time(now)
+        with self._op(now):
+            req = Request(self._last_rid + 1, names, owner, lease, tree, note, client, now,
+                          now + timeout)
+            holders = self._conflicting(names, tree)
+            ahead = sum(_overlap(w.resources, w.tree, names, tree) for w in self._waiting)
+            if not holders and not ahead:
+                self._last_rid += 1
+                return self._grant(req, now)
+            if timeout == 0:
+                return Outcome('busy', None, (), holders, ahead + 1)
+            if len(self._waiting) >= self.max_waiting:
+                raise LeaseError(f'queue is full (max_waiting={self.max_waiting})')
+            self._last_rid += 1
+            self._waiting.append(req)
+            out = Outcome('queued', req.request_id, (), holders, ahead + 1)
+            self._record_request('queue', req, now, out, timeout=timeout)
+            return out
+
+    def renew(self, resource, token, lease, now, client=''):
+        """Extend the lease of the request holding ``resource`` with ``token``
+        to ``now + lease`` (all its resources); returns the new Grant."""
+        check_resource(resource)
+        _positive_int('token', token)
+        lease = _seconds('lease', lease, self.max_lease)
+        client = _text('client', client, MAX_CLIENT)
+        now = _time(now)
+        with self._op(now):
+            held = self._holding(resource, token)
+            for g in self._request_grants(held.request_id):
+                g = self._grants[g.resource] = replace(g, expires=now + lease)
+                self._batch.grants[g.resource] = g
+                self._audit('renew', now, g, client=client, expires=g.expires)
+                self._batch.notices.append(('renew', g))
+            return self._grants[resource]
+
+    def release(self, resource, token, now, client=''):
+        """Release the request holding ``resource`` with ``token`` (all of its
+        resources); returns the Outcomes granted to waiters as a result."""
+        check_resource(resource)
+        _positive_int('token', token)
+        client = _text('client', client, MAX_CLIENT)
+        now = _time(now)
+        with self._op(now):
+            held = self._holding(resource, token)
+            self._end(held.request_id, 'release', now, client=client)
+            return self._serve(now)
+
+    def force_release(self, resource, reason, by, now, client=''):
+        """Revoke the request holding ``resource`` (privileged: the caller checks
+        who may), for ``reason``, done by ``by`` from ``client``. Returns
+        (revoked grants, Outcomes granted as a result)."""
+        check_resource(resource)
+        reason = _text('reason', reason, MAX_NOTE, required=True)
+        by = _text('by', by, MAX_OWNER, required=True)
+        client = _text('client', client, MAX_CLIENT)
+        now = _time(now)
+        with self._op(now):
+            held = self._grants.get(resource)
+            if held is None:
+                cover = [g.resource for g in self._conflicting((resource,), False)]
+                raise LeaseError(f'nothing is held on {resource!r}' + (
+                    f' (it is covered by a tree lease on {cover[0]!r})' if cover else ''))
+            revoked = self._end(held.request_id, 'force_release', now, client=client, by=by,
+                                reason=reason)
+            return revoked, self._serve(now)
+
+    def cancel(self, request_id, now):
+        """Withdraw a waiting request; returns the Outcomes granted as a result."""
+        _positive_int('request_id', request_id)
+        now = _time(now)
+        with self._op(now):
+            req = next((w for w in self._waiting if w.request_id == request_id), None)
+            if req is None:
+                raise LeaseError(f'request {request_id} is not waiting '
+                                 f'({self.poll(request_id).status})')
+            self._withdraw(req, 'cancel', now)
+            return self._serve(now)
+
+    def expire(self, now):
+        """Apply what is due by ``now``: ``{'expired': [Grant], 'timed_out':
+        [request id], 'granted': [Outcome]}``."""
+        with self._op(_time(now)) as due:
+            return due
+
+    # -- status -------------------------------------------------------------------
+
+    def poll(self, request_id):
+        """The Outcome of a request as of the last call (see Outcome.status)."""
+        _positive_int('request_id', request_id)
+        for i, w in enumerate(self._waiting):
+            if w.request_id == request_id:
+                ahead = sum(_overlap(e.resources, e.tree, w.resources, w.tree)
+                            for e in self._waiting[:i])
+                return Outcome('queued', request_id, (),
+                               self._conflicting(w.resources, w.tree), ahead + 1)
+        grants = self._request_grants(request_id)
+        if grants:
+            return Outcome('granted', request_id, grants)
+        return self._done.get(request_id, Outcome('unknown', request_id))
+
+    def holders(self, resource=None):
+        """Current grants sorted by resource; with ``resource``, those a tree
+        lease on it would wait for (on it, below it, tree grants above it)."""
+        if resource is None:
+            return tuple(self._grants[r] for r in sorted(self._grants))
+        return self._conflicting((check_resource(resource),), True)
+
+    def waiting(self):
+        """The waiting Requests, oldest first."""
+        return tuple(self._waiting)
+
+    def snapshot(self):
+        """The whole state as plain data (JSON-ready)."""
+        return {'grants': [g.as_dict() for g in self.holders()],
+                'waiting': [dict(w.as_dict(), position=self.poll(w.request_id).queue_position)
+                            for w in self._waiting],
+                'counters': dict(sorted(self._counters.items()))}
+
+    # -- internals ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _op(self, now):
+        saved = {k: copy.copy(getattr(self, k)) for k in _STATE}
+        batch = self._batch = _Batch()
+        try:
+            yield self._expire(now)
+            if batch.counters or batch.grants or batch.audit:
+                self._store.apply(
+                    counters=batch.counters, audit=batch.audit, last_request_id=self._last_rid,
+                    grants={r: g and g.as_dict() for r, g in batch.grants.items()})
+        except BaseException:
+            for k, v in saved.items():
+                setattr(self, k, v)
+            raise
+        finally:
+            self._batch = None
+        for action, item in batch.notices:
+            for callback in list(self._listeners):
+                try:
+                    callback(action, item)
+                except Exception:
+                    log.exception('lease listener %r failed on %s', callback, action)
+
+    def _expire(self, now):
+        expired, timed_out, granted = [], [], []
+        while True:
+            due = [g.expires for g in self._grants.values() if g.expires <= now]
+            due += [w.deadline for w in self._waiting if w.deadline <= now]
+            if not due:
+                return {'expired': expired, 'timed_out': timed_out, 'granted': granted}
+            t = min(due)
+            for rid in sorted({g.request_id for g in self._grants.values() if g.expires <= t}):
+                expired += self._end(rid, 'expire', now)
+            granted += self._serve(now)
+            late = [w for w in self._waiting if w.deadline <= t]
+            for w in late:
+                self._withdraw(w, 'timeout', now)
+                timed_out.append(w.request_id)
+            if late:
+                granted += self._serve(now)
+
+    def _serve(self, now):
+        """Grant, oldest first, every waiter no grant and no earlier waiter blocks."""
+        held, blocked, still, granted = _Claims(), _Claims(), [], []
+        for g in self._grants.values():
+            held.add((g.resource,), g.tree)
+        for w in self._waiting:
+            if held.hits(w.resources, w.tree) or blocked.hits(w.resources, w.tree):
+                blocked.add(w.resources, w.tree)
+                still.append(w)
+            else:
+                held.add(w.resources, w.tree)
+                granted.append(self._grant(w, now))
+        self._waiting = still
+        return granted
+
+    def _grant(self, req, now):
+        grants = []
+        for r in req.resources:
+            covering = (r,) + ancestors(r)
+            if req.tree:
+                covering += tuple(x for x in self._counters if x.startswith(r + '/'))
+            token = 1 + max(self._counters.get(x, 0) for x in covering)
+            self._counters[r] = self._batch.counters[r] = token
+            g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,
+                      now, req.request_id)
+            self._grants[r] = self._batch.grants[r] = g
+            self._audit('grant', now, g, tree=req.tree, expires=g.expires, note=req.note)
+            grants.append(g)
+        out = Outcome('granted', req.request_id, tuple(grants))
+        self._batch.notices.append(('grant', out))
+        return out
+
+    def _end(self, rid, action, now, client=None, by=None, reason=None):
+        grants = self._request_grants(rid)
+        for g in grants:
+            del self._grants[g.resource]
+            self._batch.grants[g.resource] = None
+            why = {'release': f'was released at {now:.3f}',
+                   'expire': f'expired at {g.expires:.3f}',
+                   'force_release': f'was revoked at {now:.3f} by {by!r:.40}: {reason!r:.80}'}
+            self._ended[g.resource] = (g.token, f'lease on {g.resource!r} {why[action]}')
+            detail = {'holder': g.owner, 'reason': reason} if by else \
+                {'expires': g.expires} if action == 'expire' else {}
+            self._audit(action, now, g, owner=by or g.owner,
+                        client=g.client if client is None else client, **detail)
+            self._batch.notices.append((action, g))
+        self._remember(Outcome(_ENDED_AS[action], rid, grants))
+        return list(grants)
+
+    def _withdraw(self, req, action, now):
+        self._waiting.remove(req)
+        out = Outcome('timed_out' if action == 'timeout' else 'cancelled', req.request_id)
+        self._remember(out)
+        self._record_request(action, req, now, out)
+
+    def _record_request(self, action, req, now, out, **detail):
+        for r in req.resources:
+            self._audit(action, now, None, resource=r, owner=req.owner, client=req.client,
+                        request=req.request_id, tree=req.tree, note=req.note, **detail)
+        self._batch.notices.append((action, out))
+
+    def _audit(self, action, now, grant, resource=None, owner=None, client=None, **detail):
+        if grant is not None:
+            detail.setdefault('request', grant.request_id)
+        self._batch.audit.append({
+            'at': now, 'action': action, 'resource': resource or grant.resource,
+            'owner': owner or grant.owner, 'token': grant and grant.token,
+            'client': grant.client if client is None else client, 'detail': detail, 'ok': True})
+
+    def _remember(self, outcome):
+        self._done[outcome.request_id] = outcome
+        while len(self._done) > KEEP_DONE:
+            del self._done[next(iter(self._done))]
+
+    def _holding(self, resource, token):
+        g = self._grants.get(resource)
+        if g is not None and g.token == token:
+            return g
+        ended = self._ended.get(resource)
+        if ended and ended[0] == token:
+            raise LeaseError(ended[1])
+        if token > self._counters.get(resource, 0):
+            raise LeaseError(f'token {token} was never issued for {resource!r}')
+        if g is None:
+            raise LeaseError(f'token {token} is stale: nothing is held on {resource!r}')
+        raise LeaseError(f'token {token} is stale: {resource!r} is held by {g.owner!r:.40}')
+
+    def _request_grants(self, rid):
+        return tuple(sorted((g for g in self._grants.values() if g.request_id == rid),
+                            key=lambda g: g.resource))
+
+    def _conflicting(self, paths, tree):
+        return tuple(self._grants[r] for r in sorted(self._grants)
+                     if _overlap(paths, tree, (r,), self._grants[r].tree))

@@ -1,0 +1,567 @@
+"""LeaseState (pure): grants, tokens, trees, queues, leases, and bad input.
+
+Time is always passed in explicitly; nothing here sleeps.
+"""
+import json
+import logging
+import math
+
+import pytest
+
+from ocs_locking.registry import state as state_module
+from ocs_locking.registry.state import Grant, LeaseError, LeaseState, Outcome
+from ocs_locking.registry.store import LeaseStore
+
+
+@pytest.fixture
+def store():
+    s = LeaseStore(':memory:')
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def state(store):
+    return LeaseState(store=store)
+
+
+def tokens(outcome):
+    return {g.resource: g.token for g in outcome.grants}
+
+
+def test_LeaseState_grants_a_free_resource(state):
+    """When a resource is free, acquire grants it at once: token 1, a lease
+    from now, the caller's note and client, and poll says granted."""
+    out = state.acquire('satp1/hwp', 'alice', 30, 100.0, note='tuning', client='op-1')
+    assert out == Outcome('granted', 1, (Grant('satp1/hwp', 'alice', 1, 130.0, False, 'tuning',
+                                               'op-1', 100.0, 1),))
+    assert state.poll(1) == out
+    assert state.holders() == out.grants
+
+
+def test_LeaseState_tokens_increase_across_release_and_expiry(state):
+    """When a resource is granted, released, granted, expires and is granted
+    again, each grant's token is larger than the last."""
+    t1 = state.acquire('a', 'o', 10, 0).grants[0].token
+    state.release('a', t1, 1)
+    t2 = state.acquire('a', 'o', 10, 2).grants[0].token
+    assert state.expire(12)['expired'][0].token == t2
+    t3 = state.acquire('a', 'o', 10, 13).grants[0].token
+    assert t1 < t2 < t3
+
+
+def test_LeaseState_tree_grant_excludes_the_path_and_everything_below(state):
+    """When 'satp1' is held as a tree, 'satp1' and 'satp1/...' are busy, and
+    the busy outcome names the holder; 'satp10' and 'satp2' are free."""
+    held = state.acquire('satp1', 'alice', 10, 0, tree=True).grants
+    for path in ('satp1', 'satp1/hwp', 'satp1/hwp/motor'):
+        out = state.acquire(path, 'bob', 10, 1)
+        assert (out.status, out.holders, out.request_id) == ('busy', held, None)
+    assert state.acquire('satp10', 'bob', 10, 1).status == 'granted'
+    assert state.acquire('satp2', 'bob', 10, 1, tree=True).status == 'granted'
+
+
+def test_LeaseState_grant_below_excludes_a_tree_grant_above(state):
+    """When 'satp1/hwp' is held (not as a tree), a tree lease on 'satp1' is
+    busy, but a plain lease on 'satp1' is granted beside it."""
+    state.acquire('satp1/hwp', 'alice', 10, 0)
+    assert state.acquire('satp1', 'bob', 10, 1, tree=True).status == 'busy'
+    assert state.acquire('satp1', 'bob', 10, 1).status == 'granted'
+
+
+def test_LeaseState_siblings_and_plain_parent_child_coexist(state):
+    """When tree leases are on siblings 'a/b' and 'a/c', and plain leases on
+    'x' and 'x/y', all are granted; the same path twice is not."""
+    for path, tree in (('a/b', True), ('a/c', True), ('x', False), ('x/y', False)):
+        assert state.acquire(path, path, 10, 0, tree=tree).status == 'granted'
+    assert state.acquire('x/y', 'other', 10, 0).status == 'busy'
+
+
+def test_LeaseState_tokens_grow_along_a_path(state):
+    """When 'a/b' has had tokens up to 3 and 'a' is then taken as a tree, the
+    tree grant's token exceeds 3, and a later 'a/b' grant exceeds that: a
+    device under 'a/b' sees growing tokens whoever covers it."""
+    for i in range(3):
+        state.release('a/b', state.acquire('a/b', 'o', 10, i).grants[0].token, i)
+    tree_token = state.acquire('a', 'o', 10, 5, tree=True).grants[0].token
+    assert tree_token == 4
+    state.release('a', tree_token, 6)
+    assert state.acquire('a/b', 'o', 10, 7).grants[0].token == 5
+
+
+def test_LeaseState_multi_resource_is_all_or_nothing_in_sorted_order(state):
+    """When one of several resources is held the request gets none of them;
+    once it is free it gets all, in sorted order, one token each."""
+    d = state.acquire('d', 'alice', 10, 0).grants[0]
+    assert state.acquire(['d', 'b', 'a'], 'bob', 10, 1).status == 'busy'
+    assert [g.resource for g in state.holders()] == ['d']
+    state.release('d', d.token, 2)
+    out = state.acquire(['d', 'b', 'a'], 'bob', 10, 3)
+    assert [g.resource for g in out.grants] == ['a', 'b', 'd']
+    assert tokens(out) == {'a': 1, 'b': 1, 'd': 2}
+    assert {g.request_id for g in out.grants} == {out.request_id}
+
+
+def test_LeaseState_release_through_one_resource_releases_the_request(state):
+    """When a multi-resource grant is released through any one of its
+    resources, all of them are released and poll says released."""
+    out = state.acquire(['a', 'b'], 'bob', 10, 0)
+    assert state.release('b', tokens(out)['b'], 1) == []
+    assert state.holders() == ()
+    assert state.poll(out.request_id).status == 'released'
+
+
+def test_LeaseState_waiters_are_served_fifo(state):
+    """When two requests wait for the same resource, the first is granted on
+    release and the second moves to position 1."""
+    t = state.acquire('a', 'x', 10, 0).grants[0].token
+    w1 = state.acquire('a', 'w1', 10, 1, timeout=60)
+    w2 = state.acquire('a', 'w2', 10, 2, timeout=60)
+    assert (w1.status, w1.queue_position, w2.queue_position) == ('queued', 1, 2)
+    [granted] = state.release('a', t, 3)
+    assert granted.request_id == w1.request_id and granted.grants[0].owner == 'w1'
+    assert granted.grants[0].expires == 13
+    assert state.poll(w2.request_id).queue_position == 1
+    assert state.poll(w1.request_id).status == 'granted'
+
+
+def test_LeaseState_multi_resource_waiter_is_not_starved(state):
+    """When a request for 'a'+'d' waits on 'a', later requests for the free
+    'd' wait behind it (or are busy), and it is served first."""
+    t = state.acquire('a', 'x', 10, 0).grants[0].token
+    big = state.acquire(['a', 'd'], 'big', 10, 1, timeout=60)
+    busy = state.acquire('d', 'small', 10, 2)
+    assert (busy.status, busy.holders, busy.queue_position) == ('busy', (), 2)
+    small = state.acquire('d', 'small', 10, 2, timeout=60)
+    assert (small.status, small.queue_position) == ('queued', 2)
+    [granted] = state.release('a', t, 3)
+    assert granted.request_id == big.request_id
+    [granted] = state.release('d', tokens(granted)['d'], 4)
+    assert granted.request_id == small.request_id
+
+
+def test_LeaseState_later_waiter_never_overtakes_an_earlier_conflicting_one(state):
+    """When 'a' is freed while a plain and then a tree request for 'a' wait,
+    and a request for 'a/b' waits behind the tree one, only the first is
+    granted: 'a/b' stays behind the earlier tree request, though free."""
+    t = state.acquire('a', 'x', 10, 0).grants[0].token
+    first = state.acquire('a', 'w1', 10, 1, timeout=60)
+    tree = state.acquire('a', 'w2', 10, 1, timeout=60, tree=True)
+    below = state.acquire('a/b', 'w3', 10, 1, timeout=60)
+    assert (tree.queue_position, below.queue_position) == (2, 2)   # w1 does not block a/b
+    revoked, granted = state.force_release('a', 'test', 'op', 2)
+    assert [o.request_id for o in granted] == [first.request_id]
+    assert [w.request_id for w in state.waiting()] == [tree.request_id, below.request_id]
+    [granted] = state.release('a', t + 1, 3)
+    assert granted.request_id == tree.request_id
+    [granted] = state.release('a', t + 2, 4)
+    assert granted.request_id == below.request_id
+
+
+def test_LeaseState_unrelated_requests_do_not_wait_for_earlier_waiters(state):
+    """When a request waits for 'a', a request for 'b' or for a plain 'a/x'
+    is granted at once; queue_position counts only conflicting waiters."""
+    state.acquire('a', 'x', 10, 0)
+    state.acquire('a', 'w', 10, 1, timeout=60)
+    assert state.acquire('b', 'y', 10, 2).status == 'granted'
+    assert state.acquire('a/x', 'y', 10, 2).status == 'granted'
+    state.acquire('b', 'z', 10, 3, timeout=60)
+    assert state.acquire('b', 'z2', 10, 3, timeout=60).queue_position == 2
+    assert state.acquire('a', 'z3', 10, 3, timeout=60).queue_position == 2
+
+
+def test_LeaseState_waiter_times_out_through_expire(state):
+    """When a waiter's timeout passes, expire reports it timed out, removes
+    it, records it, and poll says timed_out."""
+    state.acquire('a', 'x', 100, 0)
+    w = state.acquire('a', 'w', 10, 1, timeout=5)
+    assert state.expire(5.9) == {'expired': [], 'timed_out': [], 'granted': []}
+    assert state.expire(6.0) == {'expired': [], 'timed_out': [w.request_id], 'granted': []}
+    assert state.waiting() == () and state.poll(w.request_id).status == 'timed_out'
+
+
+def test_LeaseState_expire_applies_due_events_in_time_order(state, store):
+    """When expire runs late, events apply in the order they fell due: a
+    waiter whose deadline came before the lease ended times out, one whose
+    deadline came after is granted with a lease starting now."""
+    state.acquire('a', 'x', 10, 0)
+    early = state.acquire('a', 'early', 5, 1, timeout=4)       # deadline 5
+    late = state.acquire('a', 'late', 5, 2, timeout=20)        # deadline 22
+    result = state.expire(30)
+    assert [g.owner for g in result['expired']] == ['x']
+    assert result['timed_out'] == [early.request_id]
+    assert [o.request_id for o in result['granted']] == [late.request_id]
+    assert result['granted'][0].grants[0].expires == 35
+    assert [r['action'] for r in reversed(store.history())][-3:] == \
+        ['timeout', 'expire', 'grant']
+
+
+def test_LeaseState_renew_extends_the_whole_request(state, store):
+    """When a holder renews through one resource with its token, every
+    resource of its request gets the new expiry; the token stays."""
+    out = state.acquire(['a', 'b'], 'o', 10, 0)
+    g = state.renew('a', tokens(out)['a'], 30, 5, client='c2')
+    assert (g.resource, g.token, g.expires) == ('a', 1, 35)
+    assert [h.expires for h in state.holders()] == [35, 35]
+    assert state.expire(34)['expired'] == []
+    assert store.history(limit=1)[0]['client'] == 'c2'
+
+
+def test_LeaseState_renew_with_a_wrong_token_is_refused(state):
+    """When renew names a stale or never-issued token, LeaseError says so."""
+    t = state.acquire('a', 'o', 10, 0).grants[0].token
+    state.release('a', t, 1)
+    state.acquire('a', 'p', 10, 2)
+    state.acquire('a', 'q', 10, 2, timeout=60)
+    with pytest.raises(LeaseError, match=r"^lease on 'a' was released at 1\.000$"):
+        state.renew('a', t, 10, 3)
+    with pytest.raises(LeaseError, match=r"^token 7 was never issued for 'a'$"):
+        state.renew('a', 7, 10, 3)
+
+
+def test_LeaseState_renew_after_expiry_is_refused(state):
+    """When a lease has expired, renewing it says when it expired, and the
+    next grant of that resource has a larger token."""
+    t = state.acquire('a', 'o', 10, 0).grants[0].token
+    with pytest.raises(LeaseError, match=r"^lease on 'a' expired at 10\.000$"):
+        state.renew('a', t, 10, 10)
+    assert state.acquire('a', 'p', 10, 11).grants[0].token > t
+
+
+def test_LeaseState_release_hands_over_to_waiters_and_refuses_wrong_tokens(state):
+    """When a non-holder's token is used to release, LeaseError; the holder's
+    release returns the outcome granted to the waiter."""
+    t = state.acquire('a', 'o', 10, 0).grants[0].token
+    w = state.acquire('a', 'w', 10, 1, timeout=60)
+    with pytest.raises(LeaseError, match=r"^token 2 was never issued for 'a'$"):
+        state.release('a', t + 1, 2)
+    assert [o.request_id for o in state.release('a', t, 2)] == [w.request_id]
+    with pytest.raises(LeaseError, match=r"^lease on 'a' was released at 2\.000$"):
+        state.release('a', t, 3)
+
+
+def test_LeaseState_force_release_revokes_and_hands_over(state, store):
+    """When an operator force-releases a held resource, the holder's whole
+    request is revoked, the waiter is granted, the audit row names who and
+    why, and the old token is refused with the reason."""
+    out = state.acquire(['a', 'b'], 'alice', 100, 0, client='c-alice')
+    w = state.acquire('b', 'bob', 10, 1, timeout=60)
+    revoked, granted = state.force_release('a', 'pump stuck', 'op-carol', 2, client='c-op')
+    assert [g.resource for g in revoked] == ['a', 'b']
+    assert [o.request_id for o in granted] == [w.request_id]
+    assert state.poll(out.request_id).status == 'revoked'
+    row = [r for r in store.history() if r['action'] == 'force_release'][0]
+    assert (row['owner'], row['client'], row['detail']['holder'], row['detail']['reason']) == \
+        ('op-carol', 'c-op', 'alice', 'pump stuck')
+    with pytest.raises(LeaseError, match=r"^lease on 'a' was revoked at 2\.000 by "
+                                         r"'op-carol': 'pump stuck'$"):
+        state.renew('a', tokens(out)['a'], 10, 3)
+
+
+def test_LeaseState_force_release_of_nothing_is_refused(state):
+    """When nothing is held on the resource, force_release raises, and says
+    when a tree lease above covers it."""
+    with pytest.raises(LeaseError, match=r"^nothing is held on 'a'$"):
+        state.force_release('a', 'r', 'op', 0)
+    state.acquire('a', 'o', 10, 0, tree=True)
+    with pytest.raises(LeaseError, match=r"^nothing is held on 'a/b' "
+                                         r"\(it is covered by a tree lease on 'a'\)$"):
+        state.force_release('a/b', 'r', 'op', 0)
+
+
+def test_LeaseState_cancel_withdraws_and_unblocks_later_waiters(state):
+    """When an earlier waiter that blocks a later one is cancelled, the later
+    one is granted at once; cancelling again raises."""
+    state.acquire('a', 'x', 10, 0)
+    big = state.acquire(['a', 'd'], 'big', 10, 1, timeout=60)
+    small = state.acquire('d', 'small', 10, 2, timeout=60)
+    [granted] = state.cancel(big.request_id, 3)
+    assert granted.request_id == small.request_id
+    assert state.poll(big.request_id) == Outcome('cancelled', big.request_id)
+    with pytest.raises(LeaseError, match=r'^request \d+ is not waiting \(cancelled\)$'):
+        state.cancel(big.request_id, 4)
+
+
+def test_LeaseState_poll_reports_every_stage(state):
+    """When a request queues, is granted, and expires, poll follows it; an id
+    never issued is unknown."""
+    state.acquire('a', 'x', 10, 0)
+    w = state.acquire('a', 'w', 5, 1, timeout=60)
+    assert (state.poll(w.request_id).status, state.poll(w.request_id).holders[0].owner) == \
+        ('queued', 'x')
+    state.expire(10)
+    assert state.poll(w.request_id).status == 'granted'
+    state.expire(15)
+    assert state.poll(w.request_id).status == 'expired'
+    assert state.poll(999) == Outcome('unknown', 999)
+
+
+def test_LeaseState_holders_of_a_path_are_what_a_tree_lease_would_wait_for(state):
+    """When asked for the holders of 'a/b', it lists grants on it, below it,
+    and tree grants above it, not plain grants above it or on siblings."""
+    for path, tree in (('a', False), ('a/b', False), ('a/b/c', False), ('a/x', True)):
+        state.acquire(path, 'o', 10, 0, tree=tree)
+    assert [g.resource for g in state.holders('a/b')] == ['a/b', 'a/b/c']
+    state.acquire('q', 'o', 10, 0, tree=True)
+    assert [g.resource for g in state.holders('q/r')] == ['q']
+
+
+def test_LeaseState_snapshot_is_plain_data(state):
+    """When asked for a snapshot it gives grants, waiters with positions and
+    counters as plain dicts and lists."""
+    state.acquire('a', 'x', 10, 0)
+    state.acquire(['a', 'b'], 'w', 10, 1, timeout=60)
+    snap = state.snapshot()
+    assert snap['counters'] == {'a': 1}
+    assert snap['waiting'][0]['resources'] == ['a', 'b']
+    assert snap['waiting'][0]['position'] == 1
+    assert snap['grants'][0]['owner'] == 'x'
+
+
+def test_LeaseState_outcome_as_dict_is_json_ready(state):
+    """When an outcome is turned into a dict (for session.data), it is plain
+    JSON: lists of grant dicts with every Grant field."""
+    state.acquire('a', 'x', 10, 0)
+    out = state.acquire(['a', 'b'], 'w', 10, 1, timeout=60)
+    d = json.loads(json.dumps(out.as_dict()))
+    assert d == {'status': 'queued', 'request_id': 2, 'grants': [], 'queue_position': 1,
+                 'holders': [{'resource': 'a', 'owner': 'x', 'token': 1, 'expires': 10.0,
+                              'tree': False, 'note': '', 'client': '', 'granted_at': 0.0,
+                              'request_id': 1}]}
+
+
+def test_LeaseState_remembers_a_bounded_number_of_finished_requests(state, monkeypatch):
+    """When more requests finish than KEEP_DONE, poll forgets the oldest."""
+    monkeypatch.setattr(state_module, 'KEEP_DONE', 3)
+    for i in range(5):
+        state.release('a', state.acquire('a', 'o', 10, i).grants[0].token, i)
+    assert [state.poll(i).status for i in range(1, 6)] == ['unknown'] * 2 + ['released'] * 3
+
+
+def test_LeaseState_audits_every_change(state, store):
+    """When requests are granted, queued, renewed, released and time out,
+    each is one audit row per resource: who, what, token, when, why, client."""
+    out = state.acquire(['a', 'b'], 'alice', 10, 1, note='cooldown', client='sched')
+    state.acquire('a', 'bob', 10, 2, timeout=1, client='cli')
+    state.renew('a', 1, 10, 2.5)
+    state.release('a', 1, 2.5, client='sched')
+    state.acquire('c', 'carol', 10, 4, timeout=0)
+    rows = list(reversed(store.history()))
+    assert [(r['action'], r['resource'], r['owner'], r['token'], r['at']) for r in rows] == [
+        ('grant', 'a', 'alice', 1, 1), ('grant', 'b', 'alice', 1, 1),
+        ('queue', 'a', 'bob', None, 2),
+        ('renew', 'a', 'alice', 1, 2.5), ('renew', 'b', 'alice', 1, 2.5),
+        ('release', 'a', 'alice', 1, 2.5), ('release', 'b', 'alice', 1, 2.5),
+        ('grant', 'a', 'bob', 2, 2.5),
+        ('grant', 'c', 'carol', 1, 4)]
+    assert rows[0]['detail'] == {'request': out.request_id, 'tree': False, 'expires': 11,
+                                 'note': 'cooldown'}
+    assert (rows[0]['client'], rows[2]['client']) == ('sched', 'cli')
+
+
+def test_LeaseState_listeners_hear_changes_after_they_are_stored(state, store, caplog):
+    """When a listener is added it is called with (action, item) for each
+    change once stored; a failing listener is logged and the others still run."""
+    heard = []
+    state.add_listener(lambda action, item: 1 / 0)
+    state.add_listener(lambda action, item: heard.append((action, len(store.history()))))
+    with caplog.at_level(logging.ERROR):
+        out = state.acquire('a', 'x', 10, 0)
+        state.acquire('a', 'w', 10, 1, timeout=60)
+        state.release('a', 1, 2)
+    assert heard == [('grant', 1), ('queue', 2), ('release', 4), ('grant', 4)]
+    assert 'lease listener' in caplog.text and out.status == 'granted'
+
+
+class BrokenStore:
+    """A store whose writes fail, as a full disk would."""
+
+    def load(self):
+        return {'grants': [], 'counters': {}, 'last_request_id': 0}
+
+    def apply(self, **changes):
+        raise OSError('disk full')
+
+
+def test_LeaseState_failed_write_changes_nothing():
+    """When the store cannot write, the call raises and the state is as
+    before: no grant, no counter, no request id used."""
+    state = LeaseState(store=BrokenStore())
+    with pytest.raises(OSError, match='disk full'):
+        state.acquire('a', 'o', 10, 0)
+    assert state.snapshot() == {'grants': [], 'waiting': [], 'counters': {}}
+    assert state.poll(1).status == 'unknown'
+
+
+def test_LeaseState_without_store_keeps_state_in_memory():
+    """When no store is given, leases work the same and nothing persists."""
+    state = LeaseState()
+    assert state.acquire('a', 'o', 10, 0).grants[0].token == 1
+    assert LeaseState().holders() == ()
+
+
+def test_LeaseState_queue_full_is_refused(store):
+    """When max_waiting requests already wait, another that would wait is
+    refused with LeaseError; one that can be granted still is."""
+    state = LeaseState(store=store, max_waiting=1)
+    state.acquire('a', 'x', 10, 0)
+    state.acquire('a', 'w', 10, 0, timeout=5)
+    with pytest.raises(LeaseError, match=r'^queue is full \(max_waiting=1\)$'):
+        state.acquire('a', 'v', 10, 0, timeout=5)
+    assert state.acquire('b', 'v', 10, 0, timeout=5).status == 'granted'
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'max_lease': 0}, r"^max_lease must be in \(0, 1e\+09\] seconds, not 0$"),
+    ({'max_timeout': math.nan}, r'^max_timeout must be in \[0, 1e\+09\] seconds, not nan$'),
+    ({'max_resources': 0}, r'^max_resources must be a positive integer, not 0$'),
+    ({'max_waiting': 1.5}, r'^max_waiting must be a positive integer, not 1\.5$'),
+])
+def test_LeaseState_bad_limits_are_refused(kwargs, message):
+    """When a limit is out of range, the constructor raises LeaseError."""
+    with pytest.raises(LeaseError, match=message):
+        LeaseState(**kwargs)
+
+
+# -- malformed requests: a clear error, and nothing changes ---------------------------
+
+@pytest.fixture
+def busy(store):
+    """A state with history: 'a' held by bob (token 2, after alice's 1, until
+    10), 'b/c' by carol as a tree, 'd' by gina (token 3), erin waiting for 'a'."""
+    state = LeaseState(store=store, max_waiting=1)
+    state.release('a', state.acquire('a', 'alice', 10, 0).grants[0].token, 0)
+    state.acquire('a', 'bob', 10, 0)
+    state.acquire('b/c', 'carol', 100, 0, tree=True)
+    for owner in ('dave', 'frank'):
+        state.release('d', state.acquire('d', owner, 100, 0).grants[0].token, 0)
+    state.acquire('d', 'gina', 100, 0)
+    state.acquire('a', 'erin', 10, 0, timeout=50)
+    return state
+
+
+def acquire(resources='q', owner='o', lease=10, now=1, **kw):
+    return lambda s: s.acquire(resources, owner, lease, now, **kw)
+
+
+LONG = 'x' * 300
+MALFORMED = [
+    ('resources None', acquire(None),
+     r"^resources must be a resource path or a list of them, not None$"),
+    ('resources int', acquire(42), r"^resources must be a resource path or a list of them, "
+                                   r"not 42$"),
+    ('resources set', acquire({'a'}), r"^resources must be a resource path or a list"),
+    ('resources empty list', acquire([]), r"^resources must not be an empty list$"),
+    ('resource empty', acquire(''), r"^resource must not be empty$"),
+    ('resource not str in list', acquire([1]), r"^resource must be a path like 'satp1/hwp', "
+                                               r"not 1$"),
+    ('resource upper case', acquire('A/b'), r"^resource segment 'A' must match "
+                                            r"\[a-z0-9\]\[a-z0-9_.-\]\{0,31\}: 'A/b'$"),
+    ('resource double slash', acquire('a//b'), r"^resource segment '' must match .*: 'a//b'$"),
+    ('resource leading slash', acquire('/a'), r"^resource segment '' must match .*: '/a'$"),
+    ('resource trailing slash', acquire('a/'), r"^resource segment '' must match .*: 'a/'$"),
+    ('resource space', acquire('a b'), r"^resource segment 'a b' must match"),
+    ('resource dot first', acquire('a/.x'), r"^resource segment '\.x' must match"),
+    ('resource newline', acquire('a\n'), r"^resource segment 'a\\n' must match"),
+    ('resource wildcard', acquire('a/*'), r"^resource segment '\*' must match"),
+    ('resource segment too long', acquire('a' * 33), r"^resource segment 'a{33}' must match"),
+    ('resource too long', acquire(LONG), r"^resource must be at most 200 characters, not 300: "
+                                         r"'x{79}$"),
+    ('resource too deep', acquire('/'.join('abcdefghi')),
+     r"^resource must have at most 8 segments, not 9: 'a/b/c/d/e/f/g/h/i'$"),
+    ('resources duplicate', acquire(['q', 'q']), r"^resources must not list 'q' twice$"),
+    ('resources overlap as tree', acquire(['q', 'q/r'], tree=True),
+     r"^resources 'q' and 'q/r' overlap \(tree=True\)$"),
+    ('too many resources', acquire([f'r{i}' for i in range(17)]),
+     r"^resources must list at most 16 paths, not 17$"),
+    ('owner empty', acquire(owner=''), r"^owner must not be empty$"),
+    ('owner blank', acquire(owner='   '), r"^owner must not be empty$"),
+    ('owner None', acquire(owner=None), r"^owner must be a string, not None$"),
+    ('owner too long', acquire(owner='o' * 129), r"^owner must be at most 128 characters, "
+                                                 r"not 129: 'o{79}$"),
+    ('owner two lines', acquire(owner='a\nb'), r"^owner must be printable text on one line, "
+                                               r"not 'a\\nb'$"),
+    ('lease zero', acquire(lease=0), r"^lease must be in \(0, 3600\] seconds, not 0$"),
+    ('lease negative', acquire(lease=-1), r"^lease must be in \(0, 3600\] seconds, not -1$"),
+    ('lease nan', acquire(lease=math.nan), r"^lease must be in \(0, 3600\] seconds, not nan$"),
+    ('lease inf', acquire(lease=math.inf), r"^lease must be in \(0, 3600\] seconds, not inf$"),
+    ('lease huge', acquire(lease=1e12), r"^lease must be in \(0, 3600\] seconds, "
+                                        r"not 1000000000000\.0$"),
+    ('lease string', acquire(lease='10'), r"^lease must be a number of seconds, not '10'$"),
+    ('lease bool', acquire(lease=True), r"^lease must be a number of seconds, not True$"),
+    ('timeout negative', acquire(timeout=-1), r"^timeout must be in \[0, 600\] seconds, "
+                                              r"not -1$"),
+    ('timeout huge', acquire(timeout=1e6), r"^timeout must be in \[0, 600\] seconds"),
+    ('lease huge int', acquire(lease=10 ** 400), r"^lease must be in \(0, 3600\] seconds, "
+                                                 r"not 1{1}0{79}$"),
+    ('timeout None', acquire(timeout=None), r"^timeout must be a number of seconds, not None$"),
+    ('tree string', acquire(tree='yes'), r"^tree must be True or False, not 'yes'$"),
+    ('note not str', acquire(note=5), r"^note must be a string, not 5$"),
+    ('note too long', acquire(note='n' * 501), r"^note must be at most 500 characters"),
+    ('client bytes', acquire(client=b'x'), r"^client must be a string, not b'x'$"),
+    ('now nan', acquire(now=math.nan), r"^now must be a finite time in seconds, not nan$"),
+    ('now huge int', acquire(now=10 ** 400), r"^now must be a finite time in seconds, "
+                                             r"not 1{1}0{79}$"),
+    ('now string', acquire(now='1'), r"^now must be a finite time in seconds, not '1'$"),
+    ('queue full', acquire('a', timeout=5), r"^queue is full \(max_waiting=1\)$"),
+    ('renew token never issued', lambda s: s.renew('a', 99, 10, 1),
+     r"^token 99 was never issued for 'a'$"),
+    ('renew token string', lambda s: s.renew('a', '2', 10, 1),
+     r"^token must be a positive integer, not '2'$"),
+    ('renew token huge', lambda s: s.renew('a', 2 ** 63, 10, 1),
+     r"^token must be a positive integer, not 9223372036854775808$"),
+    ('renew token zero', lambda s: s.renew('a', 0, 10, 1),
+     r"^token must be a positive integer, not 0$"),
+    ('renew lease negative', lambda s: s.renew('a', 2, -5, 1),
+     r"^lease must be in \(0, 3600\] seconds, not -5$"),
+    ('renew unknown resource', lambda s: s.renew('zz', 1, 10, 1),
+     r"^token 1 was never issued for 'zz'$"),
+    ('renew after expiry', lambda s: s.renew('a', 2, 10, 10),
+     r"^lease on 'a' expired at 10\.000$"),
+    ('renew bad resource', lambda s: s.renew('a/', 2, 10, 1), r"^resource segment ''"),
+    ('release released token', lambda s: s.release('a', 1, 1),
+     r"^lease on 'a' was released at 0\.000$"),
+    ('release by non-owner', lambda s: s.release('d', 1, 1),
+     r"^token 1 is stale: 'd' is held by 'gina'$"),
+    ('release token of other resource', lambda s: s.release('a', 3, 1),
+     r"^token 3 was never issued for 'a'$"),
+    ('release empty resource', lambda s: s.release('', 2, 1), r"^resource must not be empty$"),
+    ('release client not str', lambda s: s.release('a', 2, 1, client=7),
+     r"^client must be a string, not 7$"),
+    ('force_release no reason', lambda s: s.force_release('a', '', 'op', 1),
+     r"^reason must not be empty$"),
+    ('force_release long reason', lambda s: s.force_release('a', 'r' * 501, 'op', 1),
+     r"^reason must be at most 500 characters, not 501"),
+    ('force_release by None', lambda s: s.force_release('a', 'r', None, 1),
+     r"^by must be a string, not None$"),
+    ('force_release nothing held', lambda s: s.force_release('q', 'r', 'op', 1),
+     r"^nothing is held on 'q'$"),
+    ('force_release covered path', lambda s: s.force_release('b/c/d', 'r', 'op', 1),
+     r"^nothing is held on 'b/c/d' \(it is covered by a tree lease on 'b/c'\)$"),
+    ('cancel unknown', lambda s: s.cancel(999, 1), r"^request 999 is not waiting \(unknown\)$"),
+    ('cancel granted', lambda s: s.cancel(2, 1), r"^request 2 is not waiting \(granted\)$"),
+    ('cancel id string', lambda s: s.cancel('7', 1),
+     r"^request_id must be a positive integer, not '7'$"),
+    ('poll id negative', lambda s: s.poll(-1), r"^request_id must be a positive integer, "
+                                               r"not -1$"),
+    ('holders bad path', lambda s: s.holders('Q'), r"^resource segment 'Q' must match"),
+]
+
+
+@pytest.mark.parametrize('call, message', [m[1:] for m in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_LeaseState_malformed_request_is_refused_and_changes_nothing(busy, store, call,
+                                                                     message):
+    """When a request is malformed (or names a wrong token, a non-owner, an
+    expired lease, a full queue), LeaseError says what is wrong in one line,
+    and the state and its audit trail are exactly as before."""
+    before = (busy.snapshot(), len(store.history(limit=None)), busy.poll(6))
+    with pytest.raises(LeaseError, match=message) as err:
+        call(busy)
+    assert '\n' not in str(err.value) and len(str(err.value)) < 300
+    assert (busy.snapshot(), len(store.history(limit=None)), busy.poll(6)) == before
+
+
+def test_LeaseState_has_at_least_30_malformed_cases():
+    """When the malformed list is counted, it covers the issue's 30 or more."""
+    assert len(MALFORMED) >= 30

@@ -1,0 +1,190 @@
+"""LeaseStore (SQLite): persistence across restarts, WAL, schema checks,
+history, atomic writes; and LeaseState on top of it after a restart."""
+import contextlib
+import sqlite3
+import threading
+
+import pytest
+
+from ocs_locking.registry.audit import check_audit
+from ocs_locking.registry.state import LeaseState
+from ocs_locking.registry.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / 'leases.db')
+
+
+def sql(path, statement, *args):
+    """Run one statement on the file with a connection of its own."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        return db.execute(statement, args).fetchall()
+
+
+def reopen(path):
+    """A registry restart: a new store and a new state on the same file."""
+    store = LeaseStore(path)
+    return store, LeaseState(store=store)
+
+
+def test_LeaseStore_restart_loses_no_grant_counter_or_history(path):
+    """When the registry restarts on the same file, the grants are there
+    with their tokens and expiries, history is whole, and new tokens and
+    request ids keep growing."""
+    store, state = reopen(path)
+    multi = state.acquire(['a', 'b'], 'alice', 100, 0, note='cooldown', client='sched')
+    state.release('c', state.acquire('c', 'bob', 100, 1).grants[0].token, 2)
+    state.acquire('c', 'carol', 100, 3, tree=True)
+    before = (state.snapshot(), store.history(limit=None))
+    store.close()
+
+    store, state = reopen(path)
+    assert (state.snapshot(), store.history(limit=None)) == before
+    assert state.poll(multi.request_id).grants == multi.grants
+    state.release('c', 2, 4)
+    out = state.acquire('c', 'dave', 10, 5)
+    assert out.grants[0].token == 3 and out.request_id == 4
+    assert check_audit(list(reversed(store.history(limit=None)))) == []
+    store.close()
+
+
+def test_LeaseStore_lease_that_ran_out_during_a_restart_expires_on_the_next_call(path):
+    """When a lease ends while the registry is down, the first call after
+    the restart expires it (and records that), and the next token is larger."""
+    store, state = reopen(path)
+    state.acquire('a', 'alice', 10, 0)
+    store.close()
+    store, state = reopen(path)
+    out = state.acquire('a', 'bob', 10, 50)
+    assert (out.status, out.grants[0].token) == ('granted', 2)
+    assert [(r['action'], r['at'], r['detail'].get('expires')) for r in store.history(limit=2)] \
+        == [('grant', 50.0, 60.0), ('expire', 50.0, 10.0)]
+    store.close()
+
+
+def test_LeaseStore_uses_wal_with_normal_sync(path):
+    """When a store file is created it is in WAL mode with synchronous=NORMAL
+    and records its schema version; used as a context manager it closes."""
+    with LeaseStore(path) as store:
+        assert repr(store) == f'LeaseStore({path!r})'
+        assert store._db.execute('PRAGMA synchronous').fetchone()[0] == 1    # NORMAL
+    assert sql(path, 'PRAGMA journal_mode') == [('wal',)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.history()
+
+
+def test_LeaseStore_path_in_a_missing_directory_is_refused(tmp_path):
+    """When the directory does not exist, LeaseStoreError names it; nothing
+    is created."""
+    missing = tmp_path / 'nope'
+    with pytest.raises(LeaseStoreError, match=r"^cannot open lease store '.*/nope/x\.db': "
+                                              r"directory '.*/nope' does not exist$"):
+        LeaseStore(missing / 'x.db')
+    assert not missing.exists()
+
+
+def test_LeaseStore_path_that_is_a_directory_is_refused(tmp_path):
+    """When the path is a directory, LeaseStoreError says so."""
+    with pytest.raises(LeaseStoreError, match=r"^cannot open lease store '.*': "
+                                              r"it is a directory$"):
+        LeaseStore(tmp_path)
+
+
+def test_LeaseStore_file_that_is_not_a_database_is_refused(path):
+    """When the file is not SQLite, LeaseStoreError says so."""
+    with open(path, 'w') as f:
+        f.write('not a database, just text\n' * 100)
+    with pytest.raises(LeaseStoreError, match=r"^cannot open lease store '.*leases\.db': "
+                                              r"file is not a database$"):
+        LeaseStore(path)
+
+
+def test_LeaseStore_newer_schema_is_refused(path):
+    """When the file was written with a newer schema version, opening it
+    raises LeaseStoreError naming both versions, and the file is untouched."""
+    LeaseStore(path).close()
+    sql(path, 'UPDATE schema_version SET version = ?', SCHEMA_VERSION + 1)
+    with pytest.raises(LeaseStoreError, match=rf"^lease store '.*' has schema version "
+                                              rf"{SCHEMA_VERSION + 1}; this ocs-locking reads "
+                                              rf"version {SCHEMA_VERSION} "):
+        LeaseStore(path)
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION + 1,)]
+
+
+def test_LeaseStore_other_database_is_refused(path):
+    """When the file is a SQLite database of something else, opening it
+    raises LeaseStoreError and adds no tables."""
+    sql(path, 'CREATE TABLE readings (t REAL, v REAL)')
+    with pytest.raises(LeaseStoreError, match=r"^'.*' is not a lease store: it has tables "
+                                              r"readings but no schema_version$"):
+        LeaseStore(path)
+    assert sql(path, "SELECT name FROM sqlite_master WHERE type = 'table'") == [('readings',)]
+
+
+def test_LeaseStore_history_is_newest_first_and_filters_by_path():
+    """When history is asked for a resource it returns the rows about it and
+    the paths below it (not 'satp10'), newest first, at most ``limit``."""
+    store = LeaseStore(':memory:')
+    state = LeaseState(store=store)
+    for i, path in enumerate(('satp1', 'satp1/hwp', 'satp10', 'satp1/hwp/motor', 'd')):
+        state.acquire(path, f'o{i}', 10, i)
+    assert [r['resource'] for r in store.history('satp1')] == \
+        ['satp1/hwp/motor', 'satp1/hwp', 'satp1']
+    assert [r['resource'] for r in store.history('satp1/hwp', limit=1)] == ['satp1/hwp/motor']
+    assert len(store.history()) == 5 and store.history('zz') == []
+    row = store.history('d')[0]
+    assert {k: row[k] for k in ('action', 'resource', 'owner', 'token', 'at', 'ok')} == \
+        {'action': 'grant', 'resource': 'd', 'owner': 'o4', 'token': 1, 'at': 4.0, 'ok': True}
+    for bad in (0, -1, 1.5, True, 'all'):
+        with pytest.raises(ValueError, match=r'^limit must be a positive integer or None'):
+            store.history(limit=bad)
+    with pytest.raises(ValueError, match=r'^resource must be a string or None, not 5$'):
+        store.history(5)
+
+
+def test_LeaseStore_operation_is_one_transaction():
+    """When any part of an operation's write fails, none of it is stored."""
+    store = LeaseStore(':memory:')
+    store.apply(counters={'a': 1}, audit=[{'at': 0, 'action': 'grant', 'resource': 'a'}])
+    with pytest.raises(sqlite3.IntegrityError):
+        store.apply(counters={'a': 2, 'b': 1}, last_request_id=9,
+                    audit=[{'at': 1, 'action': 'grant'}, {'at': None, 'action': 'broken'}])
+    assert store.load() == {'grants': [], 'counters': {'a': 1}, 'last_request_id': 0}
+    assert len(store.history()) == 1
+
+
+def test_LeaseStore_counters_never_decrease():
+    """When a lower counter is written, the stored counter keeps the higher."""
+    store = LeaseStore(':memory:')
+    store.apply(counters={'a': 5})
+    store.apply(counters={'a': 3})
+    assert store.load()['counters'] == {'a': 5}
+
+
+def test_LeaseStore_record_keeps_refusals_that_change_nothing():
+    """When the agent records a refused privileged request (ok=False) it is
+    in history, and check_audit ignores it."""
+    store = LeaseStore(':memory:')
+    store.record(5.0, 'force_release', 'a', owner='mallory', client='cli',
+                 detail={'refused': 'needs privilege level 3'}, ok=False)
+    [row] = store.history()
+    assert (row['ok'], row['owner'], row['detail']) == \
+        (False, 'mallory', {'refused': 'needs privilege level 3'})
+    assert check_audit([row]) == []
+
+
+def test_LeaseStore_can_be_used_from_several_threads():
+    """When threads write at once, every row arrives (one connection, locked)."""
+    store = LeaseStore(':memory:')
+
+    def write(n):
+        for i in range(50):
+            store.record(float(i), 'queue', f'r{n}', owner=f't{n}')
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.history(limit=None)) == 200
