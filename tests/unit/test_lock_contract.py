@@ -5,7 +5,7 @@ Every wait is on a lock event or a Future with a bound; nothing sleeps.
 """
 import pytest
 
-from ocs_locking import LockClosed, TimeoutLock
+from ocs_locking import LockClosed
 
 from ..support import WAIT, EventRecorder
 

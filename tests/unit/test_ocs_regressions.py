@@ -7,7 +7,6 @@ against ``ocs_locking.TimeoutLock`` it shows the bug is gone.
 import threading
 import time
 
-import pytest
 from ocs.ocs_twisted import TimeoutLock as OcsTimeoutLock
 
 from ocs_locking import NotOwner, TimeoutLock
