@@ -219,8 +219,10 @@ class Site:
         env = dict(os.environ)
         env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')
         env.setdefault('LOGLEVEL', 'info')
+        # Agents run in the work directory: relative paths (a --db) land there.
         self.agents[instance_id] = _spawn(self.agent_command(instance_id),
-                                          self.log_path(instance_id), env=env)
+                                          self.log_path(instance_id), env=env,
+                                          cwd=self.workdir)
         return self.agents[instance_id]
 
     def wait_agent(self, instance_id, timeout=60):
@@ -285,11 +287,12 @@ class Site:
         self.stop()
 
 
-def _spawn(cmd, log_path, env=None):
+def _spawn(cmd, log_path, env=None, cwd=None):
     """Start a process in its own session, appending its output to a log."""
     with open(log_path, 'ab') as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                cwd=cwd)
 
 
 def _wait_ready(proc, ready, what, timeout, log_path):

@@ -16,6 +16,7 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
+from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.registry.table import BadLockMessage, OwnershipTable
 from ocs_locking.wamp import set_nodelay
 
@@ -252,6 +253,9 @@ def make_parser(parser=None):
                         help='Seconds between full snapshots on the ownership feed.')
     pgroup.add_argument('--stats-every', type=float, default=10.0,
                         help='Seconds between lock_stats records.')
+    pgroup.add_argument('--db', default='lock-registry.db',
+                        help='SQLite file for site-wide leases, token counters and the '
+                             'audit log (relative to the working directory).')
     return parser
 
 
@@ -270,6 +274,11 @@ def main(args=None):
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
+    leases = LeaseOps(agent, args.db)
+    for name in ('acquire', 'renew', 'release', 'history', 'leases'):
+        agent.register_task(name, getattr(leases, name), blocking=False)
+    # Revoking someone else's lease needs an advanced credential.
+    agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
     runner.run(agent, auto_reconnect=True)
 
 
