@@ -15,6 +15,9 @@ from ocs_locking.registry.store import LeaseStore, LeaseStoreError
 
 #: How often due leases and waiter timeouts are applied, seconds.
 EXPIRE_EVERY = 0.1
+#: Lease calls also offered as plain WAMP procedures, ``<registry>.lease.<name>``:
+#: unlike OCS tasks, several callers may use them at once (agents' SiteLocks do).
+RPCS = ('acquire', 'renew', 'release')
 
 
 def _when(t):
@@ -40,7 +43,9 @@ class LeaseOps:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.agent = agent
         self.log = agent.log
+        self._joined = False
         try:
             self.store = LeaseStore(db)
             self.state = LeaseState(store=self.store)
@@ -56,6 +61,32 @@ class LeaseOps:
 
     def _expire(self):
         self.state.expire(time.time())
+        joined = bool(getattr(self.agent, 'realm_joined', False))
+        if joined and not self._joined:
+            self._register_rpcs()   # registrations do not survive a router restart
+        self._joined = joined
+
+    def _register_rpcs(self):
+        for name in RPCS:
+            uri = f'{self.agent.agent_address}.lease.{name}'
+            d = defer.maybeDeferred(self.agent.register, getattr(self, f'_rpc_{name}'), uri)
+            d.addErrback(lambda f, uri=uri: self.log.error(
+                'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
+                     client=''):
+        ok, msg, data = yield self.do_acquire(resource, owner, lease, timeout, tree, note,
+                                              client)
+        return {'ok': ok, 'message': msg, 'data': data}
+
+    def _rpc_renew(self, resource, token, lease=30.0, client=''):
+        ok, msg, data = self.do_renew(resource, token, lease, client)
+        return {'ok': ok, 'message': msg, 'data': data}
+
+    def _rpc_release(self, resource, token, client=''):
+        ok, msg, data = self.do_release(resource, token, client)
+        return {'ok': ok, 'message': msg, 'data': data}
 
     def _on_change(self, action, item):
         # A queued request reached its end (granted, timed out, cancelled).
@@ -76,8 +107,12 @@ class LeaseOps:
                 'grants': grants}
 
     def _refused(self, session, e):
-        session.data = {'error': str(e)}
-        return False, f'Refused: {e}'
+        ok, msg, session.data = self._refusal(e)
+        return ok, msg
+
+    @staticmethod
+    def _refusal(e):
+        return False, f'Refused: {e}', {'error': str(e)}
 
     # -- tasks ----------------------------------------------------------------------
 
@@ -118,34 +153,41 @@ class LeaseOps:
                  'queue_position': 1}
 
         """
-        yield None
-        try:
-            out = self.state.acquire(params['resource'], params['owner'], params['lease'],
-                                     time.time(), timeout=params['timeout'],
-                                     tree=params['tree'], note=params['note'],
-                                     client=params['client'])
-        except LeaseError as e:
-            return self._refused(session, e)
-        if out.status == 'queued':
-            d = self._waiters[out.request_id] = defer.Deferred()
+        def queued(out):
             session.data = {'queue_position': out.queue_position,
                             'request_id': out.request_id,
                             'holders': [g.as_dict() for g in out.holders]}
+        ok, msg, data = yield self.do_acquire(**params, on_queued=queued)
+        session.data = data
+        return ok, msg
+
+    @defer.inlineCallbacks
+    def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
+                   client='', on_queued=None):
+        """The acquire itself: a Deferred firing ``(ok, message, data)``;
+        ``on_queued(outcome)`` is called if the request has to wait."""
+        try:
+            out = self.state.acquire(resource, owner, lease, time.time(), timeout=timeout,
+                                     tree=tree, note=note, client=client)
+        except LeaseError as e:
+            return self._refusal(e)
+        if out.status == 'queued':
+            d = self._waiters[out.request_id] = defer.Deferred()
+            if on_queued is not None:
+                on_queued(out)
             out = yield d
         if out.status == 'granted':
-            session.data = self._grant_data(out)
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)
-            return True, (f"Granted {names} to {params['owner']!r} (token {tokens}) until "
-                          f"{_when(out.grants[0].expires)}.")
+            return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
+                          f"{_when(out.grants[0].expires)}.", self._grant_data(out))
+        wanted = resource if isinstance(resource, list) else [resource]
         holders = [g.as_dict() for g in out.holders] or \
-            [g.as_dict() for g in self.state.holders()
-             if g.resource in (params['resource'] if isinstance(params['resource'], list)
-                               else [params['resource']])]
-        session.data = {'holders': holders, 'queue_position': out.queue_position,
-                        'status': out.status}
+            [g.as_dict() for g in self.state.holders() if g.resource in wanted]
         why = _describe_holders(holders) or 'earlier requests are waiting'
-        return False, f'Busy ({out.status}): {why}.'
+        return (False, f'Busy ({out.status}): {why}.',
+                {'holders': holders, 'queue_position': out.queue_position,
+                 'status': out.status})
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('token', type=int)
@@ -160,13 +202,17 @@ class LeaseOps:
             session.data holds the renewed grant (``resource``, ``owner``,
             ``token``, ``expires``).
         """
+        ok, msg, session.data = self.do_renew(**params)
+        return ok, msg
+
+    def do_renew(self, resource, token, lease=30.0, client=''):
+        """The renewal itself: ``(ok, message, data)``."""
         try:
-            g = self.state.renew(params['resource'], params['token'], params['lease'],
-                                 time.time(), client=params['client'])
+            g = self.state.renew(resource, token, lease, time.time(), client=client)
         except LeaseError as e:
-            return self._refused(session, e)
-        session.data = g.as_dict()
-        return True, f'Renewed {g.resource} (token {g.token}) until {_when(g.expires)}.'
+            return self._refusal(e)
+        return (True, f'Renewed {g.resource} (token {g.token}) until {_when(g.expires)}.',
+                g.as_dict())
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('token', type=int)
@@ -182,14 +228,18 @@ class LeaseOps:
                 >>> response.session['data']
                 {'released': 'satp1/hwp', 'granted': [{'resource': ..., 'token': 8}]}
         """
+        ok, msg, session.data = self.do_release(**params)
+        return ok, msg
+
+    def do_release(self, resource, token, client=''):
+        """The release itself: ``(ok, message, data)``."""
         try:
-            granted = self.state.release(params['resource'], params['token'], time.time(),
-                                         client=params['client'])
+            granted = self.state.release(resource, token, time.time(), client=client)
         except LeaseError as e:
-            return self._refused(session, e)
-        session.data = {'released': params['resource'],
-                        'granted': [g.as_dict() for o in granted for g in o.grants]}
-        return True, f"Released {params['resource']}."
+            return self._refusal(e)
+        return (True, f'Released {resource}.',
+                {'released': resource,
+                 'granted': [g.as_dict() for o in granted for g in o.grants]})
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('reason', type=str)
