@@ -11,6 +11,11 @@ and tasks, written with the ocs_locking kit only.
 * A dropped connection is reported as "Device offline", never as lock
   contention; the driver reconnects on the next command, so the agent
   recovers when the device returns.
+* With ``--site-lock PATH`` the device is shared with other agents: every
+  device command also takes a site-wide lease on PATH from the
+  LockRegistryAgent (a :class:`~ocs_locking.registry.sitelock.SiteLock`) and
+  runs only under its guard, so two agents on one bridge never talk to it
+  at once, and a lost lease means the command is refused, not sent.
 """
 import argparse
 import os
@@ -25,6 +30,7 @@ from ocs_locking.events import report_locks
 from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
                                                         ThermometryClient)
 from ocs_locking.ops import YieldingHold, locked
+from ocs_locking.registry.sitelock import LeaseLost, SiteLock
 from ocs_locking.worker import DeviceWorker
 
 #: Seconds a task waits for the device lock.
@@ -45,7 +51,8 @@ class SimulatedDeviceAgent:
         timeout (float): seconds to wait for each device reply.
     """
 
-    def __init__(self, agent, host='127.0.0.1', port=18101, timeout=2.0):
+    def __init__(self, agent, host='127.0.0.1', port=18101, timeout=2.0, site_lock=None,
+                 site_lease=5.0):
         self.agent = agent
         self.log = agent.log
         self.lock = TimeoutLock(name='hw')
@@ -55,6 +62,8 @@ class SimulatedDeviceAgent:
         self.driver = ThermometryClient(host, port, timeout=timeout)
         self.worker = DeviceWorker('sim-device', on_stop=self.driver.close)
         self.worker.start()
+        self.site_lock = None if site_lock is None else SiteLock(agent, site_lock,
+                                                                  lease=site_lease)
         agent.register_feed('temperatures', record=True,
                             agg_params={'frame_length': 60}, buffer_time=1.)
 
@@ -62,6 +71,34 @@ class SimulatedDeviceAgent:
         """Wake every waiter and stop the device thread (agent shutdown)."""
         self.lock.close()
         self.worker.stop()
+
+    def _device(self, fn, *args):
+        """Run one device command on the device thread (from a worker thread),
+        under the site-wide lease when the device is shared."""
+        if self.site_lock is None:
+            return self.worker.call(fn, *args)
+        if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
+                            f'{self.site_lock.last_refusal}')
+        try:
+            with self.site_lock.guard():
+                return self.worker.call(fn, *args)
+        finally:
+            self.site_lock.release()
+
+    @inlineCallbacks
+    def _device_deferred(self, fn, *args):
+        """The reactor version of :meth:`_device`."""
+        if self.site_lock is None:
+            return (yield self.worker.call_deferred(fn, *args))
+        if not (yield self.site_lock.acquire_deferred(TASK_TIMEOUT)):
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
+                            f'{self.site_lock.last_refusal}')
+        try:
+            self.site_lock.check()
+            return (yield self.worker.call_deferred(fn, *args))
+        finally:
+            yield self.site_lock.release_deferred()
 
     @ocs_agent.param('rate', default=10., type=float, check=lambda r: 0 < r <= 100)
     @ocs_agent.param('test_mode', default=False, type=bool)
@@ -95,9 +132,15 @@ class SimulatedDeviceAgent:
         offline = None
         for n in self.acq_hold.run(session, period=1.0 / params['rate']):
             try:
-                reading = self.worker.call(self.driver.read)
+                reading = self._device(self.driver.read)
                 if n % STATS_EVERY == 1:
-                    session.data['collisions'] = self.worker.call(self.driver.stats)['collisions']
+                    session.data['collisions'] = self._device(self.driver.stats)['collisions']
+            except LeaseLost as e:
+                session.data['device'] = f'not ours: {e}'
+                continue
+            except DeviceError as e:    # the device refused this command
+                session.data['device'] = f'error: {e}'
+                continue
             except DeviceOffline as e:
                 if offline is None:
                     self.log.warn('acq: device offline: {e}', e=e)
@@ -138,9 +181,13 @@ class SimulatedDeviceAgent:
 
         """
         try:
-            value = self.worker.call(self.driver.set_heater, params['value'])
+            value = self._device(self.driver.set_heater, params['value'])
         except DeviceOffline as e:
             return False, f'Device offline: {e}'
+        except DeviceError as e:
+            return False, f'Device refused: {e}'
+        except LeaseLost as e:
+            return False, f'Site lock: {e}'
         session.data = {'heater': value}
         return True, f'Heater set to {value:g} %.'
 
@@ -165,9 +212,11 @@ class SimulatedDeviceAgent:
 
         """
         try:
-            reading = yield self.worker.call_deferred(self.driver.read, params['channel'])
+            reading = yield self._device_deferred(self.driver.read, params['channel'])
         except DeviceOffline as e:
             return False, f'Device offline: {e}'
+        except LeaseLost as e:
+            return False, f'Site lock: {e}'
         except (DeviceError, ValueError) as e:
             return False, f'Device refused: {e}'
         session.data = reading
@@ -188,9 +237,11 @@ class SimulatedDeviceAgent:
         """
         try:
             self.worker.call(self.driver.reconnect)
-            idn = self.worker.call(self.driver.identify)
+            idn = self._device(self.driver.identify)
         except DeviceOffline as e:
             return False, f'Device offline: {e}'
+        except LeaseLost as e:
+            return False, f'Site lock: {e}'
         session.data = {'idn': idn}
         return True, f'Reconnected to {idn}.'
 
@@ -207,6 +258,12 @@ def make_parser(parser=None):
                         help='Seconds to wait for each device reply.')
     pgroup.add_argument('--mode', choices=['idle', 'acq'], default='acq',
                         help="Start the acq process at startup ('acq') or not.")
+    pgroup.add_argument('--site-lock', default=None, metavar='PATH',
+                        help='Share the device with other agents: take a site-wide lease '
+                             'on PATH (e.g. satp1/bridge-1) from the lock registry for '
+                             'every device command.')
+    pgroup.add_argument('--site-lease', type=float, default=5.0,
+                        help='Seconds of each site-wide lease (renewed while held).')
     return parser
 
 
@@ -220,8 +277,12 @@ def main(args=None):
     if not 0 < args.device_timeout <= 60:
         parser.error(f'--device-timeout must be in (0, 60] seconds, not {args.device_timeout}')
     agent, runner = ocs_agent.init_site_agent(args)
-    sim = SimulatedDeviceAgent(agent, host=args.device_host, port=args.device_port,
-                               timeout=args.device_timeout)
+    try:
+        sim = SimulatedDeviceAgent(agent, host=args.device_host, port=args.device_port,
+                                   timeout=args.device_timeout, site_lock=args.site_lock,
+                                   site_lease=args.site_lease)
+    except ValueError as e:     # a bad --site-lock path or --site-lease
+        parser.error(str(e))
     agent.register_process('acq', sim.acq, sim._stop_acq, blocking=True,
                            startup=(args.mode == 'acq'))
     agent.register_task('set_heater', sim.set_heater, blocking=True)
