@@ -77,6 +77,9 @@ class SimulatedDeviceAgent:
         under the site-wide lease when the device is shared."""
         if self.site_lock is None:
             return self.worker.call(fn, *args)
+        if self.site_lock.token is not None:       # held for a while (take_site_lock)
+            with self.site_lock.guard():
+                return self.worker.call(fn, *args)
         if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
             raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
                             f'{self.site_lock.last_refusal}')
@@ -90,6 +93,9 @@ class SimulatedDeviceAgent:
     def _device_deferred(self, fn, *args):
         """The reactor version of :meth:`_device`."""
         if self.site_lock is None:
+            return (yield self.worker.call_deferred(fn, *args))
+        if self.site_lock.token is not None:       # held for a while (take_site_lock)
+            self.site_lock.check()
             return (yield self.worker.call_deferred(fn, *args))
         if not (yield self.site_lock.acquire_deferred(TASK_TIMEOUT)):
             raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
@@ -246,6 +252,40 @@ class SimulatedDeviceAgent:
         return True, f'Reconnected to {idn}.'
 
 
+    def take_site_lock(self, session, params):
+        """take_site_lock()
+
+        **Task** - Take the site-wide lease (``--site-lock``) and keep it,
+        renewed, until ``drop_site_lock``: the other agents sharing the
+        device wait meanwhile. Device commands run under its guard.
+
+        Notes:
+            session.data holds the fencing token::
+
+                >>> response.session['data']
+                {'resource': 'lab/bridge-1', 'token': 12}
+
+        """
+        if self.site_lock is None:
+            return False, 'This agent has no --site-lock.'
+        if self.site_lock.token is not None:
+            return False, f'Already holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
+        if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
+            return False, f'Site lock {self.site_lock.resource!r} is busy: {self.site_lock.last_refusal}'
+        session.data = {'resource': self.site_lock.resource, 'token': self.site_lock.token}
+        return True, f'Holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
+
+    def drop_site_lock(self, session, params):
+        """drop_site_lock()
+
+        **Task** - Give back the site-wide lease taken by ``take_site_lock``.
+        """
+        if self.site_lock is None or self.site_lock.token is None:
+            return False, 'Not holding the site lock.'
+        released = self.site_lock.release()
+        return True, ('Released.' if released else 'The lease was already lost; forgotten.')
+
+
 def make_parser(parser=None):
     if parser is None:
         parser = argparse.ArgumentParser()
@@ -288,6 +328,8 @@ def main(args=None):
     agent.register_task('set_heater', sim.set_heater, blocking=True)
     agent.register_task('get_reading', sim.get_reading, blocking=False)
     agent.register_task('reconnect', sim.reconnect, blocking=True)
+    agent.register_task('take_site_lock', sim.take_site_lock, blocking=True)
+    agent.register_task('drop_site_lock', sim.drop_site_lock, blocking=True)
     # Wake anything still waiting for the device when the agent shuts down.
     reactor.addSystemEventTrigger('before', 'shutdown', sim.shutdown)
     runner.run(agent, auto_reconnect=True)
