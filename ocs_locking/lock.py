@@ -405,11 +405,7 @@ class TimeoutLock:
             with self._mutex:
                 state = w.state
                 if state == _WAITING:
-                    self._waiters.remove(w)
-                    w.state = _GAVE_UP
-                    self._n_timed_out += 1
-                    if self._listeners:
-                        self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+                    self._withdraw_locked(w, _GAVE_UP)
             if self._events:
                 self._drain()
         if cancel is not None:
@@ -420,16 +416,24 @@ class TimeoutLock:
             raise LockClosed(f"TimeoutLock '{self.name}' was closed while waiting")
         return False
 
+    def _withdraw_locked(self, w, state):
+        """Take a waiting ``w`` out of the queue as timed out or cancelled
+        (mutex held); the caller wakes it if it must."""
+        self._waiters.remove(w)
+        w.state = state
+        if state == _GAVE_UP:
+            self._n_timed_out += 1
+        else:
+            self._n_cancelled += 1
+        if self._listeners:
+            self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+
     def _abort(self, w):
         """End a thread waiter's wait (its call returns False); see Cancel."""
         with self._mutex:
             if w.state != _WAITING:
                 return
-            self._waiters.remove(w)
-            w.state = _CANCELLED
-            self._n_cancelled += 1
-            if self._listeners:
-                self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+            self._withdraw_locked(w, _CANCELLED)
         w.wake.release()
         if self._events:
             self._drain()
@@ -632,11 +636,7 @@ class TimeoutLock:
         with self._mutex:
             if w.state != _WAITING:
                 return  # granted or closed: _settle_deferred fires it
-            self._waiters.remove(w)
-            w.state = _GAVE_UP
-            self._n_timed_out += 1
-            if self._listeners:
-                self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
+            self._withdraw_locked(w, _GAVE_UP)
         if self._events:
             self._drain()
         w.deferred.callback(False)
