@@ -86,3 +86,33 @@ def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(tmp_pat
     assert s['expected_rows'] == 10
     assert {t['name'] for t in data['targets']} >= {
         '(a) ours median < 10 ms (lock free)', '(b) registry dropped 0 messages'}
+
+
+@pytest.mark.integration
+def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(tmp_path):
+    """When site_lock_bench runs in quick mode (a real site with the lock
+    registry and ocs's AccessDirector; its own process, as it runs the Twisted
+    reactor) it prints the round-trip table with the AccessDirector rows as
+    the baseline, and its JSON has every round trip of every path, none failed."""
+    out = tmp_path / 'site_lock.json'
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'site_lock_bench.py'),
+                           '--quick', '--json', str(out)],
+                          capture_output=True, text=True, timeout=180)
+    # 1: a timing target failed (a site that cannot start writes no JSON)
+    assert proc.returncode in (0, 1) and out.exists(), proc.stderr[-3000:]
+    printed = proc.stdout
+    assert '| path | median (ms) | p99 (ms) | N | ratio (median / baseline median) |' in printed
+    assert 'AccessDirector (c1, baseline): WAMP request_exclusive' in printed
+    assert 'AccessDirector (c2, baseline): HTTP ExclusiveAccessClient' in printed
+    data = json.loads(out.read_text())
+    assert data['baseline'].endswith('AccessDirector') and data['quick'] is True
+    n = {'a': 30, 'c1': 30, 'b': 20, 'c2': 20}
+    assert set(data['results']) == set(n)
+    for key, row in data['results'].items():
+        assert row['n'] == row['completed'] == n[key], key
+        assert row['failures'] == 0, (key, row['first_failure'])
+    dist = data['distribution']
+    assert dist['samples'] + dist['failures'] == 3
+    assert {t['name'] for t in data['targets']} == {
+        '(a) median < 5 ms from an agent (WAMP)',
+        'every round trip granted and released (ours and baseline)'}

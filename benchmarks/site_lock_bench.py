@@ -1,0 +1,512 @@
+"""Site-wide lease round trip (acquire + release) from an agent and from a
+script, beside ocs's AccessDirector exclusive-access grant on the same router.
+
+One real site is started with :class:`ocs_locking.devsite.Site` on free
+loopback ports, from a bench site config written into a temporary directory
+(crossbar config copied beside it, as ``tests/integration/test_site_lock.py``
+does): the crossbar router, the ``LockRegistryAgent`` ``lock-registry``
+(``--db`` in the site's work directory) and ocs's ``AccessDirector``
+``access-director``. The AccessDirector's config (``--config-file``) is the
+minimal one that lets a client request exclusive access: no password rules
+and one grant block, ``bench-grant`` (no grant password), whose single grant
+gives credential level 3 on the instance ``bench-target`` and locks levels
+1..3 out there. No agent of the site uses the ``director`` access policy, so
+the grant locks nobody out; that does not change the request path.
+
+Timed, one call after another (``time.perf_counter``):
+
+(a) **ours, from an agent (WAMP)** -- a raw autobahn session (``Component``
+    run by the Twisted reactor in one background thread; TCP_NODELAY set with
+    :func:`ocs_locking.wamp.set_nodelay` on join), as an agent's reactor
+    code would call it: ``observatory.lock-registry.lease.acquire(resource,
+    owner, lease=30, timeout=0)`` on a fresh resource path each time
+    (``bench/wamp/rN``), then ``.lease.release(resource, token)``. One
+    round trip = both calls (2 WAMP calls), timed on the reactor thread.
+    The registry persists each grant, release and audit record to SQLite.
+(b) **ours, from a script (HTTP)** -- ocs's ``OCSClient('lock-registry')``:
+    the OCS task ``acquire`` then the task ``release``, on fresh paths
+    (``bench/http/rN``). ``OCSClient`` runs a task as ``start`` + ``wait``,
+    each an HTTP POST to crossbar's ``/call`` bridge (a new TCP connection
+    each, as ocs's ``requests.post`` does): 4 HTTP requests per round trip.
+(c) **baseline: ocs AccessDirector** -- its only exclusive-access interface
+    is the special WAMP procedure ``observatory.access-director.
+    request_exclusive(grant_name, password, action, expire_at, grantee)``
+    (registered by its ``manager`` process; it is not an OCS task). Timed:
+    ``action='acquire'`` (``expire_at`` now + 100 s) then ``action='release'``
+    of ``bench-grant``, both ``strict`` (the default). Two ways, as it is
+    offered:
+
+    * (c1) WAMP -- the same raw session as (a), same reactor thread.
+    * (c2) HTTP -- ocs's own ``ocs.access.ExclusiveAccessClient`` over an
+      ``OCSClient('access-director')``: ``acquire()`` then ``release()``,
+      each one HTTP POST to ``/call`` (2 per round trip).
+
+    There is only one grant name (grant names come from the config file), so
+    every round trip acquires and releases the same grant; the director keeps
+    grants in memory only and answers before any agent hears of the grant.
+    Informational: how long until the grant is *distributed* -- from the
+    WAMP acquire call to the first message on its ``controls`` feed whose
+    ``step`` is at least the step the acquire returned and whose rules carry
+    ``lockout_id: bench-grant``, each after a random (seeded) 0..1 s pause
+    so the phase of the director's 1-s manager loop, which publishes it, is
+    sampled evenly. Ours grants are in force when the reply arrives.
+
+Before each transport 5 round trips per path are run untimed (warm-up); then
+ours and the baseline alternate in blocks of 10 round trips (a, c1, a, c1, ...;
+then b, c2, ...), so drift in machine load hits both alike. Every reply is
+checked (ours ``ok`` with a token; the director's reply without ``error``).
+The ratio column is the row's median over its baseline's median (a over c1,
+b over c2). Target: (a) median < 5 ms.
+
+``--quick``: N = 30 (a, c1), 20 (b, c2), 3 distribution samples (< 40 s);
+full: 500, 200, 10. ``--json PATH`` writes the results. ``main()`` returns 0
+when every target passes.
+"""
+import argparse
+import concurrent.futures
+import importlib.metadata
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import yaml  # noqa: E402
+
+from ocs_locking.devsite import Site, SiteError  # noqa: E402
+from ocs_locking.wamp import set_nodelay  # noqa: E402
+
+OCS = f"ocs {importlib.metadata.version('ocs')} AccessDirector"
+HOST = 'bench'
+REGISTRY, DIRECTOR = 'lock-registry', 'access-director'
+GRANT = 'bench-grant'
+#: The minimal AccessDirector config that lets a client request exclusive access.
+DIRECTOR_CONFIG = {
+    'exclusive_access_blocks': [
+        {'name': GRANT,
+         'grants': [{'instance_id': 'bench-target', 'cred_level': 3,
+                     'lockout_levels': [1, 2, 3]}]}]}
+BOUND = 30.0            # s: upper bound on any single wait
+WARMUP = 5
+CHUNK = 10          # round trips per interleaved block
+LEASE = 30.0
+
+
+def _p99(v):
+    return sorted(v)[max(0, math.ceil(0.99 * len(v)) - 1)] if v else None
+
+
+def _ms(v):
+    return None if v is None else v * 1e3
+
+
+def _stats(v):
+    return {'median_ms': _ms(statistics.median(v)) if v else None, 'p99_ms': _ms(_p99(v)),
+            'min_ms': _ms(min(v, default=None)), 'max_ms': _ms(max(v, default=None))}
+
+
+# -- the site -------------------------------------------------------------------------
+
+def write_site_config(workdir):
+    """The bench site config, its crossbar config and the director's config."""
+    cfgdir = os.path.join(workdir, 'site-config')
+    os.makedirs(os.path.join(cfgdir, 'crossbar'))
+    shutil.copy(os.path.join(REPO, 'site-config', 'crossbar', 'config.json'),
+                os.path.join(cfgdir, 'crossbar', 'config.json'))
+    director_cfg = os.path.join(cfgdir, 'access-director.yaml')
+    with open(director_cfg, 'w') as f:
+        yaml.safe_dump(DIRECTOR_CONFIG, f, sort_keys=False)
+    site = {
+        'hub': {'wamp_server': 'ws://127.0.0.1:18001/ws',
+                'wamp_http': 'http://127.0.0.1:18001/call',
+                'wamp_realm': 'test_realm', 'address_root': 'observatory'},
+        'hosts': {HOST: {
+            'crossbar_timeout': 0,
+            'log-dir': None,
+            'agent-instances': [
+                {'agent-class': 'LockRegistryAgent', 'instance-id': REGISTRY,
+                 'arguments': [['--db', 'bench-leases.db']]},
+                {'agent-class': 'AccessDirector', 'instance-id': DIRECTOR,
+                 'arguments': [['--config-file', director_cfg]]}]}}}
+    path = os.path.join(cfgdir, 'bench.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(site, f, sort_keys=False)
+    return path
+
+
+# -- the reactor thread and the WAMP session ------------------------------------------
+
+class Reactor:
+    """The global reactor in a daemon thread (or the one already running)."""
+
+    def __init__(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.thread = None
+        if reactor.running:
+            return
+        started = threading.Event()
+        reactor.callWhenRunning(started.set)
+        self.thread = threading.Thread(target=reactor.run,
+                                       kwargs={'installSignalHandlers': False},
+                                       name='bench-reactor', daemon=True)
+        self.thread.start()
+        if not started.wait(BOUND):
+            raise RuntimeError('the reactor did not start')
+
+    def call(self, fn, *args, timeout=BOUND, **kwargs):
+        """Run fn on the reactor thread; wait (bounded) for its (Deferred) result."""
+        from twisted.internet import defer
+        fut = concurrent.futures.Future()
+
+        def run():
+            d = defer.maybeDeferred(fn, *args, **kwargs)
+            d.addCallbacks(fut.set_result, lambda f: fut.set_exception(f.value))
+        self.reactor.callFromThread(run)
+        return fut.result(timeout)
+
+    def stop(self):
+        if self.thread is not None:
+            self.reactor.callFromThread(self.reactor.stop)
+            self.thread.join(BOUND)
+            self.thread = None
+
+
+class AgentSession:
+    """One raw autobahn session on the site's router ("an agent"), with
+    TCP_NODELAY, subscribed to the director's ``controls`` feed."""
+
+    def __init__(self, rt, site):
+        from autobahn.twisted.component import Component
+        self.rt = rt
+        self.root = site.address_root
+        self.controls = []          # (receive time, message) from the director's feed
+        self.nodelay = None
+        self.session = None
+        self.comp = None
+        fut = concurrent.futures.Future()
+
+        def start():
+            self.comp = Component(
+                transports=[{'url': f'ws://127.0.0.1:{site.port}/ws', 'max_retries': 0}],
+                realm=site.realm)
+
+            @self.comp.on_join
+            def joined(session, details):
+                self.nodelay = set_nodelay(session)
+                d = session.subscribe(self._on_controls, f'{self.root}.{DIRECTOR}.feeds.controls')
+                d.addCallbacks(lambda _: fut.done() or fut.set_result(session),
+                               lambda f: fut.done() or fut.set_exception(f.value))
+                return d
+
+            def ended(result):
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f'the bench WAMP session ended: {result}'))
+            self.comp.start(rt.reactor).addBoth(ended)
+        rt.reactor.callFromThread(start)
+        self.session = fut.result(BOUND)
+
+    def _on_controls(self, data):
+        recv = time.perf_counter()
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], dict):
+            self.controls.append((recv, data[0]))
+
+    def close(self):
+        from twisted.internet import defer
+        if self.comp is not None:
+            try:
+                self.rt.call(lambda: defer.maybeDeferred(self.comp.stop), timeout=10)
+            except Exception:
+                pass
+            self.comp = None
+
+
+# -- the calls ------------------------------------------------------------------------
+
+def _director_ok(resp):
+    return isinstance(resp, dict) and 'error' not in resp
+
+
+def wait_procedures(rt, agent, timeout=60):
+    """Wait until the registry's lease procedures and the director's
+    request_exclusive are registered (both register after joining)."""
+    from autobahn.wamp.exception import ApplicationError
+    root, s = agent.root, agent.session
+    probes = [
+        lambda: s.call(f'{root}.{REGISTRY}.lease.release', 'bench/probe', 1),
+        lambda: s.call(f'{root}.{DIRECTOR}.request_exclusive', grant_name='no-such-grant')]
+    deadline = time.monotonic() + timeout
+    for probe in probes:
+        while True:
+            try:
+                rt.call(probe)
+                break
+            except ApplicationError as e:
+                if e.error != ApplicationError.NO_SUCH_PROCEDURE:
+                    raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the lease / request_exclusive procedures were not '
+                                   f'registered within {timeout} s')
+            time.sleep(0.1)
+
+
+def run_wamp(rt, agent, kind, n, tag, first=0):
+    """n sequential round trips on the reactor thread; kind 'ours' or 'director'."""
+    from twisted.internet.defer import inlineCallbacks
+    root, s = agent.root, agent.session
+    acq_uri = f'{root}.{REGISTRY}.lease.acquire'
+    rel_uri = f'{root}.{REGISTRY}.lease.release'
+    ad_uri = f'{root}.{DIRECTOR}.request_exclusive'
+
+    @inlineCallbacks
+    def loop():
+        out = {'total': [], 'acquire': [], 'release': [], 'failures': 0, 'first_failure': None}
+        for i in range(first, first + n):
+            t0 = time.perf_counter()
+            if kind == 'ours':
+                res = f'bench/{tag}/r{i}'
+                r1 = yield s.call(acq_uri, res, 'bench-agent', lease=LEASE, timeout=0.0,
+                                  client='site_lock_bench')
+                t1 = time.perf_counter()
+                ok1 = isinstance(r1, dict) and r1.get('ok') is True
+                r2 = yield s.call(rel_uri, res, r1['data']['token'] if ok1 else -1,
+                                  client='site_lock_bench')
+                ok2 = isinstance(r2, dict) and r2.get('ok') is True
+            else:
+                r1 = yield s.call(ad_uri, grant_name=GRANT, password=None, action='acquire',
+                                  expire_at=time.time() + 100, grantee='bench-agent')
+                t1 = time.perf_counter()
+                r2 = yield s.call(ad_uri, grant_name=GRANT, password=None, action='release',
+                                  grantee='bench-agent')
+                ok1, ok2 = _director_ok(r1), _director_ok(r2)
+            t2 = time.perf_counter()
+            out['total'].append(t2 - t0)
+            out['acquire'].append(t1 - t0)
+            out['release'].append(t2 - t1)
+            if not (ok1 and ok2):
+                out['failures'] += 1
+                out['first_failure'] = out['first_failure'] or [r1, r2]
+        return out
+    return rt.call(loop, timeout=BOUND + n * 2.0)
+
+
+def run_http(site, kind, n, tag, first=0):
+    """n sequential round trips from this (script) thread over HTTP."""
+    from ocs.access import ExclusiveAccessClient
+    from ocs.ocs_client import OCSClient
+    if kind == 'ours':
+        client = OCSClient(REGISTRY, args=site.client_args)
+    else:
+        client = ExclusiveAccessClient(OCSClient(DIRECTOR, args=site.client_args),
+                                       grantee='bench-script', grant_name=GRANT)
+    out = {'total': [], 'acquire': [], 'release': [], 'failures': 0, 'first_failure': None}
+    for i in range(first, first + n):
+        t0 = time.perf_counter()
+        if kind == 'ours':
+            res = f'bench/{tag}/r{i}'
+            r1 = client.acquire(resource=res, owner='bench-script', lease=LEASE, timeout=0.0,
+                                client='site_lock_bench')
+            t1 = time.perf_counter()
+            ok1 = r1.session.get('success') is True
+            token = (r1.session.get('data') or {}).get('token', -1) if ok1 else -1
+            r2 = client.release(resource=res, token=token, client='site_lock_bench')
+            ok2 = r2.session.get('success') is True
+            why = [r1.session.get('messages', [])[-1:], r2.session.get('messages', [])[-1:]]
+        else:
+            ok1, r1 = client.acquire(expire_at=time.time() + 100)
+            t1 = time.perf_counter()
+            ok2, r2 = client.release()
+            why = [r1, r2]
+        t2 = time.perf_counter()
+        out['total'].append(t2 - t0)
+        out['acquire'].append(t1 - t0)
+        out['release'].append(t2 - t1)
+        if not (ok1 and ok2):
+            out['failures'] += 1
+            out['first_failure'] = out['first_failure'] or why
+    return out
+
+
+def run_distribution(rt, agent, n):
+    """Director acquire (WAMP) -> first controls message carrying the grant."""
+    root, s = agent.root, agent.session
+    uri = f'{root}.{DIRECTOR}.request_exclusive'
+    lat, failures = [], 0
+    rng = random.Random(1)
+    for _ in range(n):
+        time.sleep(rng.uniform(0.0, 1.0))     # a random phase of the director's 1-s loop
+        t0 = time.perf_counter()
+        r = rt.call(lambda: s.call(uri, grant_name=GRANT, action='acquire',
+                                   expire_at=time.time() + 100, grantee='bench-agent'))
+        seen = None
+        if _director_ok(r):
+            deadline = time.monotonic() + 5.0
+            while seen is None and time.monotonic() < deadline:
+                for recv, msg in list(agent.controls):
+                    if recv >= t0 and msg.get('step', -1) >= r['step'] and any(
+                            rule.get('lockout_id') == GRANT for rule in msg.get('rules', ())):
+                        seen = recv
+                        break
+                time.sleep(0.002)
+        rt.call(lambda: s.call(uri, grant_name=GRANT, action='release', grantee='bench-agent'))
+        if seen is None:
+            failures += 1
+        else:
+            lat.append(seen - t0)
+    return {'samples': len(lat), 'failures': failures, **_stats(lat)}
+
+
+def _merge(parts):
+    out = {'total': [], 'acquire': [], 'release': [], 'failures': 0, 'first_failure': None}
+    for p in parts:
+        for k in ('total', 'acquire', 'release'):
+            out[k] += p[k]
+        out['failures'] += p['failures']
+        out['first_failure'] = out['first_failure'] or p['first_failure']
+    return out
+
+
+def _summary(raw, n, label, transport, timed):
+    return {'label': label, 'transport': transport, 'timed': timed, 'n': n,
+            'completed': len(raw['total']), 'failures': raw['failures'],
+            'first_failure': raw['first_failure'], **_stats(raw['total']),
+            'acquire_median_ms': _ms(statistics.median(raw['acquire'])),
+            'release_median_ms': _ms(statistics.median(raw['release']))}
+
+
+def run(quick, keep=False):
+    n_wamp, n_http, n_dist = (30, 20, 3) if quick else (500, 200, 10)
+    workdir = tempfile.mkdtemp(prefix='site-lock-bench-')
+    rt = site = agent = None
+    try:
+        site = Site(write_site_config(workdir), HOST, os.path.join(workdir, 'run'), port=0)
+        site.start()
+        rt = Reactor()
+        agent = AgentSession(rt, site)
+        wait_procedures(rt, agent)
+        rows = {}
+        for fn, ours_row, base_row, n, tag, labels in (
+                (lambda kind, k, tag, first: run_wamp(rt, agent, kind, k, tag, first),
+                 'a', 'c1', n_wamp, 'wamp',
+                 (('ours (a): agent, WAMP lease.acquire + lease.release', 'WAMP',
+                   '2 WAMP calls'),
+                  (f'{OCS} (c1, baseline): WAMP request_exclusive acquire + release',
+                   'WAMP', '2 WAMP calls'))),
+                (lambda kind, k, tag, first: run_http(site, kind, k, tag, first),
+                 'b', 'c2', n_http, 'http',
+                 (('ours (b): script, OCSClient tasks acquire + release', 'HTTP',
+                   '4 HTTP POSTs (start + wait per task)'),
+                  (f'{OCS} (c2, baseline): HTTP ExclusiveAccessClient acquire + release',
+                   'HTTP', '2 HTTP POSTs')))):
+            fn('ours', WARMUP, f'warm-{tag}', 0)
+            fn('director', WARMUP, None, 0)
+            raw = {'ours': _merge([]), 'director': _merge([])}
+            for first in range(0, n, CHUNK):        # interleaved blocks: drift hits both
+                k = min(CHUNK, n - first)
+                for kind in ('ours', 'director'):
+                    raw[kind] = _merge([raw[kind], fn(kind, k, tag, first)])
+            rows[ours_row] = _summary(raw['ours'], n, *labels[0])
+            rows[base_row] = _summary(raw['director'], n, *labels[1])
+        dist = run_distribution(rt, agent, n_dist)
+        info = {'nodelay': agent.nodelay, 'db': os.path.join(site.workdir, 'bench-leases.db'),
+                'director_config': DIRECTOR_CONFIG}
+        return rows, dist, info, workdir
+    finally:
+        if agent is not None:
+            agent.close()
+        if site is not None:
+            site.stop()
+        if rt is not None:
+            rt.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- report -----------------------------------------------------------------------------
+
+def _f(v, fmt='{:.2f}'):
+    return 'n/a' if v is None else fmt.format(v)
+
+
+def print_table(rows, dist):
+    base = {'a': 'c1', 'b': 'c2'}
+    print('Acquire + release round trip, one after another, on one site '
+          '(crossbar on loopback).\n')
+    print('| path | median (ms) | p99 (ms) | N | ratio (median / baseline median) |')
+    print('|---|---:|---:|---:|---:|')
+    for key in ('a', 'c1', 'b', 'c2'):
+        r = rows[key]
+        if key in base:
+            b = rows[base[key]]
+            ratio = (f"{r['median_ms'] / b['median_ms']:.2f}x of ({base[key]})"
+                     if r['median_ms'] and b['median_ms'] else 'n/a')
+        else:
+            ratio = '1 (baseline)'
+        print(f"| {r['label']} [{r['timed']}] | {_f(r['median_ms'])} | {_f(r['p99_ms'])} | "
+              f"{r['n']} | {ratio} |")
+    print()
+    for key in ('a', 'c1', 'b', 'c2'):
+        r = rows[key]
+        print(f"({key}) split: acquire median {_f(r['acquire_median_ms'])} ms, release median "
+              f"{_f(r['release_median_ms'])} ms; min {_f(r['min_ms'])} ms, max "
+              f"{_f(r['max_ms'])} ms; failed round trips: {r['failures']} of {r['completed']}")
+    print(f"\nInformational, {OCS}: WAMP acquire call -> the grant on its `controls` "
+          f"feed (what agents act on): median {_f(dist['median_ms'], '{:.0f}')} ms, "
+          f"max {_f(dist['max_ms'], '{:.0f}')} ms over {dist['samples']} grants "
+          f"(not seen within 5 s: {dist['failures']}). Ours is in force when the reply "
+          f"arrives.\n")
+
+
+def targets(rows):
+    a = rows['a']
+    return [
+        dict(name='(a) median < 5 ms from an agent (WAMP)',
+             detail=f"{_f(a['median_ms'])} ms", passed=a['median_ms'] is not None
+             and a['median_ms'] < 5),
+        dict(name='every round trip granted and released (ours and baseline)',
+             detail=', '.join(f"{k} {r['failures']}/{r['completed']} failed"
+                              for k, r in rows.items()),
+             passed=all(r['failures'] == 0 and r['completed'] == r['n']
+                        for r in rows.values())),
+    ]
+
+
+def main(args=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true',
+                   help='N = 30 (WAMP), 20 (HTTP), 3 distribution samples (< 40 s)')
+    p.add_argument('--json', metavar='PATH', help='write the results dict here')
+    p.add_argument('--keep', action='store_true', help='keep the site work dir (logs)')
+    opts = p.parse_args(args)
+    start = time.perf_counter()
+    try:
+        rows, dist, info, workdir = run(opts.quick, opts.keep)
+    except (SiteError, RuntimeError, concurrent.futures.TimeoutError) as e:
+        print(f'site_lock_bench: {type(e).__name__}: {e}', file=sys.stderr)
+        return 1
+    print_table(rows, dist)
+    tg = targets(rows)
+    for t in tg:
+        print(f"{'PASS' if t['passed'] else 'FAIL'}: {t['name']} ({t['detail']})")
+    elapsed = time.perf_counter() - start
+    print(f"\n{'quick' if opts.quick else 'full'} run: {elapsed:.1f} s, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; bench session "
+          f"TCP_NODELAY: {info['nodelay']}" + (f'; site logs in {workdir}' if opts.keep else ''))
+    if opts.json:
+        with open(opts.json, 'w') as fh:
+            json.dump(dict(results=rows, distribution=dist, targets=tg, baseline=OCS,
+                           info=info, quick=opts.quick, elapsed_s=elapsed), fh, indent=2,
+                      default=str)
+    return 0 if all(t['passed'] for t in tg) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
