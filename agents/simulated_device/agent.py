@@ -81,7 +81,7 @@ class SimulatedDeviceAgent:
             with self.site_lock.guard():
                 return self.worker.call(fn, *args)
         if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
-            raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: '
                             f'{self.site_lock.last_refusal}')
         try:
             with self.site_lock.guard():
@@ -98,7 +98,7 @@ class SimulatedDeviceAgent:
             self.site_lock.check()
             return (yield self.worker.call_deferred(fn, *args))
         if not (yield self.site_lock.acquire_deferred(TASK_TIMEOUT)):
-            raise LeaseLost(f'site lock {self.site_lock.resource!r} is busy: '
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: '
                             f'{self.site_lock.last_refusal}')
         try:
             self.site_lock.check()
@@ -271,7 +271,8 @@ class SimulatedDeviceAgent:
         if self.site_lock.token is not None:
             return False, f'Already holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
         if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
-            return False, f'Site lock {self.site_lock.resource!r} is busy: {self.site_lock.last_refusal}'
+            return False, (f'Site lock {self.site_lock.resource!r} not granted: '
+                           f'{self.site_lock.last_refusal}')
         session.data = {'resource': self.site_lock.resource, 'token': self.site_lock.token}
         return True, f'Holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
 

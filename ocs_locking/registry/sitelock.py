@@ -10,8 +10,9 @@ every hardware call in :meth:`SiteLock.guard`::
         self.device.set_heater(value)  # to the device without a valid lease
 
 ``guard()`` refuses once the lease is lost: revoked (a force_release, seen
-at the next renewal), expired, or unrenewable because the registry is
-unreachable for longer than the lease. The local deadline is the lease's
+at the next renewal), expired, or unrenewable because the registry stayed
+unreachable until the lease ran out (a failed renewal is retried every
+0.5 s). The local deadline is the lease's
 expiry on this host's clock, so a holder frozen past its lease (SIGSTOP) is
 refused when it wakes, before its next renewal is even tried. The fencing
 token of the current grant is in :attr:`SiteLock.token`.
@@ -31,6 +32,18 @@ from ..errors import ReactorBlockingError
 from .names import check_resource
 
 __all__ = ['SiteLock', 'LeaseLost']
+
+#: Seconds between renewal retries after a failed renewal.
+RETRY = 0.5
+
+
+def _reason(exc):
+    """A one-line reason from a WAMP or connection error."""
+    error = getattr(exc, 'error', None)      # autobahn ApplicationError
+    if error == 'wamp.error.no_such_procedure':
+        return 'its lease procedures are not registered (is the registry running?)'
+    text = str(error or exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 class LeaseLost(RuntimeError):
@@ -74,7 +87,9 @@ class SiteLock:
         self.token = None
         self.expires = None
         self.lost = None            # reason, once the lease is lost
+        self.last_refusal = None    # why the last acquire was refused
         self._renewer = None
+        self._retry = None          # a quick renewal retry after a failed one
 
     # -- helpers ------------------------------------------------------------------
 
@@ -121,17 +136,23 @@ class SiteLock:
     def _stop_renewing(self):
         if self._renewer is not None and self._renewer.running:
             self._renewer.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
     # -- reactor API ----------------------------------------------------------------
 
     @defer.inlineCallbacks
     def acquire_deferred(self, timeout=0.0):
         """Ask for the lease (waiting up to ``timeout`` s in the registry's
-        queue). Fires True when granted, False when busy; errbacks if the
-        registry cannot be reached."""
-        reply = yield self.agent.call(
-            self._uri('acquire'), self.resource, self._owner, self.lease, timeout,
-            self.tree, self.note, self.agent.agent_address)
+        queue). Fires True when granted, False when busy or when the registry
+        cannot be reached (:attr:`last_refusal` says which)."""
+        try:
+            reply = yield self.agent.call(
+                self._uri('acquire'), self.resource, self._owner, self.lease, timeout,
+                self.tree, self.note, self.agent.agent_address)
+        except Exception as e:      # not joined, no registry, router gone...
+            self.last_refusal = f'the lock registry is unreachable: {_reason(e)}'
+            return False
         if not reply.get('ok'):
             self.last_refusal = reply.get('message')
             return False
@@ -154,7 +175,11 @@ class SiteLock:
         except Exception as e:       # registry or router unreachable: keep trying
             if self.clock() >= self.expires:
                 self._lose(f'could not renew the lease on {self.resource!r} before it '
-                           f'expired: {e}')
+                           f'expired: {_reason(e)}')
+            elif self._retry is None or not self._retry.active():
+                # Try again soon rather than at the next lease/3 tick, so a
+                # short outage does not cost the lease.
+                self._retry = self.reactor.callLater(RETRY, self._renew)
             return
         if reply.get('ok'):
             self.expires = reply['data']['expires']
@@ -163,13 +188,18 @@ class SiteLock:
 
     @defer.inlineCallbacks
     def release_deferred(self):
-        """Give the lease back (a lost lease is simply forgotten)."""
+        """Give the lease back (a lost lease is simply forgotten). Fires True
+        if the registry took it back; False if it was lost or unreachable
+        (the lease then runs out by itself)."""
         self._stop_renewing()
         token, self.token = self.token, None
         if token is None or self.lost is not None:
             return False
-        reply = yield self.agent.call(self._uri('release'), self.resource, token,
-                                      self.agent.agent_address)
+        try:
+            reply = yield self.agent.call(self._uri('release'), self.resource, token,
+                                          self.agent.agent_address)
+        except Exception:
+            return False
         return bool(reply.get('ok'))
 
     # -- thread API -----------------------------------------------------------------

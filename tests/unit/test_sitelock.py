@@ -153,3 +153,32 @@ def test_SiteLock_busy_release_and_bad_arguments(env):
         SiteLock(agent, 'Bad Name', reactor=reactor)
     with pytest.raises(ValueError, match=r'^lease must be seconds in \(0, 3600\], not 0$'):
         SiteLock(agent, 'bridge', lease=0, reactor=reactor)
+
+
+def test_SiteLock_unreachable_registry_refuses_acquire_with_a_reason(env):
+    """When the registry cannot be reached, acquire answers False and says
+    why, instead of failing."""
+    clock, reactor, state, agent = env
+    agent.reachable = False
+    lock = SiteLock(agent, 'bridge', clock=clock, reactor=reactor)
+    assert acquired(lock) is False
+    assert lock.last_refusal == 'the lock registry is unreachable: router unreachable'
+    with pytest.raises(LeaseLost, match=r"^no lease on 'bridge'$"):
+        lock.check()
+
+
+def test_SiteLock_short_outage_is_bridged_by_quick_retries(env):
+    """When one renewal fails, it is retried every 0.5 s, so an outage
+    shorter than the rest of the lease does not cost the lease."""
+    clock, reactor, state, agent = env
+    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
+    assert acquired(lock)
+    agent.reachable = False
+    clock.now += 3
+    reactor.advance(3)              # the regular renewal fails
+    clock.now += 4.5
+    reactor.advance(4.5)            # retries keep failing, lease not yet over
+    agent.reachable = True
+    clock.now += 0.5
+    reactor.advance(0.5)            # the next retry succeeds
+    assert lock.held and lock.expires == pytest.approx(clock.now + 9)
