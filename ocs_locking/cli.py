@@ -3,21 +3,31 @@
     ocs-locks status            # the table, from the registry over HTTP
     ocs-locks status --json     # the same as a JSON list of rows
     ocs-locks watch             # a live table from the registry's ownership feed (WAMP)
+    ocs-locks reserve satp1/hwp --lease 30 --note "manual work"   # hold until Ctrl-C
+    ocs-locks release satp1/hwp --token 7
+    ocs-locks force-release satp1/hwp --reason "stuck schedule" --password PW
+    ocs-locks history [satp1/hwp] [--limit 20] [--json]
 
 It reads the site config like other ocs tools (``--site-file``,
 ``--site-host``, ``$OCS_CONFIG_DIR``...). Every failure is one line on
 stderr and exit status 1 (2 for bad arguments).
 """
 import argparse
+import getpass
 import json
+import logging
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 
 from ocs import site_config
 
 from .wamp import set_nodelay
 
-__all__ = ['main', 'make_parser', 'format_table', 'json_rows']
+__all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history']
 
 JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive')
 
@@ -42,6 +52,33 @@ def make_parser():
                    help='print each table below the last instead of redrawing')
     w.add_argument('--header', default=None,
                    help='a line to show above the table (e.g. how to stop a demo)')
+    r = sub.add_parser('reserve', help='reserve resources site-wide until Ctrl-C')
+    r.add_argument('resources', nargs='+', metavar='RESOURCE',
+                   help="resource path(s), e.g. satp1/hwp (several: all or nothing)")
+    r.add_argument('--lease', type=float, default=30.0,
+                   help='lease in seconds, renewed every lease/3 (default 30)')
+    r.add_argument('--note', default='', help='why (shown to others, kept in the audit log)')
+    r.add_argument('--tree', action='store_true',
+                   help='also exclude everything below the path(s)')
+    r.add_argument('--timeout', type=float, default=0.0,
+                   help="seconds to wait in the registry's queue if busy (default 0)")
+    r.add_argument('--owner', default=None, help='owner name (default: user@host)')
+    rel = sub.add_parser('release', help='release a lease by its token')
+    rel.add_argument('resource', metavar='RESOURCE')
+    rel.add_argument('--token', type=int, required=True, help='the fencing token of the grant')
+    fr = sub.add_parser('force-release',
+                        help="revoke whoever holds a resource (needs the registry's "
+                             'level-2 password)')
+    fr.add_argument('resource', metavar='RESOURCE')
+    fr.add_argument('--reason', required=True, help='why (kept in the audit log)')
+    fr.add_argument('--password', default=None,
+                    help='the level-2 password (default: $OCS_LOCKS_PASSWORD, then the '
+                         "ocs password configuration)")
+    h = sub.add_parser('history', help="print the registry's audit log, newest first")
+    h.add_argument('resource', nargs='?', default=None, metavar='RESOURCE',
+                   help='only this resource and what lies below it')
+    h.add_argument('--limit', type=int, default=20, help='at most this many rows (1..1000)')
+    h.add_argument('--json', action='store_true', help='print a JSON list of rows')
     return parser
 
 
@@ -222,15 +259,194 @@ def cmd_watch(args):
     return 0
 
 
+# -- site-wide leases -------------------------------------------------------------
+
+HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
+
+
+def _client_id(command):
+    return f'ocs-locks {command} ({getpass.getuser()}@{socket.gethostname()})'
+
+
+def _registry_client(args, privs=None):
+    from ocs.ocs_client import OCSClient
+    site = _site(args)
+    try:
+        return OCSClient(args.registry, privs=privs, args=args)
+    except Exception as e:
+        raise CliError(f"cannot reach the lock registry '{args.registry}' at "
+                       f"{site.hub.data.get('wamp_http')}: {_reason(e)[:200]}") from None
+
+
+def _run_task(args, name, params, privs=None, wait=30.0):
+    """Run a registry task; return (message, data) or raise CliError with the
+    registry's (or ocs's) one-line refusal."""
+    from .registry.client import call_task
+    client = _registry_client(args, privs)
+    ans = call_task(client, name, params, wait=wait)
+    if not ans.ok:
+        raise CliError(f'{name.replace("_", "-")} {params.get("resource") or ""}'.rstrip()
+                       + f': {ans.message}')
+    return ans.message, ans.data
+
+
+def _check_resource(value):
+    from .registry.names import check_resource
+    try:
+        return check_resource(value)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def _clock(t):
+    return time.strftime('%H:%M:%S', time.localtime(t)) if isinstance(t, (int, float)) \
+        else '?'
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_reserve(args):
+    """Hold a Reservation until Ctrl-C (exit 0) or until it is lost (exit 1)."""
+    from .registry.client import Reservation, ReservationError, RetryPolicy
+    if not args.lease > 0:
+        raise CliError(f'--lease must be > 0, not {args.lease:g}')
+    if not args.timeout >= 0:
+        raise CliError(f'--timeout must be >= 0, not {args.timeout:g}')
+    for r in args.resources:
+        _check_resource(r)
+    if len(set(args.resources)) != len(args.resources):
+        raise CliError('a RESOURCE is listed twice')
+    owner = args.owner if args.owner is not None else \
+        f'{getpass.getuser()}@{socket.gethostname()}'
+    if not owner.strip():
+        raise CliError('--owner must not be empty')
+    _site(args)
+    # The loss is reported below in one line; not also by the library's logger.
+    quiet = logging.getLogger('ocs_locking.registry.client')
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    lost = threading.Event()
+    res = Reservation(args.resources, owner, lease=args.lease, note=args.note,
+                      tree=args.tree, registry=args.registry, args=args,
+                      timeout=args.timeout, client_id=_client_id('reserve'),
+                      retry=RetryPolicy(attempts=1, deadline=None),
+                      on_lost=lambda reason: lost.set())
+    # Ctrl-C and SIGTERM end the reservation (release, exit 0), also when
+    # started in the background, where a shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        res.acquire()
+    except ReservationError as e:
+        raise CliError(str(e)) from None
+    except KeyboardInterrupt:
+        raise CliError('interrupted before the reservation was granted (a grant made '
+                       'meanwhile ends with its lease)') from None
+    try:
+        tokens = ', '.join(f'{r}={t}' for r, t in sorted(res.tokens.items()))
+        print(f'Reserved {", ".join(res.resources)} for {owner!r}: token(s) {tokens}; '
+              f'expires {_clock(res.expires)} unless renewed (every {args.lease / 3:.3g} s); '
+              'Ctrl-C releases.', flush=True)
+        while not lost.wait(0.5):
+            pass
+        print(f'ocs-locks: lost the reservation of {", ".join(res.resources)}: {res.lost}',
+              file=sys.stderr, flush=True)
+        res.release()
+        return 1
+    except KeyboardInterrupt:
+        message = res.release()
+        print(message or f'Released {", ".join(res.resources)}.', flush=True)
+        return 0
+    finally:
+        res.release()       # nothing left running (a no-op once released)
+
+
+def cmd_release(args):
+    _check_resource(args.resource)
+    if args.token < 1:
+        raise CliError(f'--token must be a positive integer, not {args.token}')
+    message, _ = _run_task(args, 'release', {'resource': args.resource, 'token': args.token,
+                                             'client': _client_id('release')})
+    print(message)
+    return 0
+
+
+def cmd_force_release(args):
+    _check_resource(args.resource)
+    if not args.reason.strip():
+        raise CliError('--reason must not be empty')
+    password = args.password if args.password is not None else \
+        os.environ.get('OCS_LOCKS_PASSWORD') or None
+    message, data = _run_task(args, 'force_release',
+                              {'resource': args.resource, 'reason': args.reason,
+                               'client': _client_id('force-release')}, privs=password)
+    print(message)
+    return 0
+
+
+def _detail_text(detail):
+    if not isinstance(detail, dict):
+        return str(detail)
+    parts = []
+    for k, v in detail.items():
+        if v in (None, '', {}, []) or k == 'request':
+            continue
+        if k == 'expires' and isinstance(v, (int, float)):
+            v = _clock(v)
+        parts.append(f'{k}={v}')
+    return ' '.join(parts)
+
+
+def format_history(rows):
+    """The audit log as text: time, action, resource, owner, token, client, detail."""
+    header = ('TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT', 'DETAIL')
+    lines = []
+    for r in rows:
+        at = r.get('at')
+        # tenths are truncated, not rounded: 28.97 s is 28.9, never "28.0" (nor 29.0)
+        when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at)) + \
+            f'.{int(at % 1 * 10)}' if isinstance(at, (int, float)) else '?'
+        lines.append((when, str(r.get('action', '?')), str(r.get('resource', '?')),
+                      str(r.get('owner', '')), '-' if r.get('token') is None else
+                      str(r['token']), str(r.get('client') or '-'),
+                      _detail_text(r.get('detail'))))
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths[:-1]) + '  {}'
+    out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
+    if not lines:
+        out.append('(no audit records)')
+    return '\n'.join(out)
+
+
+def cmd_history(args):
+    if not 1 <= args.limit <= 1000:
+        raise CliError(f'--limit must be 1..1000, not {args.limit}')
+    params = {'limit': args.limit}
+    if args.resource is not None:
+        params['resource'] = _check_resource(args.resource)
+    _, data = _run_task(args, 'history', params)
+    rows = data.get('history') or []
+    if args.json:
+        print(json.dumps([{k: r.get(k) for k in HISTORY_KEYS} for r in rows], indent=1))
+    else:
+        print(format_history(rows))
+    return 0
+
+
+COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
+            'release': cmd_release, 'force-release': cmd_force_release,
+            'history': cmd_history}
+
+
 def main(args=None):
     """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
     exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments."""
     parser = make_parser()
     opts = parser.parse_args(args)
     try:
-        if opts.command == 'status':
-            return cmd_status(opts)
-        return cmd_watch(opts)
+        return COMMANDS[opts.command](opts)
     except CliError as e:
         print(f'ocs-locks: {e}', file=sys.stderr)
         return 1

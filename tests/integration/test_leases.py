@@ -1,0 +1,334 @@
+"""The registry's site-wide lease tasks on a real site (crossbar on loopback,
+the registry launched with ocs-agent-cli), over HTTP OCSClient, through
+Reservation and through ``ocs-locks reserve/release/force-release/history``.
+
+The registry restart runs last.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ocs_locking.devsite import Site
+from ocs_locking.registry.client import LeaseLost, Reservation, RetryPolicy
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('leases-site'), port=0) as s:
+        yield s
+
+
+@pytest.fixture(scope='module')
+def registry(site):
+    return site.wait_agent('lock-registry')
+
+
+def ocs_client(site, privs=None):
+    from ocs.ocs_client import OCSClient
+    return OCSClient('lock-registry', privs=privs, args=site.client_args)
+
+
+def leases(registry):
+    return registry.leases().session['data']
+
+
+def grants(registry):
+    return {g['resource']: g for g in leases(registry)['grants']}
+
+
+def answer(reply):
+    """(success, the task's own message, data) of a finished task."""
+    s = reply.session
+    texts = [m[1] for m in s.get('messages', []) if not m[1].startswith('Status is now')]
+    return s.get('success'), texts[-1] if texts else reply.msg, s.get('data')
+
+
+def poll(pred, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f'never saw {what}'
+        time.sleep(0.1)
+
+
+def ocs_locks(site, *args, timeout=60, env=None):
+    return subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_lease_acquire_busy_renew_release(site, registry):
+    """When alice acquires a resource, bob is refused with a message naming
+    alice; alice renews and releases; the next grant has a larger token."""
+    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='alice', lease=30))
+    assert ok, msg
+    token = data['token']
+    assert data['owner'] == 'alice' and data['resource'] == 'it/acq'
+    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='bob', lease=30))
+    assert not ok and "held by 'alice'" in msg and msg.count('\n') == 0
+    assert [h['owner'] for h in data['holders']] == ['alice']
+    before = grants(registry)['it/acq']['expires']
+    ok, msg, data = answer(registry.renew(resource='it/acq', token=token, lease=60))
+    assert ok and data['expires'] > before
+    ok, msg, _ = answer(registry.release(resource='it/acq', token=token))
+    assert ok and 'it/acq' not in grants(registry)
+    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='bob', lease=30))
+    assert ok and data['token'] > token
+    assert answer(registry.release(resource='it/acq', token=data['token']))[0]
+
+
+def test_lease_queued_acquire_is_granted_when_the_holder_releases(site, registry):
+    """When bob's acquire waits in the queue (timeout 20 s, another thread) and
+    alice releases, bob is granted at once."""
+    ok, _, data = answer(registry.acquire(resource='it/queue', owner='alice', lease=30))
+    assert ok
+    result = {}
+    bob = ocs_client(site)
+    t = threading.Thread(target=lambda: result.update(
+        r=answer(bob.acquire(resource='it/queue', owner='bob', lease=30, timeout=20))))
+    t.start()
+    poll(lambda: leases(registry)['waiting'], 'bob waiting')
+    t0 = time.monotonic()
+    assert answer(registry.release(resource='it/queue', token=data['token']))[0]
+    t.join(20)
+    assert not t.is_alive()
+    ok, msg, got = result['r']
+    assert ok, msg
+    assert got['owner'] == 'bob' and got['token'] > data['token']
+    assert time.monotonic() - t0 < 5
+    assert answer(registry.release(resource='it/queue', token=got['token']))[0]
+
+
+def test_lease_tree_exclusion_both_ways(site, registry):
+    """When a tree lease holds it/tree, it/tree/hwp is busy; when it/tree/hwp
+    is held, a tree lease on it/tree is busy; a plain lease on it/tree
+    coexists with it/tree/hwp."""
+    ok, _, top = answer(registry.acquire(resource='it/tree', owner='sched', lease=30,
+                                         tree=True))
+    assert ok
+    ok, msg, _ = answer(registry.acquire(resource='it/tree/hwp', owner='op', lease=30))
+    assert not ok and "it/tree held by 'sched'" in msg
+    assert answer(registry.release(resource='it/tree', token=top['token']))[0]
+    ok, _, low = answer(registry.acquire(resource='it/tree/hwp', owner='op', lease=30))
+    assert ok
+    ok, msg, _ = answer(registry.acquire(resource='it/tree', owner='sched', lease=30,
+                                         tree=True))
+    assert not ok and "it/tree/hwp held by 'op'" in msg
+    ok, _, plain = answer(registry.acquire(resource='it/tree', owner='sched', lease=30))
+    assert ok
+    for g in (low, plain):
+        assert answer(registry.release(resource=g['resource'], token=g['token']))[0]
+
+
+def test_lease_force_release_needs_privileges_and_is_audited(site, registry):
+    """When force_release comes without privileges it is refused, saying the
+    credential level needed, and the lease stays; with privs='demo-operator'
+    it revokes the lease, the holder's Reservation is lost at its next
+    renewal, and the history records it with the credential level."""
+    res = Reservation('it/force', 'alice', lease=1.5, note='bench work',
+                      args=site.client_args, retry=RetryPolicy(attempts=1))
+    with res:
+        reply = registry.force_release(resource='it/force', reason='no privs')
+        assert reply.status != 0 and 'requires credential level 2' in reply.msg
+        assert grants(registry)['it/force']['owner'] == 'alice'
+        admin = ocs_client(site, privs='demo-operator')
+        ok, msg, data = answer(admin.force_release(resource='it/force',
+                                                   reason='cryostat service', client='it'))
+        assert ok and msg == 'Revoked it/force from alice: cryostat service'
+        assert [g['owner'] for g in data['revoked']] == ['alice']
+        poll(lambda: res.lost, 'the reservation lost')
+        with pytest.raises(LeaseLost, match='revoked.*cryostat service'):
+            res.check()
+    ok, _, data = answer(registry.history(resource='it/force', limit=5))
+    row = next(r for r in data['history'] if r['action'] == 'force_release')
+    assert row['owner'] == 'cred_level 2' and row['client'] == 'it'
+    assert row['detail']['holder'] == 'alice' and row['detail']['reason'] == 'cryostat service'
+
+
+def test_lease_reservation_retries_then_gives_up(site, registry):
+    """When a Reservation meets a held resource it retries by its policy and
+    raises ReservationBusy naming the holder; once free, it is granted."""
+    from ocs_locking.registry.client import ReservationBusy
+    ok, _, held = answer(registry.acquire(resource='it/retry', owner='bob', lease=30))
+    res = Reservation('it/retry', 'alice', lease=10, args=site.client_args,
+                      retry=RetryPolicy(attempts=3, first=0.1, factor=2, deadline=10))
+    with pytest.raises(ReservationBusy, match="it/retry held by 'bob'") as info:
+        res.acquire()
+    assert info.value.attempts == 3
+    assert answer(registry.release(resource='it/retry', token=held['token']))[0]
+    with res:
+        assert res.tokens['it/retry'] > held['token']
+        assert grants(registry)['it/retry']['owner'] == 'alice'
+    assert 'it/retry' not in grants(registry)
+
+
+def test_concurrent_reservations_queue_fairly_and_do_not_block_others(site, registry):
+    """When one script waits in the queue for a held resource, another script
+    reserving an unrelated resource at the same time is granted at once (the
+    lease procedures serve many HTTP callers; an OCS task serves one), and the
+    waiter is granted as soon as the holder releases."""
+    import threading
+    holder = Reservation('it/busy', 'holder', lease=30, args=site.client_args)
+    holder.acquire()
+    waiter = Reservation('it/busy', 'waiter', lease=30, timeout=20, args=site.client_args,
+                         retry=RetryPolicy(attempts=1))
+    got = threading.Event()
+
+    def wait_for_it():
+        waiter.acquire()
+        got.set()
+    t = threading.Thread(target=wait_for_it, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10       # until the waiter is in the registry's queue
+    while not answer(registry.leases())[2]['waiting']:
+        assert time.monotonic() < deadline, 'the waiter never queued'
+        time.sleep(0.05)
+    with Reservation('it/elsewhere', 'other', lease=30, args=site.client_args) as other:
+        assert other.tokens['it/elsewhere'] >= 1
+    assert not got.is_set()
+    holder.release()
+    assert got.wait(10)
+    t.join(10)
+    assert waiter.tokens['it/busy'] > holder_token(registry, 'it/busy') - 1
+    waiter.release()
+
+
+def holder_token(registry, resource):
+    rows = answer(registry.history(resource=resource, limit=50))[2]['history']
+    return max(r['token'] or 0 for r in rows)
+
+
+def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry):
+    """When `ocs-locks reserve` runs, it prints one granted line, the lease
+    shows in the registry, and SIGINT releases it and exits 0."""
+    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'reserve', 'it/cli', 'it/cli2', '--lease', '3', '--note',
+                             'manual work', '--owner', 'carol'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("Reserved it/cli, it/cli2 for 'carol': token(s) it/cli="), \
+            line + proc.stderr.read() if proc.poll() is not None else line
+        g = grants(registry)
+        assert g['it/cli']['owner'] == g['it/cli2']['owner'] == 'carol'
+        assert g['it/cli']['note'] == 'manual work'
+        first = g['it/cli']['expires']
+        poll(lambda: grants(registry)['it/cli']['expires'] > first, 'a renewal')
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and err == ''
+    assert out.strip() == 'Released it/cli.'
+    assert not {'it/cli', 'it/cli2'} & set(grants(registry))
+
+
+def test_ocs_locks_release_force_release_and_history(site, registry):
+    """When ocs-locks releases by token, refuses a bad token in one line,
+    force-releases only with the password, and prints the history as a table
+    and as JSON."""
+    ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
+    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token'] + 100))
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"ocs-locks: release it/cmd: Refused: token {g['token'] + 100} was never issued "
+        "for 'it/cmd'")
+    p = ocs_locks(site, 'force-release', 'it/cmd', '--reason', 'test')
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1
+    assert 'requires credential level 2' in p.stderr
+    env = dict(os.environ, OCS_LOCKS_PASSWORD='demo-operator')
+    p = ocs_locks(site, 'force-release', 'it/cmd', '--reason', 'test', env=env)
+    assert (p.returncode, p.stdout.strip()) == (0, 'Revoked it/cmd from dave: test')
+    ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
+    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token']))
+    assert (p.returncode, p.stdout.strip()) == (0, 'Released it/cmd.')
+    p = ocs_locks(site, 'history', 'it/cmd', '--limit', '10')
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ['TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT',
+                                'DETAIL']
+    assert lines[1].split()[2:4] == ['release', 'it/cmd']
+    p = ocs_locks(site, 'history', 'it/cmd', '--json')
+    rows = json.loads(p.stdout)
+    assert [r['action'] for r in rows[:4]] == ['release', 'grant', 'force_release', 'grant']
+    assert rows[2]['owner'] == 'cred_level 2' and rows[2]['detail']['reason'] == 'test'
+    assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
+                          'ok'} for r in rows)
+    for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be > 0'),
+                      (['reserve', 'Bad'], 'segment'),
+                      (['history', '--limit', '0'], '--limit must be 1..1000')):
+        p = ocs_locks(site, *bad)
+        assert p.returncode == 1 and what in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_lease_malformed_requests_are_refused_and_change_nothing(site, registry):
+    """When malformed requests arrive over OCS (bad names, bad leases, unknown
+    or foreign tokens, renew after expiry), each gets success False and one
+    'Refused: ...' line, and the registry's leases stay as they were."""
+    ok, _, old = answer(registry.acquire(resource='it/bad', owner='olga', lease=60))
+    assert answer(registry.release(resource='it/bad', token=old['token']))[0]
+    ok, _, mine = answer(registry.acquire(resource='it/bad', owner='erin', lease=60))
+    assert ok and mine['token'] > old['token']
+    ok, _, short = answer(registry.acquire(resource='it/short', owner='erin', lease=0.5))
+    assert ok
+    poll(lambda: 'it/short' not in grants(registry), 'the 0.5 s lease expire', timeout=10)
+    before = leases(registry)
+    t = mine['token']
+    requests = [
+        ('acquire', dict(resource='', owner='x', lease=5)),
+        ('acquire', dict(resource='Upper/Case', owner='x', lease=5)),
+        ('acquire', dict(resource='a//b', owner='x', lease=5)),
+        ('acquire', dict(resource='a/' + 'b' * 40, owner='x', lease=5)),
+        ('acquire', dict(resource='/'.join('a' * 9), owner='x', lease=5)),
+        ('acquire', dict(resource=['it/p', 'it/p'], owner='x', lease=5)),
+        ('acquire', dict(resource='it/new', owner='x', lease=-1)),
+        ('acquire', dict(resource='it/new', owner='x', lease=1e9)),
+        ('acquire', dict(resource='it/new', owner='', lease=5)),
+        ('acquire', dict(resource='it/new', owner='x', lease=5, timeout=-3)),
+        ('renew', dict(resource='it/bad', token=t + 1000, lease=5)),
+        ('renew', dict(resource='it/bad', token=t, lease=-5)),
+        ('renew', dict(resource='it/short', token=short['token'], lease=5)),
+        ('release', dict(resource='it/bad', token=t + 1000)),
+        ('release', dict(resource='it/bad', token=old['token'])),   # olga's, not erin's
+        ('renew', dict(resource='it/bad', token=old['token'], lease=5)),
+        ('release', dict(resource='it/nothing', token=1)),
+        ('release', dict(resource='bad name', token=t)),
+    ]
+    for name, params in requests:
+        ok, msg, data = answer(getattr(registry, name)(**params))
+        assert ok is False, (name, params, msg)
+        assert msg.startswith('Refused: ') and '\n' not in msg, (name, params, msg)
+        assert 'error' in data
+    after = leases(registry)
+    assert after == before
+    assert answer(registry.release(resource='it/bad', token=t))[0]
+
+
+def test_lease_registry_restart_keeps_grants_and_tokens_grow(site, registry):
+    """When the registry is stopped and started again, a grant made before is
+    still there with its token, renewable, and the next token is larger."""
+    ok, _, g = answer(registry.acquire(resource='it/restart', owner='frank', lease=120))
+    assert ok
+    site.stop_agent('lock-registry')
+    site.start_agent('lock-registry')
+    reg = site.wait_agent('lock-registry')
+    kept = grants(reg)['it/restart']
+    assert (kept['owner'], kept['token']) == ('frank', g['token'])
+    assert answer(reg.renew(resource='it/restart', token=g['token'], lease=30))[0]
+    assert answer(reg.release(resource='it/restart', token=g['token']))[0]
+    ok, _, again = answer(reg.acquire(resource='it/restart', owner='gina', lease=30))
+    assert ok and again['token'] > g['token']
+    assert answer(reg.release(resource='it/restart', token=again['token']))[0]
