@@ -21,7 +21,8 @@ RPCS = ('acquire', 'renew', 'release')
 
 
 def _when(t):
-    return time.strftime('%H:%M:%S', time.localtime(t)) + f'{t % 1:.1f}'[1:]
+    """Local time with tenths, truncated (never a second early)."""
+    return time.strftime('%H:%M:%S', time.localtime(t)) + f'.{int(t % 1 * 10)}'
 
 
 def _describe_holders(holders):
