@@ -55,6 +55,7 @@ class LockRegistryAgent:
         self._pending = []
         self._flush_call = None
         self._joined = False
+        self.leases = None          # LeaseOps, when site-wide leases are served
         self._session = None
         agent.register_feed('ownership', record=False, max_messages=100)
         agent.register_feed('lock_stats', record=True,
@@ -234,11 +235,14 @@ class LockRegistryAgent:
                 {'locks': [{'lock': 'sim-device-1/hw', 'agent': 'sim-device-1',
                             'job': 'acq', 'session_id': 0, 'since': 1700000000.0,
                             'waiters': 0, 'alive': True, ...}],
-                 'seq': 1234, 'dropped': 0}
+                 'seq': 1234, 'dropped': 0,
+                 'leases': {'grants': [...], 'waiting': [...], 'counters': {...}}}
 
         """
         rows = self.table.snapshot()
         session.data = {'locks': rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
+        if self.leases is not None:
+            session.data['leases'] = self.leases.state.snapshot()
         agents = {r['agent'] for r in rows}
         return True, f'{len(rows)} lock(s) from {len(agents)} agent(s).'
 
@@ -274,7 +278,7 @@ def main(args=None):
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
-    leases = LeaseOps(agent, args.db)
+    leases = registry.leases = LeaseOps(agent, args.db)
     for name in ('acquire', 'renew', 'release', 'history', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.

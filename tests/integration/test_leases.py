@@ -332,3 +332,18 @@ def test_lease_registry_restart_keeps_grants_and_tokens_grow(site, registry):
     ok, _, again = answer(reg.acquire(resource='it/restart', owner='gina', lease=30))
     assert ok and again['token'] > g['token']
     assert answer(reg.release(resource='it/restart', token=again['token']))[0]
+
+
+def test_the_reservation_example_in_the_docs_runs(site, registry):
+    """When the docs' reservation example runs against the site, every step
+    gets both fencing tokens and the leases are gone afterwards."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(SITE_FILE), '..', 'docs', 'examples', 'reserve_hwp.py')
+    spec = importlib.util.spec_from_file_location('reserve_hwp', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    seen = []
+    assert example.calibrate(site.client_args, [1, 2, 3],
+                             lambda step, tokens: seen.append((step, sorted(tokens)))) == 'done'
+    assert seen == [(n, ['satp1/hwp', 'satp1/mount']) for n in (1, 2, 3)]
+    assert not {'satp1/hwp', 'satp1/mount'} & set(grants(registry))
