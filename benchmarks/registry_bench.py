@@ -89,6 +89,7 @@ sys.path.insert(0, REPO)
 
 import yaml  # noqa: E402
 
+from ocs_locking.testing import ReactorThread  # noqa: E402
 from ocs_locking.devsite import Site, SiteError  # noqa: E402
 
 OCS = f"ocs {importlib.metadata.version('ocs')} RegistryAgent"
@@ -137,41 +138,7 @@ def write_site_config(workdir):
 
 # -- the reactor thread ---------------------------------------------------------------
 
-class Reactor:
-    """The global reactor in a daemon thread (or the one already running)."""
-
-    def __init__(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.thread = None
-        if reactor.running:
-            return
-        started = threading.Event()
-        reactor.callWhenRunning(started.set)
-        self.thread = threading.Thread(target=reactor.run,
-                                       kwargs={'installSignalHandlers': False},
-                                       name='bench-reactor', daemon=True)
-        self.thread.start()
-        if not started.wait(BOUND):
-            raise RuntimeError('the reactor did not start')
-
-    def call(self, fn, *args, timeout=BOUND, **kwargs):
-        """Run fn on the reactor thread; wait (bounded) for its (Deferred) result."""
-        from twisted.internet import defer
-        fut = concurrent.futures.Future()
-
-        def run():
-            d = defer.maybeDeferred(fn, *args, **kwargs)
-            d.addCallbacks(fut.set_result, lambda f: fut.set_exception(f.value))
-        self.reactor.callFromThread(run)
-        return fut.result(timeout)
-
-    def stop(self):
-        if self.thread is not None:
-            self.reactor.callFromThread(self.reactor.stop)
-            self.thread.join(BOUND)
-            self.thread = None
-
+Reactor = ReactorThread   # the global reactor in a daemon thread (ocs_locking.testing)
 
 class Wamp:
     """Raw autobahn sessions on the site's router, started and stopped from

@@ -73,7 +73,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +80,7 @@ sys.path.insert(0, REPO)
 
 import yaml  # noqa: E402
 
+from ocs_locking.testing import ReactorThread  # noqa: E402
 from ocs_locking.devsite import Site, SiteError  # noqa: E402
 from ocs_locking.wamp import set_nodelay  # noqa: E402
 
@@ -144,41 +144,7 @@ def write_site_config(workdir):
 
 # -- the reactor thread and the WAMP session ------------------------------------------
 
-class Reactor:
-    """The global reactor in a daemon thread (or the one already running)."""
-
-    def __init__(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.thread = None
-        if reactor.running:
-            return
-        started = threading.Event()
-        reactor.callWhenRunning(started.set)
-        self.thread = threading.Thread(target=reactor.run,
-                                       kwargs={'installSignalHandlers': False},
-                                       name='bench-reactor', daemon=True)
-        self.thread.start()
-        if not started.wait(BOUND):
-            raise RuntimeError('the reactor did not start')
-
-    def call(self, fn, *args, timeout=BOUND, **kwargs):
-        """Run fn on the reactor thread; wait (bounded) for its (Deferred) result."""
-        from twisted.internet import defer
-        fut = concurrent.futures.Future()
-
-        def run():
-            d = defer.maybeDeferred(fn, *args, **kwargs)
-            d.addCallbacks(fut.set_result, lambda f: fut.set_exception(f.value))
-        self.reactor.callFromThread(run)
-        return fut.result(timeout)
-
-    def stop(self):
-        if self.thread is not None:
-            self.reactor.callFromThread(self.reactor.stop)
-            self.thread.join(BOUND)
-            self.thread = None
-
+Reactor = ReactorThread   # the global reactor in a daemon thread (ocs_locking.testing)
 
 class AgentSession:
     """One raw autobahn session on the site's router ("an agent"), with

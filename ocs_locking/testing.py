@@ -218,21 +218,26 @@ class LockHog:
 
 class ReactorThread:
     """The global Twisted reactor running in a daemon thread, for tests of
-    reactor (``blocking=False``) operations and ``acquire_deferred``.
+    reactor (``blocking=False``) operations and ``acquire_deferred`` (and
+    for benchmarks). If the reactor already runs, it is used as it is and
+    :meth:`stop` leaves it running.
 
     The reactor cannot be restarted: start one per test session.
     """
 
-    def __init__(self):
+    def __init__(self, timeout=WAIT):
         from twisted.internet import reactor
         self.reactor = reactor
+        self.thread = None
+        if reactor.running:
+            return
         self.thread = threading.Thread(
             target=reactor.run, kwargs={'installSignalHandlers': False},
             name='test-reactor', daemon=True)
         started = threading.Event()
         reactor.callWhenRunning(started.set)
         self.thread.start()
-        if not started.wait(WAIT):
+        if not started.wait(timeout):
             raise RuntimeError('the reactor did not start')
 
     def call(self, fn, *args, timeout=WAIT, **kwargs):
@@ -250,8 +255,8 @@ class ReactorThread:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise AssertionError(f'{getattr(fn, "__name__", fn)} did not finish on the '
-                                 f'reactor within {timeout} s') from None
+            raise TimeoutError(f'{getattr(fn, "__name__", fn)} did not finish on the '
+                               f'reactor within {timeout} s') from None
 
     def run_op(self, fn, params=None, op_name=None, session_id=0, timeout=WAIT):
         """Run a reactor operation (may return a Deferred) to completion."""
@@ -259,5 +264,8 @@ class ReactorThread:
         return self.call(fn, session, _params(fn, params), timeout=timeout)
 
     def stop(self):
-        self.reactor.callFromThread(self.reactor.stop)
-        self.thread.join(WAIT)
+        """Stop the reactor if this object started it."""
+        if self.thread is not None:
+            self.reactor.callFromThread(self.reactor.stop)
+            self.thread.join(WAIT)
+            self.thread = None
