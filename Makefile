@@ -30,7 +30,7 @@ venv: $(VENV)/.installed
 crossbar: $(CBVENV)/.installed
 
 run: venv crossbar
-	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m ocs_locking.devsite run site-config/default.yaml --host demo --workdir run --watch
+	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run site-config/default.yaml --host demo --workdir run --watch
 
 test: venv crossbar
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' tests docs

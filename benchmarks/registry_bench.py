@@ -1,7 +1,7 @@
 """The site-wide lock registry on a real site: how fast a lock change reaches
 the ``ownership`` feed, and whether the registry keeps up with 1,000 events/s.
 
-A site is started with :class:`ocs_locking.devsite.Site` on free loopback
+A site is started with :class:`tools.devsite.Site` on free loopback
 ports (a bench site config written into a temporary directory, based on
 ``site-config/default.yaml``): the crossbar router, the ``LockRegistryAgent``
 ``lock-registry``, ocs's own ``RegistryAgent`` as ``registry``, and one
@@ -90,7 +90,7 @@ sys.path.insert(0, REPO)
 import yaml  # noqa: E402
 
 from ocs_locking.testing import ReactorThread  # noqa: E402
-from ocs_locking.devsite import Site, SiteError  # noqa: E402
+from tools.devsite import Site, SiteError  # noqa: E402
 
 OCS = f"ocs {importlib.metadata.version('ocs')} RegistryAgent"
 SITE_TEMPLATE = os.path.join(REPO, 'site-config', 'default.yaml')

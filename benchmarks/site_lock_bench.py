@@ -1,7 +1,7 @@
 """Site-wide lease round trip (acquire + release) from an agent and from a
 script, beside ocs's AccessDirector exclusive-access grant on the same router.
 
-One real site is started with :class:`ocs_locking.devsite.Site` on free
+One real site is started with :class:`tools.devsite.Site` on free
 loopback ports, from a bench site config written into a temporary directory
 (crossbar config copied beside it, as ``tests/integration/test_site_lock.py``
 does): the crossbar router, the ``LockRegistryAgent`` ``lock-registry``
@@ -81,7 +81,7 @@ sys.path.insert(0, REPO)
 import yaml  # noqa: E402
 
 from ocs_locking.testing import ReactorThread  # noqa: E402
-from ocs_locking.devsite import Site, SiteError  # noqa: E402
+from tools.devsite import Site, SiteError  # noqa: E402
 from ocs_locking.wamp import set_nodelay  # noqa: E402
 
 OCS = f"ocs {importlib.metadata.version('ocs')} AccessDirector"

@@ -26,6 +26,7 @@ import time
 from ocs import site_config
 
 from .wamp import set_nodelay
+from .wire import OWNERSHIP_FEED, error_reason, feed_topic
 
 __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history']
 
@@ -122,16 +123,8 @@ def fetch_rows(args):
 
 
 def _reason(exc):
-    """A short reason from an exception (ocs's ControlClientError packs a
-    WAMP error list: [..., error_uri, [text, ...], {}])."""
-    arg = exc.args[0] if exc.args else None
-    if isinstance(arg, list) and len(arg) >= 6 and isinstance(arg[5], list) and arg[5]:
-        uri = arg[4]
-        if uri == 'wamp.error.no_such_procedure':
-            return 'it is not running (no such agent on the router)'
-        return str(arg[5][0])
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
+    """A short reason from an exception met on the way to an agent."""
+    return error_reason(exc)
 
 
 def json_rows(rows):
@@ -182,7 +175,7 @@ def cmd_watch(args):
         raise CliError(f'--count must be at least 1, not {args.count}')
     rows = {r['lock']: r for r in fetch_rows(args)}
     site = _site(args)
-    topic = f"{site.hub.data['address_root']}.{args.registry}.feeds.ownership"
+    topic = feed_topic(site.hub.data['address_root'], args.registry, OWNERSHIP_FEED)
     from autobahn.twisted.component import Component
     from twisted.internet import defer, task
 
@@ -281,7 +274,7 @@ def _registry_client(args, privs=None):
 def _run_task(args, name, params, privs=None, wait=30.0):
     """Run a registry task; return (message, data) or raise CliError with the
     registry's (or ocs's) one-line refusal."""
-    from .registry.client import call_task
+    from .leases.reservation import call_task
     client = _registry_client(args, privs)
     ans = call_task(client, name, params, wait=wait)
     if not ans.ok:
@@ -291,7 +284,7 @@ def _run_task(args, name, params, privs=None, wait=30.0):
 
 
 def _check_resource(value):
-    from .registry.names import check_resource
+    from .leases.paths import check_resource
     try:
         return check_resource(value)
     except ValueError as e:
@@ -309,7 +302,7 @@ def _interrupt(signum, frame):
 
 def cmd_reserve(args):
     """Hold a Reservation until Ctrl-C (exit 0) or until it is lost (exit 1)."""
-    from .registry.client import Reservation, ReservationError, RetryPolicy
+    from .leases.reservation import Reservation, ReservationError, RetryPolicy
     if not args.lease > 0:
         raise CliError(f'--lease must be > 0, not {args.lease:g}')
     if not args.timeout >= 0:
@@ -324,7 +317,7 @@ def cmd_reserve(args):
         raise CliError('--owner must not be empty')
     _site(args)
     # The loss is reported below in one line; not also by the library's logger.
-    quiet = logging.getLogger('ocs_locking.registry.client')
+    quiet = logging.getLogger('ocs_locking.leases.reservation')
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     lost = threading.Event()

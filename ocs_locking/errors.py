@@ -23,3 +23,46 @@ class ReactorBlockingError(RuntimeError):
 
 class LockTimeout(TimeoutError):
     """Raised by :meth:`TimeoutLock.hold` when the lock is not acquired in time."""
+
+
+class WorkerStopped(RuntimeError):
+    """Raised to every queued and every new call once a DeviceWorker is stopped."""
+
+
+# -- the registry and site-wide leases ------------------------------------------
+
+
+class BadLockMessage(ValueError):
+    """A lock message that does not follow the contract; the text says why."""
+
+
+class LeaseError(ValueError):
+    """A call LeaseState refuses; the one-line text says why. Nothing changed."""
+
+
+class LeaseStoreError(RuntimeError):
+    """The lease store cannot be opened or is not one this version understands."""
+
+
+class LeaseLost(RuntimeError):
+    """The site-wide lease is gone: the hardware must not be touched."""
+
+
+class ReservationError(RuntimeError):
+    """The reservation could not be made: refused (bad arguments), or the
+    registry could not be reached. The one-line text says why."""
+
+
+class ReservationBusy(ReservationError):
+    """The resources stayed busy for every attempt of the retry policy.
+
+    Attributes:
+        holders (list): the registry's last word on who holds them (dicts
+            with ``resource``, ``owner``, ``token``, ``expires``, ``note``).
+        attempts (int): how many acquire attempts were made.
+    """
+
+    def __init__(self, message, holders=(), attempts=0):
+        super().__init__(message)
+        self.holders = list(holders)
+        self.attempts = attempts

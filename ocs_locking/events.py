@@ -33,11 +33,12 @@ import time
 
 from .lock import TimeoutLock
 from .wamp import set_nodelay
+from .wire import LOCKS_FEED
 
 __all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message']
 
 #: The feed every agent publishes its lock events on.
-FEED_NAME = 'locks'
+FEED_NAME = LOCKS_FEED
 
 
 def snapshot_message(lock):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 #: The kinds of :class:`LockEvent`, in the order a hold usually produces them.
-EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
+from .wire import EVENTS  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)

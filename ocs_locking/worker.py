@@ -7,13 +7,12 @@ from collections import deque
 from twisted.internet import defer
 from twisted.python import log as _twlog
 
+from .errors import WorkerStopped
+
 __all__ = ['DeviceWorker', 'WorkerStopped']
 
 _NEW, _RUNNING, _STOPPED = 'new', 'running', 'stopped'
 
-
-class WorkerStopped(RuntimeError):
-    """Raised to every queued and every new call once a DeviceWorker is stopped."""
 
 
 def _fn_name(fn):

@@ -26,7 +26,7 @@ def test_wheel_contains_agents_and_plugin_entry_point(tmp_path):
     for path in ('ocs_locking/agents/simulated_device/agent.py',
                  'ocs_locking/agents/simulated_device/server.py',
                  'ocs_locking/agents/lock_registry/agent.py',
-                 'ocs_locking/registry/table.py', 'ocs_locking/lock.py'):
+                 'ocs_locking/ownership.py', 'ocs_locking/leases/state.py', 'ocs_locking/lock.py'):
         assert path in names
     cfg = configparser.ConfigParser()
     cfg.read_string(entry_points)

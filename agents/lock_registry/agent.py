@@ -1,7 +1,7 @@
 """LockRegistryAgent: one live lock-ownership table for the whole site.
 
 It listens to every agent's ``locks`` feed and heartbeat over crossbar and
-keeps :class:`ocs_locking.registry.table.OwnershipTable`; it publishes the
+keeps :class:`ocs_locking.ownership.OwnershipTable`; it publishes the
 table's changes on its ``ownership`` feed, per-lock figures on the recorded
 ``lock_stats`` feed, and keeps the whole table in the ``monitor`` process's
 session.data. Everything runs on the reactor thread.
@@ -17,8 +17,9 @@ from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.agents.lock_registry.leases import LeaseOps
-from ocs_locking.registry.table import BadLockMessage, OwnershipTable
+from ocs_locking.ownership import BadLockMessage, OwnershipTable
 from ocs_locking.wamp import set_nodelay
+from ocs_locking.wire import HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, feed_topic
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
@@ -57,12 +58,12 @@ class LockRegistryAgent:
         self._joined = False
         self.leases = None          # LeaseOps, when site-wide leases are served
         self._session = None
-        agent.register_feed('ownership', record=False, max_messages=100)
-        agent.register_feed('lock_stats', record=True,
+        agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
+        agent.register_feed(STATS_FEED, record=True,
                             agg_params={'frame_length': 60}, buffer_time=0)
         options = {'match': 'wildcard', 'details_arg': 'details'}
-        agent.subscribe_on_start(self._on_locks, f'{address_root}..feeds.locks', options)
-        agent.subscribe_on_start(self._on_heartbeat, f'{address_root}..feeds.heartbeat',
+        agent.subscribe_on_start(self._on_locks, feed_topic(address_root, '', LOCKS_FEED), options)
+        agent.subscribe_on_start(self._on_heartbeat, feed_topic(address_root, '', HEARTBEAT_FEED),
                                  options)
 
     # -- bus input (reactor thread) ---------------------------------------------
@@ -122,7 +123,7 @@ class LockRegistryAgent:
     def _flush(self):
         self._flush_call = None
         rows, self._pending = self._pending, []
-        self.agent.publish_to_feed('ownership', {
+        self.agent.publish_to_feed(OWNERSHIP_FEED, {
             'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
             'rows': rows})
         session = self._session
@@ -130,7 +131,7 @@ class LockRegistryAgent:
             session.data.update(seq=self.table.seq, dropped=self.table.dropped)
 
     def _publish_snapshot(self):
-        self.agent.publish_to_feed('ownership', {
+        self.agent.publish_to_feed(OWNERSHIP_FEED, {
             'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': time.time(),
             'rows': self.table.snapshot()})
 
@@ -152,7 +153,7 @@ class LockRegistryAgent:
             data = {f'{slug}_{k}': v for k, v in values.items()}
             tags = {f'{slug}_{k}': {'lock': row['lock'], 'agent': row['agent'], '_field': k}
                     for k in values}
-            self.agent.publish_to_feed('lock_stats', {
+            self.agent.publish_to_feed(STATS_FEED, {
                 'block_name': slug, 'timestamp': now, 'data': data,
                 'influxdb_tags': tags})
 

@@ -10,14 +10,15 @@ import time
 from ocs import ocs_agent
 from twisted.internet import defer, task
 
-from ocs_locking.registry.state import LeaseError, LeaseState
-from ocs_locking.registry.store import LeaseStore, LeaseStoreError
+from ocs_locking.leases.state import LeaseError, LeaseState
+from ocs_locking.leases.store import LeaseStore, LeaseStoreError
+from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
 EXPIRE_EVERY = 0.1
 #: Lease calls also offered as plain WAMP procedures, ``<registry>.lease.<name>``:
 #: unlike OCS tasks, several callers may use them at once (agents' SiteLocks do).
-RPCS = ('acquire', 'renew', 'release')
+RPCS = LEASE_PROCEDURES
 
 
 def _when(t):
@@ -69,7 +70,7 @@ class LeaseOps:
 
     def _register_rpcs(self):
         for name in RPCS:
-            uri = f'{self.agent.agent_address}.lease.{name}'
+            uri = lease_uri(self.agent.agent_address, name)
             d = defer.maybeDeferred(self.agent.register, getattr(self, f'_rpc_{name}'), uri)
             d.addErrback(lambda f, uri=uri: self.log.error(
                 'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))

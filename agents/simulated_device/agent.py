@@ -13,7 +13,7 @@ and tasks, written with the ocs_locking kit only.
   recovers when the device returns.
 * With ``--site-lock PATH`` the device is shared with other agents: every
   device command also takes a site-wide lease on PATH from the
-  LockRegistryAgent (a :class:`~ocs_locking.registry.sitelock.SiteLock`) and
+  LockRegistryAgent (a :class:`~ocs_locking.leases.sitelock.SiteLock`) and
   runs only under its guard, so two agents on one bridge never talk to it
   at once, and a lost lease means the command is refused, not sent.
 """
@@ -30,7 +30,7 @@ from ocs_locking.events import report_locks
 from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
                                                         ThermometryClient)
 from ocs_locking.ops import YieldingHold, locked
-from ocs_locking.registry.sitelock import LeaseLost, SiteLock
+from ocs_locking.leases.sitelock import LeaseLost, SiteLock
 from ocs_locking.worker import DeviceWorker
 
 #: Seconds a task waits for the device lock.

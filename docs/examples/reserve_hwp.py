@@ -2,7 +2,7 @@
 
 Run by tests/integration/test_leases.py against a real site.
 """
-from ocs_locking.registry.client import LeaseLost, Reservation, ReservationBusy, RetryPolicy
+from ocs_locking.leases.reservation import LeaseLost, Reservation, ReservationBusy, RetryPolicy
 
 
 def calibrate(site_args, steps, run):

@@ -6,7 +6,7 @@ Each test injects one fault into running processes (kill -9, SIGSTOP/SIGCONT,
 registry kill -9 and restart, router restart), checks what the design
 promises, and leaves the site whole again (killed processes are restarted).
 After every test the registry's audit log is replayed by
-:func:`ocs_locking.registry.audit.check_audit`: no two owners ever held
+:func:`ocs_locking.leases.audit.check_audit`: no two owners ever held
 overlapping resources at once, and tokens only grew.
 
 Two sites: ``site`` with 2 s leases (the holder faults, where the lease has to
@@ -24,8 +24,8 @@ import urllib.request
 import pytest
 import yaml
 
-from ocs_locking.devsite import Site
-from ocs_locking.registry.audit import check_audit
+from tools.devsite import Site
+from ocs_locking.leases.audit import check_audit
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 import ocs
 from ocs import ocs_client
 
-from ocs_locking.devsite import Site
+from tools.devsite import Site
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')

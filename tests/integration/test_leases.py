@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from ocs_locking.devsite import Site
-from ocs_locking.registry.client import LeaseLost, Reservation, RetryPolicy
+from tools.devsite import Site
+from ocs_locking.leases.reservation import LeaseLost, Reservation, RetryPolicy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
@@ -160,7 +160,7 @@ def test_lease_force_release_needs_privileges_and_is_audited(site, registry):
 def test_lease_reservation_retries_then_gives_up(site, registry):
     """When a Reservation meets a held resource it retries by its policy and
     raises ReservationBusy naming the holder; once free, it is granted."""
-    from ocs_locking.registry.client import ReservationBusy
+    from ocs_locking.leases.reservation import ReservationBusy
     ok, _, held = answer(registry.acquire(resource='it/retry', owner='bob', lease=30))
     res = Reservation('it/retry', 'alice', lease=10, args=site.client_args,
                       retry=RetryPolicy(attempts=3, first=0.1, factor=2, deadline=10))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ocs_locking.devsite import Site
+from tools.devsite import Site
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')

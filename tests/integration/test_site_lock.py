@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from ocs_locking.devsite import Site
+from tools.devsite import Site
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ import pytest
 
 from ocs_locking import TimeoutLock
 from ocs_locking.events import FEED_NAME, LockReporter
-from ocs_locking.registry.table import OwnershipTable, parse_lock_message
+from ocs_locking.ownership import OwnershipTable, parse_lock_message
 
 from ..support import FakeReactor
 

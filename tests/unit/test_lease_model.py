@@ -17,9 +17,9 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ocs_locking.registry.audit import check_audit
-from ocs_locking.registry.state import LeaseError, LeaseState
-from ocs_locking.registry.store import LeaseStore
+from ocs_locking.leases.audit import check_audit
+from ocs_locking.leases.state import LeaseError, LeaseState
+from ocs_locking.leases.store import LeaseStore
 
 PATHS = ('a', 'a/b', 'a/c', 'd')
 REQUESTS = [c for n in (1, 2, 3) for c in itertools.combinations(PATHS, n)]

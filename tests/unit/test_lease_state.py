@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from ocs_locking.registry import state as state_module
-from ocs_locking.registry.state import Grant, LeaseError, LeaseState, Outcome
-from ocs_locking.registry.store import LeaseStore
+from ocs_locking.leases import state as state_module
+from ocs_locking.leases.state import Grant, LeaseError, LeaseState, Outcome
+from ocs_locking.leases.store import LeaseStore
 
 
 @pytest.fixture

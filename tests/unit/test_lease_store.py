@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from ocs_locking.registry.audit import check_audit
-from ocs_locking.registry.state import LeaseState
-from ocs_locking.registry.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError
+from ocs_locking.leases.audit import check_audit
+from ocs_locking.leases.state import LeaseState
+from ocs_locking.leases.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The ownership table (pure): applying lock messages and heartbeats."""
 import pytest
 
-from ocs_locking.registry.table import BadLockMessage, OwnershipTable
+from ocs_locking.ownership import BadLockMessage, OwnershipTable
 
 
 def msg(event, seq, job=None, token=0, waiters=0, since=None, lock='hw', boot=1.0, **kw):
@@ -85,7 +85,7 @@ def test_OwnershipTable_rows_are_only_ever_about_the_senders_locks(table):
 BAD = [
     ('not a dict', r'^a lock message must be a dict, not str$'),
     ({'event': 'acquired'}, r'^lock must be a name'),
-    (msg('exploded', 1), r'^event must be one of acquired, released'),
+    (msg('exploded', 1), r'^event must be one of waiting, acquired, released'),
     (msg('acquired', -1), r'^seq must be an integer >= 0, not -1$'),
     (msg('acquired', 1, token='7'), r"^token must be an integer >= 0, not '7'$"),
     (msg('acquired', 1, waiters=True), r'^waiters must be an integer >= 0, not True$'),

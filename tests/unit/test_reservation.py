@@ -1,4 +1,4 @@
-"""Reservation (ocs_locking.registry.client) against a fake registry client:
+"""Reservation (ocs_locking.leases.reservation) against a fake registry client:
 the registry's acquire/renew/release/leases tasks answered by a real
 LeaseState in memory on a fake clock. The renew thread waits on a
 ManualEvent the tests tick, so nothing here sleeps to synchronise.
@@ -9,9 +9,9 @@ from collections import namedtuple
 import ocs
 import pytest
 
-from ocs_locking.registry.client import (LeaseLost, Reservation, ReservationBusy,
+from ocs_locking.leases.reservation import (LeaseLost, Reservation, ReservationBusy,
                                          ReservationError, RetryPolicy, call_task)
-from ocs_locking.registry.state import LeaseError, LeaseState
+from ocs_locking.leases.state import LeaseError, LeaseState
 
 SAFETY = 10.0       # seconds; only reached when a test is broken
 

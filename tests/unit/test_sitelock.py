@@ -3,8 +3,8 @@ three lease procedures), a fake reactor and a controllable clock."""
 import pytest
 from twisted.internet import defer
 
-from ocs_locking.registry.sitelock import LeaseLost, SiteLock
-from ocs_locking.registry.state import LeaseError, LeaseState
+from ocs_locking.leases.sitelock import LeaseLost, SiteLock
+from ocs_locking.leases.state import LeaseError, LeaseState
 
 from ..support import FakeReactor
 

@@ -1,4 +1,4 @@
-"""SQLite persistence for :class:`~ocs_locking.registry.state.LeaseState`.
+"""SQLite persistence for :class:`~ocs_locking.leases.state.LeaseState`.
 
 One file holds the current grants, the token counters and the audit log, so
 that a registry restart loses no grant, no history, and never reissues a
@@ -9,6 +9,8 @@ import json
 import os
 import sqlite3
 import threading
+
+from ..errors import LeaseStoreError
 
 __all__ = ['LeaseStore', 'LeaseStoreError', 'SCHEMA_VERSION']
 
@@ -31,9 +33,6 @@ _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client'
                'granted_at', 'request_id')
 _AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
 
-
-class LeaseStoreError(RuntimeError):
-    """The lease store cannot be opened or is not one this version understands."""
 
 
 class LeaseStore:

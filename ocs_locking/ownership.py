@@ -9,20 +9,15 @@ message, so an agent can only ever speak about its own locks.
 import math
 import re
 
+from .errors import BadLockMessage
+from .wire import EVENTS, ROW_KEYS
+
 __all__ = ['OwnershipTable', 'BadLockMessage', 'EVENTS', 'ROW_KEYS']
 
-EVENTS = ('acquired', 'released', 'waiting', 'gave_up', 'closed', 'snapshot')
-#: The keys of every row, in display order (the ``ocs-locks status --json`` contract
-#: uses lock, agent, job, session_id, since, waiters, alive).
-ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'waiters',
-            'token', 'alive', 'closed', 'acquired', 'timed_out', 'longest_hold', 'updated')
 
 _NAME = re.compile(r'^[A-Za-z0-9_.:-]{1,64}$')
 _MAX_TEXT = 200
 
-
-class BadLockMessage(ValueError):
-    """A lock message that does not follow the contract; the text says why."""
 
 
 def _opt_text(msg, key):

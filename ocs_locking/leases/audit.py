@@ -5,7 +5,7 @@ reversed to oldest first) after each fault and call :func:`check_audit`.
 """
 import json
 
-from .state import conflicts
+from .paths import conflicts
 
 __all__ = ['check_audit']
 

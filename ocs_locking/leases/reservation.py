@@ -5,7 +5,7 @@ LockRegistryAgent for one or several resources (all or nothing), retries
 busy resources with a bounded backoff, renews the lease from a daemon thread
 while the body runs, and releases on exit::
 
-    from ocs_locking.registry.client import Reservation, RetryPolicy
+    from ocs_locking.leases.reservation import Reservation, RetryPolicy
 
     with Reservation(['satp1/hwp', 'satp1/mount'], owner='schedule-42', lease=30,
                      note='calibration', args=['--site-file', 'site.yaml']) as r:
@@ -27,15 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import ocs
-
-from .names import check_resource
-
-try:        # one exception for agents (SiteLock) and scripts (Reservation)
-    from .sitelock import LeaseLost
-except ImportError:     # pragma: no cover - SiteLock not available
-    class LeaseLost(RuntimeError):
-        """The site-wide lease is gone: the hardware must not be touched."""
+from ..errors import LeaseLost, ReservationBusy, ReservationError
+from ..wire import error_reason, lease_uri, one_line
+from .paths import check_resource
 
 __all__ = ['Reservation', 'RetryPolicy', 'LeaseLost', 'ReservationBusy', 'ReservationError']
 
@@ -46,25 +40,6 @@ CALL_MARGIN = 10.0
 #: How long a thread waits for the renew thread when the reservation ends.
 JOIN_TIMEOUT = 5.0
 
-
-class ReservationError(RuntimeError):
-    """The reservation could not be made: refused (bad arguments), or the
-    registry could not be reached. The one-line text says why."""
-
-
-class ReservationBusy(ReservationError):
-    """The resources stayed busy for every attempt of the retry policy.
-
-    Attributes:
-        holders (list): the registry's last word on who holds them (dicts
-            with ``resource``, ``owner``, ``token``, ``expires``, ``note``).
-        attempts (int): how many acquire attempts were made.
-    """
-
-    def __init__(self, message, holders=(), attempts=0):
-        super().__init__(message)
-        self.holders = list(holders)
-        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -137,21 +112,9 @@ class _Answer:
         return f'_Answer({self.ok}, {self.message!r}, answered={self.answered})'
 
 
-def one_line(text, most=300):
-    """``text`` squeezed onto one line, at most ``most`` characters."""
-    text = ' '.join(str(text).split())
-    return text if len(text) <= most else text[:most - 3] + '...'
-
-
 def _exc_reason(exc):
-    """A short reason from an exception (ocs's ControlClientError packs a WAMP
-    error list: [..., error_uri, [text, ...], {}])."""
-    arg = exc.args[0] if exc.args else None
-    if isinstance(arg, list) and len(arg) >= 6 and isinstance(arg[5], list) and arg[5]:
-        if arg[4] == 'wamp.error.no_such_procedure':
-            return 'the registry is not running (no such agent on the router)'
-        return one_line(arg[5][0])
-    return one_line(str(exc) or type(exc).__name__)
+    """A short reason from an exception met on the way to the registry."""
+    return error_reason(exc, not_running='the registry is not running (no such agent on the router)')
 
 
 def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep):
@@ -165,13 +128,14 @@ def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep)
     ``start`` for up to ``retry_busy`` seconds while another caller's session
     runs, and waits at most ``wait`` seconds for the result.
     """
+    from ocs import OK, TIMEOUT     # here, so that importing this module needs no ocs
     op = getattr(client, name)
     give_up = time.monotonic() + retry_busy
     pause = 0.02
     try:
         while True:
             reply = op.start(**params)
-            if reply.status == ocs.OK:
+            if reply.status == OK:
                 break
             msg = one_line(reply.msg)
             if 'already in progress' not in msg:
@@ -189,7 +153,7 @@ def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep)
     if session.get('session_id') != started:
         return _Answer(False, f'lost track of the {name!r} session {started} (another '
                        f'caller started {session.get("session_id")})', answered=False)
-    if reply.status == ocs.TIMEOUT or session.get('status') != 'done':
+    if reply.status == TIMEOUT or session.get('status') != 'done':
         return _Answer(False, f'the registry task {name!r} did not end within {wait:g} s',
                        answered=False)
     # The task's own message is the last one before ocs's 'Status is now "done".'
@@ -206,7 +170,7 @@ def call_procedure(client, name, params):
     task, many callers may be in it at once, so scripts queue fairly."""
     http = client._client
     try:
-        reply = http.call(f'{http.agent_addr}.lease.{name}', **params)
+        reply = http.call(lease_uri(http.agent_addr, name), **params)
     except Exception as e:      # ControlClientError, requests errors...
         return _Answer(False, _exc_reason(e), answered=False)
     if not isinstance(reply, dict) or 'ok' not in reply:

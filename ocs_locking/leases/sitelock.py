@@ -28,8 +28,9 @@ import time
 from twisted.internet import defer, task
 from twisted.python import threadable
 
-from ..errors import ReactorBlockingError
-from .names import check_resource
+from ..errors import LeaseLost, ReactorBlockingError
+from ..wire import error_reason, lease_uri
+from .paths import check_resource
 
 __all__ = ['SiteLock', 'LeaseLost']
 
@@ -39,15 +40,9 @@ RETRY = 0.5
 
 def _reason(exc):
     """A one-line reason from a WAMP or connection error."""
-    error = getattr(exc, 'error', None)      # autobahn ApplicationError
-    if error == 'wamp.error.no_such_procedure':
-        return 'its lease procedures are not registered (is the registry running?)'
-    text = str(error or exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return error_reason(exc, not_running='its lease procedures are not registered '
+                                         '(is the registry running?)')
 
-
-class LeaseLost(RuntimeError):
-    """The site-wide lease is gone: the hardware must not be touched."""
 
 
 class SiteLock:
@@ -95,7 +90,7 @@ class SiteLock:
 
     def _uri(self, name):
         root = self.agent.agent_address.rsplit('.', 1)[0]
-        return f'{root}.{self.registry}.lease.{name}'
+        return lease_uri(f'{root}.{self.registry}', name)
 
     @property
     def _owner(self):

@@ -1,6 +1,6 @@
 """Run an OCS site on loopback: a real crossbar router and agents from a site config.
 
-Used by ``make run`` (``python -m ocs_locking.devsite run``) and by the
+Used by ``make run`` (``python -m tools.devsite run``) and by the
 integration tests, so both exercise the same start-up and shutdown code.
 
 * The crossbar config is ``<site-config dir>/crossbar/config.json``, copied into
@@ -366,7 +366,7 @@ def _rewrite_device_ports(arguments, moved):
 
 def make_parser():
     parser = argparse.ArgumentParser(
-        prog='python -m ocs_locking.devsite',
+        prog='python -m tools.devsite',
         description='Run an OCS site (crossbar router + agents) on loopback.')
     sub = parser.add_subparsers(dest='command', required=True)
     run = sub.add_parser('run', help='start the site and keep it up until Ctrl-C')

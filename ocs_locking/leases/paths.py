@@ -6,18 +6,22 @@ check raises :class:`LeaseError` with a one-line message naming the argument.
 """
 import re
 
-__all__ = ['LeaseError', 'ancestors', 'conflicts', 'check_resource']
+from ..errors import LeaseError
+
+__all__ = ['MIN_LEASE', 'MAX_LEASE', 'LeaseError', 'ancestors', 'conflicts', 'overlap', 'check_resource', 'check_resources',
+           'check_seconds', 'check_text', 'check_time', 'check_positive_int', 'bad_value']
 
 MAX_PATH, MAX_DEPTH = 200, 8
 _SEGMENT = re.compile(r'[a-z0-9][a-z0-9_.-]{0,31}\Z')
 MAX_TIME = 1e12          # seconds; refuses inf, NaN and absurd clocks
+#: The shortest and longest lease anyone may ask for, seconds. Shorter than
+#: MIN_LEASE cannot be renewed in time over a real network; longer than
+#: MAX_LEASE keeps hardware from everyone for too long after a crash.
+MIN_LEASE, MAX_LEASE = 0.5, 3600.0
 
 
-class LeaseError(ValueError):
-    """A call LeaseState refuses; the one-line text says why. Nothing changed."""
 
-
-def _bad(name, rule, value):
+def bad_value(name, rule, value):
     return LeaseError(f'{name} must be {rule}, not {value!r:.80}')
 
 
@@ -42,14 +46,14 @@ def conflicts(a, a_tree, b, b_tree):
     return False
 
 
-def _overlap(paths, tree, other_paths, other_tree):
+def overlap(paths, tree, other_paths, other_tree):
     return any(conflicts(a, tree, b, other_tree) for a in paths for b in other_paths)
 
 
 def check_resource(value, name='resource'):
     """Return ``value`` if it is a well-formed resource path, else raise LeaseError."""
     if not isinstance(value, str):
-        raise _bad(name, "a path like 'satp1/hwp'", value)
+        raise bad_value(name, "a path like 'satp1/hwp'", value)
     if not value:
         raise LeaseError(f'{name} must not be empty')
     if len(value) > MAX_PATH:
@@ -66,10 +70,10 @@ def check_resource(value, name='resource'):
     return value
 
 
-def _resources(value, tree, most):
+def check_resources(value, tree, most):
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise _bad('resources', 'a resource path or a list of them', value)
+        raise bad_value('resources', 'a resource path or a list of them', value)
     if not items:
         raise LeaseError('resources must not be an empty list')
     if len(items) > most:
@@ -84,35 +88,35 @@ def _resources(value, tree, most):
     return tuple(names)
 
 
-def _seconds(name, value, most, zero_ok=False):
+def check_seconds(name, value, most, zero_ok=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(name, 'a number of seconds', value)
+        raise bad_value(name, 'a number of seconds', value)
     if not 0 <= value <= most or (value == 0 and not zero_ok):     # also refuses NaN
-        raise _bad(name, f'in {"[" if zero_ok else "("}0, {most:g}] seconds', value)
+        raise bad_value(name, f'in {"[" if zero_ok else "("}0, {most:g}] seconds', value)
     return float(value)
 
 
-def _time(value):
+def check_time(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not -MAX_TIME <= value <= MAX_TIME:
-        raise _bad('now', 'a finite time in seconds', value)
+        raise bad_value('now', 'a finite time in seconds', value)
     return float(value)
 
 
-def _text(name, value, most, required=False):
+def check_text(name, value, most, required=False):
     if not isinstance(value, str):
-        raise _bad(name, 'a string', value)
+        raise bad_value(name, 'a string', value)
     if required and not value.strip():
         raise LeaseError(f'{name} must not be empty')
     if len(value) > most:
         raise LeaseError(f'{name} must be at most {most} characters, '
                          f'not {len(value)}: {value!r:.80}')
     if not value.isprintable():
-        raise _bad(name, 'printable text on one line', value)
+        raise bad_value(name, 'printable text on one line', value)
     return value
 
 
-def _positive_int(name, value):
+def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2 ** 63:
-        raise _bad(name, 'a positive integer', value)
+        raise bad_value(name, 'a positive integer', value)
     return value

@@ -12,8 +12,9 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
 
-from .names import (LeaseError, _bad, _overlap, _positive_int, _resources, _seconds, _text,  # noqa: F401
-                    _time, ancestors, check_resource, conflicts)
+from .paths import (ancestors, bad_value, check_positive_int, check_resource, check_resources,
+                    check_seconds, check_text, check_time, conflicts, overlap)
+from ..errors import LeaseError
 
 __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'conflicts',
            'check_resource', 'ACTIONS']
@@ -170,10 +171,10 @@ class LeaseState:
 
     def __init__(self, store=None, max_lease=3600.0, max_timeout=600.0, max_resources=16,
                  max_waiting=1000):
-        self.max_lease = _seconds('max_lease', max_lease, 1e9)
-        self.max_timeout = _seconds('max_timeout', max_timeout, 1e9, zero_ok=True)
-        self.max_resources = _positive_int('max_resources', max_resources)
-        self.max_waiting = _positive_int('max_waiting', max_waiting)
+        self.max_lease = check_seconds('max_lease', max_lease, 1e9)
+        self.max_timeout = check_seconds('max_timeout', max_timeout, 1e9, zero_ok=True)
+        self.max_resources = check_positive_int('max_resources', max_resources)
+        self.max_waiting = check_positive_int('max_waiting', max_waiting)
         self._store = _NoStore() if store is None else store
         self._listeners = []
         self._batch = None
@@ -203,18 +204,18 @@ class LeaseState:
         or ``busy``. Raises LeaseError for a bad argument or a full queue.
         """
         if not isinstance(tree, bool):
-            raise _bad('tree', 'True or False', tree)
-        names = _resources(resources, tree, self.max_resources)
-        owner = _text('owner', owner, MAX_OWNER, required=True)
-        lease = _seconds('lease', lease, self.max_lease)
-        timeout = _seconds('timeout', timeout, self.max_timeout, zero_ok=True)
-        note, client = _text('note', note, MAX_NOTE), _text('client', client, MAX_CLIENT)
-        now = _time(now)
+            raise bad_value('tree', 'True or False', tree)
+        names = check_resources(resources, tree, self.max_resources)
+        owner = check_text('owner', owner, MAX_OWNER, required=True)
+        lease = check_seconds('lease', lease, self.max_lease)
+        timeout = check_seconds('timeout', timeout, self.max_timeout, zero_ok=True)
+        note, client = check_text('note', note, MAX_NOTE), check_text('client', client, MAX_CLIENT)
+        now = check_time(now)
         with self._op(now):
             req = Request(self._last_rid + 1, names, owner, lease, tree, note, client, now,
                           now + timeout)
             holders = self._conflicting(names, tree)
-            ahead = sum(_overlap(w.resources, w.tree, names, tree) for w in self._waiting)
+            ahead = sum(overlap(w.resources, w.tree, names, tree) for w in self._waiting)
             if not holders and not ahead:
                 self._last_rid += 1
                 return self._grant(req, now)
@@ -232,10 +233,10 @@ class LeaseState:
         """Extend the lease of the request holding ``resource`` with ``token``
         to ``now + lease`` (all its resources); returns the new Grant."""
         check_resource(resource)
-        _positive_int('token', token)
-        lease = _seconds('lease', lease, self.max_lease)
-        client = _text('client', client, MAX_CLIENT)
-        now = _time(now)
+        check_positive_int('token', token)
+        lease = check_seconds('lease', lease, self.max_lease)
+        client = check_text('client', client, MAX_CLIENT)
+        now = check_time(now)
         with self._op(now):
             held = self._holding(resource, token)
             for g in self._request_grants(held.request_id):
@@ -249,9 +250,9 @@ class LeaseState:
         """Release the request holding ``resource`` with ``token`` (all of its
         resources); returns the Outcomes granted to waiters as a result."""
         check_resource(resource)
-        _positive_int('token', token)
-        client = _text('client', client, MAX_CLIENT)
-        now = _time(now)
+        check_positive_int('token', token)
+        client = check_text('client', client, MAX_CLIENT)
+        now = check_time(now)
         with self._op(now):
             held = self._holding(resource, token)
             self._end(held.request_id, 'release', now, client=client)
@@ -262,10 +263,10 @@ class LeaseState:
         who may), for ``reason``, done by ``by`` from ``client``. Returns
         (revoked grants, Outcomes granted as a result)."""
         check_resource(resource)
-        reason = _text('reason', reason, MAX_NOTE, required=True)
-        by = _text('by', by, MAX_OWNER, required=True)
-        client = _text('client', client, MAX_CLIENT)
-        now = _time(now)
+        reason = check_text('reason', reason, MAX_NOTE, required=True)
+        by = check_text('by', by, MAX_OWNER, required=True)
+        client = check_text('client', client, MAX_CLIENT)
+        now = check_time(now)
         with self._op(now):
             held = self._grants.get(resource)
             if held is None:
@@ -278,8 +279,8 @@ class LeaseState:
 
     def cancel(self, request_id, now):
         """Withdraw a waiting request; returns the Outcomes granted as a result."""
-        _positive_int('request_id', request_id)
-        now = _time(now)
+        check_positive_int('request_id', request_id)
+        now = check_time(now)
         with self._op(now):
             req = next((w for w in self._waiting if w.request_id == request_id), None)
             if req is None:
@@ -291,17 +292,17 @@ class LeaseState:
     def expire(self, now):
         """Apply what is due by ``now``: ``{'expired': [Grant], 'timed_out':
         [request id], 'granted': [Outcome]}``."""
-        with self._op(_time(now)) as due:
+        with self._op(check_time(now)) as due:
             return due
 
     # -- status -------------------------------------------------------------------
 
     def poll(self, request_id):
         """The Outcome of a request as of the last call (see Outcome.status)."""
-        _positive_int('request_id', request_id)
+        check_positive_int('request_id', request_id)
         for i, w in enumerate(self._waiting):
             if w.request_id == request_id:
-                ahead = sum(_overlap(e.resources, e.tree, w.resources, w.tree)
+                ahead = sum(overlap(e.resources, e.tree, w.resources, w.tree)
                             for e in self._waiting[:i])
                 return Outcome('queued', request_id, (),
                                self._conflicting(w.resources, w.tree), ahead + 1)
@@ -464,4 +465,4 @@ class LeaseState:
 
     def _conflicting(self, paths, tree):
         return tuple(self._grants[r] for r in sorted(self._grants)
-                     if _overlap(paths, tree, (r,), self._grants[r].tree))
+                     if overlap(paths, tree, (r,), self._grants[r].tree))

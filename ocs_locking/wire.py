@@ -1,0 +1,75 @@
+"""The wire contract: feed names, event names, row keys and procedure URIs.
+
+Everything that crosses the router between agents, the LockRegistryAgent,
+the lease clients and ``ocs-locks`` is named here once (pure: no OCS, no
+Twisted, no network). See the Events page of the docs for the message shapes.
+"""
+
+__all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
+           'ROW_KEYS', 'LEASE_PROCEDURES', 'feed_topic', 'lease_uri', 'error_reason',
+           'one_line']
+
+#: The feed on which every agent that uses ocs_locking publishes its lock events.
+LOCKS_FEED = 'locks'
+#: ocs's own heartbeat feed, which every agent publishes.
+HEARTBEAT_FEED = 'heartbeat'
+#: The registry's feed of ownership-table changes (snapshot + changes, with ``seq``).
+OWNERSHIP_FEED = 'ownership'
+#: The registry's recorded statistics feed (fixed keys, for InfluxDB).
+STATS_FEED = 'lock_stats'
+
+#: Lock event names, in the order of a lock's life.
+EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
+
+#: The keys of every ownership-table row, in display order (the
+#: ``ocs-locks status --json`` contract uses lock, agent, job, session_id,
+#: since, waiters, alive).
+ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'waiters',
+            'token', 'alive', 'closed', 'acquired', 'timed_out', 'longest_hold', 'updated')
+
+#: The lease calls the registry also offers as plain WAMP procedures
+#: (several callers may be in them at once, unlike an OCS task).
+LEASE_PROCEDURES = ('acquire', 'renew', 'release')
+
+
+def feed_topic(address_root, instance_id, feed):
+    """``observatory.sim-device-1.feeds.locks``; ``instance_id=''`` gives the
+    wildcard pattern ``observatory..feeds.locks``."""
+    return f'{address_root}.{instance_id}.feeds.{feed}'
+
+
+def lease_uri(registry_address, name):
+    """The URI of the registry's lease procedure ``name``
+    (``observatory.lock-registry.lease.acquire``), from the registry's agent
+    address (``observatory.lock-registry``)."""
+    if name not in LEASE_PROCEDURES:
+        raise ValueError(f'no lease procedure {name!r}; one of {", ".join(LEASE_PROCEDURES)}')
+    return f'{registry_address}.lease.{name}'
+
+
+def one_line(text, most=300):
+    """``text`` squeezed onto one line, at most ``most`` characters."""
+    text = ' '.join(str(text).split())
+    return text if len(text) <= most else text[:most - 3] + '...'
+
+
+def error_reason(exc, not_running='it is not running (no such agent on the router)'):
+    """A one-line reason from an error met on the way to an agent or procedure.
+
+    Understands autobahn's ``ApplicationError`` (``.error`` is the URI, the
+    text in ``.args``) and ocs's ``ControlClientError``, which packs a WAMP
+    error list ``[..., error_uri, [text, ...], {}]`` in its first argument.
+    ``wamp.error.no_such_procedure`` becomes ``not_running``.
+    """
+    arg = exc.args[0] if getattr(exc, 'args', None) else None
+    if isinstance(arg, list) and len(arg) >= 6 and isinstance(arg[5], list):
+        if arg[4] == 'wamp.error.no_such_procedure':
+            return not_running
+        if arg[5]:
+            return one_line(arg[5][0])
+    uri = getattr(exc, 'error', None)
+    if uri == 'wamp.error.no_such_procedure':
+        return not_running
+    if isinstance(uri, str) and not arg:
+        return one_line(uri)
+    return one_line(str(arg if isinstance(arg, str) else exc) or type(exc).__name__)
