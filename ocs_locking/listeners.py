@@ -61,8 +61,9 @@ class Listeners:
         self.fns = self.fns + (fn,)
 
     def remove(self, fn):
-        """Stop calling ``fn`` (no error if it was not a listener)."""
-        self.fns = tuple(f for f in self.fns if f is not fn)
+        """Stop calling ``fn`` (no error if it was not a listener). Compared
+        by equality, so ``remove(obj.method)`` undoes ``add(obj.method)``."""
+        self.fns = tuple(f for f in self.fns if f != fn)
 
     def put(self, item):
         """Queue ``item`` (any thread; call it under the producer's mutex

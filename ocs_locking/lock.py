@@ -275,12 +275,11 @@ class TimeoutLock:
             f"block the reactor thread; use acquire_deferred() or timeout=0")
 
     def _reactor_wait_message(self, what, timeout, job, outcome):
-        # mutex held: the holder named is the one that made the call wait
-        return (f"TimeoutLock '{self.name}': {what}(timeout={timeout!r}) for job "
-                f"{job!r} on the reactor thread would have to wait (held by job "
-                f"{self._job!r}, {len(self._waiters)} waiting); {outcome} at once "
-                f"instead of freezing the reactor (reactor code waits with "
-                f"acquire_deferred())")
+        # mutex held. One line: the lock, the call, the job, who is in the way.
+        return (f"TimeoutLock '{self.name}': {what}(timeout={timeout!r}) for job {job!r} "
+                f"on the reactor thread returned False at once: {outcome}, "
+                f"{len(self._waiters)} waiting (waiting here would freeze the reactor; "
+                f"reactor code waits with acquire_deferred())")
 
     # -- the one grant path and the one release path (mutex held) -----------
 
@@ -395,7 +394,8 @@ class TimeoutLock:
                     f"TimeoutLock '{self.name}' is already held by this thread "
                     f"(job {self._job!r}); it is not re-entrant")
             elif _threadable.ioThread == me:
-                warning = self._reactor_wait_message(what, timeout, job, 'returned False')
+                warning = self._reactor_wait_message(what, timeout, job,
+                                                     f'held by job {self._job!r}')
                 granted = False
             else:
                 warning = None
@@ -552,7 +552,7 @@ class TimeoutLock:
             if not closed and timeout != 0 and _threadable.ioThread == me:
                 warning = self._reactor_wait_message(
                     'release_and_acquire', timeout, job,
-                    'handed the lock on and returned False')
+                    f'it handed the lock to job {self._waiters[0].job!r}')
                 timeout = 0
             w = self._release_locked(now)
             if not closed and timeout != 0:

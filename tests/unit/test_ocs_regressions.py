@@ -198,3 +198,25 @@ def test_TimeoutLock_applies_one_deadline():
     got, elapsed = _double_timeout(TimeoutLock)
     assert got is False
     assert 1.0 <= elapsed < 1.5
+
+
+def _reactor_task_on_a_free_lock(lock, reactor_thread):
+    """socs ibootbar's pattern: a ``blocking=False`` task (run on the reactor
+    thread) doing ``with lock.acquire_timeout(timeout=3, job=...)``."""
+    def set_outlet():
+        with lock.acquire_timeout(timeout=3, job='set_outlet') as acquired:
+            return acquired, lock.job
+    return reactor_thread.call(set_outlet), lock.job
+
+
+def test_ocs_baseline_serves_a_free_lock_on_the_reactor_thread(reactor_thread):
+    """ocs: a reactor task taking a free lock with timeout=3 gets it at once."""
+    assert _reactor_task_on_a_free_lock(OcsTimeoutLock(), reactor_thread) == \
+        ((True, 'set_outlet'), None)
+
+
+def test_TimeoutLock_serves_a_free_lock_on_the_reactor_thread_like_ocs(reactor_thread):
+    """ours: the same task gets the free lock at once too (the strict refusal
+    of every reactor-thread wait made it fail with ReactorBlockingError)."""
+    assert _reactor_task_on_a_free_lock(TimeoutLock(), reactor_thread) == \
+        ((True, 'set_outlet'), None)
