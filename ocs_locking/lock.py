@@ -173,7 +173,13 @@ class _AcquireTimeout:
         if owner is not None:
             lock = self._lock
             if lock._owner == owner and not lock._by_deferred:
-                lock.release()
+                # release() without its owner check, just made
+                with lock._mutex:
+                    w = lock._release_locked()
+                if w is not None:
+                    lock._wake(w)
+                if lock._events:
+                    lock._listeners.run()
         return False
 
 
@@ -247,6 +253,7 @@ class TimeoutLock:
         # Events are put under the mutex (so seq order is the order of the
         # changes) and delivered after it is let go.
         self._listeners = Listeners(f"TimeoutLock '{name}'")
+        self._events = self._listeners.queue    # the same deque: a cheap "any to deliver?"
         self._seq = 0
 
     # -- argument checks (before any state is touched) ----------------------
@@ -283,7 +290,9 @@ class TimeoutLock:
 
     # -- the one grant path and the one release path (mutex held) -----------
 
-    def _grant(self, owner, by_deferred, job, op, session_id, now, wake=None):
+    def _grant(self, owner, by_deferred, job, op, session_id, wake=None):
+        """Make the grant; a thread waiter's ``wake`` is released as early as
+        possible. Returns the (monotonic) time of the grant."""
         self._owner = owner
         self._by_deferred = by_deferred
         self._job = job
@@ -294,12 +303,13 @@ class TimeoutLock:
             wake.release()
         self._op = op
         self._session_id = session_id
-        self._since = now
+        self._since = now = _monotonic()
         self._n_acquired += 1
         if self._listeners.fns:
             self._queue_event('acquired', job, op, session_id, now, self._n_acquired)
+        return now
 
-    def _release_locked(self, now):
+    def _release_locked(self):
         """End the current hold: hand the lock to the first waiter, or free it.
 
         A thread waiter is woken here (see :meth:`_grant`). Returns a
@@ -313,8 +323,8 @@ class TimeoutLock:
         if self._waiters:
             w = self._waiters.popleft()
             w.state = _GRANTED
-            self._grant(w.owner, w.deferred is not None, w.job, w.op, w.session_id, now,
-                        w.wake)
+            now = self._grant(w.owner, w.deferred is not None, w.job, w.op, w.session_id,
+                              w.wake)
             w.token = self._n_acquired
             self._n_handoffs += 1
             waited = now - w.since
@@ -322,6 +332,7 @@ class TimeoutLock:
                 self._longest_wait = waited
         else:
             w = self._owner = self._job = None
+            now = _monotonic()
         held = now - since
         if held > self._longest_hold:
             self._longest_hold = held
@@ -378,11 +389,10 @@ class TimeoutLock:
         me = _get_ident()
         if self._strict_reactor and timeout != 0 and _threadable.ioThread == me:
             self._refuse_on_reactor(what, timeout)
-        now = _monotonic()
         with self._mutex:
             if self._owner is None and not self._closed:
-                self._grant(me, False, job, op, session_id, now)
-                if not self._listeners.queue:
+                self._grant(me, False, job, op, session_id)
+                if not self._events:
                     return True
                 granted = True
             elif self._closed:
@@ -399,9 +409,10 @@ class TimeoutLock:
                 granted = False
             else:
                 warning = None
+                now = _monotonic()     # the deadline counts from here
                 w = self._enqueue_thread(job, op, session_id, me, now, cancel)
                 granted = None if w is not None else False
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
         if granted is None:
             # The first wait is inlined: a waiter woken with the grant returns
@@ -457,7 +468,7 @@ class TimeoutLock:
                 state = w.state
                 if state == _WAITING:
                     self._withdraw_locked(w, _GAVE_UP)
-            if self._listeners.queue:
+            if self._events:
                 self._listeners.run()
         if cancel is not None:
             cancel._detach(w)
@@ -486,7 +497,7 @@ class TimeoutLock:
                 return
             self._withdraw_locked(w, _CANCELLED)
         w.wake.release()
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
 
     def release(self):
@@ -501,10 +512,10 @@ class TimeoutLock:
         with self._mutex:
             if self._owner != me:
                 raise NotOwner(self._not_owner_message('release'))
-            w = self._release_locked(_monotonic())
+            w = self._release_locked()
         if w is not None:
             self._wake(w)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
 
     def _not_owner_message(self, what):
@@ -554,12 +565,12 @@ class TimeoutLock:
                     'release_and_acquire', timeout, job,
                     f'it handed the lock to job {self._waiters[0].job!r}')
                 timeout = 0
-            w = self._release_locked(now)
+            w = self._release_locked()
             if not closed and timeout != 0:
                 mine = self._enqueue_thread(job, op, session_id, me, now, cancel)
         if w is not None:
             self._wake(w)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
         if closed:
             raise LockClosed(f"TimeoutLock '{self.name}' is closed; the hold was released")
@@ -636,7 +647,7 @@ class TimeoutLock:
             if self._closed:
                 result = defer.fail(LockClosed(f"TimeoutLock '{self.name}' is closed"))
             elif self._owner is None:
-                self._grant(me, True, job, op, session_id, now)
+                self._grant(me, True, job, op, session_id)
                 result = defer.succeed(True)
             elif timeout == 0:
                 result = defer.succeed(False)
@@ -648,7 +659,7 @@ class TimeoutLock:
                     self._queue_event('waiting', job, op, session_id, now, 0)
         if w is not None and timeout > 0:
             w.timer = self._get_reactor().callLater(timeout, self._deferred_timed_out, w)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
         return result
 
@@ -658,7 +669,7 @@ class TimeoutLock:
             if w.state != _WAITING:
                 return  # granted or closed: _settle_deferred fires it
             self._withdraw_locked(w, _GAVE_UP)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
         w.deferred.callback(False)
 
@@ -670,7 +681,7 @@ class TimeoutLock:
                 self._waiters.remove(w)
             elif state == _GRANTED and self._n_acquired == w.token:
                 # Granted but not yet delivered: give it to the next in line.
-                handed = self._release_locked(_monotonic())
+                handed = self._release_locked()
             w.state = _CANCELLED
             if state in (_WAITING, _GRANTED):
                 self._n_cancelled += 1
@@ -680,7 +691,7 @@ class TimeoutLock:
             w.timer.cancel()
         if handed is not None:
             self._wake(handed)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
         # Leaving the Deferred uncalled makes Twisted errback CancelledError.
 
@@ -715,7 +726,7 @@ class TimeoutLock:
                 self._queue_event('closed', None, None, None, None, 0)
         for w in woken:
             self._wake(w)
-        if self._listeners.queue:
+        if self._events:
             self._listeners.run()
 
     @property
