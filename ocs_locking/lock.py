@@ -384,11 +384,11 @@ class TimeoutLock:
             raise TypeError(f'cancel must be a Cancel token or None, not {cancel!r}')
         return self._acquire(timeout, job, op, session_id, cancel)
 
-    def _acquire(self, timeout, job, op, session_id, cancel=None, what='acquire'):
+    def _acquire(self, timeout, job, op, session_id, cancel=None):
         # Arguments already checked.
         me = _get_ident()
         if self._strict_reactor and timeout != 0 and _threadable.ioThread == me:
-            self._refuse_on_reactor(what, timeout)
+            self._refuse_on_reactor('acquire', timeout)
         with self._mutex:
             if self._owner is None and not self._closed:
                 self._grant(me, False, job, op, session_id)
@@ -404,7 +404,7 @@ class TimeoutLock:
                     f"TimeoutLock '{self.name}' is already held by this thread "
                     f"(job {self._job!r}); it is not re-entrant")
             elif _threadable.ioThread == me:
-                warning = self._reactor_wait_message(what, timeout, job,
+                warning = self._reactor_wait_message('acquire', timeout, job,
                                                      f'held by job {self._job!r}')
                 granted = False
             else:
