@@ -208,6 +208,10 @@ def test_TimeoutLock_closed_free_lock_refuses_every_acquire(make_actor, lock, ki
     lock.close()
     with pytest.raises(LockClosed, match=r"^TimeoutLock 'hw' is closed$"):
         make_actor(kind, lock, 'new').acquire(0).result(WAIT)
+    if kind == 'thread':
+        with pytest.raises(LockClosed, match=r"^TimeoutLock 'hw' is closed$"):
+            with lock.acquire_timeout(0):
+                pass
     assert lock.status().counters.acquired == 0
 
 
