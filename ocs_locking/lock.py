@@ -75,11 +75,6 @@ def check_timeout(timeout):
     raise ValueError(f'timeout must be >= 0 or -1 (wait forever), not {timeout!r}')
 
 
-def _in_reactor_thread(ident):
-    io = _threadable.ioThread
-    return io is not None and io == ident
-
-
 def _thread_name(ident):
     for t in threading.enumerate():
         if t.ident == ident:
