@@ -40,16 +40,16 @@ def _can_die_with_parent():
         and threading.current_thread() is threading.main_thread()
 
 
-def spawn(cmd, log_path, env=None, cwd=None, stdout=None):
-    """Start ``cmd`` in its own session; its output is appended to ``log_path``
-    (or goes to ``stdout`` when given, e.g. None for the terminal: pass
-    ``log_path=None``). Returns the :class:`subprocess.Popen`."""
+def spawn(cmd, log_path, env=None, cwd=None, stdout=None, stderr=None):
+    """Start ``cmd`` in its own session; its output is appended to ``log_path``,
+    or, with ``log_path=None``, goes to ``stdout`` and ``stderr`` (as for
+    :class:`subprocess.Popen`; None: this process's). Returns the Popen."""
     cmd = list(cmd)
     if _can_die_with_parent():
         cmd = [sys.executable, '-c', _PRELUDE, str(os.getpid()), *cmd]
     if log_path is None:
-        return subprocess.Popen(cmd, stdout=stdout, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd=cwd)
+        return subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=cwd)
     with open(log_path, 'ab') as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
