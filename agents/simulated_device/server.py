@@ -19,7 +19,7 @@ bus, are never delayed, never collide and are not counted, so a test may use
 them while an agent is busy. ``connections`` counts connections accepted since
 start.
 
-Run it on its own with (see :mod:`.cli`)::
+Run it on its own with (see :mod:`ocs_locking.agents.simulated_device.cli`)::
 
     python -m ocs_locking.agents.simulated_device.server --port 18101
 """
