@@ -208,19 +208,3 @@ def test_own_agent_example_site_is_valid(tmp_path):
     s.check_agents()
     assert s.instance('counter-1')['agent-file'] == os.path.join(
         REPO, 'docs', 'examples', 'own_agent.py')
-
-
-def test_screen_drops_lines_once_the_terminal_is_gone(monkeypatch):
-    """When writing to the terminal fails (it was closed: SIGHUP), later lines
-    are dropped instead of raising in the middle of the shutdown."""
-    class Closed:
-        def write(self, text):
-            raise OSError(5, 'Input/output error')
-
-        def flush(self):
-            pass
-    monkeypatch.setattr(sys, 'stdout', Closed())
-    screen = devsite._Screen()
-    screen.say('one')
-    screen.say('two')
-    assert screen.gone
