@@ -27,6 +27,7 @@ CREATE TABLE audit (
     resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT,
     ok INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX audit_by_resource ON audit (resource, id);
+CREATE INDEX audit_by_time ON audit (at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
@@ -90,6 +91,7 @@ class LeaseStore:
             raise LeaseStoreError(
                 f'lease store {self.path!r} has schema version {row[0]!r}; this '
                 f'ocs-locking reads version {SCHEMA_VERSION} (a newer release wrote it?)')
+        db.execute('CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)')
 
     def _transaction(self, work):
         with self._lock:
@@ -116,11 +118,14 @@ class LeaseStore:
             g['tree'] = bool(g['tree'])
         return {'grants': grants, 'counters': counters, 'last_request_id': rid[0] if rid else 0}
 
-    def apply(self, counters=None, grants=None, audit=(), last_request_id=None):
-        """Write one operation's changes in one transaction.
+    def apply(self, counters=None, grants=None, audit=(), last_request_id=None, folds=()):
+        """Write one operation's changes in one transaction, committed
+        before it returns (the caller replies only after that).
 
         ``counters``: {resource: last token}; ``grants``: {resource: grant
-        dict, or None to delete}; ``audit``: rows as for :meth:`record`.
+        dict, or None to delete}; ``audit``: rows as for :meth:`record`;
+        ``folds``: ``{'resource', 'token', 'at', 'detail'}`` updates of the
+        newest ``regrant`` row of that resource, applied after the new rows.
         """
         def work(db):
             db.executemany(
@@ -135,6 +140,11 @@ class LeaseStore:
                                f'({", ".join("?" * len(_GRANT_KEYS))})',
                                tuple(g[k] for k in _GRANT_KEYS))
             self._insert_audit(db, audit)
+            for f in folds:
+                db.execute(
+                    "UPDATE audit SET token = ?, detail = ? WHERE id = (SELECT max(id) FROM "
+                    "audit WHERE resource = ? AND action = 'regrant')",
+                    (f['token'], json.dumps(f['detail'], sort_keys=True), f['resource']))
             if last_request_id is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)",
                            (last_request_id,))
@@ -159,21 +169,45 @@ class LeaseStore:
                'token': token, 'client': client, 'detail': detail, 'ok': ok}
         self._transaction(lambda db: self._insert_audit(db, [row]))
 
-    def history(self, resource=None, limit=100):
+    def history(self, resource=None, limit=100, owner=None, actions=None, since=None):
         """Audit rows newest first, as dicts (``detail`` decoded, ``ok`` a bool).
 
-        ``resource`` keeps the rows about it and the paths below it; ``limit``
-        is the most rows returned (None: all).
+        Args:
+            resource (str): keep the rows about this path and the paths below it.
+            limit (int): the most rows returned (None: all).
+            owner (str): keep the rows whose owner is this (exactly).
+            actions (list): keep the rows whose action is one of these.
+            since (float): keep the rows at or after this time (the clock
+                the rows were written with).
         """
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 1):
             raise ValueError(f'limit must be a positive integer or None, not {limit!r:.80}')
-        if resource is not None and not isinstance(resource, str):
-            raise ValueError(f'resource must be a string or None, not {resource!r:.80}')
-        sql, args = f'SELECT {", ".join(_AUDIT_KEYS)} FROM audit', []
+        for name, value in (('resource', resource), ('owner', owner)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f'{name} must be a string or None, not {value!r:.80}')
+        if actions is not None and (isinstance(actions, str) or not all(
+                isinstance(a, str) for a in actions)):
+            raise ValueError(f'actions must be a list of strings or None, not {actions!r:.80}')
+        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+            raise ValueError(f'since must be a time in seconds or None, not {since!r:.80}')
+        where, args = [], []
         if resource is not None:
-            sql += ' WHERE resource = ? OR substr(resource, 1, ?) = ?'
+            where.append('(resource = ? OR substr(resource, 1, ?) = ?)')
             args += [resource, len(resource) + 1, resource + '/']
+        if owner is not None:
+            where.append('owner = ?')
+            args.append(owner)
+        if actions is not None:
+            actions = list(actions)
+            where.append(f'action IN ({", ".join("?" * len(actions))})' if actions else '0')
+            args += actions
+        if since is not None:
+            where.append('at >= ?')
+            args.append(float(since))
+        sql = f'SELECT {", ".join(_AUDIT_KEYS)} FROM audit'
+        if where:
+            sql += ' WHERE ' + ' AND '.join(where)
         sql += ' ORDER BY id DESC' + ('' if limit is None else ' LIMIT ?')
         args += [] if limit is None else [limit]
         with self._lock:
@@ -182,6 +216,20 @@ class LeaseStore:
             r['detail'] = json.loads(r['detail']) if r['detail'] else {}
             r['ok'] = bool(r['ok'])
         return rows
+
+    def prune(self, before=None, keep_rows=None):
+        """Delete audit rows older than ``before`` (a time, as the rows') and
+        all but the newest ``keep_rows``; returns how many went. Grants and
+        token counters are never pruned."""
+        def work(db):
+            n = 0
+            if before is not None:
+                n += db.execute('DELETE FROM audit WHERE at < ?', (float(before),)).rowcount
+            if keep_rows is not None:
+                n += db.execute('DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?',
+                                (int(keep_rows),)).rowcount
+            return n
+        return self._transaction(work)
 
     def close(self):
         """Close the connection; further calls fail."""

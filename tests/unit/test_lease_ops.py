@@ -91,7 +91,17 @@ def test_LeaseOps_queued_acquire_times_out(ops):
     ('renew', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
     ('release', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
     ('force_release', {'resource': 'hwp', 'reason': 'x'}, r"^Refused: nothing is held on 'hwp'"),
-    ('history', {'resource': 7}, r'^Refused: resource must be a path string, not 7$'),
+    ('acquire', {'resource': 'hwp', 'owner': 'a', 'lease': 1e-9},
+     r'^Refused: lease must be in \[0\.5, 3600\] seconds, not 1e-09$'),
+    ('history', {'resource': 7}, r"^Refused: resource must be a path like 'satp1/hwp', not 7$"),
+    ('history', {'resource': 'a//b'}, r"^Refused: resource segment '' must match "),
+    ('history', {'resource': '/x'}, r"^Refused: resource segment '' must match "),
+    ('history', {'action': 'grnat'}, r"^Refused: action must be one of grant, .*, not 'grnat'$"),
+    ('history', {'action': ['grant', 7]}, r"^Refused: action must be one of .*, not 7$"),
+    ('history', {'since': -1}, r'^Refused: since must be an age in seconds >= 0, not -1$'),
+    ('history', {'since': 'yesterday'}, r"^Refused: since must be an age in seconds >= 0, "),
+    ('history', {'limit': 0}, r'^Refused: limit must be an integer in \[1, 1000\], not 0$'),
+    ('history', {'owner': ''}, r'^Refused: owner must not be empty$'),
 ])
 def test_LeaseOps_bad_requests_are_refused_and_change_nothing(ops, name, params, error):
     """When a request is malformed or names an unknown lease, the task answers
