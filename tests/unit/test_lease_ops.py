@@ -124,3 +124,113 @@ def test_LeaseOps_history_and_leases_report_the_state(ops):
     assert ok and [r['action'] for r in data['history']][:2] == ['release', 'grant']
     (ok, msg), data = run(ops, 'leases')
     assert ok and data['grants'] == [] and msg == '0 lease(s), 0 waiting.'
+
+
+class Clock:
+    def __init__(self, t=1.7e9):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def timed(tmp_path):
+    """LeaseOps on a fake wall clock."""
+    clock = Clock()
+    ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
+                   reactor=Reactor(), clock=clock)
+    ops.clock_ = clock
+    return ops
+
+
+def test_LeaseOps_acquire_reply_says_how_long_it_queued(timed):
+    """When an acquire waits 12.5 s in the queue, its reply carries
+    queued_for=12.5 (a duration on the registry's clock) and the lease; an
+    acquire granted at once says 0."""
+    _, first = run(timed, 'acquire', resource='hwp', owner='a', lease=20)
+    assert first['queued_for'] == 0.0 and first['lease'] == 20.0
+    d = timed.do_acquire('hwp', 'b', lease=5, timeout=60)
+    out = []
+    d.addBoth(out.append)
+    timed.clock_.t += 12.5
+    run(timed, 'release', resource='hwp', token=first['token'])
+    timed.reactor.advance(0)
+    ok, msg, data = out[0]
+    assert ok and data['queued_for'] == 12.5 and data['token'] == 2
+
+
+def test_LeaseOps_registers_the_lease_procedures_at_every_join(timed):
+    """When the registry's session becomes ready (first join, and again after
+    every router restart), the three lease procedures are registered."""
+    agent = timed.agent
+    [(event, handler)] = [c.args for c in agent.on.call_args_list]
+    assert event == 'ready'
+    agent.agent_address = 'observatory.lock-registry'
+    for _ in range(2):
+        handler(agent)
+    uris = [c.args[1] for c in agent.register.call_args_list]
+    assert uris == [f'observatory.lock-registry.lease.{n}'
+                    for n in ('acquire', 'renew', 'release')] * 2
+
+
+def test_LeaseOps_unopenable_database_raises_one_line(tmp_path):
+    """When the database cannot be opened, LeaseOps raises LeaseStoreError
+    in one line naming the file (not SystemExit)."""
+    from ocs_locking.errors import LeaseStoreError
+    bad = str(tmp_path / 'no-such-dir' / 'x.db')
+    with pytest.raises(LeaseStoreError, match=r"^cannot open the lease database '.*x\.db': "
+                                              r"cannot open lease store .*does not exist$"):
+        LeaseOps(mock.MagicMock(name='agent'), bad, reactor=Reactor())
+
+
+def test_LeaseOps_refusals_are_audited_with_their_reason_at_a_bounded_rate(timed):
+    """When a call is refused (busy, a stale token), the audit log gets a
+    'refuse' row (ok false) with the reason; repeats of one refusal within
+    10 s are not written again."""
+    _, g = run(timed, 'acquire', resource='hwp', owner='a')
+    for _ in range(20):
+        run(timed, 'acquire', resource='hwp', owner='b')
+    run(timed, 'renew', resource='hwp', token=99)
+    (ok, _), data = run(timed, 'history', action='refuse')
+    rows = data['history']
+    assert ok and [(r['owner'], r['detail']['call'], r['ok']) for r in rows] == [
+        ('', 'renew', False), ('b', 'acquire', False)]
+    assert rows[1]['detail']['reason'].startswith("busy: hwp held by 'a' (token 1) until ")
+    assert rows[0]['detail']['reason'] == "token 99 was never issued for 'hwp'"
+    timed.clock_.t += 10
+    run(timed, 'acquire', resource='hwp', owner='b')
+    assert len(run(timed, 'history', action='refuse')[1]['history']) == 3
+
+
+def test_LeaseOps_history_filters_by_age_on_the_registry_clock(timed):
+    """When history is asked for rows of the last 30 s of one owner and
+    action, it answers by the registry's own clock."""
+    run(timed, 'acquire', resource='lab/a', owner='alice', lease=600)
+    timed.clock_.t += 60
+    run(timed, 'acquire', resource='lab/b', owner='alice', lease=600)
+    run(timed, 'acquire', resource='lab/c', owner='bob', lease=600)
+    (ok, msg), data = run(timed, 'history', resource='lab', owner='alice', action=['grant'],
+                          since=30)
+    assert ok and msg == '1 audit record(s).'
+    assert [r['resource'] for r in data['history']] == ['lab/b']
+    assert len(run(timed, 'history', resource='lab', since=120)[1]['history']) == 3
+
+
+def test_LeaseOps_prunes_the_audit_log_to_its_bounds(tmp_path):
+    """When audit rows are older than --audit-days or beyond --audit-rows, the
+    expiry ticker prunes the oldest (at most once a minute); grants stay."""
+    clock = Clock()
+    ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'l.db'), reactor=Reactor(),
+                   clock=clock, audit_days=1, audit_rows=100)
+    run(ops, 'acquire', resource='old', owner='x', lease=3600)
+    clock.t += 2 * 86400
+    ops.reactor.advance(61)
+    # the 2-day-old grant row went; the expiry written just now stays
+    assert [r['action'] for r in ops.store.history(limit=None)] == ['expire']
+    for i in range(150):
+        run(ops, 'acquire', resource=f'r{i}', owner='x', lease=3600)
+    clock.t += 61
+    ops.reactor.advance(61)
+    assert len(ops.store.history(limit=None)) == 100
+    assert len(ops.state.holders()) == 150

@@ -5,18 +5,20 @@ Time is always passed in explicitly; nothing here sleeps.
 import json
 import logging
 import math
+import re
 
 import pytest
 
 from ocs_locking.leases import state as state_module
 from ocs_locking.leases.state import Grant, LeaseError, LeaseState, Outcome
+from ocs_locking.leases.audit import check_audit
+from ocs_locking.leases.paths import when
 from ocs_locking.leases.store import LeaseStore
 
+
 def at(t):
-    """How a registry time appears in a message (local time, tenths)."""
-    import re as _re
-    from ocs_locking.leases.paths import when
-    return _re.escape(f'{when(t)} (registry time)')
+    """How a registry time appears in a message: local time with tenths."""
+    return re.escape(f'{when(t)} (registry time)')
 
 
 @pytest.fixture
@@ -571,3 +573,89 @@ def test_LeaseState_malformed_request_is_refused_and_changes_nothing(busy, store
 def test_LeaseState_has_at_least_30_malformed_cases():
     """When the malformed list is counted, it covers the issue's 30 or more."""
     assert len(MALFORMED) >= 30
+
+
+# -- what the audit log keeps ------------------------------------------------------
+
+
+def test_LeaseState_quick_regrants_of_one_holder_fold_into_one_row(state, store):
+    """When one holder takes and gives back a resource 100 times at 10 Hz
+    (an agent's --site-lock device commands), the audit log gets 3 rows, not
+    200: the first grant and release, then one regrant row whose count,
+    token and released flag follow the cycles; the log still replays clean."""
+    t = 0.0
+    for _ in range(100):
+        g = state.acquire('lab/dev', 'dev-1', 5, t, client='observatory.dev-1').grants[0]
+        state.release('lab/dev', g.token, t + 0.05, client='observatory.dev-1')
+        t += 0.1
+    rows = list(reversed(store.history(limit=None)))
+    assert [r['action'] for r in rows] == ['grant', 'release', 'regrant']
+    fold = rows[2]
+    assert fold['token'] == 100 and fold['owner'] == 'dev-1'
+    assert fold['detail']['count'] == 99 and fold['detail']['released'] is True
+    assert fold['detail']['since'] == pytest.approx(0.1)
+    assert fold['detail']['last_at'] == pytest.approx(9.95)
+    assert check_audit(rows) == []
+
+
+def test_LeaseState_folding_stops_when_someone_else_is_granted(state, store):
+    """When another owner is granted the resource (or a tree above it) between
+    two cycles, or the holder comes back after the fold window, the next
+    grant is written as a grant row again; expiries and revocations are
+    always their own rows."""
+    def cycle(owner, t, resource='lab/dev', tree=False):
+        g = state.acquire(resource, owner, 5, t, tree=tree).grants[0]
+        state.release(resource, g.token, t + 0.01)
+    cycle('a', 0)
+    cycle('a', 0.1)                          # folded
+    cycle('b', 0.2)                          # someone else: a row
+    cycle('b', 0.3, 'lab', tree=True)        # a tree above: ends b's run too
+    cycle('b', 0.4)
+    cycle('b', 30)                           # after the fold window
+    g = state.acquire('lab/dev', 'b', 5, 30.1).grants[0]    # folded ...
+    state.force_release('lab/dev', 'stuck', 'op', 31)        # ... revoked: its own row
+    rows = list(reversed(store.history(limit=None)))
+    assert [(r['action'], r['owner']) for r in rows] == [
+        ('grant', 'a'), ('release', 'a'), ('regrant', 'a'),
+        ('grant', 'b'), ('release', 'b'), ('grant', 'b'), ('release', 'b'),
+        ('grant', 'b'), ('release', 'b'), ('grant', 'b'), ('release', 'b'),
+        ('regrant', 'b'), ('force_release', 'op')]
+    assert rows[-2]['token'] == g.token and rows[-2]['detail']['released'] is False
+    assert check_audit(rows) == []
+
+
+def test_LeaseState_renewals_are_sampled(state, store):
+    """When a holder renews every second for five minutes, the log keeps one
+    renew row per minute (the first renewal, then one every 60 s)."""
+    g = state.acquire('hwp', 'sched', 10, 0).grants[0]
+    for t in range(1, 301):
+        state.renew('hwp', g.token, 10, float(t))
+    renews = [r['at'] for r in store.history(limit=None, actions=['renew'])]
+    assert sorted(renews) == [1.0, 61.0, 121.0, 181.0, 241.0]
+    assert state.holders()[0].expires == 310.0
+
+
+def test_LeaseState_refused_call_rolls_back_the_fold_journal(state, store):
+    """When an operation fails after folding started (the store cannot
+    write), everything it changed is undone: the next cycle folds as if the
+    failed one never happened."""
+    g = state.acquire('a', 'x', 5, 0).grants[0]
+    state.release('a', g.token, 0.01)
+    before = (state.snapshot(), dict(state._runs), len(store.history(limit=None)))
+    real = store.apply
+    store.apply = lambda **kw: (_ for _ in ()).throw(RuntimeError('disk full'))
+    with pytest.raises(RuntimeError, match='disk full'):
+        state.acquire('a', 'x', 5, 0.1)
+    store.apply = real
+    assert (state.snapshot(), dict(state._runs), len(store.history(limit=None))) == before
+    state.acquire('a', 'x', 5, 0.2)
+    assert [r['action'] for r in store.history(limit=1)] == ['regrant']
+
+
+def test_LeaseState_grant_outcome_reports_the_queue_wait(state):
+    """When a request waits in the queue, its grant's Outcome says how long it
+    queued (a duration on the caller's clock); granted at once, 0."""
+    assert state.acquire('a', 'x', 20, 100).queued_for == 0.0
+    w = state.acquire('a', 'y', 5, 101, timeout=60)
+    [out] = state.expire(120)['granted']
+    assert out.request_id == w.request_id and out.queued_for == 19.0
