@@ -121,12 +121,10 @@ class LeaseOps:
             d.addErrback(lambda f, uri=uri: self.log.error(
                 'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))
 
-    @defer.inlineCallbacks
     def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                      client=''):
-        ok, msg, data = yield self.do_acquire(resource, owner, lease, timeout, tree, note,
-                                              client)
-        return {'ok': ok, 'message': msg, 'data': data}
+        d = self.do_acquire(resource, owner, lease, timeout, tree, note, client)
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
 
     def _rpc_renew(self, resource, token, lease=30.0, client=''):
         ok, msg, data = self.do_renew(resource, token, lease, client)
@@ -229,22 +227,26 @@ class LeaseOps:
         session.data = data
         return ok, msg
 
-    @defer.inlineCallbacks
     def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                    client='', on_queued=None):
-        """The acquire itself: a Deferred firing ``(ok, message, data)``;
-        ``on_queued(outcome)`` is called if the request has to wait."""
+        """The acquire itself: a Deferred firing ``(ok, message, data)``
+        (already fired unless the request queues); ``on_queued(outcome)`` is
+        called if the request has to wait. The grant is committed to the
+        store before the Deferred fires."""
         try:
             out = self.state.acquire(resource, owner, lease, self.clock(), timeout=timeout,
                                      tree=tree, note=note, client=client)
         except LeaseError as e:
             self._audit_refusal('acquire', resource, owner, client, e)
-            return self._refusal(e)
+            return defer.succeed(self._refusal(e))
         if out.status == 'queued':
             d = self._waiters[out.request_id] = defer.Deferred()
             if on_queued is not None:
                 on_queued(out)
-            out = yield d
+            return d.addCallback(self._acquired, resource, owner, lease, client)
+        return defer.succeed(self._acquired(out, resource, owner, lease, client))
+
+    def _acquired(self, out, resource, owner, lease, client):
         if out.status == 'granted':
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)

@@ -3,7 +3,7 @@
 A plain-Python context manager over HTTP (one request per lease call through
 the router's bridge): it asks the LockRegistryAgent for one or several
 resources (all or nothing), retries busy resources with a bounded backoff,
-renews the lease from a daemon thread while the body runs, and releases on
+renews the lease from one background thread while the body runs, and releases on
 exit::
 
     from ocs_locking.leases.reservation import Reservation, RetryPolicy
@@ -34,14 +34,13 @@ from ..wire import error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (CALL_MARGIN: public)
 from .holder import Answer, LeaseHolder, describe_holders
 from .paths import check_seconds, check_text
+from .renewer import shared_renewer
 
 __all__ = ['Reservation', 'RetryPolicy', 'LeaseLost', 'ReservationBusy', 'ReservationError',
            'call_task', 'describe_holders']
 
 log = logging.getLogger(__name__)
 
-#: How long a thread waits for the renew thread when the reservation ends.
-JOIN_TIMEOUT = 5.0
 #: Seconds between renewal retries after a failed renewal (as SiteLock).
 RETRY = 0.5
 
@@ -174,9 +173,11 @@ class Reservation:
     with ``retry``; it raises :class:`ReservationBusy` (naming the holders
     and until when) when the policy gives up, and :class:`ReservationError`
     when the registry refuses the request or cannot be reached. While held,
-    a daemon thread renews the lease every ``lease / 3`` seconds (a failed
-    renewal is retried every 0.5 s). Leaving stops that thread and releases
-    the lease (an already lost lease is not an error).
+    the process's renewal thread renews the lease every ``lease / 3`` seconds (a failed
+    renewal is retried every 0.5 s). Leaving stops the renewals and releases
+    the lease (an already lost lease is not an error). Renewals run on the
+    process's one renewal thread (:mod:`~.renewer`), so entering and leaving
+    never wait for a thread to start or end.
 
     The lease is kept by the pure :class:`~.holder.LeaseHolder` shared with
     :class:`~.sitelock.SiteLock`: the local deadline is counted on the
@@ -205,10 +206,11 @@ class Reservation:
             :class:`~.bridge.BridgeClient` for the site.
         client_id (str): the identity recorded in the audit log.
         on_lost (callable): called once with the reason when the lease is
-            lost (from the renew thread, or from the thread that called
+            lost (from the renewal thread, or from the thread that called
             :meth:`check`).
-        stop_event: the Event the renew thread waits on between renewals
-            (tests pass one they drive).
+        renewer (Renewer): what renews the lease (default: the process's
+            one renewal thread, :func:`~.renewer.shared_renewer`; tests pass
+            one they drive).
         clock (callable): monotonic seconds (tests pass a fake clock).
         sleep (callable): how retry delays are waited (tests record them).
 
@@ -221,7 +223,7 @@ class Reservation:
 
     def __init__(self, resources, owner, lease=30.0, note='', tree=False,
                  registry='lock-registry', args=None, privs=None, retry=None, timeout=0.0,
-                 client=None, client_id=None, on_lost=None, stop_event=None,
+                 client=None, client_id=None, on_lost=None, renewer=None,
                  clock=time.monotonic, sleep=time.sleep):
         if isinstance(resources, (list, tuple)) and not resources:
             raise LeaseError('resources must not be an empty list')
@@ -238,10 +240,10 @@ class Reservation:
             f'Reservation {os.getpid()}@{socket.gethostname()} #{id(self) & 0xffff:04x}'
         self.on_lost = on_lost
         self._client = client
-        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._renewer = renewer
         self._clock, self._sleep = clock, sleep
-        self._lock = threading.RLock()      # the core: owner thread and renew thread
-        self._thread = None
+        self._lock = threading.RLock()      # the core: owner thread and renewer
+        self.renewing = False               # handed to the renewer, not yet released
         self._told = None                   # the loss on_lost was told of
         self.attempts = 0
 
@@ -325,7 +327,7 @@ class Reservation:
         or raises ReservationBusy / ReservationError."""
         if self._core.tokens and self._core.lost is None:
             raise ReservationError(f'already holding {", ".join(self.resources)}')
-        self._stop_thread()
+        self._stop_renewing()
         self._core.released()
         policy = self.retry
         start = self._clock()
@@ -359,56 +361,48 @@ class Reservation:
         with self._lock:
             self._core.granted(data, sent)
             self._told = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, daemon=True,
-                                        name=f'renew {", ".join(self.resources)}')
-        self._thread.start()
+        if self._renewer is None:
+            self._renewer = shared_renewer()
+        self.renewing = True
+        self._renewer.add(self, self._core.renew_every)
 
     # -- renewal --------------------------------------------------------------------
 
-    def _renew_loop(self):
+    def renew_once(self):
+        """One renewal (called by the renewer when it is due). Returns the
+        delay to the next one, or None when renewing is over (lost, released)."""
         core = self._core
-        interval = core.renew_every
-        wait = interval
-        while not self._stop.wait(wait):
-            if self._stop.is_set() or core.lost is not None:
-                return
-            sent = self._clock()
-            ans = self._call('renew', resource=core.first, token=core.token,
-                             lease=self.lease, client=self.client_id)
-            with self._lock:
-                if self._stop.is_set() and not ans.ok:
-                    return          # released meanwhile: not a loss
-                if ans.ok:
-                    core.renewed(ans.data, sent)
-                    wait = interval
-                    continue
-                if ans.answered:
-                    core.refused(ans.reason)
-                elif core.unreachable(ans.reason) is None:
-                    log.warning('renewal of %s failed (will retry): %s', core.first,
-                                ans.message)
-                    wait = min(RETRY, interval)
-                    continue
-                self._tell()
-                return
+        if not self.renewing or core.lost is not None or not core.tokens:
+            return None
+        sent = self._clock()
+        ans = self._call('renew', resource=core.first, token=core.token, lease=self.lease,
+                         client=self.client_id)
+        with self._lock:
+            if not self.renewing:
+                return None         # released meanwhile: not a loss
+            if ans.ok:
+                core.renewed(ans.data, sent)
+                return core.renew_every
+            if ans.answered:
+                core.refused(ans.reason)
+            elif core.unreachable(ans.reason) is None:
+                log.warning('renewal of %s failed (will retry): %s', core.first, ans.message)
+                return min(RETRY, core.renew_every)
+            self.renewing = False
+            self._tell()
+            return None
 
-    def _stop_thread(self):
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(JOIN_TIMEOUT)
-            if t.is_alive():
-                log.warning('renew thread of %s did not stop within %g s',
-                            ', '.join(self.resources), JOIN_TIMEOUT)
-        self._thread = None
+    def _stop_renewing(self):
+        self.renewing = False
+        if self._renewer is not None:
+            self._renewer.remove(self)
 
     # -- release --------------------------------------------------------------------
 
     def release(self):
         """Stop renewing and release the lease. Returns the registry's message,
         or None if there was nothing to release (never acquired, or lost)."""
-        self._stop_thread()
+        self._stop_renewing()
         with self._lock:
             core = self._core
             token, lost, first = core.token, core.lost, core.first
@@ -432,7 +426,6 @@ class Reservation:
         self.release()
         return False
 
-    def __del__(self):
-        stop = getattr(self, '_stop', None)
-        if stop is not None:
-            stop.set()
+    def __repr__(self):
+        state = 'lost' if self.lost else 'held' if self.tokens else 'not held'
+        return f'<Reservation {", ".join(self.resources)} by {self.owner!r}: {state}>'

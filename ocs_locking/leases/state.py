@@ -55,7 +55,10 @@ class Grant:
     request_id: int
 
     def as_dict(self):
-        return asdict(self)
+        return {k: getattr(self, k) for k in _GRANT_FIELDS}
+
+
+_GRANT_FIELDS = tuple(Grant.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,8 @@ class LeaseState:
         self._waiting = []    # Requests, oldest first; each blocked by a grant or an earlier one
         self._done = {}       # request id -> final Outcome, the newest KEEP_DONE
         self._ended = {}      # resource -> (token, why) of the last grant that ended
-        self._runs = {}       # resource -> _Run: its holder's re-grants being folded
+        self._runs = {}       # resource -> run: its holder's re-grants being folded
+        self._runs_bound = 64   # prune idle runs when there are more than this
         self._renewed = {}    # request id -> time of its last renew audit row
         loaded = self._store.load()
         for row in loaded['grants']:
@@ -522,8 +526,15 @@ class LeaseState:
                                           'at': now, 'detail': detail})
             self._set(self._runs, g.resource, run)
             return
-        # Anyone else's grant on a conflicting path ends the runs there.
-        for r in [r for r in self._runs if conflicts(r, True, g.resource, True)]:
+        # Anyone else's grant on the path or above it ends the runs there (and
+        # below it, for a tree grant); runs idle past the fold window go.
+        ended = [r for r in (g.resource,) + ancestors(g.resource) if r in self._runs]
+        if g.tree or len(self._runs) > self._runs_bound:
+            ended += [r for r, run in self._runs.items()
+                      if (g.tree and r.startswith(g.resource + '/'))
+                      or (not run['open'] and now - run['released_at'] > self.fold_window)]
+            self._runs_bound = max(64, 2 * (len(self._runs) - len(ended)))
+        for r in set(ended):
             self._set(self._runs, r, _MISSING)
         self._audit('grant', now, g, tree=g.tree, expires=g.expires, note=g.note)
 

@@ -27,7 +27,6 @@ CREATE TABLE audit (
     resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT,
     ok INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX audit_by_resource ON audit (resource, id);
-CREATE INDEX audit_by_time ON audit (at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
@@ -61,6 +60,7 @@ class LeaseStore:
                                       f'it is a directory')
         self._lock = threading.Lock()
         self._db = None
+        self._last_rid = None       # the last_request_id the file holds, once known
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False,
                                        isolation_level=None)
@@ -91,7 +91,6 @@ class LeaseStore:
             raise LeaseStoreError(
                 f'lease store {self.path!r} has schema version {row[0]!r}; this '
                 f'ocs-locking reads version {SCHEMA_VERSION} (a newer release wrote it?)')
-        db.execute('CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)')
 
     def _transaction(self, work):
         with self._lock:
@@ -145,10 +144,12 @@ class LeaseStore:
                     "UPDATE audit SET token = ?, detail = ? WHERE id = (SELECT max(id) FROM "
                     "audit WHERE resource = ? AND action = 'regrant')",
                     (f['token'], json.dumps(f['detail'], sort_keys=True), f['resource']))
-            if last_request_id is not None:
+            if last_request_id is not None and last_request_id != self._last_rid:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)",
                            (last_request_id,))
         self._transaction(work)
+        if last_request_id is not None:
+            self._last_rid = last_request_id     # written (or already there)
 
     @staticmethod
     def _insert_audit(db, rows):

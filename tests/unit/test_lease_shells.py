@@ -3,10 +3,9 @@ SiteLock (agents, Twisted) and Reservation (scripts, threads).
 
 Both talk to the registry's real lease procedures (``LeaseOps`` on an
 in-memory SQLite store) on one fake clock. SiteLock runs on a fake reactor;
-Reservation's renew thread waits on a :class:`ManualEvent` that the driver
-releases when the fake clock reaches the renewal time, so nothing here sleeps.
+Reservation's renewals run on a :class:`Renewer` without a thread that the
+driver runs as the fake clock passes, so nothing here sleeps or waits.
 """
-import threading
 from unittest import mock
 
 import pytest
@@ -16,12 +15,11 @@ from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.errors import LeaseBusy, LeaseError, LeaseLost, LeaseUnavailable
 from ocs_locking.leases.holder import Answer
 from ocs_locking.leases.paths import when
+from ocs_locking.leases.renewer import Renewer
 from ocs_locking.leases.reservation import Reservation, RetryPolicy
 from ocs_locking.leases.sitelock import SiteLock
 
 from ..support import FakeReactor
-
-SAFETY = 10.0       # seconds; only reached when a test is broken
 
 
 class Clock:
@@ -73,58 +71,6 @@ class Registry:
 
     def count(self, name):
         return self.calls.count(name)
-
-
-class ManualEvent:
-    """The renew thread's Event: wait(timeout) returns when the driver
-    releases it (the fake clock reached the renewal) or on set()."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self._cond = threading.Condition()
-        self._set = False
-        self._go = 0
-        self.waiting_until = None       # fake-clock time the current wait ends
-
-    def is_set(self):
-        return self._set
-
-    def set(self):
-        with self._cond:
-            self._set = True
-            self._cond.notify_all()
-
-    def clear(self):
-        with self._cond:
-            self._set = False
-
-    def wait(self, timeout=None):
-        with self._cond:
-            self.waiting_until = self.clock() + timeout
-            self._cond.notify_all()
-            assert self._cond.wait_for(lambda: self._set or self._go, SAFETY), \
-                'ManualEvent: never released'
-            self.waiting_until = None
-            if not self._set:
-                self._go -= 1
-                self._cond.notify_all()
-            return self._set
-
-    def wait_blocked(self, thread):
-        """Until the renew thread waits again (True) or has ended (False)."""
-        def ready():
-            return self.waiting_until is not None or thread is None or not thread.is_alive()
-        with self._cond:
-            for _ in range(int(SAFETY / 0.005)):    # a thread's end notifies nobody: look
-                if self._cond.wait_for(ready, 0.005):
-                    break
-            return self.waiting_until is not None
-
-    def release_one(self):
-        with self._cond:
-            self._go += 1
-            self._cond.notify_all()
-            assert self._cond.wait_for(lambda: self._go == 0, SAFETY)   # taken
 
 
 class SiteLockShell:
@@ -180,7 +126,7 @@ class ReservationShell:
     def __init__(self, clock):
         self.clock = clock
         self.registry = Registry(clock, Reactor())
-        self.held = []
+        self.renewer = Renewer(clock, thread=False)
 
     def make(self, resource='bridge', lease=9.0, owner='dev-1', on_lost=None, timeout=0.0):
         registry = self.registry
@@ -192,11 +138,9 @@ class ReservationShell:
                 except ConnectionError as e:
                     return Answer(False, f'cannot reach the router: {e}', answered=False)
                 return Answer(reply['ok'], reply['message'], reply['data'])
-        res = Reservation(resource, owner, lease=lease, client=Transport(), clock=self.clock,
-                          timeout=timeout, on_lost=on_lost, stop_event=ManualEvent(self.clock),
-                          retry=RetryPolicy(attempts=1, deadline=None), sleep=lambda d: None)
-        self.held.append(res)
-        return res
+        return Reservation(resource, owner, lease=lease, client=Transport(), clock=self.clock,
+                           timeout=timeout, on_lost=on_lost, renewer=self.renewer,
+                           retry=RetryPolicy(attempts=1, deadline=None), sleep=lambda d: None)
 
     def acquire(self, holder, timeout=0.0):
         holder.timeout = timeout
@@ -206,31 +150,23 @@ class ReservationShell:
         return holder.release()
 
     def run_for(self, seconds):
+        """Let ``seconds`` pass, renewing as renewals fall due."""
         end = self.clock.t + seconds
-        for res in self.held:
-            ev = res._stop
-            while res._thread is not None and ev.wait_blocked(res._thread) \
-                    and ev.waiting_until is not None and ev.waiting_until <= end:
-                self.clock.t = max(self.clock.t, ev.waiting_until)
-                ev.release_one()
+        for _ in range(100000):
+            nxt = self.renewer.next_due()
+            if nxt is None or nxt > end:
+                break
+            self.clock.t = max(self.clock.t, nxt)
+            self.renewer.run_due()
         self.clock.t = max(self.clock.t, end)
 
     def settle(self):
-        for res in self.held:
-            if res._thread is not None:
-                res._stop.wait_blocked(res._thread)
-
-    def close(self):
-        for res in self.held:
-            res._stop_thread()
+        pass
 
 
 @pytest.fixture(params=[SiteLockShell, ReservationShell], ids=lambda c: c.name)
 def shell(request):
-    s = request.param(Clock())
-    yield s
-    if hasattr(s, 'close'):
-        s.close()
+    return request.param(Clock())
 
 
 def owner_of(shell, resource='bridge'):

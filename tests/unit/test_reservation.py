@@ -2,7 +2,7 @@
 test_lease_shells.py): the retry policy, all-or-nothing, refusals, one
 lease call per operation, and ``call_task`` (the OCS-task path ocs-locks
 uses). The registry is the real LeaseOps on a fake clock (test_lease_shells);
-the renew thread waits on a ManualEvent, so nothing here sleeps.
+renewals run on a thread-less Renewer the tests drive, so nothing here sleeps.
 """
 from collections import namedtuple
 
@@ -109,9 +109,7 @@ def reg(clock):
 
 @pytest.fixture
 def shell():
-    s = ReservationShell(ShellClock())
-    yield s
-    s.close()
+    return ReservationShell(ShellClock())
 
 
 def make(shell, resources='satp1/hwp', **kw):
@@ -145,7 +143,7 @@ def test_Reservation_each_lease_call_is_one_call(shell):
     with res:
         shell.run_for(1)
     assert shell.registry.calls == ['acquire', 'renew', 'release']
-    assert grants(shell) == [] and res.tokens == {} and res._thread is None
+    assert grants(shell) == [] and res.tokens == {} and not res.renewing
 
 
 def test_Reservation_busy_then_retry_then_grant(shell):
@@ -174,7 +172,7 @@ def test_Reservation_gives_up_naming_the_holder(shell):
     assert str(e).endswith(' (manual work)')
     assert 'after 3 attempt(s)' in str(e) and e.attempts == 3
     assert [h['owner'] for h in e.holders] == ['bob']
-    assert res.delays == [0.5, 1.0] and res._thread is None
+    assert res.delays == [0.5, 1.0] and not res.renewing
     assert [g['owner'] for g in grants(shell)] == ['bob']
 
 
@@ -214,7 +212,7 @@ def test_Reservation_exit_after_loss_does_not_raise(shell):
             shell.run_for(10)
             assert res.lost
             raise KeyError('body failed')
-    assert res.lost and res._thread is None and shell.registry.count('release') == 0
+    assert res.lost and not res.renewing and shell.registry.count('release') == 0
 
 
 def test_Reservation_release_of_an_expired_lease_is_quiet(shell):
@@ -295,15 +293,23 @@ def test_Reservation_bad_arguments_are_refused_at_once(reg, kw, what):
     assert reg.calls == []
 
 
-def test_Reservation_stop_is_immediate_with_a_real_event(shell):
-    """When the renew thread waits on a real Event for a 20-minute interval,
-    leaving still stops it at once (no renewal happened)."""
+def test_Reservation_leaving_never_waits_for_the_renewal_thread(shell):
+    """When reservations run on the process's real renewal thread (a 20-minute
+    renewal interval), entering schedules the renewal and leaving unschedules
+    it at once: no thread is started or joined per reservation, nothing is
+    renewed after leaving."""
+    import threading
+    from ocs_locking.leases.renewer import shared_renewer
     transport = shell.make()._client
-    res = Reservation('satp1/hwp', 'alice', lease=3600, client=transport, clock=shell.clock)
-    with res:
-        thread = res._thread
-        assert thread.is_alive()
-    assert not thread.is_alive() and shell.registry.count('renew') == 0
+    renewer = shared_renewer()
+    threads = set(threading.enumerate())
+    for i in range(3):
+        res = Reservation(f'satp1/r{i}', 'alice', lease=3600, client=transport)
+        with res:
+            assert res.renewing and renewer.scheduled(res)
+        assert not res.renewing and not renewer.scheduled(res)
+    assert len(set(threading.enumerate()) - threads) <= 1        # the one renewal thread
+    assert shell.registry.count('renew') == 0 and shell.registry.count('release') == 3
 
 
 def test_Reservation_call_task_retries_a_busy_operation(reg, clock):
