@@ -261,7 +261,8 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
     force-releases only with the password, and prints the history as a table
     and as JSON."""
     ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
-    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token'] + 100))
+    bad_token = g['token'] + 100
+    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(bad_token))
     assert p.returncode == 1 and p.stderr.strip() == (
         f"ocs-locks: release it/cmd: Refused: token {g['token'] + 100} was never issued "
         "for 'it/cmd'")
@@ -286,8 +287,7 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
                                                'grant']
     assert rows[2]['owner'] == 'cred_level 2' and rows[2]['detail']['reason'] == 'test'
     assert rows[3]['ok'] is False and rows[3]['detail'] == {
-        'call': 'release', 'reason': f"token {g['token'] - 1 + 100} was never issued for "
-                                     f"'it/cmd'"} or rows[3]['detail']['call'] == 'release'
+        'call': 'release', 'reason': f"token {bad_token} was never issued for 'it/cmd'"}
     assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
                           'ok'} for r in rows)
     for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be > 0'),
