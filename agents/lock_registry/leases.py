@@ -22,6 +22,8 @@ from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
 EXPIRE_EVERY = 0.1
 #: How often the audit log is pruned to its retention bounds, seconds.
 PRUNE_EVERY = 60.0
+#: How often the store's write-ahead log is checkpointed (in a thread), seconds.
+CHECKPOINT_EVERY = 1.0
 #: Default audit retention: rows older than this many days, or beyond this
 #: many rows, are deleted (``--audit-days``, ``--audit-rows``).
 AUDIT_DAYS, AUDIT_ROWS = 30.0, 100_000
@@ -89,6 +91,8 @@ class LeaseOps:
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
         self._refusals = {}         # (resource, owner, call) -> time of its last audit row
         self._pruned = None
+        self._checkpointed = None
+        self._checkpointing = False
         self.state.add_listener(self._on_change)
         self._ticker = task.LoopingCall(self._expire)
         self._ticker.clock = reactor
@@ -105,6 +109,21 @@ class LeaseOps:
         if self._pruned is None or now - self._pruned >= PRUNE_EVERY:
             self._pruned = now
             self.prune(now)
+        if not self._checkpointing and (self._checkpointed is None
+                                        or now - self._checkpointed >= CHECKPOINT_EVERY):
+            self._checkpointed = now
+            self._checkpoint()
+
+    def _checkpoint(self):
+        """Checkpoint the store in a pool thread (its fsync off the reactor)."""
+        if not callable(getattr(self.reactor, 'getThreadPool', None)):
+            return                  # a test's fake reactor
+        from twisted.internet import threads
+        self._checkpointing = True
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      self.store.checkpoint)
+        d.addErrback(lambda f: self.log.error('checkpoint failed: {e}', e=f.getErrorMessage()))
+        d.addBoth(lambda _: setattr(self, '_checkpointing', False))
 
     def prune(self, now=None):
         """Apply the audit retention bounds; returns how many rows went."""

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import LeaseError, LeaseLost, ReservationBusy, ReservationError
+from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (CALL_MARGIN: public)
 from .holder import Answer, LeaseHolder, describe_holders
@@ -225,10 +225,6 @@ class Reservation:
                  registry='lock-registry', args=None, privs=None, retry=None, timeout=0.0,
                  client=None, client_id=None, on_lost=None, renewer=None,
                  clock=time.monotonic, sleep=time.sleep):
-        if isinstance(resources, (list, tuple)) and not resources:
-            raise LeaseError('resources must not be an empty list')
-        if isinstance(resources, (list, tuple)) and len(set(resources)) != len(resources):
-            raise LeaseError(f'resources must not repeat a path: {list(resources)!r:.80}')
         self._core = LeaseHolder(resources, lease, clock, tree=tree, owner=owner)
         self.timeout = check_seconds('timeout', timeout, 1e6, zero_ok=True)
         check_text('note', note, 500)

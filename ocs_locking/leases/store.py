@@ -15,6 +15,9 @@ from ..errors import LeaseStoreError
 __all__ = ['LeaseStore', 'LeaseStoreError', 'SCHEMA_VERSION']
 
 SCHEMA_VERSION = 1
+#: WAL pages after which a commit checkpoints by itself (if checkpoint() is
+#: not called often enough); SQLite's default is 1000.
+AUTOCHECKPOINT = 20000
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE counters (resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL);
@@ -40,7 +43,9 @@ class LeaseStore:
 
     ``path`` is a file (created with its schema if absent) in an existing
     directory, or ``':memory:'`` for tests. The file uses WAL journaling with
-    ``synchronous=NORMAL``. One connection serves every thread, each call
+    ``synchronous=NORMAL``: a commit is durable against the process being
+    killed (kill -9) once :meth:`apply` returns; checkpoints (the fsyncs)
+    run in :meth:`checkpoint`, off the commit path. One connection serves every thread, each call
     under an internal lock; each :meth:`apply` is one transaction. Token
     counters never decrease, even if asked to.
 
@@ -59,6 +64,8 @@ class LeaseStore:
                 raise LeaseStoreError(f'cannot open lease store {self.path!r}: '
                                       f'it is a directory')
         self._lock = threading.Lock()
+        self._ckpt_lock = threading.Lock()
+        self._ckpt = None           # the checkpoint connection, once used
         self._db = None
         self._last_rid = None       # the last_request_id the file holds, once known
         try:
@@ -66,6 +73,10 @@ class LeaseStore:
                                        isolation_level=None)
             self._db.execute('PRAGMA journal_mode=WAL')
             self._db.execute('PRAGMA synchronous=NORMAL')
+            # Checkpoints (the only fsyncs in WAL mode) are not run inside
+            # commits, where they would delay a reply, but by checkpoint()
+            # (the registry calls it from a thread); this bound is a backstop.
+            self._db.execute(f'PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}')
             self._transaction(self._check_schema)
         except (sqlite3.Error, LeaseStoreError) as e:
             if self._db is not None:
@@ -73,6 +84,18 @@ class LeaseStore:
             if isinstance(e, LeaseStoreError):
                 raise
             raise LeaseStoreError(f'cannot open lease store {self.path!r}: {e}') from e
+
+    def checkpoint(self):
+        """Copy the write-ahead log into the database file (fsync), on a
+        connection of its own: callable from another thread while commits go
+        on. Returns ``(busy, wal_frames, checkpointed_frames)``."""
+        if self.path == ':memory:':
+            return (0, 0, 0)
+        with self._ckpt_lock:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(self.path, check_same_thread=False,
+                                             isolation_level=None)
+            return tuple(self._ckpt.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone())
 
     def _check_schema(self, db):
         tables = {r[0] for r in db.execute(
@@ -127,10 +150,11 @@ class LeaseStore:
         newest ``regrant`` row of that resource, applied after the new rows.
         """
         def work(db):
-            db.executemany(
-                'INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
-                'SET last_token = max(last_token, excluded.last_token)',
-                sorted((counters or {}).items()))
+            if counters:
+                db.executemany(
+                    'INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
+                    'SET last_token = max(last_token, excluded.last_token)',
+                    sorted(counters.items()))
             for resource, g in sorted((grants or {}).items()):
                 if g is None:
                     db.execute('DELETE FROM grants WHERE resource = ?', (resource,))
@@ -153,6 +177,8 @@ class LeaseStore:
 
     @staticmethod
     def _insert_audit(db, rows):
+        if not rows:
+            return
         db.executemany(
             'INSERT INTO audit (at, action, resource, owner, token, client, detail, ok) '
             'VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -236,6 +262,9 @@ class LeaseStore:
         """Close the connection; further calls fail."""
         with self._lock:
             self._db.close()
+        with self._ckpt_lock:
+            if self._ckpt is not None:
+                self._ckpt.close()
 
     def __enter__(self):
         return self

@@ -231,3 +231,30 @@ def test_LeaseStore_prune_keeps_grants_counters_and_the_newest_rows(path):
     assert len(state.holders()) == 50 and state.acquire('r0', 'y', 5, 60).status == 'busy'
     assert state.snapshot()['counters']['r49'] == g.token
     store.close()
+
+
+def test_LeaseStore_checkpoint_runs_beside_commits_and_keeps_everything(path):
+    """When the write-ahead log is checkpointed from another thread while the
+    state commits grants, both go on, the WAL is copied into the file, and a
+    restart sees every grant (commits do not checkpoint by themselves)."""
+    store, state = reopen(path)
+    assert sql(path, 'PRAGMA wal_autocheckpoint')[0][0] == 1000     # a connection's own
+    assert store._db.execute('PRAGMA wal_autocheckpoint').fetchone()[0] == 20000
+    results, stop = [], threading.Event()
+
+    def checkpoints():
+        while not stop.is_set() and len(results) < 1000:
+            results.append(store.checkpoint())
+    t = threading.Thread(target=checkpoints)
+    t.start()
+    for i in range(200):
+        state.acquire(f'c/r{i}', 'x', 600, float(i))
+    stop.set()
+    t.join(10)
+    assert results and all(len(r) == 3 for r in results)
+    busy, frames, done = store.checkpoint()
+    assert busy == 0 and frames == done
+    store.close()
+    store, state = reopen(path)
+    assert len(state.holders()) == 200
+    store.close()

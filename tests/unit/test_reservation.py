@@ -281,7 +281,7 @@ def test_Reservation_unreachable_registry_on_acquire_is_retried(shell):
     ({'lease': 0}, r'^lease must be in \[0\.5, 3600\] seconds, not 0$'),
     ({'lease': 1e-9}, r'^lease must be in \[0\.5, 3600\] seconds, not 1e-09$'),
     ({'timeout': -1}, r'^timeout must be in \[0, 1e\+06\] seconds, not -1$'),
-    ({'resources': ['a', 'a']}, r"^resources must not repeat a path: \['a', 'a'\]$"),
+    ({'resources': ['a', 'a']}, r"^resources must not list 'a' twice$"),
     ({'note': 'a\nb'}, r'^note must be printable text on one line'),
 ])
 def test_Reservation_bad_arguments_are_refused_at_once(reg, kw, what):
