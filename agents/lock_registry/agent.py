@@ -271,8 +271,9 @@ def main(args=None):
         value = getattr(args, name)
         if not 0 < value <= 3600:
             parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, not {value}")
-    if check_arguments(args):
-        parser.error(check_arguments(args))
+    complaint = check_arguments(args)
+    if complaint:
+        parser.error(complaint)
     agent, runner = ocs_agent.init_site_agent(args)
     registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
                                  snapshot_every=args.snapshot_every,

@@ -24,9 +24,12 @@ CONNECT_TIMEOUT = 5.0
 CALL_MARGIN = 10.0
 
 
+NOT_RUNNING = ('the registry is not running (its lease procedures are not registered '
+               'on the router)')
+
+
 def _reason(exc):
-    return error_reason(exc, not_running='the registry is not running (its lease '
-                                         'procedures are not registered on the router)')
+    return error_reason(exc, not_running=NOT_RUNNING)
 
 
 def _answer(reply):
@@ -89,8 +92,7 @@ class BridgeClient:
             return Answer(False, f'the router at {self.url} sent no JSON', answered=False)
         if 'error' in decoded:
             if decoded['error'] == 'wamp.error.no_such_procedure':
-                return Answer(False, _reason(RuntimeError([0, 0, 0, 0, decoded['error'],
-                                                           [], {}])), answered=False)
+                return Answer(False, NOT_RUNNING, answered=False)
             text = (decoded.get('args') or [decoded['error']])[0]
             return Answer(False, one_line(text), answered=False)
         args = decoded.get('args') or [None]

@@ -193,7 +193,11 @@ class SiteLock:
         """Ask for the lease, waiting up to ``timeout`` s in the registry's
         queue. Fires with this SiteLock when granted; fails with :class:`LeaseBusy` (naming
         the holders) when busy and :class:`LeaseUnavailable` when refused or
-        the registry cannot be reached (:attr:`last_refusal` says why too)."""
+        the registry cannot be reached (:attr:`last_refusal` says why too),
+        or when this SiteLock already holds its lease."""
+        if self._core.tokens and self._core.lost is None:
+            raise LeaseUnavailable(f'already holding {self.resource} '
+                                   f'(token {self._core.token})')
         sent = self.clock()
         try:
             reply = yield self.agent.call(

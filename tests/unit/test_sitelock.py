@@ -96,3 +96,16 @@ def test_SiteLock_thread_api_waits_for_the_reactor_and_refuses_on_it(reactor_thr
     assert done.wait(10)
     assert errors == ['SiteLock.acquire() would block the reactor thread; use '
                       'acquire_deferred()']
+
+
+def test_SiteLock_acquire_while_holding_is_refused():
+    """When a SiteLock that holds its lease is asked to acquire again, it
+    raises LeaseUnavailable naming the token it holds and calls nobody."""
+    from ocs_locking.errors import LeaseUnavailable
+    agent = SkewedAgent(0)
+    lock = SiteLock(agent, 'bridge', lease=9, clock=Clock(), reactor=FakeReactor())
+    lock.acquire_deferred()
+    out = []
+    lock.acquire_deferred().addErrback(lambda f: out.append(f.value))
+    assert isinstance(out[0], LeaseUnavailable)
+    assert str(out[0]) == 'already holding bridge (token 4)' and agent.calls == ['acquire']
