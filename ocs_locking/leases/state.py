@@ -254,7 +254,9 @@ class LeaseState:
             self._last_rid += 1
             self._waiting.append(req)
             out = Outcome('queued', req.request_id, (), holders, ahead + 1)
-            self._record_request('queue', req, now, out, timeout=timeout)
+            # Not an audit row (the grant's row says how long it queued; a
+            # timeout is a row): listeners still hear of it.
+            self._batch.notices.append(('queue', out))
             return out
 
     def renew(self, resource, token, lease, now, client=''):
@@ -370,7 +372,8 @@ class LeaseState:
         batch = self._batch = _Batch()
         try:
             yield self._expire(now)
-            if batch.counters or batch.grants or batch.audit or batch.folds:
+            if batch.counters or batch.grants or batch.audit or batch.folds \
+                    or self._last_rid != saved['_last_rid']:     # a queued request's id
                 changes = dict(
                     counters=batch.counters, audit=batch.audit, last_request_id=self._last_rid,
                     grants={r: g and g.as_dict() for r, g in batch.grants.items()})
@@ -440,7 +443,7 @@ class LeaseState:
             g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,
                       now, req.request_id)
             self._grants[r] = self._batch.grants[r] = g
-            self._audit_grant(g, now)
+            self._audit_grant(g, now, now - req.queued_at)
             grants.append(g)
         out = Outcome('granted', req.request_id, tuple(grants), queued_for=now - req.queued_at)
         self._batch.notices.append(('grant', out))
@@ -500,34 +503,42 @@ class LeaseState:
         else:
             d[key] = value
 
-    # -- audit folding: one row for a holder's quick re-grants ----------------------
+    # -- audit folding: one row for quick hand-overs ---------------------------------
     #
-    # A holder that releases a resource and takes it again within fold_window,
-    # nobody else having been granted a conflicting path in between, does not
-    # add a grant and a release row per cycle: its re-grants are folded into one
-    # ``regrant`` row per resource (token: the latest; detail: count, first and
-    # last time, whether the latest is released yet), updated in place in the
-    # same transaction. check_audit replays it as a grant (then its release).
+    # When a resource is released by its holder and granted again within
+    # fold_window (to the same holder, or to the next of a few agents taking
+    # turns), no other path conflicting with it having been granted in
+    # between, the cycles add no grant and release rows: from the second
+    # cycle on they are folded into one ``regrant`` row per resource (token
+    # and owner: the latest; detail: count, the owners with their counts,
+    # first and last time, whether the latest is released yet), updated in
+    # place in the same transaction. check_audit replays it as one grant (then
+    # its release): the holds it folds are of this one path, one after the
+    # other, and anything that could conflict with them ends the fold.
 
-    def _audit_grant(self, g, now):
+    def _audit_grant(self, g, now, queued_for=0.0):
         run = self._runs.get(g.resource)
-        if run is not None and not run['open'] and run['owner'] == g.owner \
-                and run['client'] == g.client and run['tree'] == g.tree \
+        extra = {'queued_for': round(queued_for, 6)} if queued_for > 0 else {}
+        if run is not None and not run['open'] and run['tree'] == g.tree \
                 and now - run['released_at'] <= self.fold_window:
-            run = dict(run, open=True, token=g.token, count=run['count'] + 1, last_at=now)
-            detail = {'count': run['count'], 'since': run['since'], 'last_at': now,
-                      'released': False, 'tree': g.tree, 'note': g.note,
+            owners = dict(run['owners'])
+            owners[g.owner] = owners.get(g.owner, 0) + 1
+            run = dict(run, open=True, token=g.token, count=run['count'] + 1, last_at=now,
+                       owners=owners)
+            if run['count'] == 1:
+                run['since'] = now
+            detail = {'count': run['count'], 'owners': owners, 'since': run['since'],
+                      'last_at': now, 'released': False, 'tree': g.tree, 'note': g.note,
                       'request': g.request_id, 'expires': g.expires}
             if run['count'] == 1:
-                run['since'] = detail['since'] = now
-                self._audit('regrant', now, g, **dict(detail, request=g.request_id))
+                self._audit('regrant', now, g, **detail)
             else:
                 self._batch.folds.append({'resource': g.resource, 'token': g.token,
-                                          'at': now, 'detail': detail})
+                                          'owner': g.owner, 'at': now, 'detail': detail})
             self._set(self._runs, g.resource, run)
             return
-        # Anyone else's grant on the path or above it ends the runs there (and
-        # below it, for a tree grant); runs idle past the fold window go.
+        # A grant on the path or above it ends the runs there (and below it,
+        # for a tree grant); runs idle past the fold window go.
         ended = [r for r in (g.resource,) + ancestors(g.resource) if r in self._runs]
         if g.tree or len(self._runs) > self._runs_bound:
             ended += [r for r, run in self._runs.items()
@@ -536,7 +547,7 @@ class LeaseState:
             self._runs_bound = max(64, 2 * (len(self._runs) - len(ended)))
         for r in set(ended):
             self._set(self._runs, r, _MISSING)
-        self._audit('grant', now, g, tree=g.tree, expires=g.expires, note=g.note)
+        self._audit('grant', now, g, tree=g.tree, expires=g.expires, note=g.note, **extra)
 
     def _fold_release(self, g, action, now, client):
         """Fold the release of a folded re-grant; start a run at a plain
@@ -548,17 +559,18 @@ class LeaseState:
             return False
         if run is not None and run['open'] and run['token'] == g.token:
             run = dict(run, open=False, released_at=now)
-            self._batch.folds.append({'resource': g.resource, 'token': g.token, 'at': now,
-                                      'detail': {'count': run['count'], 'since': run['since'],
-                                                 'last_at': now, 'released': True,
-                                                 'tree': g.tree, 'note': g.note,
-                                                 'request': g.request_id}})
+            self._batch.folds.append({'resource': g.resource, 'token': g.token,
+                                      'owner': g.owner, 'at': now,
+                                      'detail': {'count': run['count'], 'owners': run['owners'],
+                                                 'since': run['since'], 'last_at': now,
+                                                 'released': True, 'tree': g.tree,
+                                                 'note': g.note, 'request': g.request_id}})
             self._set(self._runs, g.resource, run)
             return True
         if self.fold_window > 0:
             self._set(self._runs, g.resource, {
-                'owner': g.owner, 'client': g.client, 'tree': g.tree, 'open': False,
-                'released_at': now, 'count': 0, 'token': g.token, 'since': now})
+                'tree': g.tree, 'open': False, 'released_at': now, 'count': 0,
+                'token': g.token, 'since': now, 'owners': {}})
         return False
 
     def _holding(self, resource, token):

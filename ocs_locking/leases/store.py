@@ -146,8 +146,8 @@ class LeaseStore:
 
         ``counters``: {resource: last token}; ``grants``: {resource: grant
         dict, or None to delete}; ``audit``: rows as for :meth:`record`;
-        ``folds``: ``{'resource', 'token', 'at', 'detail'}`` updates of the
-        newest ``regrant`` row of that resource, applied after the new rows.
+        ``folds``: ``{'resource', 'token', 'owner', 'at', 'detail'}`` updates
+        of the newest ``regrant`` row of that resource, after the new rows.
         """
         def work(db):
             if counters:
@@ -165,9 +165,10 @@ class LeaseStore:
             self._insert_audit(db, audit)
             for f in folds:
                 db.execute(
-                    "UPDATE audit SET token = ?, detail = ? WHERE id = (SELECT max(id) FROM "
-                    "audit WHERE resource = ? AND action = 'regrant')",
-                    (f['token'], json.dumps(f['detail'], sort_keys=True), f['resource']))
+                    "UPDATE audit SET token = ?, owner = ?, detail = ? WHERE id = (SELECT "
+                    "max(id) FROM audit WHERE resource = ? AND action = 'regrant')",
+                    (f['token'], f['owner'], json.dumps(f['detail'], sort_keys=True),
+                     f['resource']))
             if last_request_id is not None and last_request_id != self._last_rid:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)",
                            (last_request_id,))

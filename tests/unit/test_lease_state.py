@@ -346,9 +346,12 @@ def test_LeaseState_remembers_a_bounded_number_of_finished_requests(state, monke
     assert [state.poll(i).status for i in range(1, 6)] == ['unknown'] * 2 + ['released'] * 3
 
 
-def test_LeaseState_audits_every_change(state, store):
-    """When requests are granted, queued, renewed, released and time out,
-    each is one audit row per resource: who, what, token, when, why, client."""
+def test_LeaseState_audits_every_change(store):
+    """When requests are granted, renewed and released (folding off), each is
+    one audit row per resource: who, what, token, when, why, client; a
+    request that queued adds no row of its own, its grant says how long it
+    waited."""
+    state = LeaseState(store=store, fold_window=0)
     out = state.acquire(['a', 'b'], 'alice', 10, 1, note='cooldown', client='sched')
     state.acquire('a', 'bob', 10, 2, timeout=1, client='cli')
     state.renew('a', 1, 10, 2.5)
@@ -357,14 +360,14 @@ def test_LeaseState_audits_every_change(state, store):
     rows = list(reversed(store.history()))
     assert [(r['action'], r['resource'], r['owner'], r['token'], r['at']) for r in rows] == [
         ('grant', 'a', 'alice', 1, 1), ('grant', 'b', 'alice', 1, 1),
-        ('queue', 'a', 'bob', None, 2),
         ('renew', 'a', 'alice', 1, 2.5), ('renew', 'b', 'alice', 1, 2.5),
         ('release', 'a', 'alice', 1, 2.5), ('release', 'b', 'alice', 1, 2.5),
         ('grant', 'a', 'bob', 2, 2.5),
         ('grant', 'c', 'carol', 1, 4)]
     assert rows[0]['detail'] == {'request': out.request_id, 'tree': False, 'expires': 11,
                                  'note': 'cooldown'}
-    assert (rows[0]['client'], rows[2]['client']) == ('sched', 'cli')
+    assert (rows[0]['client'], rows[6]['client']) == ('sched', 'cli')
+    assert rows[6]['detail']['queued_for'] == 0.5 and 'queued_for' not in rows[0]['detail']
 
 
 def test_LeaseState_listeners_hear_changes_after_they_are_stored(state, store, caplog):
@@ -377,7 +380,7 @@ def test_LeaseState_listeners_hear_changes_after_they_are_stored(state, store, c
         out = state.acquire('a', 'x', 10, 0)
         state.acquire('a', 'w', 10, 1, timeout=60)
         state.release('a', 1, 2)
-    assert heard == [('grant', 1), ('queue', 2), ('release', 4), ('grant', 4)]
+    assert heard == [('grant', 1), ('queue', 1), ('release', 3), ('grant', 3)]
     assert 'lease listener' in caplog.text and out.status == 'granted'
 
 
@@ -598,28 +601,31 @@ def test_LeaseState_quick_regrants_of_one_holder_fold_into_one_row(state, store)
     assert check_audit(rows) == []
 
 
-def test_LeaseState_folding_stops_when_someone_else_is_granted(state, store):
-    """When another owner is granted the resource (or a tree above it) between
-    two cycles, or the holder comes back after the fold window, the next
-    grant is written as a grant row again; expiries and revocations are
-    always their own rows."""
+def test_LeaseState_agents_taking_turns_fold_and_anything_else_ends_the_fold(state, store):
+    """When two agents take turns on one resource (each releasing it), their
+    hand-overs fold into the same regrant row, which counts each owner; a
+    grant on a path above it, a gap longer than the fold window, or a
+    revocation end the fold (those are rows of their own)."""
     def cycle(owner, t, resource='lab/dev', tree=False):
         g = state.acquire(resource, owner, 5, t, tree=tree).grants[0]
         state.release(resource, g.token, t + 0.01)
     cycle('a', 0)
-    cycle('a', 0.1)                          # folded
-    cycle('b', 0.2)                          # someone else: a row
-    cycle('b', 0.3, 'lab', tree=True)        # a tree above: ends b's run too
-    cycle('b', 0.4)
+    for i in range(10):
+        cycle('ab'[i % 2], 0.1 + i * 0.1)     # folded: b, a, b, a, ...
+    cycle('c', 1.5, 'lab', tree=True)        # a tree above: a row, ends the fold
+    cycle('b', 1.6)
     cycle('b', 30)                           # after the fold window
     g = state.acquire('lab/dev', 'b', 5, 30.1).grants[0]    # folded ...
     state.force_release('lab/dev', 'stuck', 'op', 31)        # ... revoked: its own row
     rows = list(reversed(store.history(limit=None)))
-    assert [(r['action'], r['owner']) for r in rows] == [
-        ('grant', 'a'), ('release', 'a'), ('regrant', 'a'),
-        ('grant', 'b'), ('release', 'b'), ('grant', 'b'), ('release', 'b'),
-        ('grant', 'b'), ('release', 'b'), ('grant', 'b'), ('release', 'b'),
-        ('regrant', 'b'), ('force_release', 'op')]
+    assert [(r['action'], r['resource'], r['owner']) for r in rows] == [
+        ('grant', 'lab/dev', 'a'), ('release', 'lab/dev', 'a'), ('regrant', 'lab/dev', 'b'),
+        ('grant', 'lab', 'c'), ('release', 'lab', 'c'),
+        ('grant', 'lab/dev', 'b'), ('release', 'lab/dev', 'b'),
+        ('grant', 'lab/dev', 'b'), ('release', 'lab/dev', 'b'),
+        ('regrant', 'lab/dev', 'b'), ('force_release', 'lab/dev', 'op')]
+    assert rows[2]['detail']['owners'] == {'a': 5, 'b': 5}
+    assert rows[2]['detail']['count'] == 10 and rows[2]['detail']['released'] is True
     assert rows[-2]['token'] == g.token and rows[-2]['detail']['released'] is False
     assert check_audit(rows) == []
 
