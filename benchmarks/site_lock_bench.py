@@ -22,7 +22,10 @@ Timed, one call after another (``time.perf_counter``):
     owner, lease=30, timeout=0)`` on a fresh resource path each time
     (``bench/wamp/rN``), then ``.lease.release(resource, token)``. One
     round trip = both calls (2 WAMP calls), timed on the reactor thread.
-    The registry persists each grant, release and audit record to SQLite.
+    The registry commits each grant, release and audit record to SQLite
+    (WAL) before it replies, so every grant survives a registry kill -9;
+    the WAL checkpoints (fsyncs) run in a thread, off the reply path. The
+    director keeps its grants in memory only.
 (b) **ours, from a script (HTTP)** -- a :class:`Reservation` entered and
     left on fresh paths (``bench/http/rN``): its acquire and its release are
     ONE HTTP POST each to crossbar's ``/call`` bridge, calling the registry's
