@@ -58,6 +58,20 @@ def check_arguments(args):
     return None
 
 
+_GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'request_id', 'lease', 'queued_for')
+_RENEW_KEYS = ('resource', 'token', 'expires', 'lease')
+
+
+def _compact(data):
+    """A grant's data as the lease procedures return it: the grant's own keys,
+    and ``grants`` (resource and token of each) only for several resources."""
+    out = {k: data[k] for k in _GRANT_KEYS}
+    if len(data['grants']) > 1:
+        out['grants'] = [{'resource': g['resource'], 'token': g['token']}
+                         for g in data['grants']]
+    return out
+
+
 class LeaseOps:
     """Lease tasks for the registry agent.
 
@@ -140,14 +154,20 @@ class LeaseOps:
             d.addErrback(lambda f, uri=uri: self.log.error(
                 'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))
 
+    # The procedures answer {'ok', 'message', 'data'}; a grant's or renewal's
+    # data is compact (what a holder needs: it crosses the router on every
+    # call), the OCS tasks' session.data keeps every field.
+
     def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                      client=''):
         d = self.do_acquire(resource, owner, lease, timeout, tree, note, client)
-        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1],
+                                        'data': _compact(r[2]) if r[0] else r[2]})
 
     def _rpc_renew(self, resource, token, lease=30.0, client=''):
         ok, msg, data = self.do_renew(resource, token, lease, client)
-        return {'ok': ok, 'message': msg, 'data': data}
+        return {'ok': ok, 'message': msg,
+                'data': {k: data[k] for k in _RENEW_KEYS} if ok else data}
 
     def _rpc_release(self, resource, token, client=''):
         ok, msg, data = self.do_release(resource, token, client)

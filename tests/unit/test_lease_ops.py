@@ -234,3 +234,23 @@ def test_LeaseOps_prunes_the_audit_log_to_its_bounds(tmp_path):
     ops.reactor.advance(61)
     assert len(ops.store.history(limit=None)) == 100
     assert len(ops.state.holders()) == 150
+
+
+def test_LeaseOps_procedures_answer_compact_grants(timed):
+    """When an agent or a script calls the lease procedures, a grant's data
+    has the holder's keys only (grants listed only for several resources) and
+    a renewal's data its new expiry; refusals carry the error."""
+    out = []
+    timed._rpc_acquire('hwp', 'a', lease=9).addBoth(out.append)
+    data = out[0]['data']
+    assert out[0]['ok'] and set(data) == {'resource', 'owner', 'token', 'expires',
+                                          'request_id', 'lease', 'queued_for'}
+    timed._rpc_acquire(['x', 'y'], 'a', lease=9).addBoth(out.append)
+    assert out[1]['data']['grants'] == [{'resource': 'x', 'token': 1},
+                                        {'resource': 'y', 'token': 1}]
+    renewed = timed._rpc_renew('hwp', data['token'], lease=9)
+    assert renewed['data'] == {'resource': 'hwp', 'token': 1,
+                               'expires': timed.clock_() + 9, 'lease': 9}
+    refused = timed._rpc_release('hwp', 99)
+    assert refused['ok'] is False and refused['data'] == {
+        'error': "token 99 was never issued for 'hwp'"}
