@@ -47,32 +47,37 @@ def test_Renewer_remove_waits_for_the_renewal_in_flight():
     remove() returns only after that renewal ended, and the holder is not
     renewed again."""
     r = Renewer()
-    started, finish, calls = threading.Event(), threading.Event(), []
+    started, finish, order = threading.Event(), threading.Event(), []
 
     class Slow:
         renewing = True
 
         def renew_once(self):
-            calls.append(1)
             started.set()
             assert finish.wait(WAIT)
+            order.append('renewed')
             return 0.0
     h = Slow()
     r.add(h, 0.0)
     assert started.wait(WAIT)
-    done = threading.Event()
 
-    def remove():
-        h.renewing = False
-        r.remove(h)
-        done.set()
-    t = threading.Thread(target=remove)
-    t.start()
-    assert not done.wait(0.05)          # still in flight: remove() waits
-    finish.set()
-    assert done.wait(WAIT)
-    t.join(WAIT)
-    assert calls == [1] and not r.scheduled(h)
+    def finish_once_remove_waits():
+        # remove() waits on the renewer's condition: let the renewal end
+        # only once it does (bounded look at the condition's waiters).
+        for _ in range(int(WAIT / 0.001)):
+            if r._cond._waiters:
+                break
+            threading.Event().wait(0.001)
+        order.append('remove is waiting')
+        finish.set()
+    helper = threading.Thread(target=finish_once_remove_waits)
+    helper.start()
+    h.renewing = False
+    r.remove(h)
+    order.append('removed')
+    helper.join(WAIT)
+    assert order == ['remove is waiting', 'renewed', 'removed']
+    assert not r.scheduled(h)
 
 
 def test_Renewer_thread_renews_when_due():
