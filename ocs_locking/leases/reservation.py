@@ -31,7 +31,7 @@ from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import error_reason, one_line
-from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (CALL_MARGIN: public)
+from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
 from .holder import Answer, LeaseHolder, describe_holders
 from .paths import check_seconds, check_text
 from .renewer import shared_renewer
