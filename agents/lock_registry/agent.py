@@ -16,7 +16,8 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
-from ocs_locking.agents.lock_registry.leases import LeaseOps
+from ocs_locking.agents.lock_registry.leases import LeaseOps, add_arguments, check_arguments
+from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import BadLockMessage, OwnershipTable
 from ocs_locking.wamp import set_nodelay
 from ocs_locking.wire import HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, feed_topic
@@ -258,9 +259,7 @@ def make_parser(parser=None):
                         help='Seconds between full snapshots on the ownership feed.')
     pgroup.add_argument('--stats-every', type=float, default=10.0,
                         help='Seconds between lock_stats records.')
-    pgroup.add_argument('--db', default='lock-registry.db',
-                        help='SQLite file for site-wide leases, token counters and the '
-                             'audit log (relative to the working directory).')
+    add_arguments(pgroup)       # --db and the audit retention (leases.py)
     return parser
 
 
@@ -272,6 +271,9 @@ def main(args=None):
         value = getattr(args, name)
         if not 0 < value <= 3600:
             parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, not {value}")
+    complaint = check_arguments(args)
+    if complaint:
+        parser.error(complaint)
     agent, runner = ocs_agent.init_site_agent(args)
     registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
                                  snapshot_every=args.snapshot_every,
@@ -279,7 +281,11 @@ def main(args=None):
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
-    leases = registry.leases = LeaseOps(agent, args.db)
+    try:
+        leases = registry.leases = LeaseOps(agent, args.db, audit_days=args.audit_days,
+                                            audit_rows=args.audit_rows)
+    except LeaseStoreError as e:
+        parser.exit(1, f'lock-registry: {e}\n')
     for name in ('acquire', 'renew', 'release', 'history', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.
