@@ -66,3 +66,7 @@ class ReservationBusy(ReservationError):
         super().__init__(message)
         self.holders = list(holders)
         self.attempts = attempts
+
+
+class CliError(Exception):
+    """A failure of ``ocs-locks`` to report as one line on stderr (exit status 1)."""

@@ -1,0 +1,37 @@
+"""``ocs-locks status``: the registry's table over HTTP."""
+import json
+import sys
+
+from ..errors import CliError
+from ..wire import error_reason
+from .formatters import format_table, json_rows
+from .site import check_registry_name, load_site
+
+__all__ = ['fetch_rows', 'cmd_status']
+
+
+def fetch_rows(args, site=None):
+    """The registry's table over HTTP (its monitor's session.data, or its
+    ``status`` task when the monitor is not running), sorted by lock."""
+    from ocs.ocs_client import OCSClient
+    site = load_site(args) if site is None else site
+    check_registry_name(args.registry, site)
+    where = site.hub.data.get('wamp_http')
+    try:
+        client = OCSClient(args.registry, args=args)
+        data = client.monitor.status().session.get('data') or {}
+        if 'locks' not in data:                 # monitor not running: ask directly
+            data = client.status().session.get('data') or {}
+    except Exception as e:
+        raise CliError(f"cannot reach the lock registry '{args.registry}' at {where}: "
+                       f"{error_reason(e)[:200]}") from None
+    locks = data.get('locks') or {}
+    rows = list(locks.values()) if isinstance(locks, dict) else list(locks)
+    return sorted((r for r in rows if isinstance(r, dict)), key=lambda r: str(r.get('lock')))
+
+
+def cmd_status(args):
+    rows = fetch_rows(args)
+    text = json.dumps(json_rows(rows), indent=1) if args.json else format_table(rows)
+    sys.stdout.write(text + '\n')
+    return 0
