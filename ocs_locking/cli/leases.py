@@ -185,9 +185,16 @@ def history_params(args):
     return params
 
 
+def _history_refusal(message):
+    if 'params included unexpected values' in message:
+        return (f'this registry cannot filter its history that way ({message}); '
+                'it needs a newer lock registry')
+    return message
+
+
 def cmd_history(args):
     params = history_params(args)
-    _, data = _run_task(args, 'history', params)
+    _, data = _run_task(args, 'history', params, refusal=_history_refusal)
     rows = [r for r in data.get('history') or [] if isinstance(r, dict)]
     _say(json.dumps(history_rows(rows), indent=1) if args.json else format_history(rows))
     return 0

@@ -66,6 +66,7 @@ class Watch:
         self.error = None       # the one line to print, if it failed
         self._stopping = False
         self._ticker = None
+        self._connect_error = None
 
     def end(self, code, error=None):
         """Decide the outcome (the first decision wins) and stop the reactor once."""
@@ -125,9 +126,13 @@ class Watch:
         def lost(session, was_clean):
             self.end(1, f'lost the connection to the router at {self.url}')
 
+        @comp.on_connectfailure
+        def failed(comp_, err):
+            self._connect_error = error_reason(err)
+
         def ended(result):
-            reason = error_reason(result.value) if hasattr(result, 'value') else \
-                'the connection ended'
+            reason = self._connect_error or (error_reason(result.value)
+                                             if hasattr(result, 'value') else 'it went away')
             self.end(1, f'cannot connect to the router at {self.url}: {reason}')
         comp.start(self.reactor).addBoth(
             lambda r: None if self._stopping else ended(r))
