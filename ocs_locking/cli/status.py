@@ -3,7 +3,7 @@ import json
 import sys
 
 from ..errors import CliError
-from ..wire import error_reason
+from ..wire import TABLE_KEY, error_reason
 from .formatters import format_table, json_rows
 from .site import check_registry_name, load_site
 
@@ -20,12 +20,12 @@ def fetch_rows(args, site=None):
     try:
         client = OCSClient(args.registry, args=args)
         data = client.monitor.status().session.get('data') or {}
-        if 'locks' not in data:                 # monitor not running: ask directly
+        if TABLE_KEY not in data:                 # monitor not running: ask directly
             data = client.status().session.get('data') or {}
     except Exception as e:
         raise CliError(f"cannot reach the lock registry '{args.registry}' at {where}: "
                        f"{error_reason(e)[:200]}") from None
-    locks = data.get('locks') or {}
+    locks = data.get(TABLE_KEY) or {}
     rows = list(locks.values()) if isinstance(locks, dict) else list(locks)
     return sorted((r for r in rows if isinstance(r, dict)), key=lambda r: str(r.get('lock')))
 

@@ -17,7 +17,7 @@ import time
 
 from ..errors import CliError
 from ..wamp import set_nodelay
-from ..wire import OWNERSHIP_FEED, error_reason, feed_topic, one_line
+from ..wire import OWNERSHIP_FEED, OWNERSHIP_KINDS, error_reason, feed_topic, one_line
 from .formatters import format_table
 from .signals import Interrupter, on_ending
 from .site import load_site
@@ -35,7 +35,7 @@ def apply_message(rows, message):
     drops the locks listed in ``removed``. Returns False (``rows`` untouched)
     for anything that is not an ownership message.
     """
-    if not isinstance(message, dict) or message.get('kind') not in ('snapshot', 'change'):
+    if not isinstance(message, dict) or message.get('kind') not in OWNERSHIP_KINDS:
         return False
     new = message.get('rows', [])
     removed = message.get('removed', [])
