@@ -128,25 +128,29 @@ class LockRegistryAgent:
         short hold is seen too)."""
         if not changes and not removed:
             return
+        # changes come before the removals of the same call; a row seen
+        # again after its removal is a row again
+        seen = {r['lock'] for r in changes}
+        self._removed = [k for k in self._removed if k not in seen]
         self._pending.extend(changes)
-        self._removed.extend(removed)
+        if removed:
+            gone = set(removed)
+            self._pending = [r for r in self._pending if r['lock'] not in gone]
+            self._removed.extend(k for k in removed if k not in self._removed)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
         self._flush_call = None
         rows, self._pending = self._pending, []
-        removed, self._removed = self._removed, []
-        gone = set(removed)
-        # a key removed and then seen again in the same turn is a row again
-        gone.difference_update(r['lock'] for r in rows)
+        removed, self._removed = sorted(self._removed), []
         self.agent.publish_to_feed(OWNERSHIP_FEED, {
             'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
-            'rows': rows, 'removed': sorted(gone)})
+            'rows': rows, 'removed': removed})
         session = self._session
         if session is not None:
             locks = session.data.setdefault(TABLE_KEY, {})
-            for key in gone:
+            for key in removed:
                 locks.pop(key, None)
             for row in rows:
                 locks[row['lock']] = dict(row)
