@@ -6,8 +6,8 @@ Twisted, no network). See the Events page of the docs for the message shapes.
 """
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
-           'ROW_KEYS', 'TABLE_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES', 'feed_topic', 'lease_uri', 'error_reason',
-           'one_line']
+           'ROW_KEYS', 'TABLE_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES', 'feed_topic',
+           'lease_uri', 'error_reason', 'one_line']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
 LOCKS_FEED = 'locks'
