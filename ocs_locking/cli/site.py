@@ -67,7 +67,7 @@ def check_registry_name(name, site=None):
     known = site_instances(site)
     if name in known:
         return name
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
     if close:
         raise CliError(f"no such agent {name!r}; did you mean {close[0]!r}?")
     return name
