@@ -1,9 +1,10 @@
 """The site config and the registry, as ``ocs-locks`` finds them.
 
-Everything here is checked before any network call: the site config is
-read and its hub checked, and the registry name must be an instance-id (a
-near miss of an instance in the site config is refused with a "did you
-mean").
+The site config is read and its hub checked, and the registry name must be
+an instance-id, before any network call. When the router has no agent of
+that name, a near miss of an instance the site config names gets a "did you
+mean" (a registry the site config does not name is still asked: it may run
+elsewhere).
 """
 import difflib
 import re
@@ -11,7 +12,10 @@ import re
 from ..errors import CliError
 from ..wire import error_reason
 
-__all__ = ['load_site', 'check_registry_name', 'registry_client', 'site_instances']
+__all__ = ['load_site', 'check_registry_name', 'did_you_mean', 'unreachable', 'registry_client',
+           'site_instances']
+
+NOT_RUNNING = 'it is not running (no such agent on the router)'
 
 HUB_KEYS = ('wamp_server', 'wamp_http', 'wamp_realm', 'address_root')
 
@@ -55,31 +59,41 @@ def site_instances(site):
     return ids
 
 
-def check_registry_name(name, site=None):
-    """Refuse a ``--registry`` that cannot be an instance-id, and a near miss
-    of an instance the site config names (a registry the config does not
-    name at all is still asked: it may run elsewhere)."""
+def check_registry_name(name):
+    """Refuse a ``--registry`` that cannot be an instance-id (before any
+    network call: the router would answer with an HTTP 500 page)."""
     if not isinstance(name, str) or not _INSTANCE_ID.match(name):
         raise CliError(f'no such registry name {name!r:.70}: an instance-id is 1-64 '
                        'letters, digits, _ or -')
-    if site is None:
-        return name
+    return name
+
+
+def did_you_mean(name, site):
+    """The instance of the site config ``name`` is a near miss of, or None."""
     known = site_instances(site)
     if name in known:
-        return name
+        return None
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
-    if close:
-        raise CliError(f"no such agent {name!r}; did you mean {close[0]!r}?")
-    return name
+    return close[0] if close else None
+
+
+def unreachable(args, site, exc):
+    """The CliError for a registry call that failed with ``exc``: "no such
+    agent ...; did you mean ..." when the router has no such agent and the
+    name is a near miss of an instance in the site config."""
+    reason = error_reason(exc, not_running=NOT_RUNNING)
+    close = did_you_mean(args.registry, site) if reason == NOT_RUNNING else None
+    if close is not None:
+        return CliError(f"no such agent {args.registry!r}; did you mean {close!r}?")
+    return CliError(f"cannot reach the lock registry '{args.registry}' at "
+                    f"{site.hub.data.get('wamp_http')}: {reason[:200]}")
 
 
 def registry_client(args, privs=None):
     """An OCSClient of the registry; CliError with one line if unreachable."""
     from ocs.ocs_client import OCSClient
     site = load_site(args)
-    check_registry_name(args.registry, site)
     try:
         return OCSClient(args.registry, privs=privs, args=args)
     except Exception as e:
-        raise CliError(f"cannot reach the lock registry '{args.registry}' at "
-                       f"{site.hub.data.get('wamp_http')}: {error_reason(e)[:200]}") from None
+        raise unreachable(args, site, e) from None

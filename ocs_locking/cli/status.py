@@ -2,10 +2,9 @@
 import json
 import sys
 
-from ..errors import CliError
-from ..wire import TABLE_KEY, error_reason
+from ..wire import TABLE_KEY
 from .formatters import format_table, json_rows
-from .site import check_registry_name, load_site
+from .site import load_site, unreachable
 
 __all__ = ['fetch_rows', 'cmd_status']
 
@@ -15,16 +14,13 @@ def fetch_rows(args, site=None):
     ``status`` task when the monitor is not running), sorted by lock."""
     from ocs.ocs_client import OCSClient
     site = load_site(args) if site is None else site
-    check_registry_name(args.registry, site)
-    where = site.hub.data.get('wamp_http')
     try:
         client = OCSClient(args.registry, args=args)
         data = client.monitor.status().session.get('data') or {}
         if TABLE_KEY not in data:                 # monitor not running: ask directly
             data = client.status().session.get('data') or {}
     except Exception as e:
-        raise CliError(f"cannot reach the lock registry '{args.registry}' at {where}: "
-                       f"{error_reason(e)[:200]}") from None
+        raise unreachable(args, site, e) from None
     locks = data.get(TABLE_KEY) or {}
     rows = list(locks.values()) if isinstance(locks, dict) else list(locks)
     return sorted((r for r in rows if isinstance(r, dict)), key=lambda r: str(r.get('lock')))

@@ -90,25 +90,54 @@ hosts:
     return ['--site-file', str(site), '--site-host', 'demo']
 
 
-def test_ocs_locks_near_miss_of_an_instance_gets_a_did_you_mean(tmp_path, capsys, no_network):
-    """When --registry is a typo of an instance in the site config, one line
-    names the likely one, before any network call."""
+class NotOnTheRouter:
+    """Stands in for OCSClient: the router has no such agent."""
+    calls = []
+
+    def __init__(self, instance_id, **kwargs):
+        self.calls.append(instance_id)
+        raise Exception([0, 1, 2, 3, 'wamp.error.no_such_procedure', ['no callee'], {}])
+
+
+@pytest.fixture
+def empty_router(monkeypatch):
+    import ocs.ocs_client
+    NotOnTheRouter.calls = []
+    monkeypatch.setattr(ocs.ocs_client, 'OCSClient', NotOnTheRouter)
+    return NotOnTheRouter
+
+
+def test_ocs_locks_near_miss_of_an_instance_gets_a_did_you_mean(tmp_path, capsys,
+                                                                  empty_router):
+    """When the router has no agent named --registry and the name is a typo
+    of an instance in the site config, one line names the likely one."""
     assert cli.main(['--registry', 'lock-regsitry', *write_site(tmp_path), 'status']) == 1
     assert capsys.readouterr().err == \
         "ocs-locks: no such agent 'lock-regsitry'; did you mean 'lock-registry'?\n"
+    assert empty_router.calls == ['lock-regsitry']     # a real registry of that name wins
 
 
-def test_ocs_locks_site_options_work_after_the_command(tmp_path, capsys, no_network):
+def test_ocs_locks_site_options_work_after_the_command(tmp_path, capsys, empty_router):
     """When the site options follow the command, they are used just as
     before it (here: the did-you-mean needs the site file)."""
     assert cli.main(['status', *write_site(tmp_path), '--registry', 'lock-regsitry']) == 1
     assert 'did you mean' in capsys.readouterr().err
 
 
+def test_ocs_locks_far_from_every_instance_says_it_is_not_running(tmp_path, capsys,
+                                                                   empty_router):
+    """When --registry is far from every instance in the site config, the
+    line says the router has no such agent, with no guess."""
+    assert cli.main(['--registry', 'no-such-registry', *write_site(tmp_path), 'status']) == 1
+    assert capsys.readouterr().err == (
+        "ocs-locks: cannot reach the lock registry 'no-such-registry' at "
+        "http://127.0.0.1:1/call: it is not running (no such agent on the router)\n")
+
+
 def test_ocs_locks_registry_not_in_the_site_config_is_still_asked(tmp_path, monkeypatch,
                                                                    capsys):
-    """When --registry is far from every instance in the site config, it is
-    asked anyway (it may run elsewhere): the failure is the network's."""
+    """When --registry is not in the site config, it is asked anyway (it may
+    run elsewhere): the failure is the network's."""
     calls = []
 
     class Refused:
@@ -117,10 +146,10 @@ def test_ocs_locks_registry_not_in_the_site_config_is_still_asked(tmp_path, monk
             raise OSError('Failed to connect')
     import ocs.ocs_client
     monkeypatch.setattr(ocs.ocs_client, 'OCSClient', Refused)
-    assert cli.main(['--registry', 'registry-north', *write_site(tmp_path), 'status']) == 1
-    assert calls == ['registry-north']
+    assert cli.main(['--registry', 'lock-registry-2', *write_site(tmp_path), 'status']) == 1
+    assert calls == ['lock-registry-2']
     assert capsys.readouterr().err == ("ocs-locks: cannot reach the lock registry "
-                                       "'registry-north' at http://127.0.0.1:1/call: "
+                                       "'lock-registry-2' at http://127.0.0.1:1/call: "
                                        "Failed to connect\n")
 
 
