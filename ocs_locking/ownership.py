@@ -13,9 +13,11 @@ Two things the messages alone do not say:
   is still holding since its *first* grant. A hold continues through a
   hand-over (a ``released`` with waiters, or a new holder without a release
   in between) until the lock is released with nobody waiting.
-* Forgetting: an agent that stopped cleanly (every lock ``closed``) leaves
-  the table as soon as it goes stale; any other agent's rows are removed
-  after ``forget`` seconds of silence (:meth:`OwnershipTable.forget_silent`).
+* Forgetting: an agent that holds nothing when it goes stale (a clean stop
+  ends its operations, so every lock is free or closed) leaves the table at
+  once; the rows of a stale agent that still holds a lock (a crash, a cut
+  link) stay, marked stale, for ``forget`` seconds of silence
+  (:meth:`OwnershipTable.forget_silent`).
 """
 import math
 import re
@@ -109,8 +111,8 @@ class OwnershipTable:
         expiry (float): seconds without a heartbeat (or lock message) after
             which an agent's locks are marked stale (``alive`` False).
         forget (float): seconds without a heartbeat after which a stale
-            agent's rows are removed (an agent whose locks are all closed
-            is removed as soon as it is stale).
+            agent's rows are removed (an agent that holds none of its
+            locks is removed as soon as it is stale).
 
     The table owns its state: read it with :meth:`snapshot`, :meth:`rows_by_key`
     and :attr:`dropped`; count a message refused before it reached the table
@@ -264,15 +266,17 @@ class OwnershipTable:
         return self._changes(changed)
 
     def forget_silent(self, now):
-        """Remove the agents that went away: a stale agent whose locks are all
-        closed (it stopped cleanly), and any agent silent for longer than
-        ``forget``. Returns the keys of the rows removed (sorted)."""
+        """Remove the agents that went away: a stale agent that holds none of
+        its locks (it stopped cleanly, or holds nothing anyone waits for),
+        and any agent silent for longer than ``forget``. Returns the keys of
+        the rows removed (sorted)."""
         removed = []
         for instance_id, agent in list(self.agents.items()):
             if agent.alive:
                 continue
             rows = self._rows_of(instance_id)
-            if now - agent.last_seen > self.forget or all(r['closed'] for r in rows):
+            if now - agent.last_seen > self.forget or \
+                    all(r['closed'] or _holder(r) is None for r in rows):
                 del self.agents[instance_id]
                 for r in rows:
                     del self.rows[r['lock']]

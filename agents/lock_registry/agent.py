@@ -39,7 +39,7 @@ class LockRegistryAgent:
         expiry (float): seconds without a heartbeat before an agent's locks
             are marked stale.
         forget (float): seconds without a heartbeat before a stale agent's
-            rows are removed (at once for an agent whose locks all closed).
+            rows are removed (at once for an agent that holds none of its locks).
         snapshot_every (float): seconds between full snapshots on ``ownership``.
         stats_every (float): seconds between ``lock_stats`` records.
         reactor: the Twisted reactor (default: the global one).
@@ -199,7 +199,7 @@ class LockRegistryAgent:
 
         **Process** - Keep the site's lock table: mark the locks of agents
         whose heartbeats stopped as stale, remove the rows of agents that
-        went away (at once when all their locks closed, else after
+        went away (at once when they hold none of their locks, else after
         ``--forget`` seconds of silence), publish snapshots on ``ownership``
         and figures on ``lock_stats``. Started at startup.
 
@@ -282,7 +282,7 @@ def make_parser(parser=None):
                         help='Seconds without a heartbeat before locks are stale.')
     pgroup.add_argument('--forget', type=float, default=600.0,
                         help='Seconds without a heartbeat before a stale agent leaves the '
-                             'table (at once when all its locks closed; at least --expiry).')
+                             'table (at once when it holds none of its locks; at least --expiry).')
     pgroup.add_argument('--snapshot-every', type=float, default=5.0,
                         help='Seconds between full snapshots on the ownership feed.')
     pgroup.add_argument('--stats-every', type=float, default=10.0,

@@ -269,15 +269,18 @@ def test_forged_and_malformed_events_are_dropped_and_the_registry_keeps_running(
 
 
 def test_clean_stop_of_an_agent_removes_its_rows_once_it_is_stale(site, registry):
-    """When an agent is stopped cleanly (SIGINT: its locks close), its rows
-    leave the table once it goes stale; started again, they come back."""
+    """When an agent is stopped cleanly (SIGINT: ocs ends its operations, so
+    it holds nothing), its rows leave the table once it goes stale; started
+    again, they come back."""
     wait_table(registry, lambda t: 'sim-device-2/hw' in t, 'the agent in the table')
     site.stop_agent('sim-device-2')
-    wait_table(registry, lambda t: 'sim-device-2/hw' not in t, 'its rows removed',
-               timeout=EXPIRY + 20)
-    assert 'sim-device-1/hw' in table(registry)
-    site.start_agent('sim-device-2')
-    site.wait_agent('sim-device-2')
+    try:
+        wait_table(registry, lambda t: 'sim-device-2/hw' not in t, 'its rows removed',
+                   timeout=EXPIRY + 20)
+        assert 'sim-device-1/hw' in table(registry)
+    finally:
+        site.start_agent('sim-device-2')
+        site.wait_agent('sim-device-2')
     wait_table(registry, lambda t: t.get('sim-device-2/hw', {}).get('job') == 'acq',
                'the agent back')
 

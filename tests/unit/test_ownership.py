@@ -202,17 +202,20 @@ def test_OwnershipTable_held_since_is_the_borrowers_own_when_another_takes_over(
     assert row['held_since'] == 21.0
 
 
-def test_OwnershipTable_forgets_a_cleanly_stopped_agent_when_it_goes_stale(table):
-    """When every lock of an agent is closed and its heartbeats stop, its
-    rows are removed once it is stale; a crashed agent's rows stay."""
-    table.lock_message('clean', msg('acquired', 1, job='a', token=1, since=0.0), 0.0)
-    table.lock_message('clean', msg('closed', 2, token=1), 0.0)
+def test_OwnershipTable_forgets_an_agent_holding_nothing_when_it_goes_stale(table):
+    """When an agent that holds none of its locks (closed, or released as a
+    clean stop does) goes stale, its rows are removed at once; the rows of
+    a stale agent still holding a lock (a crash) stay."""
+    table.lock_message('closed', msg('acquired', 1, job='a', token=1, since=0.0), 0.0)
+    table.lock_message('closed', msg('closed', 2, token=1), 0.0)
+    table.lock_message('stopped', msg('acquired', 1, job='a', token=1, since=0.0), 0.0)
+    table.lock_message('stopped', msg('released', 2, job='a', token=1), 0.0)
     table.lock_message('crashed', msg('acquired', 1, job='a', token=1, since=0.0), 0.0)
     assert table.forget_silent(1.0) == []       # still alive
     table.expire(6.0)
     seq = table.seq
-    assert table.forget_silent(6.0) == ['clean/hw']
-    assert set(table.rows) == {'crashed/hw'} and 'clean' not in table.agents
+    assert table.forget_silent(6.0) == ['closed/hw', 'stopped/hw']
+    assert set(table.rows) == {'crashed/hw'} and set(table.agents) == {'crashed'}
     assert table.seq == seq + 1
 
 
@@ -222,6 +225,7 @@ def test_OwnershipTable_forgets_a_silent_agent_after_forget_seconds():
     table = OwnershipTable(expiry=5.0, forget=60.0)
     table.lock_message('d', msg('acquired', 1, job='a', token=1, since=0.0), 0.0)
     table.expire(6.0)
+    assert table.forget_silent(6.0) == []       # it still holds: stale, kept
     assert table.forget_silent(60.0) == []
     assert table.forget_silent(60.1) == ['d/hw']
     assert table.rows == {} and table.agents == {}

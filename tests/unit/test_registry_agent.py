@@ -141,7 +141,7 @@ def test_LockRegistryAgent_session_data_holds_copies_that_follow_each_change(reg
 
 
 def test_LockRegistryAgent_publishes_the_rows_of_an_agent_that_went_away_as_removed(reg):
-    """When an agent closed its locks and went stale, the next change message
+    """When an agent holding nothing went stale, the next change message
     lists its rows in removed, and session.data no longer has them."""
     session = monitoring(reg)
     reg._on_locks([lock_msg(1), info('dev-1')], details=topic('dev-1'))
