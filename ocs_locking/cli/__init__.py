@@ -27,6 +27,7 @@ from .leases import cmd_force_release, cmd_history, cmd_release, cmd_reserve
 from .parser import make_parser, parse_age
 from .site import check_registry_name
 from .status import cmd_status, fetch_rows
+from . import watch
 from .watch import cmd_watch
 
 __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
@@ -48,10 +49,7 @@ def _stdout_gone():
         pass
 
 
-def main(args=None):
-    """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
-    exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments."""
-    opts = make_parser().parse_args(args)
+def _run(opts):
     try:
         check_registry_name(opts.registry)      # before anything reaches the network
         return COMMANDS[opts.command](opts)
@@ -66,3 +64,25 @@ def main(args=None):
     except BrokenPipeError:     # | head: the reader has all it wanted
         _stdout_gone()
         return 0
+
+
+def _exit_now(status):
+    """End the process without the interpreter's teardown (see :mod:`.watch`)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def main(args=None):
+    """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
+    exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments.
+    After ``watch`` has run the reactor, the process ends here with that
+    status."""
+    opts = make_parser().parse_args(args)
+    status = _run(opts)
+    if watch.reactor_ran:
+        _exit_now(status)
+    return status

@@ -10,6 +10,12 @@ feed over WAMP. How it ends:
 The reactor runs without Twisted's own signal handlers: ours are always
 installed (see :mod:`.signals`) and stop the reactor once, so a second
 signal during shutdown is ignored rather than met with ``ReactorNotRunning``.
+
+Once the reactor has run, :func:`ocs_locking.cli.main` ends the process at
+once (``os._exit``, after flushing stdout and stderr): the reactor cannot
+run again anyway, and tearing down the interpreter with ocs, Twisted and
+autobahn loaded took more than a second on a busy machine, too slow for a
+watch stopped by Ctrl-C or by a supervisor.
 """
 import logging
 import sys
@@ -26,6 +32,9 @@ from .status import fetch_rows
 __all__ = ['cmd_watch', 'apply_message', 'Watch']
 
 log = logging.getLogger(__name__)
+
+#: True once a watch has run the (global, not restartable) reactor.
+reactor_ran = False
 
 
 def apply_message(rows, message):
@@ -140,8 +149,10 @@ class Watch:
     def run(self):
         """Run the reactor until the watch ends; returns the exit status or
         raises CliError with the one line."""
+        global reactor_ran
         on_ending(lambda signum, frame: self.reactor.callFromThread(self.end, 0))
         self.reactor.callWhenRunning(self.start)
+        reactor_ran = True
         self.reactor.run(installSignalHandlers=False)
         if self.error:
             raise CliError(one_line(self.error))
