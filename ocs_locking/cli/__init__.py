@@ -18,6 +18,7 @@ The package: :mod:`.parser` (the command line), :mod:`.site` (site config
 and registry name checks), :mod:`.formatters` (text and JSON), :mod:`.status`,
 :mod:`.watch`, :mod:`.leases` (the commands), :mod:`.signals`.
 """
+import errno
 import os
 import sys
 
@@ -63,6 +64,11 @@ def _run(opts):
         return 0
     except BrokenPipeError:     # | head: the reader has all it wanted
         _stdout_gone()
+        return 0
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        _stdout_gone()          # the terminal went away (SIGHUP): nobody to tell
         return 0
 
 

@@ -171,3 +171,19 @@ def test_ocs_locks_closed_stdout_ends_quietly(monkeypatch, capsys):
     assert cli.main(['status']) == 0
     assert capsys.readouterr().err == ''
 
+
+
+class GoneTerminal(ClosedPipe):
+    """A stdout whose terminal was closed (writes fail with EIO)."""
+
+    def write(self, text):
+        raise OSError(5, 'Input/output error')
+
+
+def test_ocs_locks_closed_terminal_ends_quietly(monkeypatch, capsys):
+    """When the terminal is gone (SIGHUP, then EIO on every write), the
+    command ends with status 0 and no traceback."""
+    monkeypatch.setattr(cli, 'COMMANDS', dict(cli.COMMANDS, status=lambda args: print('x')))
+    monkeypatch.setattr(sys, 'stdout', GoneTerminal())
+    assert cli.main(['status']) == 0
+    assert capsys.readouterr().err == ''
