@@ -17,7 +17,6 @@ run again anyway, and tearing down the interpreter with ocs, Twisted and
 autobahn loaded took more than a second on a busy machine, too slow for a
 watch stopped by Ctrl-C or by a supervisor.
 """
-import logging
 import sys
 import time
 
@@ -30,8 +29,6 @@ from .site import load_site
 from .status import fetch_rows
 
 __all__ = ['cmd_watch', 'apply_message', 'Watch']
-
-log = logging.getLogger(__name__)
 
 #: True once a watch has run the (global, not restartable) reactor.
 reactor_ran = False
