@@ -71,6 +71,10 @@ class LeaseBusy(LeaseUnavailable):
         self.attempts = attempts
 
 
+class CliError(Exception):
+    """A failure of ``ocs-locks`` to report as one line on stderr (exit status 1)."""
+
+
 #: The names Reservation raised first; the same classes.
 ReservationError = LeaseUnavailable
 ReservationBusy = LeaseBusy

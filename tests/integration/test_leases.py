@@ -229,9 +229,12 @@ def holder_token(registry, resource):
     return max(r['token'] or 0 for r in rows)
 
 
-def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=['SIGINT', 'SIGTERM', 'SIGHUP'])
+def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry, sig):
     """When `ocs-locks reserve` runs, it prints one granted line, the lease
-    shows in the registry, and SIGINT releases it and exits 0."""
+    shows in the registry, and SIGINT (Ctrl-C), SIGTERM or SIGHUP (terminal
+    closed) releases every resource and exits 0."""
     proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
                              'reserve', 'it/cli', 'it/cli2', '--lease', '3', '--note',
                              'manual work', '--owner', 'carol'],
@@ -245,14 +248,14 @@ def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry):
         assert g['it/cli']['note'] == 'manual work'
         first = g['it/cli']['expires']
         poll(lambda: grants(registry)['it/cli']['expires'] > first, 'a renewal')
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0 and err == ''
-    assert out.strip() == 'Released it/cli.'
+    assert out.strip() == 'Released it/cli, it/cli2.'
     assert not {'it/cli', 'it/cli2'} & set(grants(registry))
 
 
@@ -290,7 +293,7 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
         'call': 'release', 'reason': f"token {bad_token} was never issued for 'it/cmd'"}
     assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
                           'ok'} for r in rows)
-    for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be > 0'),
+    for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be 0.5..3600 s'),
                       (['reserve', 'Bad'], 'segment'),
                       (['history', '--limit', '0'], '--limit must be 1..1000')):
         p = ocs_locks(site, *bad)
