@@ -75,11 +75,14 @@ def cmd_reserve(args):
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     lost = threading.Event()
-    res = Reservation(args.resources, owner, lease=args.lease, note=args.note,
-                      tree=args.tree, registry=args.registry, args=args,
-                      timeout=args.timeout, client_id=_client_id('reserve'),
-                      retry=RetryPolicy(attempts=1, deadline=None),
-                      on_lost=lambda reason: lost.set())
+    try:
+        res = Reservation(args.resources, owner, lease=args.lease, note=args.note,
+                          tree=args.tree, registry=args.registry, args=args,
+                          timeout=args.timeout, client_id=_client_id('reserve'),
+                          retry=RetryPolicy(attempts=1, deadline=None),
+                          on_lost=lambda reason: lost.set())
+    except ValueError as e:         # LeaseError: an argument the registry's rules refuse
+        raise CliError(str(e)) from None
     # Ctrl-C, SIGTERM (a supervisor) and SIGHUP (the terminal closed) end the
     # reservation: release, exit 0. Later signals do not cut the release short.
     Interrupter().install()

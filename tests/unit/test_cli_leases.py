@@ -153,3 +153,18 @@ def test_ocs_locks_force_release_uses_the_ocs_password_file_when_there_is_one(
     assert cli.main(['force-release', 'satp1/hwp', '--reason', 'stuck']) == 0
     assert capsys.readouterr().out == 'Revoked satp1/hwp from bob: stuck\n'
     assert registry.privs == [2]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--timeout', '1e9'], 'timeout must be in [0, 1e+06] seconds, not 1000000000.0'),
+    (['--note', 'x' * 501], 'note must be at most 500 characters, not 501: '),
+])
+def test_ocs_locks_reserve_argument_the_registry_refuses_is_one_line(argv, message, capsys,
+                                                                     monkeypatch):
+    """When an argument passes the CLI's own checks but not the lease rules
+    (Reservation raises LeaseError), the CLI prints one line and exits 1
+    instead of a traceback, before any call to the registry."""
+    monkeypatch.setattr(cli_leases, 'load_site', lambda args: None)
+    assert cli.main(['reserve', 'x', '--lease', '10'] + argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'ocs-locks: {message}') and err.count('\n') == 1, err
