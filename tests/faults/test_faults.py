@@ -13,7 +13,7 @@ Two kinds of site: ``site`` (one per module) with 2 s leases, for the holder
 faults, where the lease has to run out; before each of its tests
 :func:`healed` puts it back together (dead agents restarted, frozen ones woken,
 leftover leases dropped), so one failed test does not fail the next. And
-``slow_site``, a fresh site for each test, with 30 s leases, for the registry
+``slow_site``, a fresh site for each test, with 45 s leases, for the registry
 and router restarts, which the holder's lease is meant to ride through.
 
 Every wait is for something the site shows (a grant appearing or going, an
@@ -51,9 +51,11 @@ LEASE = 2.0
 #: so the outage may last up to the whole lease. A router restart costs the
 #: router's start-up plus the agents' reconnect backoff (autobahn's
 #: ClientService: 1, 1.5, 2.25, 3.4, 5.1 s ... plus up to 1 s of jitter each):
-#: 5-8 s on an idle machine, twice that with both cores busy. 15 s was too
-#: short under load (the lease ran out: "grant_of(...) is None").
-SLOW_LEASE = 30.0
+#: 5-8 s on an idle machine; with both cores busy (load average 8) up to
+#: 25 s. 15 s was too short under load (the lease ran out: "grant_of(...) is
+#: None"); 45 s leaves room, at the cost of waiting for the renewal tick
+#: (15 s) in the two tests.
+SLOW_LEASE = 45.0
 #: Bound on waits for processes and the router to come back (not a margin:
 #: the wait ends as soon as they are back).
 BACK = 60
@@ -205,11 +207,13 @@ def grant_of(site, resource):
     return next((g for g in leases(site)['grants'] if g['resource'] == resource), None)
 
 
-def next_renewal(site, resource, timeout):
-    """Wait for the holder's next renewal of ``resource``; its grant then."""
-    g0 = grant_of(site, resource)
-    return wait_for(lambda: (lambda g: g['expires'] > g0['expires'] and g)(
-        grant_of(site, resource)), f'a renewal of {resource}', timeout)
+def renewed_since(site, grant, timeout):
+    """Wait until ``grant`` has been renewed (same resource, a later expiry);
+    the grant then."""
+    def renewed():
+        g = grant_of(site, grant['resource'])
+        return g if g is not None and g['expires'] > grant['expires'] else None
+    return wait_for(renewed, f"a renewal of {grant['resource']}", timeout)
 
 
 def history(site):
@@ -425,7 +429,7 @@ def test_router_restart_everyone_rejoins_and_no_double_grant(slow_site):
     g1 = grant_of(site, RESOURCE)
     assert g1 is not None and (g1['owner'], g1['token']) == ('a-1', t1), g1
     # a-1 renews against the registry through the new router, within its lease.
-    g2 = next_renewal(site, RESOURCE, timeout=g1['expires'] - time.time())
+    g2 = renewed_since(site, g0, timeout=g0['expires'] - time.time())
     assert g2['token'] == t1
     refused = take(site, 'a-2')
     assert refused['success'] is False
@@ -481,7 +485,9 @@ def test_registry_kill9_restart_keeps_grants_and_token_counters(slow_site):
     assert grants['lab/other']['expires'] == next(
         g['expires'] for g in before['grants'] if g['resource'] == 'lab/other')
     assert (grants[RESOURCE]['owner'], grants[RESOURCE]['token']) == ('a-1', t1)
-    assert grants[RESOURCE]['expires'] == g['expires']    # nobody renewed while it was down
+    # Kept, never shortened. (a-1's 0.5 s retry may already have renewed it
+    # through the restarted registry, so "unchanged" would be a race.)
+    assert grants[RESOURCE]['expires'] >= g['expires']
     assert after['counters'] == before['counters']
     assert len(history(site)) >= rows_before
 
@@ -489,7 +495,7 @@ def test_registry_kill9_restart_keeps_grants_and_token_counters(slow_site):
     assert time.time() < g['expires'], (
         f'premise: the registry restart took longer than the {SLOW_LEASE:g} s lease '
         f'({time.time() - g["granted_at"]:.1f} s since the grant)')
-    g2 = next_renewal(site, RESOURCE, timeout=g['expires'] - time.time())
+    g2 = renewed_since(site, g, timeout=g['expires'] - time.time())
     assert g2['token'] == t1
     stats = device_stats(site)
     ok = client(site, 'a-1').set_heater(value=7).session
