@@ -104,10 +104,13 @@ def _kill_all(site):
 
 
 @contextlib.contextmanager
-def _running(root, lease):
-    s = _make_site(root, lease)
+def _running(start_site, root, lease):
+    def make(attempt):
+        attempt_root = root / f'attempt-{attempt}'
+        attempt_root.mkdir()
+        return _make_site(attempt_root, lease)
+    s = start_site(make)
     try:
-        s.start()
         wait_lease_rpcs(s)
         yield s
     finally:
@@ -115,8 +118,8 @@ def _running(root, lease):
 
 
 @pytest.fixture(scope='module')
-def _fast_site(tmp_path_factory):
-    with _running(tmp_path_factory.mktemp('faults-site'), LEASE) as s:
+def _fast_site(tmp_path_factory, site_starter):
+    with _running(site_starter, tmp_path_factory.mktemp('faults-site'), LEASE) as s:
         yield s
 
 
@@ -136,10 +139,10 @@ def site(_fast_site):
 
 
 @pytest.fixture
-def slow_site(tmp_path_factory):
+def slow_site(tmp_path_factory, site_starter):
     """A site of its own for each test, with SLOW_LEASE leases; its audit
     log checked after."""
-    with _running(tmp_path_factory.mktemp('faults-slow-site'), SLOW_LEASE) as s:
+    with _running(site_starter, tmp_path_factory.mktemp('faults-slow-site'), SLOW_LEASE) as s:
         yield s
         audit_replays_cleanly(s)
 

@@ -38,20 +38,24 @@ SITE = {
 
 
 @pytest.fixture(scope='module')
-def site(tmp_path_factory):
+def site(tmp_path_factory, site_starter):
     root = tmp_path_factory.mktemp('kit-site')
     (root / 'crossbar').mkdir()
     shutil.copy(os.path.join(REPO, 'site-config', 'crossbar', 'config.json'),
                 root / 'crossbar' / 'config.json')
     site_file = root / 'site.yaml'
     site_file.write_text(yaml.safe_dump(SITE))
-    with Site(str(site_file), 'registry', root / 'work', port=0) as s:
+    s = site_starter(lambda attempt: Site(str(site_file), 'registry',
+                                          root / f'work-{attempt}', port=0))
+    try:
         yield s
         # The test checks the kit agent's own clean shutdown; the registry's
         # (ocs's SIGINT path, ~6 s) is not under test: end it at once.
         for proc in s.agents.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        s.stop()
 
 
 def start_kit_agent(site):
