@@ -38,6 +38,21 @@ Scenarios (all thread waits are bounded, all helper threads are daemons):
    ocs's measured call gets ``_next`` at T/2 and then waits a fresh T on
    ``_active`` -- ocs applies the timeout twice. Both rows are real measurements.
 
+Targets (the brief of issue 8): uncontended <= 0.7x ocs; hand-off median <= ocs;
+FIFO 100%; overshoot < 5%.
+
+Why ours' hand-off is slower than ocs's (measured by timestamping inside
+``release()`` on this 2-core machine): it is not the wake primitive (each thread
+waiter already parks on its own plain ``threading.Lock``, as ocs's waiter parks
+on ``_active``). The holder comes back from a sleep with a cold CPU, where every
+operation costs about 1 us; before the wake ocs does one attribute store, ours
+does the owner check (``get_ident``, ~1.1 us), takes its mutex (~2.9 us) and
+pops and grants the first waiter (~2.7 us), then wakes it. Tried and measured
+interleaved against ocs, none moved the median: inlining the grant (as earlier
+versions did); waking the waiter before taking the mutex (a per-waiter claim,
+which the owner check allows); handing the GIL to the woken thread with
+``sleep(0)`` (the releasing thread then pays ~100 us). The gap stays open.
+
 ``--quick`` runs far fewer iterations (< 10 s, for the smoke test); ``--json
 PATH`` writes the results dict. ``main()`` returns 0 when every target passes.
 """
@@ -288,10 +303,8 @@ def targets(res):
     f = res['fifo_pct'][OURS]
     o = max(res['overshoot_pct'][OURS], res['overshoot_ahead_gives_up_pct'][OURS])
     return [
-        dict(name='uncontended ours <= ocs (aim <= 0.7)', passed=r <= 1.0,
-             detail=f'ratio {r:.2f}' + ('' if r <= 0.7 else ', aim of 0.7 missed')),
-        dict(name='hand-off median ours <= 1.5x ocs', passed=h <= 1.5,
-             detail=f'ratio {h:.2f}'),
+        dict(name='uncontended ours <= 0.7x ocs', passed=r <= 0.7, detail=f'ratio {r:.2f}'),
+        dict(name='hand-off median ours <= ocs', passed=h <= 1.0, detail=f'ratio {h:.2f}'),
         dict(name='FIFO ours 100%', passed=f == 100.0, detail=f'{f:.0f}%'),
         dict(name='overshoot ours < 5% of timeout (worst of 5, 5b)', passed=o < 5.0,
              detail=f'{o:.1f}%'),

@@ -31,6 +31,7 @@ agent (re)joins the router and every ``snapshot_every`` seconds.
 import threading
 import time
 
+from .listeners import Listeners
 from .lock import TimeoutLock
 from .wamp import set_nodelay
 from .wire import LOCKS_FEED
@@ -80,10 +81,12 @@ class LockReporter:
         self.seq = 0
         self.locks = {}
         self._guard = threading.Lock()
-        self._queue = []            # messages waiting for the reactor, in order
+        # Messages waiting for the reactor, in order; delivered to _send on
+        # the reactor thread (one scheduled delivery at a time).
+        self._out = Listeners(f'the {FEED_NAME} feed', schedule=reactor.callFromThread)
+        self._out.add(self._send)
         self._bucket = {}           # lock name -> [tokens, reactor time of last refill]
         self._folded = {}           # lock name -> {'acquired': n, 'gave_up': n} folded
-        self._flush_scheduled = False
         self._joined = False
         agent.register_feed(FEED_NAME, record=False, max_messages=100)
         self._ticker = None
@@ -119,14 +122,11 @@ class LockReporter:
                 self.reactor.callFromThread(self.reactor.callLater, delay,
                                             self._publish_folded, name)
                 return
-            self._queue.append({'lock': name, 'event': ev.event, 'job': ev.job,
-                                'op': ev.op, 'session_id': ev.session_id,
-                                'since': ev.since, 'waiters': ev.waiters,
-                                'token': ev.token})
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        self.reactor.callFromThread(self._flush)
+            self._out.put({'lock': name, 'event': ev.event, 'job': ev.job,
+                           'op': ev.op, 'session_id': ev.session_id,
+                           'since': ev.since, 'waiters': ev.waiters,
+                           'token': ev.token})
+        self._out.deliver()
 
     def _take_token(self, name, now):
         """Token bucket per lock (guard held): True if a message may go now."""
@@ -164,28 +164,21 @@ class LockReporter:
                 self._publish_snapshot(lock)
         self._joined = joined
 
-    def _flush(self):
-        with self._guard:
-            queue, self._queue = self._queue, []
-            self._flush_scheduled = False
-        for msg in queue:
-            self._send(msg)
-
     def _publish_folded(self, name):
         with self._guard:
             folded = self._folded.pop(name, {})
             self._take_token(name, self.reactor.seconds())
         lock = self.locks.get(name)
         if lock is not None:
-            self._flush()       # keep order: earlier events first
             msg = snapshot_message(lock)
             msg.update(folded_acquired=folded.get('acquired', 0),
                        folded_gave_up=folded.get('gave_up', 0))
-            self._send(msg)
+            self._out.put(msg)      # behind the earlier events: order kept
+            self._out.run()
 
     def _publish_snapshot(self, lock):
-        self._flush()
-        self._send(snapshot_message(lock))
+        self._out.put(snapshot_message(lock))
+        self._out.run()
 
     def _send(self, msg):
         if not getattr(self.agent, 'realm_joined', True):

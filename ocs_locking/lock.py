@@ -11,37 +11,47 @@ Contract
   queues the holder behind everyone already waiting.
 * **One deadline.** ``timeout`` is measured once, from the call, on a monotonic
   clock: ``0`` tries once, ``-1`` waits forever, ``None`` uses the default.
-* **Reactor-safe.** A call that could block (``timeout != 0``) made on the
-  reactor thread raises :class:`ReactorBlockingError` at once; reactor code uses
-  :meth:`~TimeoutLock.acquire_deferred`. Deferred waiters must be created on the
-  reactor thread; they are woken through ``reactor.callFromThread``.
+* **Never freezes the reactor.** A thread call (:meth:`~TimeoutLock.acquire`,
+  :meth:`~TimeoutLock.acquire_timeout`, :meth:`~TimeoutLock.release_and_acquire`)
+  made on the reactor thread is served at once when it needs no wait (the lock
+  is free, or nobody is queued), exactly as ocs's lock serves it. When it would
+  have to wait it returns False at once, as if ``timeout`` were 0, and logs one
+  warning naming the lock, the job and the holder. With ``strict_reactor=True``
+  any such call with ``timeout != 0`` raises :class:`ReactorBlockingError`
+  instead, free or not. Reactor code that must wait uses
+  :meth:`~TimeoutLock.acquire_deferred`; Deferred waiters are created on the
+  reactor thread and woken through ``reactor.callFromThread``.
 * **Shutdown.** :meth:`~TimeoutLock.close` wakes every waiter with
   :class:`LockClosed` and refuses new acquires; the holder may still release.
 * **Observable.** :meth:`~TimeoutLock.status` returns a frozen snapshot;
   listeners receive :class:`~ocs_locking.status.LockEvent` values in ``seq``
-  order, outside the internal mutex.
+  order, outside the internal mutex (:mod:`ocs_locking.listeners`).
 
 This module knows nothing of OCS or the network: Twisted is used only for
 Deferreds and, lazily, the reactor to schedule timeouts.
 """
+import logging
 import math
 import threading
 import time
 from collections import deque
 
 from twisted.internet import defer
-from twisted.python import log as _twlog
 from twisted.python import threadable as _threadable
 
 from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
+from .listeners import Listeners
 from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
 
 __all__ = ['TimeoutLock', 'Cancel', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
            'LockTimeout']
 
+log = logging.getLogger(__name__)
+
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 _MAX_WAIT = threading.TIMEOUT_MAX
+_inf = math.inf
 
 # Waiter states. A waiter leaves WAITING exactly once, under the mutex.
 _WAITING, _GRANTED, _GAVE_UP, _CANCELLED, _CLOSED = range(5)
@@ -54,20 +64,15 @@ def check_timeout(timeout):
     with a one-line message otherwise. ``None`` is not accepted here.
     """
     t = type(timeout)
-    if (t is int or t is float) and 0 <= timeout < math.inf:
+    if (t is int or t is float) and 0 <= timeout < _inf:
         return timeout
     if t is bool or not isinstance(timeout, (int, float)):
         raise TypeError(f'timeout must be a number or None, not {t.__name__} {timeout!r}')
-    if timeout == -1 or timeout == math.inf:
+    if timeout == -1 or timeout == _inf:
         return -1
     if timeout >= 0:
         return float(timeout)
     raise ValueError(f'timeout must be >= 0 or -1 (wait forever), not {timeout!r}')
-
-
-def _in_reactor_thread(ident):
-    io = _threadable.ioThread
-    return io is not None and io == ident
 
 
 def _thread_name(ident):
@@ -91,7 +96,7 @@ class _Waiter:
         self.wake = None       # threading.Lock held until granted or closed
         self.deferred = None   # or the Deferred handed to reactor code
         self.timer = None
-        self.token = 0
+        self.token = 0         # the grant's token, once granted
 
 
 class Cancel:
@@ -148,20 +153,28 @@ class _AcquireTimeout:
         self._owner = None
 
     def __enter__(self):
-        if self._lock._acquire(self._timeout, self._job, self._op, self._session_id):
-            self._owner = _get_ident()
+        lock = self._lock
+        if lock._acquire(self._timeout, self._job, self._op, self._session_id):
+            self._owner = lock._owner       # this thread: only it can change it now
             return True
         return False
 
     def __exit__(self, *exc):
         # Release only a hold this thread still has: after a failed
         # release_and_acquire the lock belongs to someone else (ocs released it
-        # anyway, letting two threads talk to the hardware at once).
+        # anyway, letting two threads talk to the hardware at once). Only this
+        # thread can change _owner away from itself, so the check is exact.
         owner = self._owner
         if owner is not None:
             lock = self._lock
             if lock._owner == owner and not lock._by_deferred:
-                lock.release()
+                # release() without its owner check, just made
+                with lock._mutex:
+                    w = lock._release_locked()
+                if w is not None:
+                    lock._wake(w)
+                if lock._events:
+                    lock._listeners.run()
         return False
 
 
@@ -190,39 +203,52 @@ class TimeoutLock:
             schedule timeouts and wake-ups; defaults to the global reactor,
             looked up on first use. Tests may pass a
             :class:`twisted.internet.task.Clock` with ``callFromThread``.
+        strict_reactor (bool): if True, every thread call with ``timeout != 0``
+            made on the reactor thread raises :class:`ReactorBlockingError`,
+            even when the lock is free (it finds reactor code that would
+            freeze the reactor under contention). Default False: such a call
+            is served when it needs no wait, and returns False at once with a
+            logged warning when it would.
     """
 
-    def __init__(self, default_timeout=0, *, name='lock', reactor=None):
+    def __init__(self, default_timeout=0, *, name='lock', reactor=None, strict_reactor=False):
         if not isinstance(name, str) or not name:
             raise TypeError(f'name must be a non-empty string, not {name!r}')
+        if type(strict_reactor) is not bool:
+            raise TypeError(f'strict_reactor must be True or False, not {strict_reactor!r}')
         self.name = name
         self._default_timeout = 0
         self._default_timeout = self._check_timeout(default_timeout)
         self._reactor = reactor
+        self._strict_reactor = strict_reactor
         self._mutex = threading.Lock()
-        # Holder state. Invariant: _owner is None => _waiters is empty
-        # (a release hands the lock straight to the first waiter).
+        # Holder state, changed only under the mutex by a grant or a release.
+        # Invariant: _owner is None => _waiters is empty (a release hands the
+        # lock straight to the first waiter).
+        # Invariant: _by_deferred, _op, _session_id and _since describe the
+        # holder only while _owner is not None (every grant sets them); _job
+        # is None whenever _owner is None.
         self._owner = None          # thread ident of the holder
         self._by_deferred = False   # granted through acquire_deferred
         self._job = None
         self._op = None
         self._session_id = None
         self._since = 0.0           # monotonic time of the grant
-        self._token = 0             # grants so far; the holder's token
         self._waiters = deque()     # of _Waiter, FIFO
         self._closed = False
-        # Counters (see LockCounters).
+        # Counters (see LockCounters). Derived, not stored: the holder's token
+        # is _n_acquired (every grant takes the next number), and released is
+        # _n_acquired minus 1 while the lock is held.
         self._n_acquired = 0
-        self._n_released = 0
         self._n_timed_out = 0
         self._n_cancelled = 0
         self._n_handoffs = 0
         self._longest_hold = 0.0
         self._longest_wait = 0.0
-        # Listeners and the ordered queue of events still to deliver.
-        self._listeners = ()
-        self._events = deque()
-        self._emit_lock = threading.Lock()
+        # Events are put under the mutex (so seq order is the order of the
+        # changes) and delivered after it is let go.
+        self._listeners = Listeners(f"TimeoutLock '{name}'")
+        self._events = self._listeners.queue    # the same deque: a cheap "any to deliver?"
         self._seq = 0
 
     # -- argument checks (before any state is touched) ----------------------
@@ -231,7 +257,7 @@ class TimeoutLock:
         if timeout is None:
             return self._default_timeout
         t = type(timeout)
-        if (t is int or t is float) and 0 <= timeout < math.inf:
+        if (t is int or t is float) and 0 <= timeout < _inf:
             return timeout
         return check_timeout(timeout)
 
@@ -245,52 +271,67 @@ class TimeoutLock:
             raise TypeError(f'session_id must be an int or None, not '
                             f'{type(session_id).__name__} {session_id!r}')
 
-    def _refuse_on_reactor(self, what, timeout, me):
-        if timeout != 0 and _in_reactor_thread(me):
-            raise ReactorBlockingError(
-                f"{what}(timeout={timeout!r}) on TimeoutLock '{self.name}' would "
-                f"block the reactor thread; use acquire_deferred() or timeout=0")
+    def _refuse_on_reactor(self, what, timeout):
+        raise ReactorBlockingError(
+            f"{what}(timeout={timeout!r}) on TimeoutLock '{self.name}' would "
+            f"block the reactor thread; use acquire_deferred() or timeout=0")
 
-    # -- the one place a grant is made (mutex held) --------------------------
+    def _reactor_wait_message(self, what, timeout, job, outcome):
+        # mutex held. One line: the lock, the call, the job, who is in the way.
+        return (f"TimeoutLock '{self.name}': {what}(timeout={timeout!r}) for job {job!r} "
+                f"on the reactor thread returned False at once: {outcome}, "
+                f"{len(self._waiters)} waiting (waiting here would freeze the reactor; "
+                f"reactor code waits with acquire_deferred())")
 
-    def _grant(self, owner, by_deferred, job, op, session_id, now):
+    # -- the one grant path and the one release path (mutex held) -----------
+
+    def _grant(self, owner, by_deferred, job, op, session_id, wake=None):
+        """Make the grant; a thread waiter's ``wake`` is released as early as
+        possible. Returns the (monotonic) time of the grant."""
         self._owner = owner
         self._by_deferred = by_deferred
         self._job = job
+        if wake is not None:
+            # A thread waiter reads only its own state and the fields set
+            # above (``held_by_me``, ``job``); everything else is read under
+            # the mutex, still held. Waking it first shortens the hand-off.
+            wake.release()
         self._op = op
         self._session_id = session_id
-        self._since = now
-        self._token += 1
+        self._since = now = _monotonic()
         self._n_acquired += 1
-        if self._listeners:
-            self._queue_event('acquired', job, op, session_id, now, self._token)
+        if self._listeners.fns:
+            self._queue_event('acquired', job, op, session_id, now, self._n_acquired)
+        return now
 
-    def _handoff(self, now):
-        """Give the lock to the first waiter (mutex held). Returns that waiter."""
-        w = self._waiters.popleft()
-        w.state = _GRANTED
-        waited = now - w.since
-        if waited > self._longest_wait:
-            self._longest_wait = waited
-        self._n_handoffs += 1
-        self._grant(w.owner, w.deferred is not None, w.job, w.op, w.session_id, now)
-        w.token = self._token
-        return w
+    def _release_locked(self):
+        """End the current hold: hand the lock to the first waiter, or free it.
 
-    def _end_hold(self, now):
-        """Account for the end of the current hold (mutex held)."""
-        held = now - self._since
+        A thread waiter is woken here (see :meth:`_grant`). Returns a
+        Deferred waiter that the caller must wake with :meth:`_wake` after
+        letting go of the mutex, or None.
+        """
+        since = self._since
+        if self._listeners.fns:
+            self._queue_event('released', self._job, self._op, self._session_id,
+                              since, self._n_acquired)
+        if self._waiters:
+            w = self._waiters.popleft()
+            w.state = _GRANTED
+            now = self._grant(w.owner, w.deferred is not None, w.job, w.op, w.session_id,
+                              w.wake)
+            w.token = self._n_acquired
+            self._n_handoffs += 1
+            waited = now - w.since
+            if waited > self._longest_wait:
+                self._longest_wait = waited
+        else:
+            w = self._owner = self._job = None
+            now = _monotonic()
+        held = now - since
         if held > self._longest_hold:
             self._longest_hold = held
-        self._n_released += 1
-        if self._listeners:
-            self._queue_event('released', self._job, self._op, self._session_id,
-                              self._since, self._token)
-
-    def _free(self):
-        self._owner = None
-        self._by_deferred = False
-        self._job = self._op = self._session_id = None
+        return w if w is not None and w.wake is None else None
 
     def _wake(self, w):
         """Tell a waiter its state changed (mutex NOT held)."""
@@ -319,10 +360,13 @@ class TimeoutLock:
                 (the call then returns False).
 
         Returns:
-            bool: True if this thread now holds the lock.
+            bool: True if this thread now holds the lock. On the reactor
+            thread a call that would have to wait returns False at once and
+            logs a warning (see the module docstring).
 
         Raises:
-            ReactorBlockingError: a wait (timeout != 0) on the reactor thread.
+            ReactorBlockingError: timeout != 0 on the reactor thread, for a
+                lock made with ``strict_reactor=True``.
             LockClosed: the lock is closed, or was closed while waiting.
             RuntimeError: this thread already holds the lock and would wait
                 for itself.
@@ -336,24 +380,15 @@ class TimeoutLock:
         return self._acquire(timeout, job, op, session_id, cancel)
 
     def _acquire(self, timeout, job, op, session_id, cancel=None):
-        # Arguments already checked. The uncontended path is inlined: it is
-        # what every locked operation pays.
+        # Arguments already checked.
         me = _get_ident()
-        if timeout != 0 and _threadable.ioThread == me:
-            self._refuse_on_reactor('acquire', timeout, me)
-        now = _monotonic()
+        if self._strict_reactor and timeout != 0 and _threadable.ioThread == me:
+            self._refuse_on_reactor('acquire', timeout)
         with self._mutex:
             if self._owner is None and not self._closed:
-                self._owner = me
-                self._job = job
-                self._op = op
-                self._session_id = session_id
-                self._since = now
-                self._token += 1
-                self._n_acquired += 1
-                if not self._listeners:
+                self._grant(me, False, job, op, session_id)
+                if not self._events:
                     return True
-                self._queue_event('acquired', job, op, session_id, now, self._token)
                 granted = True
             elif self._closed:
                 raise LockClosed(f"TimeoutLock '{self.name}' is closed")
@@ -363,14 +398,34 @@ class TimeoutLock:
                 raise RuntimeError(
                     f"TimeoutLock '{self.name}' is already held by this thread "
                     f"(job {self._job!r}); it is not re-entrant")
+            elif _threadable.ioThread == me:
+                warning = self._reactor_wait_message('acquire', timeout, job,
+                                                     f'held by job {self._job!r}')
+                granted = False
             else:
+                warning = None
+                now = _monotonic()     # the deadline counts from here
                 w = self._enqueue_thread(job, op, session_id, me, now, cancel)
                 granted = None if w is not None else False
         if self._events:
-            self._drain()
-        if granted is not None:
-            return granted
-        return self._wait(w, None if timeout == -1 else now + timeout, cancel)
+            self._listeners.run()
+        if granted is None:
+            # The first wait is inlined: a waiter woken with the grant returns
+            # with the least work (it is on the hand-off's critical path).
+            wake = w.wake
+            if timeout == -1:
+                deadline = None
+                woken = wake.acquire()
+            else:
+                deadline = now + timeout
+                left = deadline - _monotonic()
+                woken = left > 0 and wake.acquire(True, left if left < _MAX_WAIT else _MAX_WAIT)
+            if woken and w.state == _GRANTED and cancel is None:
+                return True
+            return self._wait(w, deadline, cancel, woken)
+        if not granted and warning is not None:
+            log.warning(warning)
+        return granted
 
     def _enqueue_thread(self, job, op, session_id, me, now, cancel=None):
         """Queue a thread waiter (mutex held); None if ``cancel`` already fired."""
@@ -380,22 +435,24 @@ class TimeoutLock:
         w.wake = threading.Lock()
         w.wake.acquire()
         self._waiters.append(w)
-        if self._listeners:
+        if self._listeners.fns:
             self._queue_event('waiting', job, op, session_id, now, 0)
         return w
 
-    def _wait(self, w, deadline, cancel=None):
-        """Block until ``w`` is granted, closed, cancelled or the deadline passes."""
+    def _wait(self, w, deadline, cancel=None, woken=False):
+        """Block until ``w`` is granted, closed, cancelled or the deadline
+        passes (``woken``: its wake lock was already taken)."""
         wake = w.wake
-        if deadline is None:
+        if woken:
+            pass
+        elif deadline is None:
             woken = wake.acquire()
         else:
-            woken = False
             while True:
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     break
-                if wake.acquire(timeout=min(remaining, _MAX_WAIT)):
+                if wake.acquire(True, min(remaining, _MAX_WAIT)):
                     woken = True
                     break
         if woken:
@@ -407,7 +464,7 @@ class TimeoutLock:
                 if state == _WAITING:
                     self._withdraw_locked(w, _GAVE_UP)
             if self._events:
-                self._drain()
+                self._listeners.run()
         if cancel is not None:
             cancel._detach(w)
         if state == _GRANTED:
@@ -425,7 +482,7 @@ class TimeoutLock:
             self._n_timed_out += 1
         else:
             self._n_cancelled += 1
-        if self._listeners:
+        if self._listeners.fns:
             self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
 
     def _abort(self, w):
@@ -436,7 +493,7 @@ class TimeoutLock:
             self._withdraw_locked(w, _CANCELLED)
         w.wake.release()
         if self._events:
-            self._drain()
+            self._listeners.run()
 
     def release(self):
         """Release the lock; only the holder may.
@@ -450,54 +507,11 @@ class TimeoutLock:
         with self._mutex:
             if self._owner != me:
                 raise NotOwner(self._not_owner_message('release'))
-            now = _monotonic()
-            if not self._listeners:
-                # The common cases inlined: they are on every operation's path,
-                # and a waiter is woken sooner the less we do before waking it.
-                held = now - self._since
-                if held > self._longest_hold:
-                    self._longest_hold = held
-                self._n_released += 1
-                if not self._waiters:
-                    self._owner = None
-                    self._by_deferred = False
-                    self._job = self._op = self._session_id = None
-                    return
-                w = self._waiters.popleft()
-                w.state = _GRANTED
-                self._owner = w.owner
-                self._job = w.job
-                self._by_deferred = w.deferred is not None
-                if w.deferred is None:
-                    # Wake the thread at once and finish the bookkeeping while
-                    # still holding the mutex: the waiter needs only its state,
-                    # the owner and the job; everyone else reads under the mutex.
-                    w.wake.release()
-                self._op = w.op
-                self._session_id = w.session_id
-                self._since = now
-                self._token += 1
-                w.token = self._token
-                self._n_acquired += 1
-                self._n_handoffs += 1
-                waited = now - w.since
-                if waited > self._longest_wait:
-                    self._longest_wait = waited
-                if w.deferred is None:
-                    return
-            else:
-                w = self._release_locked(now)
+            w = self._release_locked()
         if w is not None:
             self._wake(w)
         if self._events:
-            self._drain()
-
-    def _release_locked(self, now):
-        self._end_hold(now)
-        if self._waiters:
-            return self._handoff(now)
-        self._free()
-        return None
+            self._listeners.run()
 
     def _not_owner_message(self, what):
         if self._owner is None:
@@ -511,7 +525,9 @@ class TimeoutLock:
         With nobody waiting this returns True at once and the caller keeps the
         lock. Otherwise the caller queues behind every waiter present now and
         waits at most ``timeout`` for its turn, keeping its job name. A
-        :class:`Cancel` token passed as ``cancel`` ends that wait early.
+        :class:`Cancel` token passed as ``cancel`` ends that wait early. On
+        the reactor thread, with someone waiting, the lock is handed on and
+        the call returns False at once with a logged warning.
 
         Returns:
             bool: True if the caller holds the lock again. On False the caller
@@ -520,16 +536,17 @@ class TimeoutLock:
 
         Raises:
             NotOwner: the caller does not hold the lock.
-            ReactorBlockingError: timeout != 0 on the reactor thread.
+            ReactorBlockingError: timeout != 0 on the reactor thread, for a
+                lock made with ``strict_reactor=True``.
             LockClosed: the lock is closed (the caller's hold is released).
         """
         timeout = self._check_timeout(timeout)
         if cancel is not None and not isinstance(cancel, Cancel):
             raise TypeError(f'cancel must be a Cancel token or None, not {cancel!r}')
         me = _get_ident()
-        if timeout != 0 and _threadable.ioThread == me:
-            self._refuse_on_reactor('release_and_acquire', timeout, me)
-        w = mine = None
+        if self._strict_reactor and timeout != 0 and _threadable.ioThread == me:
+            self._refuse_on_reactor('release_and_acquire', timeout)
+        mine = warning = None
         with self._mutex:
             if self._owner != me:
                 raise NotOwner(self._not_owner_message('release_and_acquire'))
@@ -537,16 +554,23 @@ class TimeoutLock:
                 return True
             now = _monotonic()
             job, op, session_id = self._job, self._op, self._session_id
-            w = self._release_locked(now)
             closed = self._closed
+            if not closed and timeout != 0 and _threadable.ioThread == me:
+                warning = self._reactor_wait_message(
+                    'release_and_acquire', timeout, job,
+                    f'it handed the lock to job {self._waiters[0].job!r}')
+                timeout = 0
+            w = self._release_locked()
             if not closed and timeout != 0:
                 mine = self._enqueue_thread(job, op, session_id, me, now, cancel)
         if w is not None:
             self._wake(w)
         if self._events:
-            self._drain()
+            self._listeners.run()
         if closed:
             raise LockClosed(f"TimeoutLock '{self.name}' is closed; the hold was released")
+        if warning is not None:
+            log.warning(warning)
         if mine is None:
             return False
         return self._wait(mine, None if timeout == -1 else now + timeout, cancel)
@@ -563,7 +587,10 @@ class TimeoutLock:
                     return False, f'Lock held by {lock.job}'
                 ...
         """
-        timeout = self._check_timeout(timeout)
+        if timeout is None:
+            timeout = self._default_timeout
+        elif not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _inf):
+            timeout = check_timeout(timeout)
         if (job is not None and type(job) is not str) or op is not None \
                 or session_id is not None:
             self._check_job(job, op, session_id)
@@ -615,7 +642,7 @@ class TimeoutLock:
             if self._closed:
                 result = defer.fail(LockClosed(f"TimeoutLock '{self.name}' is closed"))
             elif self._owner is None:
-                self._grant(me, True, job, op, session_id, now)
+                self._grant(me, True, job, op, session_id)
                 result = defer.succeed(True)
             elif timeout == 0:
                 result = defer.succeed(False)
@@ -623,12 +650,12 @@ class TimeoutLock:
                 w = _Waiter(job, op, session_id, me, now)
                 w.deferred = result = defer.Deferred(lambda d: self._cancel_deferred(w))
                 self._waiters.append(w)
-                if self._listeners:
+                if self._listeners.fns:
                     self._queue_event('waiting', job, op, session_id, now, 0)
         if w is not None and timeout > 0:
             w.timer = self._get_reactor().callLater(timeout, self._deferred_timed_out, w)
         if self._events:
-            self._drain()
+            self._listeners.run()
         return result
 
     def _deferred_timed_out(self, w):
@@ -638,7 +665,7 @@ class TimeoutLock:
                 return  # granted or closed: _settle_deferred fires it
             self._withdraw_locked(w, _GAVE_UP)
         if self._events:
-            self._drain()
+            self._listeners.run()
         w.deferred.callback(False)
 
     def _cancel_deferred(self, w):
@@ -647,20 +674,20 @@ class TimeoutLock:
             state = w.state
             if state == _WAITING:
                 self._waiters.remove(w)
-            elif state == _GRANTED and self._token == w.token:
+            elif state == _GRANTED and self._n_acquired == w.token:
                 # Granted but not yet delivered: give it to the next in line.
-                handed = self._release_locked(_monotonic())
+                handed = self._release_locked()
             w.state = _CANCELLED
             if state in (_WAITING, _GRANTED):
                 self._n_cancelled += 1
-                if self._listeners:
+                if self._listeners.fns:
                     self._queue_event('gave_up', w.job, w.op, w.session_id, w.since, 0)
         if w.timer is not None and w.timer.active():
             w.timer.cancel()
         if handed is not None:
             self._wake(handed)
         if self._events:
-            self._drain()
+            self._listeners.run()
         # Leaving the Deferred uncalled makes Twisted errback CancelledError.
 
     def _settle_deferred(self, w):
@@ -690,12 +717,12 @@ class TimeoutLock:
             self._waiters.clear()
             for w in woken:
                 w.state = _CLOSED
-            if self._listeners:
+            if self._listeners.fns:
                 self._queue_event('closed', None, None, None, None, 0)
         for w in woken:
             self._wake(w)
         if self._events:
-            self._drain()
+            self._listeners.run()
 
     @property
     def closed(self):
@@ -709,19 +736,20 @@ class TimeoutLock:
             now = _monotonic()
             wall = time.time() - now
             holder = None
-            if self._owner is not None:
+            held = self._owner is not None
+            if held:
                 holder = HolderInfo(
                     job=self._job, op=self._op, session_id=self._session_id,
                     thread=('reactor' if self._by_deferred else _thread_name(self._owner)),
                     since=wall + self._since, held_for=now - self._since,
-                    token=self._token)
+                    token=self._n_acquired)
             waiters = tuple(
                 WaiterInfo(job=w.job, op=w.op, session_id=w.session_id,
                            since=wall + w.since, waited_for=now - w.since,
                            reactor=w.deferred is not None)
                 for w in self._waiters)
             counters = LockCounters(
-                acquired=self._n_acquired, released=self._n_released,
+                acquired=self._n_acquired, released=self._n_acquired - held,
                 timed_out=self._n_timed_out, cancelled=self._n_cancelled,
                 handoffs=self._n_handoffs, longest_hold=self._longest_hold,
                 longest_wait=self._longest_wait)
@@ -747,41 +775,19 @@ class TimeoutLock:
         if not callable(fn):
             raise TypeError(f'listener must be callable, not {fn!r}')
         with self._mutex:
-            self._listeners = self._listeners + (fn,)
+            self._listeners.add(fn)
 
     def remove_listener(self, fn):
         with self._mutex:
-            self._listeners = tuple(f for f in self._listeners if f is not fn)
+            self._listeners.remove(fn)
 
     def _queue_event(self, event, job, op, session_id, since_mono, token):
         # mutex held: seq order == queue order == delivery order
         self._seq += 1
         since = None if since_mono is None else time.time() - (_monotonic() - since_mono)
-        self._events.append(LockEvent(
+        self._listeners.put(LockEvent(
             lock=self.name, event=event, job=job, op=op, session_id=session_id,
             since=since, waiters=len(self._waiters), token=token, seq=self._seq))
-
-    def _drain(self):
-        events = self._events
-        while events:
-            # Whoever holds _emit_lock delivers; others leave their events to
-            # it, and it re-checks the queue after letting go.
-            if not self._emit_lock.acquire(blocking=False):
-                return
-            try:
-                while events:
-                    try:
-                        ev = events.popleft()
-                    except IndexError:
-                        break
-                    for fn in self._listeners:
-                        try:
-                            fn(ev)
-                        except Exception:
-                            _twlog.err(None, f"listener {fn!r} of TimeoutLock "
-                                             f"'{self.name}' failed")
-            finally:
-                self._emit_lock.release()
 
     def __repr__(self):
         holder = 'free' if self._owner is None else f'held by {self._job!r}'

@@ -143,6 +143,11 @@ class LockProbe:
     def close(self):
         self.lock.remove_listener(self._record)
 
+    def kinds(self):
+        """The kinds of the events seen so far, in order (``['acquired', ...]``)."""
+        with self._cond:
+            return [e.event for _, e in self.events]
+
     def _matching(self, event, job):
         return [(t, e) for t, e in self.events
                 if e.event == event and (job is None or e.job == job)]

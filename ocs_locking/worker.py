@@ -1,15 +1,17 @@
 """DeviceWorker: one thread owns a driver that must not be used from several threads (the
 Beremiz main-worker pattern). No OCS here; Twisted only for Deferreds, the reactor lazily."""
 import concurrent.futures
+import logging
 import threading
 from collections import deque
 
 from twisted.internet import defer
-from twisted.python import log as _twlog
 
 from .errors import WorkerStopped
 
 __all__ = ['DeviceWorker', 'WorkerStopped']
+
+log = logging.getLogger(__name__)
 
 _NEW, _RUNNING, _STOPPED = 'new', 'running', 'stopped'
 
@@ -180,7 +182,7 @@ class DeviceWorker:
                     self._calls += 1
         except BaseException as e:
             if self._started.is_set():
-                _twlog.err(None, f'DeviceWorker {self.name!r} failed and is stopped')
+                log.exception('DeviceWorker %r failed and is stopped', self.name)
             else:
                 self._start_error = e
         finally:
@@ -194,5 +196,5 @@ class DeviceWorker:
                 try:
                     self._on_stop()
                 except Exception:
-                    _twlog.err(None, f'on_stop of DeviceWorker {self.name!r} failed')
+                    log.exception('on_stop of DeviceWorker %r failed', self.name)
             self._started.set()     # after a failed on_start: start() may now raise

@@ -1,11 +1,11 @@
-"""Test helpers: a real reactor in a background thread, a fake reactor, actors
-that hold a lock from a thread or from the reactor, and an event recorder to
-wait on lock events instead of sleeping."""
+"""Test helpers: a real reactor in a background thread, a fake reactor, and
+actors that take a lock from a thread or from the reactor. To wait on lock
+events instead of sleeping, tests use :class:`ocs_locking.testing.LockProbe`."""
 import concurrent.futures
-import threading
 
 from twisted.internet import task
 
+from ocs_locking import Cancel
 from ocs_locking.testing import ReactorThread  # noqa: F401  (re-exported for the tests)
 
 WAIT = 10.0  # bound on every wait in the tests, in seconds
@@ -18,35 +18,6 @@ class FakeReactor(task.Clock):
         self.callLater(0, f, *args, **kwargs)
 
 
-class EventRecorder:
-    """A lock listener that records events and lets tests wait for them."""
-
-    def __init__(self, lock=None):
-        self.events = []
-        self._cond = threading.Condition()
-        if lock is not None:
-            lock.add_listener(self)
-
-    def __call__(self, event):
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def count(self, kind):
-        with self._cond:
-            return sum(1 for e in self.events if e.event == kind)
-
-    def wait_for(self, kind, n=1, timeout=WAIT):
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: sum(1 for e in self.events if e.event == kind) >= n, timeout)
-        assert ok, f'timed out waiting for {n} {kind!r} events; got {self.events}'
-
-    def kinds(self):
-        with self._cond:
-            return [e.event for e in self.events]
-
-
 class ThreadActor:
     """Calls lock methods from its own thread, in submission order."""
     kind = 'thread'
@@ -57,8 +28,15 @@ class ThreadActor:
         self._ex = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
 
     def acquire(self, timeout, job=None):
-        """Start acquiring; returns a Future of the result (True/False or error)."""
-        return self._ex.submit(self.lock.acquire, timeout, job or self.name)
+        """Start acquiring; returns a Future of the result (True/False or error).
+        :meth:`cancel` ends that wait (it then returns False)."""
+        self._cancel = Cancel()
+        return self._ex.submit(self.lock.acquire, timeout, job or self.name,
+                               cancel=self._cancel)
+
+    def cancel(self):
+        """Cancel the last acquire (its Cancel token)."""
+        self._cancel.cancel()
 
     def call(self, fn, *args):
         return self._ex.submit(fn, *args)
@@ -83,9 +61,30 @@ class ReactorActor:
         fut = concurrent.futures.Future()
 
         def start():
-            d = self.lock.acquire_deferred(timeout, job or self.name)
+            try:
+                d = self._deferred = self.lock.acquire_deferred(timeout, job or self.name)
+            except Exception as e:
+                fut.set_exception(e)
+                return
             d.addCallbacks(fut.set_result, lambda f: fut.set_exception(f.value))
         self.rt.reactor.callFromThread(start)
+        return fut
+
+    def cancel(self):
+        """Cancel the last acquire (its Deferred; the Future then fails with
+        CancelledError)."""
+        self.rt.call(self._deferred.cancel)
+
+    def call(self, fn, *args):
+        """Run fn on the reactor thread; returns a Future of its result."""
+        fut = concurrent.futures.Future()
+
+        def run():
+            try:
+                fut.set_result(fn(*args))
+            except Exception as e:
+                fut.set_exception(e)
+        self.rt.reactor.callFromThread(run)
         return fut
 
     def release(self):

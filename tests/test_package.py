@@ -8,6 +8,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,10 +50,12 @@ def test_ocs_agent_cli_discovers_every_agent_of_the_plugin():
         assert callable(getattr(module, info['entry_point']))
 
 
-def test_lock_core_imports_nothing_from_ocs_or_the_network():
-    """When ocs_locking.lock is imported alone, neither ocs, autobahn nor a
-    Twisted reactor is loaded (the core stays free of OCS and network code)."""
-    code = ('import sys, ocs_locking.lock; '
+@pytest.mark.parametrize('module', ['ocs_locking.lock', 'ocs_locking.listeners'])
+def test_lock_core_imports_nothing_from_ocs_or_the_network(module):
+    """When ocs_locking.lock or ocs_locking.listeners is imported alone, neither
+    ocs, autobahn nor a Twisted reactor is loaded (the core stays free of OCS
+    and network code)."""
+    code = (f'import sys, {module}; '
             'bad = [m for m in ("ocs", "autobahn", "twisted.internet.reactor") if m in sys.modules]; '
             'print(bad)')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

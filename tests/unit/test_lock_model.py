@@ -136,5 +136,8 @@ class LockModel(RuleBasedStateMachine):
 
 
 TestTimeoutLockModel = LockModel.TestCase
+TestTimeoutLockModel.__doc__ = (
+    'When requests, try-once acquires, releases, cancels, clock advances and close '
+    'are interleaved at random, the lock status and every outcome match the model.')
 TestTimeoutLockModel.settings = settings(max_examples=150, stateful_step_count=40,
                                          deadline=None)

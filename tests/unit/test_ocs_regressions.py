@@ -87,16 +87,18 @@ def _other_release_leak(lock_cls):
 
 
 def test_ocs_baseline_acquire_timeout_releases_another_operations_hold():
-    """ocs: leaving acquire_timeout after a failed release_and_acquire releases
-    the task's hold, a third operation gets in while the task still talks to
-    the device, and a later release crashes with 'release unlocked lock'."""
+    """When a process leaves acquire_timeout after a failed release_and_acquire,
+    ocs releases the task's hold: a third operation gets in while the task
+    still talks to the device, and a later release crashes with 'release
+    unlocked lock'."""
     holders, errors = _other_release_leak(OcsTimeoutLock)
     assert holders == 2
     assert errors == ['release unlocked lock']
 
 
 def test_TimeoutLock_acquire_timeout_never_releases_another_operations_hold():
-    """ours: the task keeps the lock, nobody else gets in, its release works."""
+    """When a process leaves acquire_timeout after a failed release_and_acquire,
+    ours leaves the task's hold alone: nobody else gets in, its release works."""
     holders, errors = _other_release_leak(TimeoutLock)
     assert holders == 1
     assert errors == []
@@ -119,12 +121,12 @@ def _try(fn):
 
 
 def test_ocs_baseline_anyone_can_release():
-    """ocs: a thread that never acquired can release the holder's lock."""
+    """When a thread that never acquired releases the lock, ocs lets it."""
     assert _release_by_stranger(OcsTimeoutLock) == 'released'
 
 
 def test_TimeoutLock_only_holder_can_release():
-    """ours: the stranger gets NotOwner."""
+    """When a thread that never acquired releases the lock, ours raises NotOwner."""
     assert _release_by_stranger(TimeoutLock) is NotOwner
 
 
@@ -156,7 +158,8 @@ def _served_before_retake(lock_cls, n=3, trials=20):
 
 
 def test_TimeoutLock_release_and_acquire_lets_every_waiter_in():
-    """ours: all 3 waiters are served before the holder re-takes, every trial.
+    """When the holder calls release_and_acquire with 3 threads waiting, ours
+    serves all 3 before the holder re-takes, every trial.
 
     ocs only promises one; on Linux its futex wake order often serves all
     three anyway, so there is no baseline test that would reliably fail."""
@@ -186,15 +189,40 @@ def _double_timeout(lock_cls, timeout=1.0):
 
 
 def test_ocs_baseline_applies_the_timeout_twice():
-    """ocs: timeout=1.0 waits almost 2 s (one timeout per internal lock)."""
+    """When a waiter ahead gives up just before our deadline, ocs's
+    timeout=1.0 waits almost 2 s (one timeout per internal lock)."""
     got, elapsed = _double_timeout(OcsTimeoutLock)
     assert got is False
     assert elapsed >= 1.5
 
 
 def test_TimeoutLock_applies_one_deadline():
-    """ours: timeout=1.0 gives up after 1 s (bound with a generous margin;
+    """When a waiter ahead gives up just before our deadline, ours gives up
+    after 1 s for timeout=1.0 (a deadline is a time: bound with a generous margin;
     the exact overshoot is measured in benchmarks/lock_bench.py)."""
     got, elapsed = _double_timeout(TimeoutLock)
     assert got is False
     assert 1.0 <= elapsed < 1.5
+
+
+def _reactor_task_on_a_free_lock(lock, reactor_thread):
+    """socs ibootbar's pattern: a ``blocking=False`` task (run on the reactor
+    thread) doing ``with lock.acquire_timeout(timeout=3, job=...)``."""
+    def set_outlet():
+        with lock.acquire_timeout(timeout=3, job='set_outlet') as acquired:
+            return acquired, lock.job
+    return reactor_thread.call(set_outlet), lock.job
+
+
+def test_ocs_baseline_serves_a_free_lock_on_the_reactor_thread(reactor_thread):
+    """When a reactor task takes a free ocs lock with timeout=3, it gets it at once."""
+    assert _reactor_task_on_a_free_lock(OcsTimeoutLock(), reactor_thread) == \
+        ((True, 'set_outlet'), None)
+
+
+def test_TimeoutLock_serves_a_free_lock_on_the_reactor_thread_like_ocs(reactor_thread):
+    """When the same reactor task takes a free ocs_locking lock, it gets it at
+    once too (the strict refusal of every reactor-thread wait made it fail
+    with ReactorBlockingError)."""
+    assert _reactor_task_on_a_free_lock(TimeoutLock(), reactor_thread) == \
+        ((True, 'set_outlet'), None)

@@ -4,13 +4,13 @@ errors come back with their traceback, and shutdown answers every caller.
 No sleeps: the tests wait on Events, Barriers, futures and the worker's own condition,
 each wait bounded by WAIT."""
 import concurrent.futures
+import logging
 import math
 import re
 import threading
 import traceback
 
 import pytest
-from twisted.python import log
 
 from ocs_locking.worker import DeviceWorker, WorkerStopped
 
@@ -62,11 +62,10 @@ def pool():
 
 
 @pytest.fixture
-def logged_errors():
-    errors = []
-    log.addObserver(errors.append)
-    yield errors
-    log.removeObserver(errors.append)
+def logged_errors(caplog):
+    """The error lines ocs_locking.worker logs (stdlib logging)."""
+    caplog.set_level(logging.ERROR, logger='ocs_locking.worker')
+    return caplog
 
 
 def wait_queued(worker, n):
@@ -396,8 +395,9 @@ def test_DeviceWorker_base_exception_in_fn_ends_the_worker_and_answers_everyone(
         assert isinstance(fut.exception(WAIT), WorkerStopped)
     with pytest.raises(WorkerStopped, match=r"^DeviceWorker 'dev' is stopped$"):
         worker.call(abs, 1)
-    assert any(e.get('isError') and "DeviceWorker 'dev' failed and is stopped"
-               in str(e.get('why')) for e in logged_errors)
+    assert any(r.levelno == logging.ERROR and r.exc_info
+               and r.getMessage() == "DeviceWorker 'dev' failed and is stopped"
+               for r in logged_errors.records)
 
 
 def test_DeviceWorker_failing_on_stop_is_logged_and_the_worker_ends(reactor, logged_errors):
@@ -409,8 +409,9 @@ def test_DeviceWorker_failing_on_stop_is_logged_and_the_worker_ends(reactor, log
     assert w.call(abs, -1) == 1
     w.stop(WAIT)
     assert 'DeviceWorker-dev' not in [t.name for t in threading.enumerate()]
-    assert any(e.get('isError') and "on_stop of DeviceWorker 'dev' failed" in str(e.get('why'))
-               for e in logged_errors)
+    assert any(r.levelno == logging.ERROR and r.exc_info
+               and r.getMessage() == "on_stop of DeviceWorker 'dev' failed"
+               for r in logged_errors.records)
 
 
 def test_DeviceWorker_stress_many_threads_one_worker_exact_counter(worker):
