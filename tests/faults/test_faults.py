@@ -9,12 +9,12 @@ After every test the registry's audit log is replayed by
 :func:`ocs_locking.leases.audit.check_audit`: no two owners ever held
 overlapping resources at once, and tokens only grew.
 
-Two kinds of site: ``site`` (one per module) with 2 s leases, for the holder
-faults, where the lease has to run out; before each of its tests
-:func:`healed` puts it back together (dead agents restarted, frozen ones woken,
-leftover leases dropped), so one failed test does not fail the next. And
-``slow_site``, a fresh site for each test, with 45 s leases, for the registry
-and router restarts, which the holder's lease is meant to ride through.
+Two sites, one per module each: ``site`` with 2 s leases, for the holder
+faults, where the lease has to run out, and ``slow_site`` with 45 s leases,
+for the registry and router restarts, which the holder's lease is meant to
+ride through. Before each test :func:`healed` puts its site back together
+(router up, dead agents restarted, frozen ones woken, leftover leases
+dropped), so one failed test does not fail the next.
 
 Every wait is for something the site shows (a grant appearing or going, an
 agent answering, the lease procedures registered), polled with a bound; the
@@ -138,13 +138,19 @@ def site(_fast_site):
     audit_replays_cleanly(_fast_site)
 
 
-@pytest.fixture
-def slow_site(tmp_path_factory, site_starter):
-    """A site of its own for each test, with SLOW_LEASE leases; its audit
-    log checked after."""
+@pytest.fixture(scope='module')
+def _slow_site(tmp_path_factory, site_starter):
     with _running(site_starter, tmp_path_factory.mktemp('faults-slow-site'), SLOW_LEASE) as s:
         yield s
-        audit_replays_cleanly(s)
+
+
+@pytest.fixture
+def slow_site(_slow_site):
+    """The module's SLOW_LEASE site, healed before the test; its audit log
+    checked after."""
+    healed(_slow_site)
+    yield _slow_site
+    audit_replays_cleanly(_slow_site)
 
 
 # -- helpers --------------------------------------------------------------------------
