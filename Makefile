@@ -31,8 +31,12 @@ $(CBVENV)/.installed: site-config/crossbar/requirements.txt
 venv: $(VENV)/.installed
 crossbar: $(CBVENV)/.installed
 
+# make run PORT=18011 moves the router (default: the port in SITE's hub.wamp_server);
+# SITE=docs/examples/own_agent_site.yaml runs another site config.
+SITE ?= site-config/default.yaml
+PORT ?=
 run: venv crossbar
-	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run site-config/default.yaml --host demo --workdir run --watch
+	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run $(SITE) --host demo --workdir run $(if $(PORT),--port $(PORT)) --watch
 
 test: venv crossbar
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' tests docs

@@ -48,13 +48,16 @@ class LeaseLost(RuntimeError):
     """The site-wide lease is gone: the hardware must not be touched."""
 
 
-class ReservationError(RuntimeError):
-    """The reservation could not be made: refused (bad arguments), or the
-    registry could not be reached. The one-line text says why."""
+class LeaseUnavailable(RuntimeError):
+    """The lease could not be had: the registry refused the request (bad
+    arguments), or could not be reached. The one-line text says why.
+    Raised by both lease holders, :class:`SiteLock` and :class:`Reservation`
+    (``ReservationError`` is the same class)."""
 
 
-class ReservationBusy(ReservationError):
-    """The resources stayed busy for every attempt of the retry policy.
+class LeaseBusy(LeaseUnavailable):
+    """The resources were held by someone else (for every attempt of a
+    Reservation's retry policy, or through a SiteLock's queue wait).
 
     Attributes:
         holders (list): the registry's last word on who holds them (dicts
@@ -66,3 +69,12 @@ class ReservationBusy(ReservationError):
         super().__init__(message)
         self.holders = list(holders)
         self.attempts = attempts
+
+
+class CliError(Exception):
+    """A failure of ``ocs-locks`` to report as one line on stderr (exit status 1)."""
+
+
+#: The names Reservation raised first; the same classes.
+ReservationError = LeaseUnavailable
+ReservationBusy = LeaseBusy

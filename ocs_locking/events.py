@@ -33,7 +33,7 @@ import time
 
 from .listeners import Listeners
 from .lock import TimeoutLock
-from .wamp import set_nodelay
+from .wamp import JoinEdge
 from .wire import LOCKS_FEED
 
 __all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message']
@@ -87,7 +87,7 @@ class LockReporter:
         self._out.add(self._send)
         self._bucket = {}           # lock name -> [tokens, reactor time of last refill]
         self._folded = {}           # lock name -> {'acquired': n, 'gave_up': n} folded
-        self._joined = False
+        self._join = JoinEdge(agent)
         agent.register_feed(FEED_NAME, record=False, max_messages=100)
         self._ticker = None
         reactor.callWhenRunning(self._start)
@@ -154,15 +154,12 @@ class LockReporter:
         self._ticker.start(1.0, now=True)
 
     def _tick(self):
-        joined = bool(getattr(self.agent, 'realm_joined', True))
+        rejoined = self._join.poll()
         now = self.reactor.seconds()
-        if joined and not self._joined:
-            set_nodelay(self.agent)     # see ocs_locking.wamp
-        if joined and (not self._joined or now - self._last_snapshot >= self.snapshot_every):
+        if self._join.joined and (rejoined or now - self._last_snapshot >= self.snapshot_every):
             self._last_snapshot = now
             for lock in list(self.locks.values()):
                 self._publish_snapshot(lock)
-        self._joined = joined
 
     def _publish_folded(self, name):
         with self._guard:

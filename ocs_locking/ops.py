@@ -26,19 +26,9 @@ __all__ = ['locked', 'refusal', 'YieldingHold']
 
 
 def refusal(lock, timeout=None):
-    """The standard one-line refusal for a lock that could not be acquired."""
-    st = lock.status()
-    if st.closed:
-        return f"Could not acquire lock '{st.name}': it is closed (the agent is shutting down)"
-    h = st.holder
-    if h is None:   # freed between our timeout and this message
-        within = '' if timeout is None else f' within {timeout:g} s'
-        return f"Could not acquire lock '{st.name}'{within}; it is free now, try again"
-    who = f"'{h.job}'" if h.job is not None else 'an unnamed job'
-    if h.session_id is not None:
-        who += f' (session {h.session_id})'
-    return (f"Could not acquire lock '{st.name}': held by {who} for "
-            f"{h.held_for:.1f} s; {len(st.waiters)} waiting")
+    """The standard one-line refusal for a lock that could not be acquired
+    (the text is :meth:`LockStatus.refusal <ocs_locking.status.LockStatus.refusal>`)."""
+    return lock.status().refusal(timeout)
 
 
 def _resolve(owner, lock):

@@ -5,6 +5,19 @@ each agent's ``locks`` feed and heartbeats — and the clock; it answers with
 the rows that changed. Rows are keyed ``<instance-id>/<lock>``; the instance
 id always comes from the topic the message arrived on, never from the
 message, so an agent can only ever speak about its own locks.
+
+Two things the messages alone do not say:
+
+* ``held_since``: a holder that lends the lock for a moment (an acquisition
+  loop handing it to a waiting task at a sample boundary, then re-taking it)
+  is still holding since its *first* grant. A hold continues through a
+  hand-over (a ``released`` with waiters, or a new holder without a release
+  in between) until the lock is released with nobody waiting.
+* Forgetting: an agent that holds nothing when it goes stale (a clean stop
+  ends its operations, so every lock is free or closed) leaves the table at
+  once; the rows of a stale agent that still holds a lock (a crash, a cut
+  link) stay, marked stale, for ``forget`` seconds of silence
+  (:meth:`OwnershipTable.forget_silent`).
 """
 import math
 import re
@@ -18,6 +31,12 @@ __all__ = ['OwnershipTable', 'BadLockMessage', 'EVENTS', 'ROW_KEYS']
 _NAME = re.compile(r'^[A-Za-z0-9_.:-]{1,64}$')
 _MAX_TEXT = 200
 
+#: Bounds of lock message fields (see the Events page): counters and tokens
+#: stay exact in JSON (2**53 - 1), a queue of more than a million waiters is
+#: no real lock's, and times are Unix times between 1970 and 2286.
+MAX_COUNT = 2 ** 53 - 1
+MAX_WAITERS = 10 ** 6
+MAX_TIME = 1e10
 
 
 def _opt_text(msg, key):
@@ -28,12 +47,12 @@ def _opt_text(msg, key):
     return v
 
 
-def _int(msg, key, optional=False):
+def _int(msg, key, optional=False, most=MAX_COUNT):
     v = msg.get(key)
     if v is None and optional:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise BadLockMessage(f'{key} must be an integer >= 0, not {v!r:.60}')
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= most:
+        raise BadLockMessage(f'{key} must be an integer 0..{most}, not {v!r:.60}')
     return v
 
 
@@ -41,8 +60,10 @@ def _time(msg, key):
     v = msg.get(key)
     if v is None:
         return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        raise BadLockMessage(f'{key} must be a time in seconds or null, not {v!r:.60}')
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+            or not 0 <= v <= MAX_TIME:
+        raise BadLockMessage(f'{key} must be a Unix time in seconds (0..{MAX_TIME:g}) or '
+                             f'null, not {v!r:.60}')
     return float(v)
 
 
@@ -61,7 +82,7 @@ def parse_lock_message(msg):
     folded = {k: _int(msg, k, optional=True) or 0 for k in ('folded_acquired', 'folded_gave_up')}
     return {**folded, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
             'op': _opt_text(msg, 'op'), 'session_id': _int(msg, 'session_id', optional=True),
-            'since': _time(msg, 'since'), 'waiters': _int(msg, 'waiters'),
+            'since': _time(msg, 'since'), 'waiters': _int(msg, 'waiters', most=MAX_WAITERS),
             'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot}
 
 
@@ -76,22 +97,52 @@ class _Agent:
         self.boot = None
 
 
+def _holder(row_or_msg):
+    """Who holds: (job, op, session_id), or None when nobody does."""
+    if row_or_msg['job'] is None and row_or_msg['since'] is None:
+        return None
+    return (row_or_msg['job'], row_or_msg['op'], row_or_msg['session_id'])
+
+
 class OwnershipTable:
     """Lock ownership for a whole site.
 
     Args:
         expiry (float): seconds without a heartbeat (or lock message) after
             which an agent's locks are marked stale (``alive`` False).
+        forget (float): seconds without a heartbeat after which a stale
+            agent's rows are removed (an agent that holds none of its
+            locks is removed as soon as it is stale).
+
+    The table owns its state: read it with :meth:`snapshot`, :meth:`rows_by_key`
+    and :attr:`dropped`; count a message refused before it reached the table
+    with :meth:`count_dropped`.
     """
 
-    def __init__(self, expiry=5.0):
+    def __init__(self, expiry=5.0, forget=600.0):
         if not isinstance(expiry, (int, float)) or not 0 < expiry <= 3600:
             raise ValueError(f'expiry must be seconds in (0, 3600], not {expiry!r}')
+        if not isinstance(forget, (int, float)) or not expiry <= forget <= 30 * 86400:
+            raise ValueError(f'forget must be seconds in [expiry, 30 days], not {forget!r}')
         self.expiry = float(expiry)
-        self.rows = {}       # key -> row dict (ROW_KEYS)
+        self.forget = float(forget)
+        self.rows = {}       # key -> row dict (ROW_KEYS); read with snapshot()/rows_by_key()
         self.agents = {}     # instance id -> _Agent
         self.seq = 0         # increases with every change set
-        self.dropped = 0     # malformed or out-of-order messages
+        self._dropped = 0    # malformed or out-of-order messages
+        # key -> (holder, held_since) of a hold lent to others; cleared when
+        # the lock is released with nobody waiting.
+        self._lender = {}
+
+    @property
+    def dropped(self):
+        """How many messages were dropped (malformed, forged or out of order)."""
+        return self._dropped
+
+    def count_dropped(self, n=1):
+        """Count ``n`` messages dropped before they reached the table (e.g. a
+        forged topic the agent refused)."""
+        self._dropped += n
 
     # -- inputs -------------------------------------------------------------------
 
@@ -120,16 +171,21 @@ class OwnershipTable:
         """A message from ``instance_id``'s own ``locks`` feed.
 
         Returns the rows that changed. Raises BadLockMessage for a message
-        that breaks the contract (the table is left as it was).
+        that breaks the contract (the table is left as it was, but the
+        message is counted in :attr:`dropped`).
         """
-        m = parse_lock_message(msg)
+        try:
+            m = parse_lock_message(msg)
+        except BadLockMessage:
+            self._dropped += 1
+            raise
         agent = self._agent(instance_id, now)
         changed = []
         self._seen(agent, now, changed)
         if m['boot'] is not None and m['boot'] != agent.boot:
             agent.boot, agent.seq = m['boot'], -1      # a new process: new seq space
         if m['seq'] <= agent.seq:
-            self.dropped += 1
+            self._dropped += 1
             return self._changes(changed)
         agent.seq = m['seq']
         key = f"{instance_id}/{m['lock']}"
@@ -137,15 +193,38 @@ class OwnershipTable:
         if row is None:
             row = self.rows[key] = {
                 'lock': key, 'agent': instance_id, 'name': m['lock'], 'job': None,
-                'op': None, 'session_id': None, 'since': None, 'waiters': 0, 'token': 0,
-                'alive': agent.alive, 'closed': False, 'acquired': 0, 'timed_out': 0,
-                'longest_hold': 0.0, 'updated': now}
-        self._apply(row, m, now)
+                'op': None, 'session_id': None, 'since': None, 'held_since': None,
+                'waiters': 0, 'token': 0, 'alive': agent.alive, 'closed': False,
+                'acquired': 0, 'timed_out': 0, 'longest_hold': 0.0, 'updated': now}
+        self._apply(key, row, m, now)
         changed.append(row)
         return self._changes(changed)
 
-    @staticmethod
-    def _apply(row, m, now):
+    def _take(self, key, row, m):
+        """A grant (or snapshot) to m's holder: set the row, carrying
+        held_since over a hand-over back to the same holder."""
+        old, new = _holder(row), _holder(m)
+        if new is None:
+            self._lender.pop(key, None)
+            held_since = None
+        elif old == new:
+            held_since = row['held_since'] if row['held_since'] is not None else m['since']
+        else:
+            lender = self._lender.get(key)
+            if old is not None and lender is None:
+                # a new holder without a release in between (folded events):
+                # the old one handed the lock over
+                lender = self._lender[key] = (old, row['held_since'])
+            if lender is not None and lender[0] == new:
+                held_since = lender[1]
+                del self._lender[key]
+            else:
+                held_since = m['since']
+        for k in ('job', 'op', 'session_id', 'since', 'token'):
+            row[k] = m[k]
+        row['held_since'] = held_since
+
+    def _apply(self, key, row, m, now):
         event = m['event']
         row['waiters'] = m['waiters']
         row['acquired'] += m['folded_acquired']
@@ -153,19 +232,25 @@ class OwnershipTable:
         if event in ('acquired', 'snapshot'):
             if event == 'acquired':
                 row['acquired'] += 1
-            for k in ('job', 'op', 'session_id', 'since', 'token'):
-                row[k] = m[k]
+            self._take(key, row, m)
             row['closed'] = False
         elif event == 'released':
             if m['token'] >= row['token']:
                 if row['since'] is not None:
                     row['longest_hold'] = max(row['longest_hold'], now - row['since'])
+                holder = _holder(row)
+                if m['waiters'] == 0:
+                    self._lender.pop(key, None)     # a real end of the hold
+                elif holder is not None and key not in self._lender:
+                    self._lender[key] = (holder, row['held_since'])     # handed over
                 row['job'] = row['op'] = row['session_id'] = row['since'] = None
+                row['held_since'] = None
                 row['token'] = m['token']
         elif event == 'gave_up':
             row['timed_out'] += 1
         elif event == 'closed':
             row['closed'] = True
+            self._lender.pop(key, None)
         row['updated'] = now
 
     def expire(self, now):
@@ -180,6 +265,27 @@ class OwnershipTable:
                     changed.append(row)
         return self._changes(changed)
 
+    def forget_silent(self, now):
+        """Remove the agents that went away: a stale agent that holds none of
+        its locks (it stopped cleanly, or holds nothing anyone waits for),
+        and any agent silent for longer than ``forget``. Returns the keys of
+        the rows removed (sorted)."""
+        removed = []
+        for instance_id, agent in list(self.agents.items()):
+            if agent.alive:
+                continue
+            rows = self._rows_of(instance_id)
+            if now - agent.last_seen > self.forget or \
+                    all(r['closed'] or _holder(r) is None for r in rows):
+                del self.agents[instance_id]
+                for r in rows:
+                    del self.rows[r['lock']]
+                    self._lender.pop(r['lock'], None)
+                    removed.append(r['lock'])
+        if removed:
+            self.seq += 1
+        return sorted(removed)
+
     # -- outputs ------------------------------------------------------------------
 
     def _rows_of(self, instance_id):
@@ -193,3 +299,12 @@ class OwnershipTable:
     def snapshot(self):
         """Every row, sorted by key (copies)."""
         return [dict(self.rows[k]) for k in sorted(self.rows)]
+
+    def rows_by_key(self):
+        """Every row keyed ``<instance-id>/<lock>`` (copies), for session.data."""
+        return {k: dict(r) for k, r in self.rows.items()}
+
+    def agents_seen(self):
+        """``{instance_id: {'alive', 'last_seen'}}`` of every agent in the table."""
+        return {a.instance_id: {'alive': a.alive, 'last_seen': a.last_seen}
+                for a in self.agents.values()}

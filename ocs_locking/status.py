@@ -66,20 +66,37 @@ class LockStatus:
     def as_dict(self):
         return asdict(self)
 
+    def _held(self):
+        """``held by 'acq' (session 12) for 3.4 s``: the one wording of a hold,
+        shared by :meth:`describe` and :meth:`refusal`."""
+        h = self.holder
+        who = f"'{h.job}'" if h.job is not None else 'an unnamed job'
+        if h.session_id is not None:
+            who += f' (session {h.session_id})'
+        return f'held by {who} for {h.held_for:.1f} s'
+
     def describe(self):
         """One line for people: ``'hw' held by 'acq' (session 12) for 3.4 s; 1 waiting``."""
-        if self.holder is None:
-            text = f"'{self.name}' is free"
-        else:
-            h = self.holder
-            who = f"'{h.job}'" if h.job is not None else 'an unnamed job'
-            if h.session_id is not None:
-                who += f' (session {h.session_id})'
-            text = f"'{self.name}' held by {who} for {h.held_for:.1f} s"
+        text = f"'{self.name}' is free" if self.holder is None else \
+            f"'{self.name}' {self._held()}"
         text += f'; {len(self.waiters)} waiting'
         if self.closed:
             text += '; closed'
         return text
+
+    def refusal(self, timeout=None):
+        """The standard refusal of an operation that could not get this lock
+        (``timeout``: how long it waited, if it says so)::
+
+            Could not acquire lock 'hw': held by 'acq' (session 12) for 3.4 s; 1 waiting
+        """
+        if self.closed:
+            return (f"Could not acquire lock '{self.name}': it is closed (the agent is "
+                    'shutting down)')
+        if self.holder is None:     # freed between the timeout and this message
+            within = '' if timeout is None else f' within {timeout:g} s'
+            return f"Could not acquire lock '{self.name}'{within}; it is free now, try again"
+        return f"Could not acquire lock '{self.name}': {self._held()}; {len(self.waiters)} waiting"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ Twisted, no network). See the Events page of the docs for the message shapes.
 """
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
-           'ROW_KEYS', 'LEASE_PROCEDURES', 'feed_topic', 'lease_uri', 'error_reason',
-           'one_line']
+           'ROW_KEYS', 'TABLE_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES', 'feed_topic',
+           'lease_uri', 'error_reason', 'one_line']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
 LOCKS_FEED = 'locks'
@@ -23,9 +23,19 @@ EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
 
 #: The keys of every ownership-table row, in display order (the
 #: ``ocs-locks status --json`` contract uses lock, agent, job, session_id,
-#: since, waiters, alive).
-ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'waiters',
-            'token', 'alive', 'closed', 'acquired', 'timed_out', 'longest_hold', 'updated')
+#: since, waiters, alive). ``held_since`` is the first grant of a hold that
+#: was only lent to others for a moment (``since`` is the latest grant).
+ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_since',
+            'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out', 'longest_hold',
+            'updated')
+
+#: The key of the table in the registry's ``monitor`` and ``status``
+#: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).
+TABLE_KEY = 'locks'
+
+#: The kinds of message on the registry's ownership feed: ``snapshot`` (every
+#: row) and ``change`` (the rows that changed, and the keys ``removed``).
+OWNERSHIP_KINDS = ('snapshot', 'change')
 
 #: The lease calls the registry also offers as plain WAMP procedures
 #: (several callers may be in them at once, unlike an OCS task).

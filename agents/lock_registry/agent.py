@@ -3,8 +3,8 @@
 It listens to every agent's ``locks`` feed and heartbeat over crossbar and
 keeps :class:`ocs_locking.ownership.OwnershipTable`; it publishes the
 table's changes on its ``ownership`` feed, per-lock figures on the recorded
-``lock_stats`` feed, and keeps the whole table in the ``monitor`` process's
-session.data. Everything runs on the reactor thread.
+``lock_stats`` feed, and keeps a copy of the whole table in the ``monitor``
+process's session.data. Everything runs on the reactor thread.
 """
 import argparse
 import os
@@ -16,10 +16,12 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
-from ocs_locking.agents.lock_registry.leases import LeaseOps
+from ocs_locking.agents.lock_registry.leases import LeaseOps, add_arguments, check_arguments
+from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import BadLockMessage, OwnershipTable
-from ocs_locking.wamp import set_nodelay
-from ocs_locking.wire import HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, feed_topic
+from ocs_locking.wamp import JoinEdge
+from ocs_locking.wire import (HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, TABLE_KEY,
+                              feed_topic)
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
@@ -37,25 +39,28 @@ class LockRegistryAgent:
         address_root (str): the site's address root (``observatory``).
         expiry (float): seconds without a heartbeat before an agent's locks
             are marked stale.
+        forget (float): seconds without a heartbeat before a stale agent's
+            rows are removed (at once for an agent that holds none of its locks).
         snapshot_every (float): seconds between full snapshots on ``ownership``.
         stats_every (float): seconds between ``lock_stats`` records.
         reactor: the Twisted reactor (default: the global one).
     """
 
     def __init__(self, agent, address_root='observatory', expiry=5.0,
-                 snapshot_every=5.0, stats_every=10.0, reactor=None):
+                 snapshot_every=5.0, stats_every=10.0, reactor=None, forget=600.0):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.agent = agent
         self.log = agent.log
         self.root = address_root
-        self.table = OwnershipTable(expiry=expiry)
+        self.table = OwnershipTable(expiry=expiry, forget=forget)
         self.snapshot_every = snapshot_every
         self.stats_every = stats_every
-        self._pending = []
+        self._pending = []          # changed rows (copies) not yet published
+        self._removed = []          # keys of rows removed, not yet published
         self._flush_call = None
-        self._joined = False
+        self._join = JoinEdge(agent)
         self.leases = None          # LeaseOps, when site-wide leases are served
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
@@ -92,42 +97,64 @@ class LockRegistryAgent:
     def _on_locks(self, data, details=None):
         try:
             message, feed_info = self._unpack(data)
-            instance_id = self._instance(details, feed_info, 'locks')
-            changes = self.table.lock_message(instance_id, message, time.time())
+            instance_id = self._instance(details, feed_info, LOCKS_FEED)
         except BadLockMessage as e:
-            self.table.dropped += 1
-            self.log.warn('dropped lock message on {topic}: {err}',
-                          topic=getattr(details, 'topic', '?'), err=str(e))
+            self.table.count_dropped()      # refused here, before the table saw it
+            self._dropped(details, e)
+            return
+        try:
+            changes = self.table.lock_message(instance_id, message, time.time())
+        except BadLockMessage as e:         # counted by the table
+            self._dropped(details, e)
             return
         self._publish(changes)
+
+    def _dropped(self, details, err):
+        self.log.warn('dropped lock message on {topic}: {err}',
+                      topic=getattr(details, 'topic', '?'), err=str(err))
 
     def _on_heartbeat(self, data, details=None):
         try:
             _, feed_info = self._unpack(data)
-            instance_id = self._instance(details, feed_info, 'heartbeat')
+            instance_id = self._instance(details, feed_info, HEARTBEAT_FEED)
         except BadLockMessage:
             return          # not ours to judge: the ocs registry watches heartbeats
         self._publish(self.table.heartbeat(instance_id, time.time()))
 
     # -- output -------------------------------------------------------------------
 
-    def _publish(self, changes):
-        """Queue changed rows; publish them, in order, at the end of this
-        reactor turn (every change is kept, so a short hold is seen too)."""
-        if not changes:
+    def _publish(self, changes, removed=()):
+        """Queue changed rows (copies) and removed keys; publish them, in
+        order, at the end of this reactor turn (every change is kept, so a
+        short hold is seen too)."""
+        if not changes and not removed:
             return
+        # changes come before the removals of the same call; a row seen
+        # again after its removal is a row again
+        seen = {r['lock'] for r in changes}
+        self._removed = [k for k in self._removed if k not in seen]
         self._pending.extend(changes)
+        if removed:
+            gone = set(removed)
+            self._pending = [r for r in self._pending if r['lock'] not in gone]
+            self._removed.extend(k for k in removed if k not in self._removed)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
         self._flush_call = None
         rows, self._pending = self._pending, []
+        removed, self._removed = sorted(self._removed), []
         self.agent.publish_to_feed(OWNERSHIP_FEED, {
             'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
-            'rows': rows})
+            'rows': rows, 'removed': removed})
         session = self._session
         if session is not None:
+            locks = session.data.setdefault(TABLE_KEY, {})
+            for key in removed:
+                locks.pop(key, None)
+            for row in rows:
+                locks[row['lock']] = dict(row)
             session.data.update(seq=self.table.seq, dropped=self.table.dropped)
 
     def _publish_snapshot(self):
@@ -163,8 +190,7 @@ class LockRegistryAgent:
             return
         session.data.update({
             'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': time.time(),
-            'agents': {a.instance_id: {'alive': a.alive, 'last_seen': a.last_seen}
-                       for a in self.table.agents.values()}})
+            'agents': self.table.agents_seen()})
 
     # -- operations -----------------------------------------------------------------
 
@@ -173,18 +199,22 @@ class LockRegistryAgent:
         """monitor()
 
         **Process** - Keep the site's lock table: mark the locks of agents
-        whose heartbeats stopped as stale, publish snapshots on ``ownership``
+        whose heartbeats stopped as stale, remove the rows of agents that
+        went away (at once when they hold none of their locks, else after
+        ``--forget`` seconds of silence), publish snapshots on ``ownership``
         and figures on ``lock_stats``. Started at startup.
 
         Notes:
-            The whole table is kept in session.data, keyed
-            ``<instance-id>/<lock>``::
+            A copy of the whole table is kept in session.data, keyed
+            ``<instance-id>/<lock>`` (``held_since``: the first grant of a
+            hold lent to others for a moment; ``since``: the latest)::
 
                 >>> response.session['data']
                 {'locks': {'sim-device-1/hw': {
                     'lock': 'sim-device-1/hw', 'agent': 'sim-device-1', 'name': 'hw',
                     'job': 'acq', 'op': 'acq', 'session_id': 0,
-                    'since': 1700000000.0, 'waiters': 0, 'token': 42, 'alive': True,
+                    'since': 1700000090.0, 'held_since': 1700000000.0,
+                    'waiters': 0, 'token': 42, 'alive': True,
                     'closed': False, 'acquired': 42, 'timed_out': 0,
                     'longest_hold': 0.12, 'updated': 1700000100.0}},
                  'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
@@ -192,7 +222,7 @@ class LockRegistryAgent:
 
         """
         session.set_status('running')
-        session.data = {'locks': self.table.rows}
+        session.data = {TABLE_KEY: self.table.rows_by_key()}
         self._session = session
         self._update_session()
         last_snapshot = 0.0
@@ -201,11 +231,8 @@ class LockRegistryAgent:
         n = 0
         while session.status == 'running':
             now = time.time()
-            joined = bool(getattr(self.agent, 'realm_joined', True))
-            if joined and not self._joined:
-                set_nodelay(self.agent)     # see ocs_locking.wamp
-            self._joined = joined
-            self._publish(self.table.expire(now))
+            self._join.poll()       # turns Nagle off on a new connection
+            self._publish(self.table.expire(now), self.table.forget_silent(now))
             if now - last_snapshot >= self.snapshot_every:
                 last_snapshot = now
                 self._publish_snapshot()
@@ -241,7 +268,7 @@ class LockRegistryAgent:
 
         """
         rows = self.table.snapshot()
-        session.data = {'locks': rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
+        session.data = {TABLE_KEY: rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
         if self.leases is not None:
             session.data['leases'] = self.leases.state.snapshot()
         agents = {r['agent'] for r in rows}
@@ -254,13 +281,14 @@ def make_parser(parser=None):
     pgroup = parser.add_argument_group('Agent Options')
     pgroup.add_argument('--expiry', type=float, default=5.0,
                         help='Seconds without a heartbeat before locks are stale.')
+    pgroup.add_argument('--forget', type=float, default=600.0,
+                        help='Seconds without a heartbeat before a stale agent leaves the '
+                             'table (at once when it holds none of its locks; at least --expiry).')
     pgroup.add_argument('--snapshot-every', type=float, default=5.0,
                         help='Seconds between full snapshots on the ownership feed.')
     pgroup.add_argument('--stats-every', type=float, default=10.0,
                         help='Seconds between lock_stats records.')
-    pgroup.add_argument('--db', default='lock-registry.db',
-                        help='SQLite file for site-wide leases, token counters and the '
-                             'audit log (relative to the working directory).')
+    add_arguments(pgroup)       # --db and the audit retention (leases.py)
     return parser
 
 
@@ -272,14 +300,23 @@ def main(args=None):
         value = getattr(args, name)
         if not 0 < value <= 3600:
             parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, not {value}")
+    complaint = check_arguments(args)
+    if complaint:
+        parser.error(complaint)
+    if not args.expiry <= args.forget <= 30 * 86400:
+        parser.error(f'--forget must be in [--expiry, 30 days] seconds, not {args.forget}')
     agent, runner = ocs_agent.init_site_agent(args)
     registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
                                  snapshot_every=args.snapshot_every,
-                                 stats_every=args.stats_every)
+                                 stats_every=args.stats_every, forget=args.forget)
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
-    leases = registry.leases = LeaseOps(agent, args.db)
+    try:
+        leases = registry.leases = LeaseOps(agent, args.db, audit_days=args.audit_days,
+                                            audit_rows=args.audit_rows)
+    except LeaseStoreError as e:
+        parser.exit(1, f'lock-registry: {e}\n')
     for name in ('acquire', 'renew', 'release', 'history', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.

@@ -3,33 +3,73 @@
 Every task runs on the reactor thread and answers ``(ok, message)`` with the
 grant (or the holders) in session.data. A queued ``acquire`` waits, within
 its timeout, for the state machine to grant it. Grants, token counters and
-the audit log live in SQLite (``--db``), so a registry restart loses nothing.
+the audit log live in SQLite (``--db``), committed before each reply, so a
+registry restart (even kill -9) loses no grant.
 """
+import math
 import time
 
 from ocs import ocs_agent
 from twisted.internet import defer, task
 
-from ocs_locking.leases.state import LeaseError, LeaseState
+from ocs_locking.leases.holder import describe_holders
+from ocs_locking.leases.paths import check_resource, check_text, when
+from ocs_locking.leases.state import AUDIT_ACTIONS, LeaseError, LeaseState
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
 EXPIRE_EVERY = 0.1
+#: How often the audit log is pruned to its retention bounds, seconds.
+PRUNE_EVERY = 60.0
+#: How often the store's write-ahead log is checkpointed (in a thread), seconds.
+CHECKPOINT_EVERY = 1.0
+#: Default audit retention: rows older than this many days, or beyond this
+#: many rows, are deleted (``--audit-days``, ``--audit-rows``).
+AUDIT_DAYS, AUDIT_ROWS = 30.0, 100_000
+#: At most one ``refuse`` audit row per (resource, owner, call) per this many seconds.
+REFUSE_AUDIT_EVERY = 10.0
 #: Lease calls also offered as plain WAMP procedures, ``<registry>.lease.<name>``:
 #: unlike OCS tasks, several callers may use them at once (agents' SiteLocks do).
 RPCS = LEASE_PROCEDURES
+_when = when        # the name this module used first
 
 
-def _when(t):
-    """Local time with tenths, truncated (never a second early)."""
-    return time.strftime('%H:%M:%S', time.localtime(t)) + f'.{int(t % 1 * 10)}'
+def add_arguments(parser):
+    """The registry's lease options (``make_parser`` adds them)."""
+    parser.add_argument('--db', default='lock-registry.db',
+                        help='SQLite file for site-wide leases, token counters and the '
+                             'audit log (relative to the working directory).')
+    parser.add_argument('--audit-days', type=float, default=AUDIT_DAYS,
+                        help='Audit rows older than this many days are deleted '
+                             f'(default {AUDIT_DAYS:g}).')
+    parser.add_argument('--audit-rows', type=int, default=AUDIT_ROWS,
+                        help=f'At most this many audit rows are kept (default {AUDIT_ROWS}).')
+    return parser
 
 
-def _describe_holders(holders):
-    return '; '.join(f"{g['resource']} held by {g['owner']!r} (token {g['token']}) until "
-                     f"{_when(g['expires'])}" + (f" ({g['note']})" if g.get('note') else '')
-                     for g in holders)
+def check_arguments(args):
+    """A one-line complaint about the lease options, or None."""
+    days, rows = getattr(args, 'audit_days', AUDIT_DAYS), getattr(args, 'audit_rows', AUDIT_ROWS)
+    if not (isinstance(days, (int, float)) and math.isfinite(days) and days > 0):
+        return f'--audit-days must be a number of days > 0, not {days}'
+    if not (isinstance(rows, int) and rows >= 100):
+        return f'--audit-rows must be an integer >= 100, not {rows}'
+    return None
+
+
+_GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'request_id', 'lease', 'queued_for')
+_RENEW_KEYS = ('resource', 'token', 'expires', 'lease')
+
+
+def _compact(data):
+    """A grant's data as the lease procedures return it: the grant's own keys,
+    and ``grants`` (resource and token of each) only for several resources."""
+    out = {k: data[k] for k in _GRANT_KEYS}
+    if len(data['grants']) > 1:
+        out['grants'] = [{'resource': g['resource'], 'token': g['token']}
+                         for g in data['grants']]
+    return out
 
 
 class LeaseOps:
@@ -39,34 +79,73 @@ class LeaseOps:
         agent (OCSAgent): the registry's agent.
         db (str): SQLite file for grants, token counters and the audit log.
         reactor: the Twisted reactor (default: the global one).
+        clock: wall-clock time source of the registry (default ``time.time``).
+        audit_days (float): retention of the audit log, days.
+        audit_rows (int): the most audit rows kept.
+
+    Raises:
+        LeaseStoreError: the database cannot be opened (one line; the
+            agent's ``main`` prints it and exits).
     """
 
-    def __init__(self, agent, db, reactor=None):
+    def __init__(self, agent, db, reactor=None, clock=time.time, audit_days=AUDIT_DAYS,
+                 audit_rows=AUDIT_ROWS):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.agent = agent
         self.log = agent.log
-        self._joined = False
+        self.clock = clock
+        self.audit_days, self.audit_rows = audit_days, audit_rows
         try:
             self.store = LeaseStore(db)
             self.state = LeaseState(store=self.store)
         except (LeaseStoreError, LeaseError) as e:
-            raise SystemExit(f'lock-registry: cannot open the lease database {db!r}: {e}')
+            raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
+        self._refusals = {}         # (resource, owner, call) -> time of its last audit row
+        self._pruned = None
+        self._checkpointed = None
+        self._checkpointing = False
         self.state.add_listener(self._on_change)
         self._ticker = task.LoopingCall(self._expire)
         self._ticker.clock = reactor
         reactor.callWhenRunning(self._ticker.start, EXPIRE_EVERY, now=False)
+        # Registrations do not survive a router restart: register at every
+        # join ('ready' fires after each onJoin of this session object).
+        agent.on('ready', lambda session: self._register_rpcs())
 
     # -- plumbing -----------------------------------------------------------------
 
     def _expire(self):
-        self.state.expire(time.time())
-        joined = bool(getattr(self.agent, 'realm_joined', False))
-        if joined and not self._joined:
-            self._register_rpcs()   # registrations do not survive a router restart
-        self._joined = joined
+        now = self.clock()
+        self.state.expire(now)
+        if self._pruned is None or now - self._pruned >= PRUNE_EVERY:
+            self._pruned = now
+            self.prune(now)
+        if not self._checkpointing and (self._checkpointed is None
+                                        or now - self._checkpointed >= CHECKPOINT_EVERY):
+            self._checkpointed = now
+            self._checkpoint()
+
+    def _checkpoint(self):
+        """Checkpoint the store in a pool thread (its fsync off the reactor)."""
+        if not callable(getattr(self.reactor, 'getThreadPool', None)):
+            return                  # a test's fake reactor
+        from twisted.internet import threads
+        self._checkpointing = True
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      self.store.checkpoint)
+        d.addErrback(lambda f: self.log.error('checkpoint failed: {e}', e=f.getErrorMessage()))
+        d.addBoth(lambda _: setattr(self, '_checkpointing', False))
+
+    def prune(self, now=None):
+        """Apply the audit retention bounds; returns how many rows went."""
+        now = self.clock() if now is None else now
+        n = self.store.prune(before=now - self.audit_days * 86400, keep_rows=self.audit_rows)
+        if n:
+            self.log.info('audit log: pruned {n} row(s)', n=n)
+        return n
 
     def _register_rpcs(self):
         for name in RPCS:
@@ -75,37 +154,44 @@ class LeaseOps:
             d.addErrback(lambda f, uri=uri: self.log.error(
                 'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))
 
-    @defer.inlineCallbacks
+    # The procedures answer {'ok', 'message', 'data'}; a grant's or renewal's
+    # data is compact (what a holder needs: it crosses the router on every
+    # call), the OCS tasks' session.data keeps every field.
+
     def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                      client=''):
-        ok, msg, data = yield self.do_acquire(resource, owner, lease, timeout, tree, note,
-                                              client)
-        return {'ok': ok, 'message': msg, 'data': data}
+        d = self.do_acquire(resource, owner, lease, timeout, tree, note, client)
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1],
+                                        'data': _compact(r[2]) if r[0] else r[2]})
 
     def _rpc_renew(self, resource, token, lease=30.0, client=''):
         ok, msg, data = self.do_renew(resource, token, lease, client)
-        return {'ok': ok, 'message': msg, 'data': data}
+        return {'ok': ok, 'message': msg,
+                'data': {k: data[k] for k in _RENEW_KEYS} if ok else data}
 
     def _rpc_release(self, resource, token, client=''):
         ok, msg, data = self.do_release(resource, token, client)
         return {'ok': ok, 'message': msg, 'data': data}
 
     def _on_change(self, action, item):
-        # A queued request reached its end (granted, timed out, cancelled).
+        # A queued request reached its end (granted, timed out, cancelled);
+        # a grant's Outcome carries how long it queued.
         rid = getattr(item, 'request_id', None)
         d = self._waiters.get(rid)
         if d is not None and action in ('grant', 'timeout', 'cancel'):
             del self._waiters[rid]
-            self.reactor.callLater(0, d.callback, self.state.poll(rid))
+            out = item if action == 'grant' else self.state.poll(rid)
+            self.reactor.callLater(0, d.callback, out)
 
     @staticmethod
-    def _grant_data(outcome):
+    def _grant_data(outcome, lease):
         grants = [g.as_dict() for g in outcome.grants]
         first = grants[0]
         return {'resource': first['resource'] if len(grants) == 1 else
                 [g['resource'] for g in grants],
                 'owner': first['owner'], 'token': first['token'],
                 'expires': first['expires'], 'request_id': outcome.request_id,
+                'lease': lease, 'queued_for': round(outcome.queued_for, 6),
                 'grants': grants}
 
     def _refused(self, session, e):
@@ -115,6 +201,23 @@ class LeaseOps:
     @staticmethod
     def _refusal(e):
         return False, f'Refused: {e}', {'error': str(e)}
+
+    def _audit_refusal(self, call, resource, owner, client, reason):
+        """One ``refuse`` row (ok false) for a refused lease call, at most one
+        per resource, owner and call every REFUSE_AUDIT_EVERY seconds."""
+        now = self.clock()
+        key = (str(resource)[:200], str(owner)[:128], call)
+        last = self._refusals.get(key)
+        if last is not None and now - last < REFUSE_AUDIT_EVERY:
+            return
+        if len(self._refusals) > 10000:
+            self._refusals.clear()
+        self._refusals[key] = now
+        try:
+            self.store.record(now, 'refuse', key[0], owner=key[1], client=str(client)[:200],
+                              detail={'call': call, 'reason': str(reason)[:300]}, ok=False)
+        except Exception as e:       # never let the audit trail break a reply
+            self.log.error('could not record a refusal: {e}', e=e)
 
     # -- tasks ----------------------------------------------------------------------
 
@@ -163,30 +266,37 @@ class LeaseOps:
         session.data = data
         return ok, msg
 
-    @defer.inlineCallbacks
     def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                    client='', on_queued=None):
-        """The acquire itself: a Deferred firing ``(ok, message, data)``;
-        ``on_queued(outcome)`` is called if the request has to wait."""
+        """The acquire itself: a Deferred firing ``(ok, message, data)``
+        (already fired unless the request queues); ``on_queued(outcome)`` is
+        called if the request has to wait. The grant is committed to the
+        store before the Deferred fires."""
         try:
-            out = self.state.acquire(resource, owner, lease, time.time(), timeout=timeout,
+            out = self.state.acquire(resource, owner, lease, self.clock(), timeout=timeout,
                                      tree=tree, note=note, client=client)
         except LeaseError as e:
-            return self._refusal(e)
+            self._audit_refusal('acquire', resource, owner, client, e)
+            return defer.succeed(self._refusal(e))
         if out.status == 'queued':
             d = self._waiters[out.request_id] = defer.Deferred()
             if on_queued is not None:
                 on_queued(out)
-            out = yield d
+            return d.addCallback(self._acquired, resource, owner, lease, client)
+        return defer.succeed(self._acquired(out, resource, owner, lease, client))
+
+    def _acquired(self, out, resource, owner, lease, client):
         if out.status == 'granted':
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)
             return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
-                          f"{_when(out.grants[0].expires)}.", self._grant_data(out))
+                          f"{when(out.grants[0].expires)}.", self._grant_data(out, lease))
         wanted = resource if isinstance(resource, list) else [resource]
         holders = [g.as_dict() for g in out.holders] or \
             [g.as_dict() for g in self.state.holders() if g.resource in wanted]
-        why = _describe_holders(holders) or 'earlier requests are waiting'
+        why = describe_holders(holders) or 'earlier requests are waiting'
+        self._audit_refusal('acquire', wanted[0] if len(wanted) == 1 else ','.join(wanted),
+                            owner, client, f'{out.status}: {why}')
         return (False, f'Busy ({out.status}): {why}.',
                 {'holders': holders, 'queue_position': out.queue_position,
                  'status': out.status})
@@ -210,11 +320,12 @@ class LeaseOps:
     def do_renew(self, resource, token, lease=30.0, client=''):
         """The renewal itself: ``(ok, message, data)``."""
         try:
-            g = self.state.renew(resource, token, lease, time.time(), client=client)
+            g = self.state.renew(resource, token, lease, self.clock(), client=client)
         except LeaseError as e:
+            self._audit_refusal('renew', resource, '', client, e)
             return self._refusal(e)
-        return (True, f'Renewed {g.resource} (token {g.token}) until {_when(g.expires)}.',
-                g.as_dict())
+        return (True, f'Renewed {g.resource} (token {g.token}) until {when(g.expires)}.',
+                dict(g.as_dict(), lease=lease))
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('token', type=int)
@@ -236,8 +347,9 @@ class LeaseOps:
     def do_release(self, resource, token, client=''):
         """The release itself: ``(ok, message, data)``."""
         try:
-            granted = self.state.release(resource, token, time.time(), client=client)
+            granted = self.state.release(resource, token, self.clock(), client=client)
         except LeaseError as e:
+            self._audit_refusal('release', resource, '', client, e)
             return self._refusal(e)
         return (True, f'Released {resource}.',
                 {'released': resource,
@@ -259,9 +371,10 @@ class LeaseOps:
         by = f"cred_level {getattr(session, 'cred_level', '?')}"
         try:
             revoked, granted = self.state.force_release(
-                params['resource'], params['reason'], by, time.time(),
+                params['resource'], params['reason'], by, self.clock(),
                 client=params['client'])
         except LeaseError as e:
+            self._audit_refusal('force_release', params['resource'], by, params['client'], e)
             return self._refused(session, e)
         session.data = {'revoked': [g.as_dict() for g in revoked],
                         'granted': [g.as_dict() for o in granted for g in o.grants]}
@@ -269,14 +382,29 @@ class LeaseOps:
         return True, f"Revoked {params['resource']} from {owners}: {params['reason']}"
 
     @ocs_agent.param('resource', default=None)
-    @ocs_agent.param('limit', default=20, type=int, check=lambda n: 1 <= n <= 1000)
+    @ocs_agent.param('owner', default=None)
+    @ocs_agent.param('action', default=None)
+    @ocs_agent.param('since', default=None)
+    @ocs_agent.param('limit', default=20)
     def history(self, session, params):
-        """history(resource=None, limit=20)
+        """history(resource=None, owner=None, action=None, since=None, limit=20)
 
-        **Task** - The audit log, newest first (optionally one resource and
-        what lies below it).
+        **Task** - The audit log, newest first, filtered.
+
+        Parameters:
+            resource (str, optional): only this path and everything below it.
+            owner (str, optional): only rows of this owner (exactly).
+            action (str or list, optional): only these audit actions
+                (``grant``, ``regrant``, ``queue``, ``renew``, ``release``,
+                ``force_release``, ``expire``, ``timeout``, ``cancel``,
+                ``refuse``).
+            since (float, optional): only rows newer than this many seconds
+                ago, on the registry's own clock.
+            limit (int, optional): at most this many rows, in [1, 1000].
+                Default 20.
 
         Notes:
+            Bad input is refused in one line and changes nothing.
             session.data holds the rows::
 
                 >>> response.session['data']
@@ -284,16 +412,42 @@ class LeaseOps:
                               'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7,
                               'client': 'ocs-locks', 'detail': {...}, 'ok': True}]}
         """
-        resource = params['resource']
-        if resource is not None and not isinstance(resource, str):
-            return self._refused(session, LeaseError(
-                f'resource must be a path string, not {resource!r:.60}'))
         try:
-            rows = self.store.history(resource, limit=params['limit'])
+            query = self.history_query(**params)
+            rows = self.store.history(**query)
         except (LeaseError, ValueError) as e:
             return self._refused(session, e)
         session.data = {'history': rows}
         return True, f'{len(rows)} audit record(s).'
+
+    def history_query(self, resource=None, owner=None, action=None, since=None, limit=20):
+        """The history task's arguments checked and turned into
+        :meth:`LeaseStore.history` keywords; raises LeaseError naming the
+        first bad one."""
+        if resource is not None:
+            check_resource(resource)
+        if owner is not None:
+            check_text('owner', owner, 128, required=True)
+        actions = None
+        if action is not None:
+            actions = [action] if isinstance(action, str) else action
+            if not isinstance(actions, (list, tuple)) or not actions:
+                raise LeaseError(f'action must be an audit action or a list of them, '
+                                 f'not {action!r:.60}')
+            for a in actions:
+                if a not in AUDIT_ACTIONS:
+                    raise LeaseError(f'action must be one of {", ".join(AUDIT_ACTIONS)}, '
+                                     f'not {a!r:.40}')
+        cutoff = None
+        if since is not None:
+            if isinstance(since, bool) or not isinstance(since, (int, float)) \
+                    or not math.isfinite(since) or since < 0:
+                raise LeaseError(f'since must be an age in seconds >= 0, not {since!r:.40}')
+            cutoff = self.clock() - since
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise LeaseError(f'limit must be an integer in [1, 1000], not {limit!r:.40}')
+        return {'resource': resource, 'owner': owner, 'actions': actions, 'since': cutoff,
+                'limit': limit}
 
     def leases(self, session, params):
         """leases()

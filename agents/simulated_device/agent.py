@@ -30,7 +30,7 @@ from ocs_locking.events import report_locks
 from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
                                                         ThermometryClient)
 from ocs_locking.ops import YieldingHold, locked
-from ocs_locking.leases.sitelock import LeaseLost, SiteLock
+from ocs_locking.leases.sitelock import LeaseLost, LeaseUnavailable, SiteLock
 from ocs_locking.worker import DeviceWorker
 
 #: Seconds a task waits for the device lock.
@@ -80,9 +80,10 @@ class SimulatedDeviceAgent:
         if self.site_lock.token is not None:       # held for a while (take_site_lock)
             with self.site_lock.guard():
                 return self.worker.call(fn, *args)
-        if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
-            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: '
-                            f'{self.site_lock.last_refusal}')
+        try:
+            self.site_lock.acquire(timeout=TASK_TIMEOUT)
+        except LeaseUnavailable as e:
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: {e}') from None
         try:
             with self.site_lock.guard():
                 return self.worker.call(fn, *args)
@@ -97,9 +98,10 @@ class SimulatedDeviceAgent:
         if self.site_lock.token is not None:       # held for a while (take_site_lock)
             self.site_lock.check()
             return (yield self.worker.call_deferred(fn, *args))
-        if not (yield self.site_lock.acquire_deferred(TASK_TIMEOUT)):
-            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: '
-                            f'{self.site_lock.last_refusal}')
+        try:
+            yield self.site_lock.acquire_deferred(TASK_TIMEOUT)
+        except LeaseUnavailable as e:
+            raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: {e}') from None
         try:
             self.site_lock.check()
             return (yield self.worker.call_deferred(fn, *args))
@@ -270,9 +272,10 @@ class SimulatedDeviceAgent:
             return False, 'This agent has no --site-lock.'
         if self.site_lock.token is not None:
             return False, f'Already holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
-        if not self.site_lock.acquire(timeout=TASK_TIMEOUT):
-            return False, (f'Site lock {self.site_lock.resource!r} not granted: '
-                           f'{self.site_lock.last_refusal}')
+        try:
+            self.site_lock.acquire(timeout=TASK_TIMEOUT)
+        except LeaseUnavailable as e:
+            return False, f'Site lock {self.site_lock.resource!r} not granted: {e}'
         session.data = {'resource': self.site_lock.resource, 'token': self.site_lock.token}
         return True, f'Holding {self.site_lock.resource!r} (token {self.site_lock.token}).'
 

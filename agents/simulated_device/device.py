@@ -1,65 +1,151 @@
-"""A simulated thermometry controller that detects concurrent access.
+"""The simulated thermometry controller itself: a pure model (no sockets).
 
 It models a device that must only ever be spoken to by one caller at a time:
-each command takes ``latency`` seconds and a second command arriving while one
-is in progress is a *bus collision*, counted and raised as
-:class:`BusCollision`. The demo agent shows that its lock keeps the count at 0.
+it has ONE bus. Each device command holds the bus for ``latency`` seconds; a
+second command arriving while one is in progress is a *bus collision*,
+counted and raised as :class:`BusCollision`. The demo agent shows that its
+lock keeps the count at 0.
+
+:class:`~.server.DeviceServer` puts this model behind a line protocol on TCP
+(:mod:`.protocol`); the model is also usable on its own, e.g. in tests. Every
+method may be called from any thread; the counters are exact.
 """
 import math
 import threading
 import time
+
+__all__ = ['BusCollision', 'SimulatedThermometry', 'HEATER_MAX', 'MAX_CHANNELS',
+           'MAX_LATENCY', 'VERSION']
+
+#: Highest heater output, in percent (the lowest is 0).
+HEATER_MAX = 100.0
+#: Most thermometer channels a device may have.
+MAX_CHANNELS = 64
+#: Longest per-command latency, in seconds.
+MAX_LATENCY = 10.0
+#: Firmware version reported by :meth:`SimulatedThermometry.identify`.
+VERSION = '1.0'
 
 
 class BusCollision(RuntimeError):
     """Two commands reached the device at once."""
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class SimulatedThermometry:
-    def __init__(self, channels=4, latency=0.002, clock=time.time):
-        if not isinstance(channels, int) or not 1 <= channels <= 64:
-            raise ValueError(f'channels must be an int in 1..64, not {channels!r}')
-        if not isinstance(latency, (int, float)) or not 0 <= latency <= 10:
-            raise ValueError(f'latency must be a number of seconds in 0..10, not {latency!r}')
+    """A thermometry controller with ``channels`` thermometers and a heater.
+
+    Args:
+        channels (int): number of thermometer channels, 1..64.
+        latency (float): seconds each device command holds the bus, 0..10.
+        serial (str): serial number, printable ASCII without commas or spaces.
+        clock (callable): the time source of readings (default ``time.time``).
+        wait (callable): ``wait(seconds)`` spends a command's latency (default
+            ``time.sleep``; the server passes an Event's wait so that a stop
+            cuts it short).
+
+    Raises:
+        ValueError: a setting is out of range (nothing is created).
+    """
+
+    def __init__(self, channels=4, latency=0.002, serial='0', clock=time.time,
+                 wait=time.sleep):
+        if not isinstance(channels, int) or isinstance(channels, bool) \
+                or not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f'channels must be an int in 1..{MAX_CHANNELS}, not {channels!r}')
+        if not _is_number(latency) or not 0 <= latency <= MAX_LATENCY:
+            raise ValueError(f'latency must be a number of seconds in 0..{MAX_LATENCY:g}, '
+                             f'not {latency!r}')
+        serial = str(serial)
+        if not serial or not serial.isascii() or not serial.isprintable() \
+                or ',' in serial or any(c.isspace() for c in serial):
+            raise ValueError(f'serial must be printable ASCII without commas or spaces, '
+                             f'not {serial!r}')
         self.channels = channels
         self.latency = latency
+        self.serial = serial
         self.heater = 0.0
-        self.collisions = 0
-        self.commands = 0
+        self.commands = 0      # device commands run (guarded by _counts)
+        self.collisions = 0    # commands refused as overlapping (guarded by _counts)
         self._clock = clock
-        self._busy = threading.Lock()   # detects overlap; never waited on
+        self._wait = wait
+        self._busy = threading.Lock()     # the bus: detects overlap, never waited on
+        self._counts = threading.Lock()
+
+    def __repr__(self):
+        return (f'<SimulatedThermometry {self.serial} channels={self.channels} '
+                f'latency={self.latency:g}>')
+
+    # -- the bus ---------------------------------------------------------------
 
     def _command(self, fn):
         if not self._busy.acquire(blocking=False):
-            self.collisions += 1
+            self.collision()
             raise BusCollision('bus collision: a command arrived while another was in progress')
         try:
-            self.commands += 1
+            with self._counts:
+                self.commands += 1
             if self.latency:
-                time.sleep(self.latency)
+                self._wait(self.latency)
             return fn()
         finally:
             self._busy.release()
 
+    def collision(self):
+        """Count a collision seen outside the bus (e.g. a command sent over
+        the wire before the previous command's reply)."""
+        with self._counts:
+            self.collisions += 1
+
+    def stats(self):
+        """``{'commands': n, 'collisions': n}``, read together."""
+        with self._counts:
+            return {'commands': self.commands, 'collisions': self.collisions}
+
+    # -- device commands (each holds the bus) -------------------------------------
+
+    def identify(self):
+        """``'OCSLOCK,SIMTHERM,<serial>,1.0'``."""
+        return self._command(lambda: f'OCSLOCK,SIMTHERM,{self.serial},{VERSION}')
+
+    def check_channel(self, channel):
+        """Raise ValueError unless ``channel`` is one of this device's channels."""
+        if isinstance(channel, bool) or not isinstance(channel, int) \
+                or not 0 <= channel < self.channels:
+            raise ValueError(f'channel must be an int in 0..{self.channels - 1}, '
+                             f'not {channel!r}')
+
+    def read(self, channel=None):
+        """Return ``{'timestamp': t, 'channels': {'ch00': K, ...}}`` for one
+        channel or (None) all of them, in channel order."""
+        if channel is not None:
+            self.check_channel(channel)
+        chans = range(self.channels) if channel is None else [channel]
+
+        def read():
+            t = self._clock()
+            return {'timestamp': t,
+                    'channels': {f'ch{c:02d}': self._temperature(c, t) for c in chans}}
+        return self._command(read)
+
+    def set_heater(self, value):
+        """Set the heater output (percent, 0..100); returns it as a float."""
+        if not _is_number(value) or not 0 <= value <= HEATER_MAX:
+            raise ValueError(f'heater value must be a number in 0..{HEATER_MAX:g}, '
+                             f'not {value!r}')
+
+        def set_():
+            self.heater = float(value)
+            return self.heater
+        return self._command(set_)
+
+    def get_heater(self):
+        """The heater output, in percent."""
+        return self._command(lambda: self.heater)
+
     def _temperature(self, channel, t):
         # A slow drift per channel, warmed by the heater.
         return 0.1 + 0.01 * channel + 0.002 * self.heater + 0.001 * math.sin(t / 10 + channel)
-
-    def read(self, channel=None):
-        """Return ``{'timestamp': t, 'channels': {'ch00': K, ...}}`` (one or all)."""
-        def _read():
-            t = self._clock()
-            chans = range(self.channels) if channel is None else [channel]
-            return {'timestamp': t,
-                    'channels': {f'ch{c:02d}': self._temperature(c, t) for c in chans}}
-        if channel is not None and not (isinstance(channel, int) and 0 <= channel < self.channels):
-            raise ValueError(f'channel must be an int in 0..{self.channels - 1}, not {channel!r}')
-        return self._command(_read)
-
-    def set_heater(self, value):
-        if not isinstance(value, (int, float)) or not 0 <= value <= 100:
-            raise ValueError(f'heater value must be a number in 0..100, not {value!r}')
-
-        def _set():
-            self.heater = float(value)
-            return self.heater
-        return self._command(_set)

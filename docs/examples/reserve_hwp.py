@@ -13,8 +13,8 @@ def calibrate(site_args, steps, run):
                          retry=RetryPolicy(attempts=5, first=1, factor=2,
                                            max_delay=10, deadline=60)) as r:
             for step in steps:
-                r.check()               # LeaseLost once the lease is gone
-                run(step, r.tokens)     # hand the fencing tokens to the agents
+                with r.guard():         # LeaseLost (step not run) once the lease is gone
+                    run(step, r.tokens)     # hand the fencing tokens to the agents
         return 'done'
     except ReservationBusy as e:
         return f'gave up: {e}'          # e.holders: who holds what

@@ -13,11 +13,13 @@ __all__ = ['check_audit']
 ENDS = ('release', 'force_release', 'expire')
 
 
-def _tree(row):
+def _detail(row):
     detail = row.get('detail') or {}
-    if isinstance(detail, str):
-        detail = json.loads(detail)
-    return bool(detail.get('tree'))
+    return json.loads(detail) if isinstance(detail, str) else detail
+
+
+def _tree(row):
+    return bool(_detail(row).get('tree'))
 
 
 def check_audit(rows):
@@ -30,6 +32,8 @@ def check_audit(rows):
     * a token not larger than the previous token granted on that resource;
     * a release, revocation or expiry of a grant that was not held.
 
+    A ``regrant`` row (a holder's folded re-grants) counts as a grant of its
+    token, followed by its release when its detail says ``released``.
     Rows with ``ok`` false (refusals) and other actions (queue, renew, ...)
     change nothing. Give the whole log: a window that starts while grants
     are held reports their ends as violations.
@@ -41,7 +45,7 @@ def check_audit(rows):
         if not row.get('ok', True):
             continue
         action, res, token, rid = row['action'], row['resource'], row['token'], row.get('id')
-        if action == 'grant':
+        if action in ('grant', 'regrant'):
             tree = _tree(row)
             for (other, other_token), (owner, other_tree, since) in held.items():
                 if conflicts(res, tree, other, other_tree):
@@ -54,6 +58,8 @@ def check_audit(rows):
                                 f'the previous token {last[res]}')
             last[res] = max(token, last.get(res, token))
             held[(res, token)] = (row['owner'], tree, rid)
+            if action == 'regrant' and _detail(row).get('released'):
+                del held[(res, token)]
         elif action in ENDS and held.pop((res, token), None) is None:
             problems.append(f'row {rid}: {action} of {res!r} token {token}, which was '
                             f'not held')

@@ -5,11 +5,13 @@ Resources are ``/``-separated paths (``satp1/hwp``): each segment
 check raises :class:`LeaseError` with a one-line message naming the argument.
 """
 import re
+import time
 
 from ..errors import LeaseError
 
-__all__ = ['MIN_LEASE', 'MAX_LEASE', 'LeaseError', 'ancestors', 'conflicts', 'overlap', 'check_resource', 'check_resources',
-           'check_seconds', 'check_text', 'check_time', 'check_positive_int', 'bad_value']
+__all__ = ['MIN_LEASE', 'MAX_LEASE', 'LeaseError', 'ancestors', 'conflicts', 'overlap',
+           'check_resource', 'check_resources', 'check_lease', 'check_seconds', 'check_text',
+           'check_time', 'check_positive_int', 'bad_value', 'when']
 
 MAX_PATH, MAX_DEPTH = 200, 8
 _SEGMENT = re.compile(r'[a-z0-9][a-z0-9_.-]{0,31}\Z')
@@ -18,7 +20,6 @@ MAX_TIME = 1e12          # seconds; refuses inf, NaN and absurd clocks
 #: MIN_LEASE cannot be renewed in time over a real network; longer than
 #: MAX_LEASE keeps hardware from everyone for too long after a crash.
 MIN_LEASE, MAX_LEASE = 0.5, 3600.0
-
 
 
 def bad_value(name, rule, value):
@@ -94,6 +95,23 @@ def check_seconds(name, value, most, zero_ok=False):
     if not 0 <= value <= most or (value == 0 and not zero_ok):     # also refuses NaN
         raise bad_value(name, f'in {"[" if zero_ok else "("}0, {most:g}] seconds', value)
     return float(value)
+
+
+def check_lease(value, most=MAX_LEASE, name='lease'):
+    """Return ``value`` as a float if it is a lease length in
+    ``[MIN_LEASE, most]`` seconds (``most`` at most MAX_LEASE), else raise."""
+    most = min(most, MAX_LEASE)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_value(name, 'a number of seconds', value)
+    if not MIN_LEASE <= value <= most:          # also refuses NaN
+        raise bad_value(name, f'in [{MIN_LEASE:g}, {most:g}] seconds', value)
+    return float(value)
+
+
+def when(t):
+    """``23:01:02.3``: a time of this host's clock as local time with tenths,
+    truncated (never a second early); for messages, never for logic."""
+    return time.strftime('%H:%M:%S', time.localtime(t)) + f'.{int(t % 1 * 10)}'
 
 
 def check_time(value):

@@ -1,23 +1,25 @@
 """Reservation: site-wide leases for operators and observing schedules.
 
-A plain-Python context manager over HTTP (``OCSClient``): it asks the
-LockRegistryAgent for one or several resources (all or nothing), retries
-busy resources with a bounded backoff, renews the lease from a daemon thread
-while the body runs, and releases on exit::
+A plain-Python context manager over HTTP (one request per lease call through
+the router's bridge): it asks the LockRegistryAgent for one or several
+resources (all or nothing), retries busy resources with a bounded backoff,
+renews the lease from one background thread while the body runs, and releases on
+exit::
 
     from ocs_locking.leases.reservation import Reservation, RetryPolicy
 
     with Reservation(['satp1/hwp', 'satp1/mount'], owner='schedule-42', lease=30,
                      note='calibration', args=['--site-file', 'site.yaml']) as r:
         for step in steps:
-            r.check()                  # raises LeaseLost once the lease is gone
-            run(step, token=r.tokens['satp1/hwp'])
+            with r.guard():            # raises LeaseLost once the lease is gone
+                run(step, token=r.tokens['satp1/hwp'])
 
 A lease is *lost* when a renewal is refused (revoked by ``force_release``,
 expired), or when the registry cannot be reached for longer than the lease:
 then :attr:`Reservation.lost` holds the reason and :meth:`Reservation.check`
 raises :class:`LeaseLost`. Nothing is left running after ``__exit__``.
 """
+import contextlib
 import logging
 import os
 import random
@@ -28,17 +30,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
-from ..wire import error_reason, lease_uri, one_line
-from .paths import check_resource
+from ..wire import error_reason, one_line
+from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
+from .holder import Answer, LeaseHolder, describe_holders
+from .paths import check_seconds, check_text
+from .renewer import shared_renewer
 
-__all__ = ['Reservation', 'RetryPolicy', 'LeaseLost', 'ReservationBusy', 'ReservationError']
+__all__ = ['Reservation', 'RetryPolicy', 'LeaseLost', 'ReservationBusy', 'ReservationError',
+           'call_task', 'describe_holders']
 
 log = logging.getLogger(__name__)
 
-#: Extra seconds an OCS call may take beyond the registry-side wait it asks for.
-CALL_MARGIN = 10.0
-#: How long a thread waits for the renew thread when the reservation ends.
-JOIN_TIMEOUT = 5.0
+#: Seconds between renewal retries after a failed renewal (as SiteLock).
+RETRY = 0.5
 
 
 
@@ -99,17 +103,7 @@ class RetryPolicy:
             yield d
 
 
-class _Answer:
-    """What one registry call came to. ``answered`` is False when the
-    registry's own (ok, message) never came back (unreachable, no such
-    agent, the task busy with another caller...)."""
-    __slots__ = ('ok', 'message', 'data', 'answered')
-
-    def __init__(self, ok, message, data=None, answered=True):
-        self.ok, self.message, self.data, self.answered = ok, message, data or {}, answered
-
-    def __repr__(self):
-        return f'_Answer({self.ok}, {self.message!r}, answered={self.answered})'
+_Answer = Answer         # the name this module used first
 
 
 def _exc_reason(exc):
@@ -166,161 +160,155 @@ def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep)
 
 def call_procedure(client, name, params):
     """Call the registry's WAMP procedure ``<registry>.lease.<name>`` through
-    the router's HTTP bridge (the OCSClient's own connection). Unlike an OCS
-    task, many callers may be in it at once, so scripts queue fairly."""
-    http = client._client
-    try:
-        reply = http.call(lease_uri(http.agent_addr, name), **params)
-    except Exception as e:      # ControlClientError, requests errors...
-        return _Answer(False, _exc_reason(e), answered=False)
-    if not isinstance(reply, dict) or 'ok' not in reply:
-        return _Answer(False, f'unexpected reply from the registry: {reply!r:.100}',
-                       answered=False)
-    return _Answer(bool(reply['ok']), one_line(reply.get('message') or ''),
-                   reply.get('data') or {})
-
-
-def describe_holders(holders):
-    """``"satp1/hwp held by 'bob' (token 3)"``, for each holder, joined."""
-    parts = []
-    for h in holders or ():
-        if isinstance(h, dict):
-            parts.append(f"{h.get('resource')} held by {h.get('owner')!r} "
-                         f"(token {h.get('token')})" + (f" ({h['note']})" if h.get('note')
-                                                        else ''))
-    return '; '.join(parts)
+    an ``OCSClient``'s own HTTP bridge connection (one POST)."""
+    return OCSClientTransport(client).lease_call(name, params)
 
 
 class Reservation:
     """A site-wide lease on one or several resources, for scripts and people.
 
     Use it as a context manager (or call :meth:`acquire` and :meth:`release`).
-    Entering acquires every resource or none (the registry's ``acquire`` with
+    Acquiring takes every resource or none (the registry's ``acquire`` with
     ``timeout`` seconds of queueing per attempt), retrying busy resources
-    with ``retry``; it raises :class:`ReservationBusy` (naming the holders)
-    when the policy gives up, and :class:`ReservationError` when the registry
-    refuses the request or cannot be reached. While held, a daemon thread
-    renews the lease every ``lease / 3`` seconds. Leaving stops that thread
-    and releases the lease (an already lost lease is not an error).
+    with ``retry``; it raises :class:`ReservationBusy` (naming the holders
+    and until when) when the policy gives up, and :class:`ReservationError`
+    when the registry refuses the request or cannot be reached. While held,
+    the process's renewal thread renews the lease every ``lease / 3`` seconds (a failed
+    renewal is retried every 0.5 s). Leaving stops the renewals and releases
+    the lease (an already lost lease is not an error). Renewals run on the
+    process's one renewal thread (:mod:`~.renewer`), so entering and leaving
+    never wait for a thread to start or end.
+
+    The lease is kept by the pure :class:`~.holder.LeaseHolder` shared with
+    :class:`~.sitelock.SiteLock`: the local deadline is counted on the
+    monotonic ``clock`` from when the request was sent, plus the time the
+    registry says it queued, plus the lease; so a reservation that waited in
+    the queue longer than its lease still holds a whole lease after the grant.
+
+    Each acquire, renew and release is one HTTP request to the router's
+    bridge, on one keep-alive connection (:class:`~.bridge.BridgeClient`).
 
     Args:
         resources (str or list): resource path(s), e.g. ``'satp1/hwp'``.
         owner (str): who holds it, shown to others (a person, a schedule).
-        lease (float): seconds the lease lasts unless renewed.
+        lease (float): seconds the lease lasts unless renewed, in
+            ``[MIN_LEASE, MAX_LEASE]`` (0.5 .. 3600).
         note (str): why, kept in the audit log.
         tree (bool): also exclude everything below the path(s).
         registry (str): instance-id of the LockRegistryAgent.
-        args (list): site arguments for ``OCSClient``
+        args (list): site arguments, as for ``OCSClient``
             (``['--site-file', ..., '--site-host', ...]``).
-        privs: passed to ``OCSClient`` (a password or a credential level).
+        privs: accepted for compatibility (the lease procedures need none).
         retry (RetryPolicy): how to retry busy resources.
         timeout (float): seconds each attempt may wait in the registry's queue.
-        client: an object to use instead of ``OCSClient`` (tests).
+        client: the transport: an object with ``lease_call(name, params,
+            wait)`` (tests), or an ``OCSClient`` to call through; default a
+            :class:`~.bridge.BridgeClient` for the site.
         client_id (str): the identity recorded in the audit log.
-        on_lost (callable): called once, from the renew thread, with the
-            reason when the lease is lost.
-        stop_event: the Event the renew thread waits on between renewals
-            (tests pass one they drive).
+        on_lost (callable): called once with the reason when the lease is
+            lost (from the renewal thread, or from the thread that called
+            :meth:`check`).
+        renewer (Renewer): what renews the lease (default: the process's
+            one renewal thread, :func:`~.renewer.shared_renewer`; tests pass
+            one they drive).
         clock (callable): monotonic seconds (tests pass a fake clock).
         sleep (callable): how retry delays are waited (tests record them).
 
     Attributes:
         tokens (dict): ``{resource: fencing token}`` of the current grant.
-        expires (float): when the lease ends unless renewed (registry time).
+        expires (float): the registry's expiry (its clock; for display).
         lost (str or None): why the lease was lost, or None.
         attempts (int): acquire attempts made by the last :meth:`acquire`.
     """
 
     def __init__(self, resources, owner, lease=30.0, note='', tree=False,
                  registry='lock-registry', args=None, privs=None, retry=None, timeout=0.0,
-                 client=None, client_id=None, on_lost=None, stop_event=None,
+                 client=None, client_id=None, on_lost=None, renewer=None,
                  clock=time.monotonic, sleep=time.sleep):
-        names = [resources] if isinstance(resources, str) else list(resources)
-        if not names:
-            raise ValueError('Reservation needs at least one resource')
-        for r in names:
-            try:
-                check_resource(r)
-            except ValueError as e:
-                raise ValueError(str(e)) from None
-        if len(set(names)) != len(names):
-            raise ValueError(f'resources must not repeat a path: {names}')
-        if not isinstance(owner, str) or not owner.strip():
-            raise ValueError(f'owner must be a non-empty string, not {owner!r}')
-        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
-            raise ValueError(f'lease must be a number of seconds > 0, not {lease!r}')
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not timeout >= 0:
-            raise ValueError(f'timeout must be a number of seconds >= 0, not {timeout!r}')
-        self.resources = sorted(names)
-        self.owner, self.lease, self.note, self.tree = owner, float(lease), note, bool(tree)
-        self.timeout = float(timeout)
+        self._core = LeaseHolder(resources, lease, clock, tree=tree, owner=owner)
+        self.timeout = check_seconds('timeout', timeout, 1e6, zero_ok=True)
+        check_text('note', note, 500)
+        self.resources = list(self._core.resources)
+        self.owner, self.lease, self.note, self.tree = owner, self._core.lease, note, tree
         self.registry, self.args, self.privs = registry, args, privs
         self.retry = RetryPolicy() if retry is None else retry
         self.client_id = client_id or \
             f'Reservation {os.getpid()}@{socket.gethostname()} #{id(self) & 0xffff:04x}'
         self.on_lost = on_lost
         self._client = client
-        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._renewer = renewer
         self._clock, self._sleep = clock, sleep
-        self._lock = threading.Lock()
-        self._thread = None
-        self._deadline = None       # local (clock) time the lease surely ends by
-        self.tokens = {}
-        self.expires = None
-        self.lost = None
+        self._lock = threading.RLock()      # the core: owner thread and renewer
+        self.renewing = False               # handed to the renewer, not yet released
+        self._told = None                   # the loss on_lost was told of
         self.attempts = 0
-        self.request_id = None
 
-    # -- plumbing -------------------------------------------------------------------
+    # -- state (kept by the core) ---------------------------------------------------
+
+    tokens = property(lambda self: self._core.tokens)
+    expires = property(lambda self: self._core.expires)
+    lost = property(lambda self: self._core.lost)
+    request_id = property(lambda self: self._core.request_id)
+
+    @property
+    def deadline(self):
+        """When the lease surely ends, on ``clock`` (None when not held)."""
+        return self._core.deadline
 
     @property
     def client(self):
+        """The transport the lease calls go through."""
         if self._client is None:
-            from ocs.ocs_client import OCSClient
             try:
-                self._client = OCSClient(self.registry, privs=self.privs, args=self.args)
+                self._client = BridgeClient.from_site(self.registry, args=self.args)
             except Exception as e:
                 raise ReservationError(f'cannot reach the lock registry {self.registry!r}: '
                                        f'{_exc_reason(e)}') from None
+        elif not callable(getattr(self._client, 'lease_call', None)):
+            self._client = OCSClientTransport(self._client)
         return self._client
 
-    def _call(self, name, wait, **params):
+    def _call(self, name, wait=0.0, **params):
         try:
             client = self.client
         except ReservationError as e:
-            return _Answer(False, str(e), answered=False)
-        if name in ('acquire', 'renew', 'release') and \
-                callable(getattr(getattr(client, '_client', None), 'call', None)):
-            return call_procedure(client, name, params)     # a real OCSClient
-        return call_task(client, name, params, wait=wait, sleep=self._sleep)
+            return Answer(False, str(e), answered=False)
+        return client.lease_call(name, params, wait)
 
     @property
     def held(self):
         """True while the lease is held, not lost and not past its local deadline."""
-        return bool(self.tokens) and self.lost is None and self._clock() < self._deadline
+        with self._lock:
+            return self._core.held
 
     @property
     def token(self):
         """The fencing token of the first resource (the only one, often)."""
-        return self.tokens[self.resources[0]] if self.tokens else None
+        return self._core.token
 
     def check(self):
-        """Raise :class:`LeaseLost` unless the lease is held now (also when it
-        ran past its deadline without a renewal, e.g. the process was frozen)."""
-        if self.lost is not None:
-            raise LeaseLost(self.lost)
-        if not self.tokens:
-            raise LeaseLost(f'no lease held on {", ".join(self.resources)}')
-        if self._clock() >= self._deadline:
-            self._lose(f'the lease on {", ".join(self.resources)} ran out without a renewal')
-            raise LeaseLost(self.lost)
-
-    def _lose(self, reason):
+        """Return the first fencing token, or raise :class:`LeaseLost` unless
+        the lease is held now (also when it ran past its deadline without a
+        renewal, e.g. the process was frozen)."""
         with self._lock:
-            if self.lost is not None:
-                return
-            self.lost = reason
+            try:
+                return self._core.check()
+            except LeaseLost:
+                self._tell()
+                raise
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Context manager around a hardware step: yields the fencing token,
+        or raises :class:`LeaseLost` without running the body."""
+        yield self.check()
+
+    def _tell(self):
+        """Once per loss: log it and call ``on_lost``."""
+        reason = self._core.lost
+        if reason is None or reason == self._told:
+            return
+        self._told = reason
         log.warning('reservation of %s lost: %s', ', '.join(self.resources), reason)
         if self.on_lost is not None:
             try:
@@ -331,15 +319,16 @@ class Reservation:
     # -- acquire --------------------------------------------------------------------
 
     def acquire(self):
-        """Acquire every resource or none, retrying busy ones; returns self."""
-        if self.tokens and self.lost is None:
+        """Acquire every resource or none, retrying busy ones; returns self,
+        or raises ReservationBusy / ReservationError."""
+        if self._core.tokens and self._core.lost is None:
             raise ReservationError(f'already holding {", ".join(self.resources)}')
-        self.tokens, self.expires, self.lost, self.request_id = {}, None, None, None
+        self._stop_renewing()
+        self._core.released()
         policy = self.retry
         start = self._clock()
         delays = policy.delays()
         self.attempts = 0
-        what = ', '.join(self.resources)
         resource = self.resources[0] if len(self.resources) == 1 else list(self.resources)
         while True:
             self.attempts += 1
@@ -347,95 +336,76 @@ class Reservation:
             if policy.deadline is not None:
                 per_try = max(0.0, min(per_try, start + policy.deadline - self._clock()))
             sent = self._clock()
-            ans = self._call('acquire', per_try + CALL_MARGIN, resource=resource,
-                             owner=self.owner, lease=self.lease, timeout=per_try, tree=self.tree,
+            ans = self._call('acquire', per_try, resource=resource, owner=self.owner,
+                             lease=self.lease, timeout=per_try, tree=self.tree,
                              note=self.note, client=self.client_id)
             if ans.ok:
                 self._granted(ans.data, sent)
                 return self
-            if ans.answered and 'holders' not in ans.data:
-                raise ReservationError(f'the registry refused {what}: {ans.message}')
+            if ans.kind == 'refused':
+                raise self._core.refusal(ans)
             delay = next(delays, None)
             late = policy.deadline is not None and \
                 self._clock() + (delay or 0) - start > policy.deadline
             if delay is None or late:
-                spent = self._clock() - start
-                if not ans.answered:
-                    raise ReservationError(f'could not reserve {what} after '
-                                           f'{self.attempts} attempt(s) in {spent:.1f} s: '
-                                           f'{ans.message}')
-                holders = ans.data.get('holders') or []
-                who = describe_holders(holders) or ans.message
-                raise ReservationBusy(f'{what} still busy after {self.attempts} attempt(s) '
-                                      f'in {spent:.1f} s: {who}', holders, self.attempts)
-            log.info('%s busy (attempt %d): %s; retrying in %.2f s', what, self.attempts,
-                     ans.message, delay)
+                raise self._core.refusal(ans, self.attempts, self._clock() - start)
+            log.info('%s busy (attempt %d): %s; retrying in %.2f s', ', '.join(self.resources),
+                     self.attempts, ans.message, delay)
             self._sleep(delay)
 
     def _granted(self, data, sent):
-        grants = data.get('grants') or [data]
-        self.tokens = {g['resource']: g['token'] for g in grants}
-        self.expires = data.get('expires')
-        self.request_id = data.get('request_id')
-        self._deadline = sent + self.lease
-        self.lost = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, daemon=True,
-                                        name=f'renew {", ".join(self.resources)}')
-        self._thread.start()
+        with self._lock:
+            self._core.granted(data, sent)
+            self._told = None
+        if self._renewer is None:
+            self._renewer = shared_renewer()
+        self.renewing = True
+        self._renewer.add(self, self._core.renew_every)
 
     # -- renewal --------------------------------------------------------------------
 
-    def _renew_loop(self):
-        interval = self.lease / 3
-        first = self.resources[0]
-        while not self._stop.wait(interval):
-            if self._stop.is_set() or self.lost is not None:
-                return
-            sent = self._clock()
-            ans = self._call('renew', interval + CALL_MARGIN, resource=first,
-                             token=self.tokens[first], lease=self.lease, client=self.client_id)
-            if self._stop.is_set() and not ans.ok:
-                return          # released meanwhile: not a loss
+    def renew_once(self):
+        """One renewal (called by the renewer when it is due). Returns the
+        delay to the next one, or None when renewing is over (lost, released)."""
+        core = self._core
+        if not self.renewing or core.lost is not None or not core.tokens:
+            return None
+        sent = self._clock()
+        ans = self._call('renew', resource=core.first, token=core.token, lease=self.lease,
+                         client=self.client_id)
+        with self._lock:
+            if not self.renewing:
+                return None         # released meanwhile: not a loss
             if ans.ok:
-                self.expires = ans.data.get('expires', self.expires)
-                self._deadline = sent + self.lease
-                continue
+                core.renewed(ans.data, sent)
+                return core.renew_every
             if ans.answered:
-                self._lose(f'renewal refused: {ans.message}')
-                return
-            if self._clock() >= self._deadline:
-                self._lose(f'the registry was unreachable for longer than the lease '
-                           f'({self.lease:g} s): {ans.message}')
-                return
-            log.warning('renewal of %s failed (will retry): %s', first, ans.message)
+                core.refused(ans.reason)
+            elif core.unreachable(ans.reason) is None:
+                log.warning('renewal of %s failed (will retry): %s', core.first, ans.message)
+                return min(RETRY, core.renew_every)
+            self.renewing = False
+            self._tell()
+            return None
 
-    def _stop_thread(self):
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(JOIN_TIMEOUT)
-            if t.is_alive():
-                log.warning('renew thread of %s did not stop within %g s',
-                            ', '.join(self.resources), JOIN_TIMEOUT)
-        self._thread = None
+    def _stop_renewing(self):
+        self.renewing = False
+        if self._renewer is not None:
+            self._renewer.remove(self)
 
     # -- release --------------------------------------------------------------------
 
     def release(self):
         """Stop renewing and release the lease. Returns the registry's message,
         or None if there was nothing to release (never acquired, or lost)."""
-        self._stop_thread()
-        if not self.tokens:
+        self._stop_renewing()
+        with self._lock:
+            core = self._core
+            token, lost, first = core.token, core.lost, core.first
+            core.released()
+        if token is None or lost is not None:
             return None
-        first = self.resources[0]
-        token = self.tokens[first]
-        if self.lost is not None:
-            self.tokens = {}
-            return None
-        ans = self._call('release', CALL_MARGIN, resource=first, token=token,
-                         client=self.client_id)
-        self.tokens = {}
+        ans = self._call('release', resource=first, token=token, client=self.client_id)
         if not ans.ok:
             if ans.answered:        # already expired or revoked: nothing left to do
                 log.info('release of %s: %s', first, ans.message)
@@ -452,7 +422,6 @@ class Reservation:
         self.release()
         return False
 
-    def __del__(self):
-        stop = getattr(self, '_stop', None)
-        if stop is not None:
-            stop.set()
+    def __repr__(self):
+        state = 'lost' if self.lost else 'held' if self.tokens else 'not held'
+        return f'<Reservation {", ".join(self.resources)} by {self.owner!r}: {state}>'

@@ -9,30 +9,39 @@ every hardware call in :meth:`SiteLock.guard`::
     with self.bridge.guard():          # raises LeaseLost instead of talking
         self.device.set_heater(value)  # to the device without a valid lease
 
-``guard()`` refuses once the lease is lost: revoked (a force_release, seen
-at the next renewal), expired, or unrenewable because the registry stayed
-unreachable until the lease ran out (a failed renewal is retried every
-0.5 s). The local deadline is the lease's
-expiry on this host's clock, so a holder frozen past its lease (SIGSTOP) is
-refused when it wakes, before its next renewal is even tried. The fencing
-token of the current grant is in :attr:`SiteLock.token`.
+The lease itself is kept by the pure :class:`~.holder.LeaseHolder` shared
+with :class:`~.reservation.Reservation`: the same loss rules, the same
+messages, a local deadline on this host's *monotonic* clock (never compared
+with the registry's wall clock). ``guard()`` refuses once the lease is lost:
+revoked (a force_release, seen at the next renewal), past its deadline (a
+holder frozen by SIGSTOP is refused when it wakes, before its next renewal
+is even tried), or unrenewable because the registry stayed unreachable until
+the deadline (a failed renewal is retried every 0.5 s).
+
+Busy or refused acquires raise (:class:`LeaseBusy`, naming the holders, or
+:class:`LeaseUnavailable`), exactly as entering a Reservation does: a lease
+is never a bool to remember to check.
 
 Reactor code uses :meth:`acquire_deferred` / :meth:`release_deferred`;
 worker threads use :meth:`acquire` / :meth:`release`, which wait for the
 reactor (never call those on the reactor thread).
 """
 import contextlib
+import logging
 import threading
 import time
+import warnings
 
 from twisted.internet import defer, task
 from twisted.python import threadable
 
-from ..errors import LeaseLost, ReactorBlockingError
-from ..wire import error_reason, lease_uri
-from .paths import check_resource
+from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable, ReactorBlockingError
+from ..wire import error_reason, lease_uri, one_line
+from .holder import Answer, LeaseHolder
 
-__all__ = ['SiteLock', 'LeaseLost']
+__all__ = ['SiteLock', 'LeaseLost', 'LeaseBusy', 'LeaseUnavailable']
+
+log = logging.getLogger(__name__)
 
 #: Seconds between renewal retries after a failed renewal.
 RETRY = 0.5
@@ -44,6 +53,13 @@ def _reason(exc):
                                          '(is the registry running?)')
 
 
+def _answer(reply):
+    if not isinstance(reply, dict) or 'ok' not in reply:
+        return Answer(False, f'unexpected reply from the registry: {reply!r:.100}',
+                      answered=False)
+    return Answer(bool(reply['ok']), one_line(reply.get('message') or ''),
+                  reply.get('data') or {})
+
 
 class SiteLock:
     """A lease on one site-wide resource for an OCS agent.
@@ -53,40 +69,79 @@ class SiteLock:
         resource (str): the resource path, e.g. ``satp1/bridge-1``.
         owner (str): the owner recorded by the registry (default: the
             agent's instance id).
-        lease (float): lease length in seconds; renewed every ``lease / 3``.
+        lease (float): lease length in seconds, in ``[MIN_LEASE, MAX_LEASE]``
+            (0.5 .. 3600); renewed every ``lease / 3``.
         tree (bool): exclude everything below ``resource`` too.
+        note (str): why, shown to others and kept in the audit log.
         registry (str): the LockRegistryAgent's instance id.
-        on_revoked (callable): called on the reactor thread with the reason
-            when the lease is lost.
-        clock: time source (default ``time.time``; tests inject one).
+        on_lost (callable): called once, on the reactor thread, with the
+            reason when the lease is lost.
+        on_revoked (callable): deprecated name of ``on_lost``.
+        clock: monotonic time source (default ``time.monotonic``; tests
+            inject one).
         reactor: the Twisted reactor (default: the global one).
+
+    Attributes:
+        token (int or None): the fencing token of the current grant.
+        lost (str or None): why the lease was lost.
+        last_refusal (str or None): why the last acquire was refused.
     """
 
     def __init__(self, agent, resource, owner=None, lease=10.0, tree=False, note='',
-                 registry='lock-registry', on_revoked=None, clock=time.time, reactor=None):
-        check_resource(resource)
-        if not isinstance(lease, (int, float)) or isinstance(lease, bool) or not 0 < lease <= 3600:
-            raise ValueError(f'lease must be seconds in (0, 3600], not {lease!r}')
+                 registry='lock-registry', on_lost=None, on_revoked=None,
+                 clock=time.monotonic, reactor=None):
+        if isinstance(resource, (list, tuple)):
+            raise ValueError(f'SiteLock holds one resource, not a list: {resource!r:.80}')
+        if on_revoked is not None:
+            warnings.warn('SiteLock(on_revoked=...) is deprecated; use on_lost=',
+                          DeprecationWarning, stacklevel=2)
+            on_lost = on_lost or on_revoked
+        self._core = LeaseHolder(resource, lease, clock, tree=tree, owner=owner)
         if reactor is None:
             from twisted.internet import reactor
         self.agent = agent
         self.resource = resource
         self.owner = owner
-        self.lease = float(lease)
+        self.lease = self._core.lease
         self.tree = tree
         self.note = note
         self.registry = registry
-        self.on_revoked = on_revoked
+        self.on_lost = on_lost
         self.clock = clock
         self.reactor = reactor
-        self.token = None
-        self.expires = None
-        self.lost = None            # reason, once the lease is lost
         self.last_refusal = None    # why the last acquire was refused
         self._renewer = None
         self._retry = None          # a quick renewal retry after a failed one
+        self._told = None           # the loss on_lost was told of
 
-    # -- helpers ------------------------------------------------------------------
+    # -- state (kept by the core) -------------------------------------------------
+
+    @property
+    def token(self):
+        return self._core.token
+
+    @property
+    def lost(self):
+        return self._core.lost
+
+    @property
+    def expires(self):
+        """The registry's expiry of the grant (its clock; for display only)."""
+        return self._core.expires
+
+    @property
+    def deadline(self):
+        """When the lease surely ends, on ``clock`` (None when not held)."""
+        return self._core.deadline
+
+    @property
+    def on_revoked(self):           # deprecated alias
+        return self.on_lost
+
+    @property
+    def held(self):
+        """True while the lease is valid (held, not lost, not past its deadline)."""
+        return self._core.held
 
     def _uri(self, name):
         root = self.agent.agent_address.rsplit('.', 1)[0]
@@ -96,22 +151,14 @@ class SiteLock:
     def _owner(self):
         return self.owner or self.agent.agent_address.rsplit('.', 1)[-1]
 
-    @property
-    def held(self):
-        """True while the lease is valid (held, not lost, not past its expiry)."""
-        return self.token is not None and self.lost is None and self.clock() < self.expires
-
     def check(self):
-        """Raise :class:`LeaseLost` unless the lease is valid now."""
-        if self.token is None:
-            raise LeaseLost(self.lost or f'no lease on {self.resource!r}')
-        if self.lost is not None:
-            raise LeaseLost(self.lost)
-        if self.clock() >= self.expires:
-            self._lose(f'lease on {self.resource!r} (token {self.token}) expired '
-                       f'{self.clock() - self.expires:.1f} s ago')
-            raise LeaseLost(self.lost)
-        return self.token
+        """Return the fencing token, or raise :class:`LeaseLost` unless the
+        lease is valid now. Any thread."""
+        try:
+            return self._core.check()
+        except LeaseLost:
+            self._lost_now()
+            raise
 
     @contextlib.contextmanager
     def guard(self):
@@ -120,13 +167,18 @@ class SiteLock:
         yield self.check()
 
     def _lose(self, reason):
-        if self.lost is not None:
+        if self._core.lose(reason) is not None:
+            self._lost_now()
+
+    def _lost_now(self):
+        """Once per loss: stop renewing and tell ``on_lost`` (reactor thread)."""
+        if self._told == self._core.lost or self._core.lost is None:
             return
-        self.lost = reason
-        if self._renewer is not None and self._renewer.running:
-            self.reactor.callFromThread(self._stop_renewing)
-        if self.on_revoked is not None:
-            self.reactor.callFromThread(self.on_revoked, reason)
+        self._told = self._core.lost
+        log.warning('site lock %s lost: %s', self.resource, self._core.lost)
+        self.reactor.callFromThread(self._stop_renewing)
+        if self.on_lost is not None:
+            self.reactor.callFromThread(self.on_lost, self._core.lost)
 
     def _stop_renewing(self):
         if self._renewer is not None and self._renewer.running:
@@ -138,48 +190,57 @@ class SiteLock:
 
     @defer.inlineCallbacks
     def acquire_deferred(self, timeout=0.0):
-        """Ask for the lease (waiting up to ``timeout`` s in the registry's
-        queue). Fires True when granted, False when busy or when the registry
-        cannot be reached (:attr:`last_refusal` says which)."""
+        """Ask for the lease, waiting up to ``timeout`` s in the registry's
+        queue. Fires with this SiteLock when granted; fails with :class:`LeaseBusy` (naming
+        the holders) when busy and :class:`LeaseUnavailable` when refused or
+        the registry cannot be reached (:attr:`last_refusal` says why too),
+        or when this SiteLock already holds its lease."""
+        if self._core.tokens and self._core.lost is None:
+            raise LeaseUnavailable(f'already holding {self.resource} '
+                                   f'(token {self._core.token})')
+        sent = self.clock()
         try:
             reply = yield self.agent.call(
                 self._uri('acquire'), self.resource, self._owner, self.lease, timeout,
                 self.tree, self.note, self.agent.agent_address)
+            ans = _answer(reply)
         except Exception as e:      # not joined, no registry, router gone...
-            self.last_refusal = f'the lock registry is unreachable: {_reason(e)}'
-            return False
-        if not reply.get('ok'):
-            self.last_refusal = reply.get('message')
-            return False
-        data = reply['data']
-        self.token = data['token']
-        self.expires = data['expires']
-        self.lost = None
+            ans = Answer(False, f'the lock registry is unreachable: {_reason(e)}',
+                         answered=False)
+        if not ans.ok:
+            self.last_refusal = ans.reason
+            raise self._core.refusal(ans)
+        self._core.granted(ans.data, sent)
+        self._told = None
+        self._stop_renewing()
         self._renewer = task.LoopingCall(self._renew)
         self._renewer.clock = self.reactor
-        self._renewer.start(self.lease / 3, now=False)
-        return True
+        self._renewer.start(self._core.renew_every, now=False)
+        return self
 
     @defer.inlineCallbacks
     def _renew(self):
-        if self.lost is not None or self.token is None:
+        core = self._core
+        if core.lost is not None or not core.tokens:
             return
+        sent = self.clock()
         try:
-            reply = yield self.agent.call(self._uri('renew'), self.resource, self.token,
+            reply = yield self.agent.call(self._uri('renew'), self.resource, core.token,
                                           self.lease, self.agent.agent_address)
+            ans = _answer(reply)
         except Exception as e:       # registry or router unreachable: keep trying
-            if self.clock() >= self.expires:
-                self._lose(f'could not renew the lease on {self.resource!r} before it '
-                           f'expired: {_reason(e)}')
-            elif self._retry is None or not self._retry.active():
-                # Try again soon rather than at the next lease/3 tick, so a
-                # short outage does not cost the lease.
-                self._retry = self.reactor.callLater(RETRY, self._renew)
-            return
-        if reply.get('ok'):
-            self.expires = reply['data']['expires']
-        else:
-            self._lose(f'lease on {self.resource!r} was lost: {reply.get("message")}')
+            ans = Answer(False, _reason(e), answered=False)
+        if ans.ok:
+            core.renewed(ans.data, sent)
+        elif ans.answered:
+            core.refused(ans.reason)
+            self._lost_now()
+        elif core.unreachable(ans.reason) is not None:
+            self._lost_now()
+        elif self._retry is None or not self._retry.active():
+            # Try again soon rather than at the next lease/3 tick, so a
+            # short outage does not cost the lease.
+            self._retry = self.reactor.callLater(RETRY, self._renew)
 
     @defer.inlineCallbacks
     def release_deferred(self):
@@ -187,15 +248,17 @@ class SiteLock:
         if the registry took it back; False if it was lost or unreachable
         (the lease then runs out by itself)."""
         self._stop_renewing()
-        token, self.token = self.token, None
-        if token is None or self.lost is not None:
+        token = self._core.token
+        lost = self._core.lost
+        self._core.released()
+        if token is None or lost is not None:
             return False
         try:
             reply = yield self.agent.call(self._uri('release'), self.resource, token,
                                           self.agent.agent_address)
         except Exception:
             return False
-        return bool(reply.get('ok'))
+        return bool(isinstance(reply, dict) and reply.get('ok'))
 
     # -- thread API -----------------------------------------------------------------
 
@@ -220,7 +283,7 @@ class SiteLock:
         return out['value']
 
     def acquire(self, timeout=0.0):
-        """Thread version of :meth:`acquire_deferred`."""
+        """Thread version of :meth:`acquire_deferred` (this SiteLock, or raises)."""
         return self._blocking(self.acquire_deferred, timeout, timeout=timeout + 30)
 
     def release(self):

@@ -12,8 +12,9 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
 
-from .paths import (ancestors, bad_value, check_positive_int, check_resource, check_resources,
-                    check_seconds, check_text, check_time, conflicts, overlap)
+from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive_int,
+                    check_resource, check_resources, check_seconds, check_text, check_time,
+                    conflicts, overlap, when)
 from ..errors import LeaseError
 
 __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'conflicts',
@@ -26,6 +27,15 @@ KEEP_DONE = 1000        # finished requests remembered for poll()
 #: Audit actions, also the names listeners are called with.
 ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'timeout',
            'cancel')
+#: Every action an audit row may carry: ACTIONS, ``regrant`` (folded
+#: re-grants to one holder, see LeaseState) and ``refuse`` (a refused call,
+#: ``ok`` false, written by the registry).
+AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse')
+#: A holder that takes a resource again within this many seconds of releasing
+#: it, with nobody else in between, has its re-grants folded into one row.
+FOLD_WINDOW = 10.0
+#: At most one ``renew`` row per request per this many seconds.
+RENEW_AUDIT_EVERY = 60.0
 _ENDED_AS = {'release': 'released', 'force_release': 'revoked', 'expire': 'expired'}
 
 
@@ -45,7 +55,10 @@ class Grant:
     request_id: int
 
     def as_dict(self):
-        return asdict(self)
+        return {k: getattr(self, k) for k in _GRANT_FIELDS}
+
+
+_GRANT_FIELDS = tuple(Grant.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,15 @@ class Outcome:
     grants: Tuple[Grant, ...] = ()
     holders: Tuple[Grant, ...] = ()
     queue_position: Optional[int] = None
+    #: granted: seconds the request waited in the queue before its grant
+    #: (a duration on the caller's clock; 0.0 when granted at once).
+    queued_for: float = 0.0
 
     def as_dict(self):
         return {'status': self.status, 'request_id': self.request_id,
                 'grants': [g.as_dict() for g in self.grants],
                 'holders': [g.as_dict() for g in self.holders],
-                'queue_position': self.queue_position}
+                'queue_position': self.queue_position, 'queued_for': self.queued_for}
 
 
 class _Claims:
@@ -122,9 +138,15 @@ class _Batch:
 
     def __init__(self):
         self.counters, self.grants, self.audit, self.notices = {}, {}, [], []
+        self.folds = []         # updates of the newest ``regrant`` row of a resource
+        self.undo = []          # (dict, key, old value or _MISSING), newest last
 
 
-_STATE = ('_grants', '_counters', '_waiting', '_done', '_ended', '_last_rid')
+_MISSING = object()
+#: Copied whole before each operation (small); the big dicts are journaled.
+_STATE = ('_grants', '_waiting', '_last_rid')
+# _counters, _done, _ended, _runs and _renewed grow with use: changed through
+# _set, which journals the old value in the batch's undo list.
 
 
 class LeaseState:
@@ -169,9 +191,12 @@ class LeaseState:
     * **Threads.** Not thread-safe: one thread (the reactor) calls it.
     """
 
-    def __init__(self, store=None, max_lease=3600.0, max_timeout=600.0, max_resources=16,
-                 max_waiting=1000):
-        self.max_lease = check_seconds('max_lease', max_lease, 1e9)
+    def __init__(self, store=None, max_lease=MAX_LEASE, max_timeout=600.0, max_resources=16,
+                 max_waiting=1000, fold_window=FOLD_WINDOW, renew_audit_every=RENEW_AUDIT_EVERY):
+        self.max_lease = check_lease(max_lease, name='max_lease')
+        self.fold_window = check_seconds('fold_window', fold_window, 3600, zero_ok=True)
+        self.renew_audit_every = check_seconds('renew_audit_every', renew_audit_every, 86400,
+                                               zero_ok=True)
         self.max_timeout = check_seconds('max_timeout', max_timeout, 1e9, zero_ok=True)
         self.max_resources = check_positive_int('max_resources', max_resources)
         self.max_waiting = check_positive_int('max_waiting', max_waiting)
@@ -183,6 +208,9 @@ class LeaseState:
         self._waiting = []    # Requests, oldest first; each blocked by a grant or an earlier one
         self._done = {}       # request id -> final Outcome, the newest KEEP_DONE
         self._ended = {}      # resource -> (token, why) of the last grant that ended
+        self._runs = {}       # resource -> run: its holder's re-grants being folded
+        self._runs_bound = 64   # prune idle runs when there are more than this
+        self._renewed = {}    # request id -> time of its last renew audit row
         loaded = self._store.load()
         for row in loaded['grants']:
             self._grants[row['resource']] = Grant(**row)
@@ -207,7 +235,7 @@ class LeaseState:
             raise bad_value('tree', 'True or False', tree)
         names = check_resources(resources, tree, self.max_resources)
         owner = check_text('owner', owner, MAX_OWNER, required=True)
-        lease = check_seconds('lease', lease, self.max_lease)
+        lease = check_lease(lease, self.max_lease)
         timeout = check_seconds('timeout', timeout, self.max_timeout, zero_ok=True)
         note, client = check_text('note', note, MAX_NOTE), check_text('client', client, MAX_CLIENT)
         now = check_time(now)
@@ -226,7 +254,9 @@ class LeaseState:
             self._last_rid += 1
             self._waiting.append(req)
             out = Outcome('queued', req.request_id, (), holders, ahead + 1)
-            self._record_request('queue', req, now, out, timeout=timeout)
+            # Not an audit row (the grant's row says how long it queued; a
+            # timeout is a row): listeners still hear of it.
+            self._batch.notices.append(('queue', out))
             return out
 
     def renew(self, resource, token, lease, now, client=''):
@@ -234,15 +264,20 @@ class LeaseState:
         to ``now + lease`` (all its resources); returns the new Grant."""
         check_resource(resource)
         check_positive_int('token', token)
-        lease = check_seconds('lease', lease, self.max_lease)
+        lease = check_lease(lease, self.max_lease)
         client = check_text('client', client, MAX_CLIENT)
         now = check_time(now)
         with self._op(now):
             held = self._holding(resource, token)
+            last = self._renewed.get(held.request_id)
+            write = last is None or now - last >= self.renew_audit_every
+            if write:
+                self._set(self._renewed, held.request_id, now)
             for g in self._request_grants(held.request_id):
                 g = self._grants[g.resource] = replace(g, expires=now + lease)
                 self._batch.grants[g.resource] = g
-                self._audit('renew', now, g, client=client, expires=g.expires)
+                if write:       # sampled: one row per request per renew_audit_every
+                    self._audit('renew', now, g, client=client, expires=g.expires)
                 self._batch.notices.append(('renew', g))
             return self._grants[resource]
 
@@ -337,13 +372,22 @@ class LeaseState:
         batch = self._batch = _Batch()
         try:
             yield self._expire(now)
-            if batch.counters or batch.grants or batch.audit:
-                self._store.apply(
+            if batch.counters or batch.grants or batch.audit or batch.folds \
+                    or self._last_rid != saved['_last_rid']:     # a queued request's id
+                changes = dict(
                     counters=batch.counters, audit=batch.audit, last_request_id=self._last_rid,
                     grants={r: g and g.as_dict() for r, g in batch.grants.items()})
+                if batch.folds:
+                    changes['folds'] = batch.folds
+                self._store.apply(**changes)
         except BaseException:
             for k, v in saved.items():
                 setattr(self, k, v)
+            for d, key, old in reversed(batch.undo):
+                if old is _MISSING:
+                    d.pop(key, None)
+                else:
+                    d[key] = old
             raise
         finally:
             self._batch = None
@@ -394,13 +438,14 @@ class LeaseState:
             if req.tree:
                 covering += tuple(x for x in self._counters if x.startswith(r + '/'))
             token = 1 + max(self._counters.get(x, 0) for x in covering)
-            self._counters[r] = self._batch.counters[r] = token
+            self._set(self._counters, r, token)
+            self._batch.counters[r] = token
             g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,
                       now, req.request_id)
             self._grants[r] = self._batch.grants[r] = g
-            self._audit('grant', now, g, tree=req.tree, expires=g.expires, note=req.note)
+            self._audit_grant(g, now, now - req.queued_at)
             grants.append(g)
-        out = Outcome('granted', req.request_id, tuple(grants))
+        out = Outcome('granted', req.request_id, tuple(grants), queued_for=now - req.queued_at)
         self._batch.notices.append(('grant', out))
         return out
 
@@ -409,15 +454,19 @@ class LeaseState:
         for g in grants:
             del self._grants[g.resource]
             self._batch.grants[g.resource] = None
-            why = {'release': f'was released at {now:.3f}',
-                   'expire': f'expired at {g.expires:.3f}',
-                   'force_release': f'was revoked at {now:.3f} by {by!r:.40}: {reason!r:.80}'}
-            self._ended[g.resource] = (g.token, f'lease on {g.resource!r} {why[action]}')
+            at = f'{when(g.expires if action == "expire" else now)} (registry time)'
+            why = {'release': f'was released at {at}', 'expire': f'expired at {at}',
+                   'force_release': f'was revoked at {at} by {by!r:.40}: {reason!r:.80}'}
+            self._set(self._ended, g.resource, (g.token, f'lease on {g.resource!r} '
+                                                          f'{why[action]}'))
             detail = {'holder': g.owner, 'reason': reason} if by else \
                 {'expires': g.expires} if action == 'expire' else {}
-            self._audit(action, now, g, owner=by or g.owner,
-                        client=g.client if client is None else client, **detail)
+            if not self._fold_release(g, action, now, client):
+                self._audit(action, now, g, owner=by or g.owner,
+                            client=g.client if client is None else client, **detail)
             self._batch.notices.append((action, g))
+        if self._renewed.get(rid) is not None:
+            self._set(self._renewed, rid, _MISSING)
         self._remember(Outcome(_ENDED_AS[action], rid, grants))
         return list(grants)
 
@@ -442,9 +491,87 @@ class LeaseState:
             'client': grant.client if client is None else client, 'detail': detail, 'ok': True})
 
     def _remember(self, outcome):
-        self._done[outcome.request_id] = outcome
+        self._set(self._done, outcome.request_id, outcome)
         while len(self._done) > KEEP_DONE:
-            del self._done[next(iter(self._done))]
+            self._set(self._done, next(iter(self._done)), _MISSING)
+
+    def _set(self, d, key, value):
+        """``d[key] = value`` (``_MISSING``: delete), undone if the operation fails."""
+        self._batch.undo.append((d, key, d.get(key, _MISSING)))
+        if value is _MISSING:
+            d.pop(key, None)
+        else:
+            d[key] = value
+
+    # -- audit folding: one row for quick hand-overs ---------------------------------
+    #
+    # When a resource is released by its holder and granted again within
+    # fold_window (to the same holder, or to the next of a few agents taking
+    # turns), no other path conflicting with it having been granted in
+    # between, the cycles add no grant and release rows: from the second
+    # cycle on they are folded into one ``regrant`` row per resource (token
+    # and owner: the latest; detail: count, the owners with their counts,
+    # first and last time, whether the latest is released yet), updated in
+    # place in the same transaction. check_audit replays it as one grant (then
+    # its release): the holds it folds are of this one path, one after the
+    # other, and anything that could conflict with them ends the fold.
+
+    def _audit_grant(self, g, now, queued_for=0.0):
+        run = self._runs.get(g.resource)
+        extra = {'queued_for': round(queued_for, 6)} if queued_for > 0 else {}
+        if run is not None and not run['open'] and run['tree'] == g.tree \
+                and now - run['released_at'] <= self.fold_window:
+            owners = dict(run['owners'])
+            owners[g.owner] = owners.get(g.owner, 0) + 1
+            run = dict(run, open=True, token=g.token, count=run['count'] + 1, last_at=now,
+                       owners=owners)
+            if run['count'] == 1:
+                run['since'] = now
+            detail = {'count': run['count'], 'owners': owners, 'since': run['since'],
+                      'last_at': now, 'released': False, 'tree': g.tree, 'note': g.note,
+                      'request': g.request_id, 'expires': g.expires}
+            if run['count'] == 1:
+                self._audit('regrant', now, g, **detail)
+            else:
+                self._batch.folds.append({'resource': g.resource, 'token': g.token,
+                                          'owner': g.owner, 'at': now, 'detail': detail})
+            self._set(self._runs, g.resource, run)
+            return
+        # A grant on the path or above it ends the runs there (and below it,
+        # for a tree grant); runs idle past the fold window go.
+        ended = [r for r in (g.resource,) + ancestors(g.resource) if r in self._runs]
+        if g.tree or len(self._runs) > self._runs_bound:
+            ended += [r for r, run in self._runs.items()
+                      if (g.tree and r.startswith(g.resource + '/'))
+                      or (not run['open'] and now - run['released_at'] > self.fold_window)]
+            self._runs_bound = max(64, 2 * (len(self._runs) - len(ended)))
+        for r in set(ended):
+            self._set(self._runs, r, _MISSING)
+        self._audit('grant', now, g, tree=g.tree, expires=g.expires, note=g.note, **extra)
+
+    def _fold_release(self, g, action, now, client):
+        """Fold the release of a folded re-grant; start a run at a plain
+        release; end the run at an expiry or revocation. True if folded."""
+        run = self._runs.get(g.resource)
+        if action != 'release' or (client is not None and client != g.client):
+            if run is not None:
+                self._set(self._runs, g.resource, _MISSING)
+            return False
+        if run is not None and run['open'] and run['token'] == g.token:
+            run = dict(run, open=False, released_at=now)
+            self._batch.folds.append({'resource': g.resource, 'token': g.token,
+                                      'owner': g.owner, 'at': now,
+                                      'detail': {'count': run['count'], 'owners': run['owners'],
+                                                 'since': run['since'], 'last_at': now,
+                                                 'released': True, 'tree': g.tree,
+                                                 'note': g.note, 'request': g.request_id}})
+            self._set(self._runs, g.resource, run)
+            return True
+        if self.fold_window > 0:
+            self._set(self._runs, g.resource, {
+                'tree': g.tree, 'open': False, 'released_at': now, 'count': 0,
+                'token': g.token, 'since': now, 'owners': {}})
+        return False
 
     def _holding(self, resource, token):
         g = self._grants.get(resource)

@@ -174,6 +174,25 @@ def test_lease_reservation_retries_then_gives_up(site, registry):
     assert 'it/retry' not in grants(registry)
 
 
+def test_reservation_that_queued_longer_than_its_lease_holds_a_whole_lease(site, registry):
+    """When a Reservation(timeout=20, lease=4) waits in the registry's queue
+    behind bob's 7 s lease (longer than its own lease), it is granted at bob's
+    expiry and holds: check() passes right after the grant and the lease is
+    renewed from there on (regression: LeaseLost right after the grant, the
+    resource then blocked for a whole lease)."""
+    ok, _, bob = answer(registry.acquire(resource='it/longq', owner='bob', lease=7))
+    assert ok
+    res = Reservation('it/longq', 'alice', lease=4, timeout=20, args=site.client_args,
+                      retry=RetryPolicy(attempts=1, deadline=None))
+    with res:
+        assert res.check() == bob['token'] + 1 and res.lost is None
+        first = grants(registry)['it/longq']['expires']
+        poll(lambda: grants(registry)['it/longq']['expires'] > first, 'a renewal')
+        assert res.held and res.check() == bob['token'] + 1
+    rows = answer(registry.history(resource='it/longq', owner='alice', action='grant'))[2]
+    assert len(rows['history']) == 1
+
+
 def test_concurrent_reservations_queue_fairly_and_do_not_block_others(site, registry):
     """When one script waits in the queue for a held resource, another script
     reserving an unrelated resource at the same time is granted at once (the
@@ -210,9 +229,12 @@ def holder_token(registry, resource):
     return max(r['token'] or 0 for r in rows)
 
 
-def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=['SIGINT', 'SIGTERM', 'SIGHUP'])
+def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry, sig):
     """When `ocs-locks reserve` runs, it prints one granted line, the lease
-    shows in the registry, and SIGINT releases it and exits 0."""
+    shows in the registry, and SIGINT (Ctrl-C), SIGTERM or SIGHUP (terminal
+    closed) releases every resource and exits 0."""
     proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
                              'reserve', 'it/cli', 'it/cli2', '--lease', '3', '--note',
                              'manual work', '--owner', 'carol'],
@@ -226,14 +248,14 @@ def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry):
         assert g['it/cli']['note'] == 'manual work'
         first = g['it/cli']['expires']
         poll(lambda: grants(registry)['it/cli']['expires'] > first, 'a renewal')
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0 and err == ''
-    assert out.strip() == 'Released it/cli.'
+    assert out.strip() == 'Released it/cli, it/cli2.'
     assert not {'it/cli', 'it/cli2'} & set(grants(registry))
 
 
@@ -242,7 +264,8 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
     force-releases only with the password, and prints the history as a table
     and as JSON."""
     ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
-    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token'] + 100))
+    bad_token = g['token'] + 100
+    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(bad_token))
     assert p.returncode == 1 and p.stderr.strip() == (
         f"ocs-locks: release it/cmd: Refused: token {g['token'] + 100} was never issued "
         "for 'it/cmd'")
@@ -263,11 +286,14 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
     assert lines[1].split()[2:4] == ['release', 'it/cmd']
     p = ocs_locks(site, 'history', 'it/cmd', '--json')
     rows = json.loads(p.stdout)
-    assert [r['action'] for r in rows[:4]] == ['release', 'grant', 'force_release', 'grant']
+    assert [r['action'] for r in rows[:5]] == ['release', 'grant', 'force_release', 'refuse',
+                                               'grant']
     assert rows[2]['owner'] == 'cred_level 2' and rows[2]['detail']['reason'] == 'test'
+    assert rows[3]['ok'] is False and rows[3]['detail'] == {
+        'call': 'release', 'reason': f"token {bad_token} was never issued for 'it/cmd'"}
     assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
                           'ok'} for r in rows)
-    for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be > 0'),
+    for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be 0.5..3600 s'),
                       (['reserve', 'Bad'], 'segment'),
                       (['history', '--limit', '0'], '--limit must be 1..1000')):
         p = ocs_locks(site, *bad)

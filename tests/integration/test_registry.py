@@ -7,6 +7,7 @@ The destructive tests (kill -9, registry restart, router restart) run last.
 import concurrent.futures
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -14,11 +15,13 @@ import time
 
 import pytest
 
-from tools.devsite import Site
+from ocs_locking.wire import LOCKS_FEED, OWNERSHIP_FEED, TABLE_KEY, feed_topic
+from tools.devsite import Site, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
 EXPIRY = 5.0    # --expiry of the registry in site-config/default.yaml
+WAIT = 30.0     # bound on every wait for a process
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +39,7 @@ def registry(site):
 
 def table(registry):
     data = registry.monitor.status().session.get('data') or {}
-    return data.get('locks') or {}
+    return data.get(TABLE_KEY) or {}
 
 
 def wait_table(registry, pred, what, timeout=30):
@@ -57,6 +60,40 @@ def wait_table(registry, pred, what, timeout=30):
 def ocs_locks(site, *args, timeout=60):
     return subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args, *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_watch(site, *args, preexec_fn=None):
+    """``ocs-locks watch --no-clear`` in the background, once it has drawn
+    its first table over WAMP (bounded)."""
+    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'watch', '--no-clear', *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    deadline = time.monotonic() + WAIT
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                proc.kill()
+                _, err = proc.communicate(timeout=WAIT)
+                pytest.fail(f'the watch drew no table within {WAIT:g} s; stderr: {err}')
+            line = proc.stdout.readline()
+            if line.startswith('LOCK'):
+                return proc
+            if not line:
+                _, err = proc.communicate(timeout=WAIT)
+                pytest.fail(f'the watch ended before drawing a table: {err}')
+
+
+def end_of(proc):
+    """Wait (bounded) for a background ocs-locks to exit: (status, stderr)."""
+    try:
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=WAIT)
+    return proc.returncode, err
 
 
 def test_lock_taken_in_an_agent_appears_in_the_registry_table(site, registry):
@@ -97,25 +134,62 @@ def test_ocs_locks_watch_follows_the_ownership_feed(site, registry):
     over WAMP (here: two updates, then it exits)."""
     proc = ocs_locks(site, 'watch', '--count', '2', '--no-clear')
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count('ocs-locks watch  observatory.lock-registry.feeds.ownership') >= 3
+    topic = feed_topic(site.address_root, 'lock-registry', OWNERSHIP_FEED)
+    assert proc.stdout.count(f'ocs-locks watch  {topic}') >= 3
     assert 'sim-device-2/hw' in proc.stdout
 
 
-def test_ocs_locks_watch_ends_quietly_on_ctrl_c(site, registry):
-    """When the watch gets SIGINT (Ctrl-C), it exits 0 without an error line."""
-    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
-                             'watch', '--no-clear'], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize('sig,preexec_fn', [
+    (signal.SIGINT, None),
+    # a shell starts background jobs with SIGINT ignored; Twisted then left
+    # it ignored and the watch never ended (the "alive 30 s after SIGINT")
+    (signal.SIGINT, _ignore_sigint),
+    (signal.SIGTERM, None),
+    (signal.SIGHUP, None)], ids=['SIGINT', 'SIGINT-from-a-background-job', 'SIGTERM', 'SIGHUP'])
+def test_ocs_locks_watch_ends_quietly_on_ctrl_c(site, registry, sig, preexec_fn):
+    """When the watch gets SIGINT (Ctrl-C, also when started as a background
+    job), SIGTERM or SIGHUP, it exits 0 without an error line."""
+    proc = start_watch(site, preexec_fn=preexec_fn)
+    proc.send_signal(sig)
+    assert end_of(proc) == (0, '')
+
+
+def test_ocs_locks_watch_with_an_unreachable_router_says_so_in_one_line(site, registry):
+    """When the router's WebSocket cannot be reached, the watch prints one
+    line and exits 1."""
+    url = f'ws://127.0.0.1:{free_port()}/ws'
+    proc = ocs_locks(site, 'watch', '--site-hub', url)
+    assert (proc.returncode, proc.stderr) == (
+        1, f'ocs-locks: cannot connect to the router at {url}: Connection refused\n')
+
+
+@pytest.mark.parametrize('command', [['status'], ['status', '--json'], ['history'],
+                                     ['watch', '--count', '1']])
+def test_ocs_locks_with_a_closed_stdout_ends_quietly(site, registry, command):
+    """When stdout's reader is gone (``| head``), the command exits 0 with
+    nothing on stderr: no BrokenPipeError traceback."""
+    r, w = os.pipe()
+    os.close(r)
     try:
-        for line in proc.stdout:      # wait for the first table drawn over WAMP
-            if line.startswith('LOCK'):
-                break
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        proc = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                               *command], stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=WAIT * 2)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert (proc.returncode, err) == (0, '')
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (0, '')
+
+
+def test_ocs_locks_site_options_after_the_command(site, registry):
+    """When the site options follow the command, ocs-locks reads the site
+    as with them before it."""
+    proc = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', 'status', '--json',
+                           *site.client_args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert {r['lock'] for r in json.loads(proc.stdout)} >= {'sim-device-1/hw'}
 
 
 def test_ocs_locks_without_a_registry_says_so_in_one_line(site):
@@ -159,30 +233,56 @@ def test_forged_and_malformed_events_are_dropped_and_the_registry_keeps_running(
     good = {'lock': 'hw', 'event': 'acquired', 'job': 'forged', 'op': None,
             'session_id': None, 'since': time.time(), 'waiters': 0, 'token': 10 ** 9,
             'seq': 10 ** 9, 'boot': 1.0}
-    evil_info = {'agent_address': 'observatory.evil', 'feed_name': 'locks'}
+    root = site.address_root
+    evil_info = {'agent_address': f'{root}.evil', 'feed_name': LOCKS_FEED}
+    evil = feed_topic(root, 'evil', LOCKS_FEED)
     _wamp_publish(reactor_thread, site, [
         # on sim-device-1's topic, but the feed info says it is someone else
-        ('observatory.sim-device-1.feeds.locks', [good, evil_info]),
+        (feed_topic(root, 'sim-device-1', LOCKS_FEED), [good, evil_info]),
         # on its own topic, about sim-device-1's lock
-        ('observatory.evil.feeds.locks', [dict(good, lock='sim-device-1/hw'), evil_info]),
-        ('observatory.evil.feeds.locks', ['hello', evil_info]),
-        ('observatory.evil.feeds.locks', 'not even a pair'),
-        ('observatory.evil.feeds.locks', [dict(good, event='exploded'), evil_info]),
+        (evil, [dict(good, lock='sim-device-1/hw'), evil_info]),
+        (evil, ['hello', evil_info]),
+        (evil, 'not even a pair'),
+        (evil, [dict(good, event='exploded'), evil_info]),
+        # out of bounds: a hold of 1e300 s, 10**30 waiters, a 2**100 token
+        (evil, [dict(good, since=-1e300), evil_info]),
+        (evil, [dict(good, waiters=10 ** 30), evil_info]),
+        (evil, [dict(good, token=2 ** 100), evil_info]),
     ])
     deadline = time.monotonic() + 30
     log = site.log_path('lock-registry')
-    while open(log).read().count('dropped lock message on ') < 5:
-        assert time.monotonic() < deadline, 'the registry did not log 5 dropped messages'
+    while open(log).read().count('dropped lock message on ') < 8:
+        assert time.monotonic() < deadline, 'the registry did not log 8 dropped messages'
         time.sleep(0.2)
     text = open(log).read()
-    assert "feed info claims 'observatory.evil', but the message came on " \
-           "observatory.sim-device-1.feeds.locks" in text
+    assert f"feed info claims '{root}.evil', but the message came on " \
+           f"{feed_topic(root, 'sim-device-1', LOCKS_FEED)}" in text
     assert 'lock must be a name of 1-64 letters' in text
     assert 'event must be one of' in text
+    assert 'since must be a Unix time in seconds (0..1e+10) or null, not -1e+300' in text
+    assert 'waiters must be an integer 0..1000000, not 1000000000000000000000000000000' in text
+    assert 'token must be an integer 0..9007199254740991, not 12676506002282294014967' in text
     t = table(registry)
     assert not any(k.startswith('evil/') for k in t)
     assert all(row['job'] != 'forged' for row in t.values())
     assert registry.status().session['success'] is True
+
+
+def test_clean_stop_of_an_agent_removes_its_rows_once_it_is_stale(site, registry):
+    """When an agent is stopped cleanly (SIGINT: ocs ends its operations, so
+    it holds nothing), its rows leave the table once it goes stale; started
+    again, they come back."""
+    wait_table(registry, lambda t: 'sim-device-2/hw' in t, 'the agent in the table')
+    site.stop_agent('sim-device-2')
+    try:
+        wait_table(registry, lambda t: 'sim-device-2/hw' not in t, 'its rows removed',
+                   timeout=EXPIRY + 20)
+        assert 'sim-device-1/hw' in table(registry)
+    finally:
+        site.start_agent('sim-device-2')
+        site.wait_agent('sim-device-2')
+    wait_table(registry, lambda t: t.get('sim-device-2/hw', {}).get('job') == 'acq',
+               'the agent back')
 
 
 def test_kill9_of_an_agent_marks_its_locks_stale_then_alive_again(site, registry):
@@ -215,9 +315,13 @@ def test_registry_restart_rebuilds_the_table(site):
 
 
 def test_router_restart_everyone_rejoins_and_the_table_converges(site):
-    """When the crossbar router restarts under the running site, every agent
+    """When the crossbar router restarts under the running site, a running
+    watch says it lost the router in one line and exits 1; every agent
     re-joins, and the registry's table converges to the true state."""
+    watch = start_watch(site)
     site.stop_router()
+    assert end_of(watch) == (1, 'ocs-locks: lost the connection to the router at '
+                                f'ws://127.0.0.1:{site.port}/ws\n')
     site.start_router()
     registry = site.wait_agent('lock-registry')
     for instance_id in ('sim-device-1', 'sim-device-2'):

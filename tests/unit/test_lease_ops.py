@@ -91,7 +91,17 @@ def test_LeaseOps_queued_acquire_times_out(ops):
     ('renew', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
     ('release', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
     ('force_release', {'resource': 'hwp', 'reason': 'x'}, r"^Refused: nothing is held on 'hwp'"),
-    ('history', {'resource': 7}, r'^Refused: resource must be a path string, not 7$'),
+    ('acquire', {'resource': 'hwp', 'owner': 'a', 'lease': 1e-9},
+     r'^Refused: lease must be in \[0\.5, 3600\] seconds, not 1e-09$'),
+    ('history', {'resource': 7}, r"^Refused: resource must be a path like 'satp1/hwp', not 7$"),
+    ('history', {'resource': 'a//b'}, r"^Refused: resource segment '' must match "),
+    ('history', {'resource': '/x'}, r"^Refused: resource segment '' must match "),
+    ('history', {'action': 'grnat'}, r"^Refused: action must be one of grant, .*, not 'grnat'$"),
+    ('history', {'action': ['grant', 7]}, r"^Refused: action must be one of .*, not 7$"),
+    ('history', {'since': -1}, r'^Refused: since must be an age in seconds >= 0, not -1$'),
+    ('history', {'since': 'yesterday'}, r"^Refused: since must be an age in seconds >= 0, "),
+    ('history', {'limit': 0}, r'^Refused: limit must be an integer in \[1, 1000\], not 0$'),
+    ('history', {'owner': ''}, r'^Refused: owner must not be empty$'),
 ])
 def test_LeaseOps_bad_requests_are_refused_and_change_nothing(ops, name, params, error):
     """When a request is malformed or names an unknown lease, the task answers
@@ -114,3 +124,133 @@ def test_LeaseOps_history_and_leases_report_the_state(ops):
     assert ok and [r['action'] for r in data['history']][:2] == ['release', 'grant']
     (ok, msg), data = run(ops, 'leases')
     assert ok and data['grants'] == [] and msg == '0 lease(s), 0 waiting.'
+
+
+class Clock:
+    def __init__(self, t=1.7e9):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def timed(tmp_path):
+    """LeaseOps on a fake wall clock."""
+    clock = Clock()
+    ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
+                   reactor=Reactor(), clock=clock)
+    ops.clock_ = clock
+    return ops
+
+
+def test_LeaseOps_acquire_reply_says_how_long_it_queued(timed):
+    """When an acquire waits 12.5 s in the queue, its reply carries
+    queued_for=12.5 (a duration on the registry's clock) and the lease; an
+    acquire granted at once says 0."""
+    _, first = run(timed, 'acquire', resource='hwp', owner='a', lease=20)
+    assert first['queued_for'] == 0.0 and first['lease'] == 20.0
+    d = timed.do_acquire('hwp', 'b', lease=5, timeout=60)
+    out = []
+    d.addBoth(out.append)
+    timed.clock_.t += 12.5
+    run(timed, 'release', resource='hwp', token=first['token'])
+    timed.reactor.advance(0)
+    ok, msg, data = out[0]
+    assert ok and data['queued_for'] == 12.5 and data['token'] == 2
+
+
+def test_LeaseOps_registers_the_lease_procedures_at_every_join(timed):
+    """When the registry's session becomes ready (first join, and again after
+    every router restart), the three lease procedures are registered."""
+    agent = timed.agent
+    [(event, handler)] = [c.args for c in agent.on.call_args_list]
+    assert event == 'ready'
+    agent.agent_address = 'observatory.lock-registry'
+    for _ in range(2):
+        handler(agent)
+    uris = [c.args[1] for c in agent.register.call_args_list]
+    assert uris == [f'observatory.lock-registry.lease.{n}'
+                    for n in ('acquire', 'renew', 'release')] * 2
+
+
+def test_LeaseOps_unopenable_database_raises_one_line(tmp_path):
+    """When the database cannot be opened, LeaseOps raises LeaseStoreError
+    in one line naming the file (not SystemExit)."""
+    from ocs_locking.errors import LeaseStoreError
+    bad = str(tmp_path / 'no-such-dir' / 'x.db')
+    with pytest.raises(LeaseStoreError, match=r"^cannot open the lease database '.*x\.db': "
+                                              r"cannot open lease store .*does not exist$"):
+        LeaseOps(mock.MagicMock(name='agent'), bad, reactor=Reactor())
+
+
+def test_LeaseOps_refusals_are_audited_with_their_reason_at_a_bounded_rate(timed):
+    """When a call is refused (busy, a stale token), the audit log gets a
+    'refuse' row (ok false) with the reason; repeats of one refusal within
+    10 s are not written again."""
+    _, g = run(timed, 'acquire', resource='hwp', owner='a')
+    for _ in range(20):
+        run(timed, 'acquire', resource='hwp', owner='b')
+    run(timed, 'renew', resource='hwp', token=99)
+    (ok, _), data = run(timed, 'history', action='refuse')
+    rows = data['history']
+    assert ok and [(r['owner'], r['detail']['call'], r['ok']) for r in rows] == [
+        ('', 'renew', False), ('b', 'acquire', False)]
+    assert rows[1]['detail']['reason'].startswith("busy: hwp held by 'a' (token 1) until ")
+    assert rows[0]['detail']['reason'] == "token 99 was never issued for 'hwp'"
+    timed.clock_.t += 10
+    run(timed, 'acquire', resource='hwp', owner='b')
+    assert len(run(timed, 'history', action='refuse')[1]['history']) == 3
+
+
+def test_LeaseOps_history_filters_by_age_on_the_registry_clock(timed):
+    """When history is asked for rows of the last 30 s of one owner and
+    action, it answers by the registry's own clock."""
+    run(timed, 'acquire', resource='lab/a', owner='alice', lease=600)
+    timed.clock_.t += 60
+    run(timed, 'acquire', resource='lab/b', owner='alice', lease=600)
+    run(timed, 'acquire', resource='lab/c', owner='bob', lease=600)
+    (ok, msg), data = run(timed, 'history', resource='lab', owner='alice', action=['grant'],
+                          since=30)
+    assert ok and msg == '1 audit record(s).'
+    assert [r['resource'] for r in data['history']] == ['lab/b']
+    assert len(run(timed, 'history', resource='lab', since=120)[1]['history']) == 3
+
+
+def test_LeaseOps_prunes_the_audit_log_to_its_bounds(tmp_path):
+    """When audit rows are older than --audit-days or beyond --audit-rows, the
+    expiry ticker prunes the oldest (at most once a minute); grants stay."""
+    clock = Clock()
+    ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'l.db'), reactor=Reactor(),
+                   clock=clock, audit_days=1, audit_rows=100)
+    run(ops, 'acquire', resource='old', owner='x', lease=3600)
+    clock.t += 2 * 86400
+    ops.reactor.advance(61)
+    # the 2-day-old grant row went; the expiry written just now stays
+    assert [r['action'] for r in ops.store.history(limit=None)] == ['expire']
+    for i in range(150):
+        run(ops, 'acquire', resource=f'r{i}', owner='x', lease=3600)
+    clock.t += 61
+    ops.reactor.advance(61)
+    assert len(ops.store.history(limit=None)) == 100
+    assert len(ops.state.holders()) == 150
+
+
+def test_LeaseOps_procedures_answer_compact_grants(timed):
+    """When an agent or a script calls the lease procedures, a grant's data
+    has the holder's keys only (grants listed only for several resources) and
+    a renewal's data its new expiry; refusals carry the error."""
+    out = []
+    timed._rpc_acquire('hwp', 'a', lease=9).addBoth(out.append)
+    data = out[0]['data']
+    assert out[0]['ok'] and set(data) == {'resource', 'owner', 'token', 'expires',
+                                          'request_id', 'lease', 'queued_for'}
+    timed._rpc_acquire(['x', 'y'], 'a', lease=9).addBoth(out.append)
+    assert out[1]['data']['grants'] == [{'resource': 'x', 'token': 1},
+                                        {'resource': 'y', 'token': 1}]
+    renewed = timed._rpc_renew('hwp', data['token'], lease=9)
+    assert renewed['data'] == {'resource': 'hwp', 'token': 1,
+                               'expires': timed.clock_() + 9, 'lease': 9}
+    refused = timed._rpc_release('hwp', 99)
+    assert refused['ok'] is False and refused['data'] == {
+        'error': "token 99 was never issued for 'hwp'"}

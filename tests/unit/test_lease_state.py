@@ -5,12 +5,20 @@ Time is always passed in explicitly; nothing here sleeps.
 import json
 import logging
 import math
+import re
 
 import pytest
 
 from ocs_locking.leases import state as state_module
 from ocs_locking.leases.state import Grant, LeaseError, LeaseState, Outcome
+from ocs_locking.leases.audit import check_audit
+from ocs_locking.leases.paths import when
 from ocs_locking.leases.store import LeaseStore
+
+
+def at(t):
+    """How a registry time appears in a message: local time with tenths."""
+    return re.escape(f'{when(t)} (registry time)')
 
 
 @pytest.fixture
@@ -213,7 +221,7 @@ def test_LeaseState_renew_with_a_wrong_token_is_refused(state):
     state.release('a', t, 1)
     state.acquire('a', 'p', 10, 2)
     state.acquire('a', 'q', 10, 2, timeout=60)
-    with pytest.raises(LeaseError, match=r"^lease on 'a' was released at 1\.000$"):
+    with pytest.raises(LeaseError, match=rf"^lease on 'a' was released at {at(1)}$"):
         state.renew('a', t, 10, 3)
     with pytest.raises(LeaseError, match=r"^token 7 was never issued for 'a'$"):
         state.renew('a', 7, 10, 3)
@@ -223,7 +231,7 @@ def test_LeaseState_renew_after_expiry_is_refused(state):
     """When a lease has expired, renewing it says when it expired, and the
     next grant of that resource has a larger token."""
     t = state.acquire('a', 'o', 10, 0).grants[0].token
-    with pytest.raises(LeaseError, match=r"^lease on 'a' expired at 10\.000$"):
+    with pytest.raises(LeaseError, match=rf"^lease on 'a' expired at {at(10)}$"):
         state.renew('a', t, 10, 10)
     assert state.acquire('a', 'p', 10, 11).grants[0].token > t
 
@@ -236,7 +244,7 @@ def test_LeaseState_release_hands_over_to_waiters_and_refuses_wrong_tokens(state
     with pytest.raises(LeaseError, match=r"^token 2 was never issued for 'a'$"):
         state.release('a', t + 1, 2)
     assert [o.request_id for o in state.release('a', t, 2)] == [w.request_id]
-    with pytest.raises(LeaseError, match=r"^lease on 'a' was released at 2\.000$"):
+    with pytest.raises(LeaseError, match=rf"^lease on 'a' was released at {at(2)}$"):
         state.release('a', t, 3)
 
 
@@ -253,7 +261,7 @@ def test_LeaseState_force_release_revokes_and_hands_over(state, store):
     row = [r for r in store.history() if r['action'] == 'force_release'][0]
     assert (row['owner'], row['client'], row['detail']['holder'], row['detail']['reason']) == \
         ('op-carol', 'c-op', 'alice', 'pump stuck')
-    with pytest.raises(LeaseError, match=r"^lease on 'a' was revoked at 2\.000 by "
+    with pytest.raises(LeaseError, match=rf"^lease on 'a' was revoked at {at(2)} by "
                                          r"'op-carol': 'pump stuck'$"):
         state.renew('a', tokens(out)['a'], 10, 3)
 
@@ -327,7 +335,7 @@ def test_LeaseState_outcome_as_dict_is_json_ready(state):
     assert d == {'status': 'queued', 'request_id': 2, 'grants': [], 'queue_position': 1,
                  'holders': [{'resource': 'a', 'owner': 'x', 'token': 1, 'expires': 10.0,
                               'tree': False, 'note': '', 'client': '', 'granted_at': 0.0,
-                              'request_id': 1}]}
+                              'request_id': 1}], 'queued_for': 0.0}
 
 
 def test_LeaseState_remembers_a_bounded_number_of_finished_requests(state, monkeypatch):
@@ -338,9 +346,12 @@ def test_LeaseState_remembers_a_bounded_number_of_finished_requests(state, monke
     assert [state.poll(i).status for i in range(1, 6)] == ['unknown'] * 2 + ['released'] * 3
 
 
-def test_LeaseState_audits_every_change(state, store):
-    """When requests are granted, queued, renewed, released and time out,
-    each is one audit row per resource: who, what, token, when, why, client."""
+def test_LeaseState_audits_every_change(store):
+    """When requests are granted, renewed and released (folding off), each is
+    one audit row per resource: who, what, token, when, why, client; a
+    request that queued adds no row of its own, its grant says how long it
+    waited."""
+    state = LeaseState(store=store, fold_window=0)
     out = state.acquire(['a', 'b'], 'alice', 10, 1, note='cooldown', client='sched')
     state.acquire('a', 'bob', 10, 2, timeout=1, client='cli')
     state.renew('a', 1, 10, 2.5)
@@ -349,14 +360,14 @@ def test_LeaseState_audits_every_change(state, store):
     rows = list(reversed(store.history()))
     assert [(r['action'], r['resource'], r['owner'], r['token'], r['at']) for r in rows] == [
         ('grant', 'a', 'alice', 1, 1), ('grant', 'b', 'alice', 1, 1),
-        ('queue', 'a', 'bob', None, 2),
         ('renew', 'a', 'alice', 1, 2.5), ('renew', 'b', 'alice', 1, 2.5),
         ('release', 'a', 'alice', 1, 2.5), ('release', 'b', 'alice', 1, 2.5),
         ('grant', 'a', 'bob', 2, 2.5),
         ('grant', 'c', 'carol', 1, 4)]
     assert rows[0]['detail'] == {'request': out.request_id, 'tree': False, 'expires': 11,
                                  'note': 'cooldown'}
-    assert (rows[0]['client'], rows[2]['client']) == ('sched', 'cli')
+    assert (rows[0]['client'], rows[6]['client']) == ('sched', 'cli')
+    assert rows[6]['detail']['queued_for'] == 0.5 and 'queued_for' not in rows[0]['detail']
 
 
 def test_LeaseState_listeners_hear_changes_after_they_are_stored(state, store, caplog):
@@ -369,7 +380,7 @@ def test_LeaseState_listeners_hear_changes_after_they_are_stored(state, store, c
         out = state.acquire('a', 'x', 10, 0)
         state.acquire('a', 'w', 10, 1, timeout=60)
         state.release('a', 1, 2)
-    assert heard == [('grant', 1), ('queue', 2), ('release', 4), ('grant', 4)]
+    assert heard == [('grant', 1), ('queue', 1), ('release', 3), ('grant', 3)]
     assert 'lease listener' in caplog.text and out.status == 'granted'
 
 
@@ -412,7 +423,7 @@ def test_LeaseState_queue_full_is_refused(store):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'max_lease': 0}, r"^max_lease must be in \(0, 1e\+09\] seconds, not 0$"),
+    ({'max_lease': 0}, r"^max_lease must be in \[0\.5, 3600\] seconds, not 0$"),
     ({'max_timeout': math.nan}, r'^max_timeout must be in \[0, 1e\+09\] seconds, not nan$'),
     ({'max_resources': 0}, r'^max_resources must be a positive integer, not 0$'),
     ({'max_waiting': 1.5}, r'^max_waiting must be a positive integer, not 1\.5$'),
@@ -481,18 +492,18 @@ MALFORMED = [
                                                  r"not 129: 'o{79}$"),
     ('owner two lines', acquire(owner='a\nb'), r"^owner must be printable text on one line, "
                                                r"not 'a\\nb'$"),
-    ('lease zero', acquire(lease=0), r"^lease must be in \(0, 3600\] seconds, not 0$"),
-    ('lease negative', acquire(lease=-1), r"^lease must be in \(0, 3600\] seconds, not -1$"),
-    ('lease nan', acquire(lease=math.nan), r"^lease must be in \(0, 3600\] seconds, not nan$"),
-    ('lease inf', acquire(lease=math.inf), r"^lease must be in \(0, 3600\] seconds, not inf$"),
-    ('lease huge', acquire(lease=1e12), r"^lease must be in \(0, 3600\] seconds, "
+    ('lease zero', acquire(lease=0), r"^lease must be in \[0\.5, 3600\] seconds, not 0$"),
+    ('lease negative', acquire(lease=-1), r"^lease must be in \[0\.5, 3600\] seconds, not -1$"),
+    ('lease nan', acquire(lease=math.nan), r"^lease must be in \[0\.5, 3600\] seconds, not nan$"),
+    ('lease inf', acquire(lease=math.inf), r"^lease must be in \[0\.5, 3600\] seconds, not inf$"),
+    ('lease huge', acquire(lease=1e12), r"^lease must be in \[0\.5, 3600\] seconds, "
                                         r"not 1000000000000\.0$"),
     ('lease string', acquire(lease='10'), r"^lease must be a number of seconds, not '10'$"),
     ('lease bool', acquire(lease=True), r"^lease must be a number of seconds, not True$"),
     ('timeout negative', acquire(timeout=-1), r"^timeout must be in \[0, 600\] seconds, "
                                               r"not -1$"),
     ('timeout huge', acquire(timeout=1e6), r"^timeout must be in \[0, 600\] seconds"),
-    ('lease huge int', acquire(lease=10 ** 400), r"^lease must be in \(0, 3600\] seconds, "
+    ('lease huge int', acquire(lease=10 ** 400), r"^lease must be in \[0\.5, 3600\] seconds, "
                                                  r"not 1{1}0{79}$"),
     ('timeout None', acquire(timeout=None), r"^timeout must be a number of seconds, not None$"),
     ('tree string', acquire(tree='yes'), r"^tree must be True or False, not 'yes'$"),
@@ -513,14 +524,14 @@ MALFORMED = [
     ('renew token zero', lambda s: s.renew('a', 0, 10, 1),
      r"^token must be a positive integer, not 0$"),
     ('renew lease negative', lambda s: s.renew('a', 2, -5, 1),
-     r"^lease must be in \(0, 3600\] seconds, not -5$"),
+     r"^lease must be in \[0\.5, 3600\] seconds, not -5$"),
     ('renew unknown resource', lambda s: s.renew('zz', 1, 10, 1),
      r"^token 1 was never issued for 'zz'$"),
     ('renew after expiry', lambda s: s.renew('a', 2, 10, 10),
-     r"^lease on 'a' expired at 10\.000$"),
+     rf"^lease on 'a' expired at {at(10)}$"),
     ('renew bad resource', lambda s: s.renew('a/', 2, 10, 1), r"^resource segment ''"),
     ('release released token', lambda s: s.release('a', 1, 1),
-     r"^lease on 'a' was released at 0\.000$"),
+     rf"^lease on 'a' was released at {at(0)}$"),
     ('release by non-owner', lambda s: s.release('d', 1, 1),
      r"^token 1 is stale: 'd' is held by 'gina'$"),
     ('release token of other resource', lambda s: s.release('a', 3, 1),
@@ -565,3 +576,92 @@ def test_LeaseState_malformed_request_is_refused_and_changes_nothing(busy, store
 def test_LeaseState_has_at_least_30_malformed_cases():
     """When the malformed list is counted, it covers the issue's 30 or more."""
     assert len(MALFORMED) >= 30
+
+
+# -- what the audit log keeps ------------------------------------------------------
+
+
+def test_LeaseState_quick_regrants_of_one_holder_fold_into_one_row(state, store):
+    """When one holder takes and gives back a resource 100 times at 10 Hz
+    (an agent's --site-lock device commands), the audit log gets 3 rows, not
+    200: the first grant and release, then one regrant row whose count,
+    token and released flag follow the cycles; the log still replays clean."""
+    t = 0.0
+    for _ in range(100):
+        g = state.acquire('lab/dev', 'dev-1', 5, t, client='observatory.dev-1').grants[0]
+        state.release('lab/dev', g.token, t + 0.05, client='observatory.dev-1')
+        t += 0.1
+    rows = list(reversed(store.history(limit=None)))
+    assert [r['action'] for r in rows] == ['grant', 'release', 'regrant']
+    fold = rows[2]
+    assert fold['token'] == 100 and fold['owner'] == 'dev-1'
+    assert fold['detail']['count'] == 99 and fold['detail']['released'] is True
+    assert fold['detail']['since'] == pytest.approx(0.1)
+    assert fold['detail']['last_at'] == pytest.approx(9.95)
+    assert check_audit(rows) == []
+
+
+def test_LeaseState_agents_taking_turns_fold_and_anything_else_ends_the_fold(state, store):
+    """When two agents take turns on one resource (each releasing it), their
+    hand-overs fold into the same regrant row, which counts each owner; a
+    grant on a path above it, a gap longer than the fold window, or a
+    revocation end the fold (those are rows of their own)."""
+    def cycle(owner, t, resource='lab/dev', tree=False):
+        g = state.acquire(resource, owner, 5, t, tree=tree).grants[0]
+        state.release(resource, g.token, t + 0.01)
+    cycle('a', 0)
+    for i in range(10):
+        cycle('ab'[i % 2], 0.1 + i * 0.1)     # folded: b, a, b, a, ...
+    cycle('c', 1.5, 'lab', tree=True)        # a tree above: a row, ends the fold
+    cycle('b', 1.6)
+    cycle('b', 30)                           # after the fold window
+    g = state.acquire('lab/dev', 'b', 5, 30.1).grants[0]    # folded ...
+    state.force_release('lab/dev', 'stuck', 'op', 31)        # ... revoked: its own row
+    rows = list(reversed(store.history(limit=None)))
+    assert [(r['action'], r['resource'], r['owner']) for r in rows] == [
+        ('grant', 'lab/dev', 'a'), ('release', 'lab/dev', 'a'), ('regrant', 'lab/dev', 'b'),
+        ('grant', 'lab', 'c'), ('release', 'lab', 'c'),
+        ('grant', 'lab/dev', 'b'), ('release', 'lab/dev', 'b'),
+        ('grant', 'lab/dev', 'b'), ('release', 'lab/dev', 'b'),
+        ('regrant', 'lab/dev', 'b'), ('force_release', 'lab/dev', 'op')]
+    assert rows[2]['detail']['owners'] == {'a': 5, 'b': 5}
+    assert rows[2]['detail']['count'] == 10 and rows[2]['detail']['released'] is True
+    assert rows[-2]['token'] == g.token and rows[-2]['detail']['released'] is False
+    assert check_audit(rows) == []
+
+
+def test_LeaseState_renewals_are_sampled(state, store):
+    """When a holder renews every second for five minutes, the log keeps one
+    renew row per minute (the first renewal, then one every 60 s)."""
+    g = state.acquire('hwp', 'sched', 10, 0).grants[0]
+    for t in range(1, 301):
+        state.renew('hwp', g.token, 10, float(t))
+    renews = [r['at'] for r in store.history(limit=None, actions=['renew'])]
+    assert sorted(renews) == [1.0, 61.0, 121.0, 181.0, 241.0]
+    assert state.holders()[0].expires == 310.0
+
+
+def test_LeaseState_refused_call_rolls_back_the_fold_journal(state, store):
+    """When an operation fails after folding started (the store cannot
+    write), everything it changed is undone: the next cycle folds as if the
+    failed one never happened."""
+    g = state.acquire('a', 'x', 5, 0).grants[0]
+    state.release('a', g.token, 0.01)
+    before = (state.snapshot(), dict(state._runs), len(store.history(limit=None)))
+    real = store.apply
+    store.apply = lambda **kw: (_ for _ in ()).throw(RuntimeError('disk full'))
+    with pytest.raises(RuntimeError, match='disk full'):
+        state.acquire('a', 'x', 5, 0.1)
+    store.apply = real
+    assert (state.snapshot(), dict(state._runs), len(store.history(limit=None))) == before
+    state.acquire('a', 'x', 5, 0.2)
+    assert [r['action'] for r in store.history(limit=1)] == ['regrant']
+
+
+def test_LeaseState_grant_outcome_reports_the_queue_wait(state):
+    """When a request waits in the queue, its grant's Outcome says how long it
+    queued (a duration on the caller's clock); granted at once, 0."""
+    assert state.acquire('a', 'x', 20, 100).queued_for == 0.0
+    w = state.acquire('a', 'y', 5, 101, timeout=60)
+    [out] = state.expire(120)['granted']
+    assert out.request_id == w.request_id and out.queued_for == 19.0

@@ -188,3 +188,73 @@ def test_LeaseStore_can_be_used_from_several_threads():
     for t in threads:
         t.join()
     assert len(store.history(limit=None)) == 200
+
+
+def test_LeaseStore_history_filters_by_prefix_owner_action_and_time():
+    """When history is asked for a resource prefix, an owner, actions and a
+    time, only the rows matching all of them come back, newest first."""
+    store = LeaseStore(':memory:')
+    for i, (at, action, resource, owner) in enumerate([
+            (1.0, 'grant', 'satp1', 'a'), (2.0, 'grant', 'satp1/hwp', 'b'),
+            (3.0, 'release', 'satp1/hwp', 'b'), (4.0, 'grant', 'satp10', 'b'),
+            (5.0, 'expire', 'satp1/hwp/motor', 'c')]):
+        store.record(at, action, resource, owner=owner, token=i + 1)
+    def pick(**kw):
+        return [(r['at'], r['resource']) for r in store.history(limit=None, **kw)]
+    assert pick(resource='satp1') == [(5.0, 'satp1/hwp/motor'), (3.0, 'satp1/hwp'),
+                                      (2.0, 'satp1/hwp'), (1.0, 'satp1')]
+    assert pick(owner='b') == [(4.0, 'satp10'), (3.0, 'satp1/hwp'), (2.0, 'satp1/hwp')]
+    assert pick(actions=['release', 'expire']) == [(5.0, 'satp1/hwp/motor'),
+                                                   (3.0, 'satp1/hwp')]
+    assert pick(since=3.0) == [(5.0, 'satp1/hwp/motor'), (4.0, 'satp10'), (3.0, 'satp1/hwp')]
+    assert pick(resource='satp1', owner='b', actions=['grant'], since=1.5) == \
+        [(2.0, 'satp1/hwp')]
+    assert pick(actions=[]) == []
+    for bad in ({'owner': 3}, {'actions': 'grant'}, {'actions': [1]}, {'since': 'now'}):
+        with pytest.raises(ValueError, match=f'^{next(iter(bad))} must be '):
+            store.history(**bad)
+
+
+def test_LeaseStore_prune_keeps_grants_counters_and_the_newest_rows(path):
+    """When the audit log passes its age or row bound, prune deletes the
+    oldest rows only; grants and token counters stay."""
+    store, state = reopen(path)
+    for t in range(50):
+        g = state.acquire(f'r{t}', 'x', 3600, float(t)).grants[0]
+    assert store.prune(before=10.0) == 10
+    assert min(r['at'] for r in store.history(limit=None)) == 10.0
+    assert store.prune(keep_rows=15) == 25
+    assert [r['resource'] for r in store.history(limit=None)][-1] == 'r35'
+    assert store.prune(before=0.0, keep_rows=100) == 0
+    store.close()
+    store, state = reopen(path)
+    assert len(state.holders()) == 50 and state.acquire('r0', 'y', 5, 60).status == 'busy'
+    assert state.snapshot()['counters']['r49'] == g.token
+    store.close()
+
+
+def test_LeaseStore_checkpoint_runs_beside_commits_and_keeps_everything(path):
+    """When the write-ahead log is checkpointed from another thread while the
+    state commits grants, both go on, the WAL is copied into the file, and a
+    restart sees every grant (commits do not checkpoint by themselves)."""
+    store, state = reopen(path)
+    assert sql(path, 'PRAGMA wal_autocheckpoint')[0][0] == 1000     # a connection's own
+    assert store._db.execute('PRAGMA wal_autocheckpoint').fetchone()[0] == 20000
+    results, stop = [], threading.Event()
+
+    def checkpoints():
+        while not stop.is_set() and len(results) < 1000:
+            results.append(store.checkpoint())
+    t = threading.Thread(target=checkpoints)
+    t.start()
+    for i in range(200):
+        state.acquire(f'c/r{i}', 'x', 600, float(i))
+    stop.set()
+    t.join(10)
+    assert results and all(len(r) == 3 for r in results)
+    busy, frames, done = store.checkpoint()
+    assert busy == 0 and frames == done
+    store.close()
+    store, state = reopen(path)
+    assert len(state.holders()) == 200
+    store.close()

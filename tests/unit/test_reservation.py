@@ -1,17 +1,19 @@
-"""Reservation (ocs_locking.leases.reservation) against a fake registry client:
-the registry's acquire/renew/release/leases tasks answered by a real
-LeaseState in memory on a fake clock. The renew thread waits on a
-ManualEvent the tests tick, so nothing here sleeps to synchronise.
+"""Reservation's own rules (the loss rules shared with SiteLock are in
+test_lease_shells.py): the retry policy, all-or-nothing, refusals, one
+lease call per operation, and ``call_task`` (the OCS-task path ocs-locks
+uses). The registry is the real LeaseOps on a fake clock (test_lease_shells);
+renewals run on a thread-less Renewer the tests drive, so nothing here sleeps.
 """
-import threading
 from collections import namedtuple
 
 import ocs
 import pytest
 
-from ocs_locking.leases.reservation import (LeaseLost, Reservation, ReservationBusy,
-                                         ReservationError, RetryPolicy, call_task)
+from ocs_locking.leases.reservation import (Reservation, ReservationBusy, ReservationError,
+                                            RetryPolicy, call_task)
 from ocs_locking.leases.state import LeaseError, LeaseState
+
+from .test_lease_shells import Clock as ShellClock, ReservationShell
 
 SAFETY = 10.0       # seconds; only reached when a test is broken
 
@@ -95,59 +97,6 @@ class _Op:
         return Reply(ocs.OK, 'done', self.last)
 
 
-class ManualEvent:
-    """Stands in for the renew thread's threading.Event: wait() returns only
-    when the test calls tick() (one renewal) or set() (stop)."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._set = False
-        self._ticks = 0
-        self.waits = 0
-        self.blocked = False
-        self.intervals = []
-
-    def is_set(self):
-        return self._set
-
-    def set(self):
-        with self._cond:
-            self._set = True
-            self._cond.notify_all()
-
-    def clear(self):
-        with self._cond:
-            self._set = False
-
-    def wait(self, timeout=None):
-        with self._cond:
-            self.intervals.append(timeout)
-            self.waits += 1
-            self.blocked = True
-            self._cond.notify_all()
-            assert self._cond.wait_for(lambda: self._set or self._ticks, SAFETY), \
-                'ManualEvent: never ticked'
-            self.blocked = False
-            if not self._set:
-                self._ticks -= 1
-            return self._set
-
-    def tick(self, res, ends=False):
-        """Let the renew loop run once; return when it waits again (or, with
-        ``ends``, when the thread has ended)."""
-        thread = res._thread
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.blocked, SAFETY)
-            n = self.waits
-            self._ticks += 1
-            self._cond.notify_all()
-            if not ends:
-                assert self._cond.wait_for(lambda: self.waits > n, SAFETY)
-        if ends:
-            thread.join(SAFETY)
-            assert not thread.is_alive()
-
-
 @pytest.fixture
 def clock():
     return Clock()
@@ -158,73 +107,80 @@ def reg(clock):
     return FakeRegistry(clock)
 
 
-def make(reg, clock, resources='satp1/hwp', **kw):
+@pytest.fixture
+def shell():
+    return ReservationShell(ShellClock())
+
+
+def make(shell, resources='satp1/hwp', **kw):
+    """A Reservation on the shell's registry, its retry delays recorded
+    (each one advances the fake clock)."""
     kw.setdefault('owner', 'alice')
     kw.setdefault('lease', 30.0)
     kw.setdefault('retry', RetryPolicy(attempts=3, first=0.5, factor=2.0, deadline=None))
-    delays = []
+    res = shell.make(resources, lease=kw.pop('lease'), owner=kw.pop('owner'))
+    res.retry = kw.pop('retry')
+    for k, v in kw.items():
+        setattr(res, k, v)
+    res.delays = []
 
     def sleep(d):
-        delays.append(d)
-        clock.t += d
-    res = Reservation(resources, client=reg, clock=clock, sleep=sleep,
-                      stop_event=kw.pop('stop_event', ManualEvent()), **kw)
-    res.delays = delays
+        res.delays.append(d)
+        shell.clock.t += d
+        shell.registry.ops._expire()
+    res._sleep = sleep
     return res
 
 
-def test_Reservation_grant(reg, clock):
-    """When the resource is free, entering grants it at once: tokens,
-    expiry and a running renew thread; leaving releases it and stops the thread."""
-    res = make(reg, clock)
-    with res as r:
-        assert r is res
-        assert r.tokens == {'satp1/hwp': 1} and r.token == 1
-        assert r.expires == clock.t + 30.0 and r.lost is None and r.held
-        r.check()
-        assert r._thread.is_alive()
-        thread = r._thread
-        assert [g['owner'] for g in reg.state.snapshot()['grants']] == ['alice']
-    assert not thread.is_alive()
-    assert reg.state.snapshot()['grants'] == []
-    assert reg.count('release') == 1 and res.lost is None and res.tokens == {}
-    assert res.attempts == 1 and res.delays == []
+def grants(shell):
+    return shell.registry.state.snapshot()['grants']
 
 
-def test_Reservation_busy_then_retry_then_grant(reg, clock):
+def test_Reservation_each_lease_call_is_one_call(shell):
+    """When a reservation is entered, renewed once and left, the registry
+    sees exactly one acquire, one renew and one release call."""
+    res = make(shell, lease=3)
+    with res:
+        shell.run_for(1)
+    assert shell.registry.calls == ['acquire', 'renew', 'release']
+    assert grants(shell) == [] and res.tokens == {} and not res.renewing
+
+
+def test_Reservation_busy_then_retry_then_grant(shell):
     """When bob holds the resource for 1 s, the reservation retries after
     0.5 s and 1.0 s (the policy's backoff) and is granted on the third attempt
     with a larger token."""
-    reg.state.acquire('satp1/hwp', 'bob', 1.0, clock.t)
-    res = make(reg, clock)
+    shell.registry.state.acquire('satp1/hwp', 'bob', 1.0, shell.clock())
+    res = make(shell)
     with res:
         assert res.attempts == 3 and res.delays == [0.5, 1.0]
         assert res.tokens == {'satp1/hwp': 2}
-    assert [n for n, _ in reg.calls] == ['acquire'] * 3 + ['release']
+    assert shell.registry.calls == ['acquire'] * 3 + ['release']
 
 
-def test_Reservation_gives_up_naming_the_holder(reg, clock):
+def test_Reservation_gives_up_naming_the_holder(shell):
     """When the resource stays busy for every attempt, entering raises
-    ReservationBusy naming the holder and its token; nothing is left running
-    and nothing is held."""
-    reg.state.acquire('satp1/hwp', 'bob', 300.0, clock.t, note='manual work')
-    res = make(reg, clock)
+    ReservationBusy naming the holder, its token and note; nothing is left
+    running and nothing is held."""
+    shell.registry.state.acquire('satp1/hwp', 'bob', 300.0, shell.clock(), note='manual work')
+    res = make(shell)
     with pytest.raises(ReservationBusy) as info:
         with res:
             pytest.fail('body ran without the lease')
     e = info.value
-    assert "satp1/hwp held by 'bob' (token 1) (manual work)" in str(e)
+    assert "satp1/hwp held by 'bob' (token 1) until " in str(e)
+    assert str(e).endswith(' (manual work)')
     assert 'after 3 attempt(s)' in str(e) and e.attempts == 3
     assert [h['owner'] for h in e.holders] == ['bob']
-    assert res.delays == [0.5, 1.0] and res._thread is None
-    assert [g['owner'] for g in reg.state.snapshot()['grants']] == ['bob']
+    assert res.delays == [0.5, 1.0] and not res.renewing
+    assert [g['owner'] for g in grants(shell)] == ['bob']
 
 
-def test_Reservation_deadline_bounds_the_retries(reg, clock):
+def test_Reservation_deadline_bounds_the_retries(shell):
     """When the policy's deadline would pass before the next attempt, it gives
     up early (here after 2 of 10 attempts: 0.5 + 1.0 s > 1.2 s)."""
-    reg.state.acquire('satp1/hwp', 'bob', 300.0, clock.t)
-    res = make(reg, clock, retry=RetryPolicy(attempts=10, first=0.5, factor=2, deadline=1.2))
+    shell.registry.state.acquire('satp1/hwp', 'bob', 300.0, shell.clock())
+    res = make(shell, retry=RetryPolicy(attempts=10, first=0.5, factor=2, deadline=1.2))
     with pytest.raises(ReservationBusy, match='after 2 attempt'):
         res.acquire()
     assert res.delays == [0.5]
@@ -245,168 +201,115 @@ def test_Reservation_retry_policy_is_bounded_and_seeded():
             RetryPolicy(**bad)
 
 
-def test_Reservation_renewal_keeps_it(reg, clock):
-    """When the renew thread ticks (every lease/3), the lease is renewed, so
-    it outlives its first lease: past 30 s it still holds the same token."""
-    ev = ManualEvent()
-    res = make(reg, clock, stop_event=ev)
-    with res:
-        for _ in range(4):
-            clock.t += 10.0
-            ev.tick(res)
-        assert ev.intervals == [10.0] * 5
-        assert reg.count('renew') == 4 and res.lost is None and res.held
-        assert res.expires == clock.t + 30.0
-        assert reg.state.snapshot()['grants'][0]['token'] == res.token == 1
-        res.check()
-    assert reg.state.snapshot()['grants'] == []
-
-
-def test_Reservation_revoked_renewal_is_lost(reg, clock):
-    """When an operator force-releases the resource, the next renewal is
-    refused: the reservation is lost, check() raises LeaseLost with the
-    registry's reason, on_lost is called once and the renew thread ends."""
-    ev, seen = ManualEvent(), []
-    res = make(reg, clock, stop_event=ev, on_lost=seen.append)
-    with res:
-        reg.state.force_release('satp1/hwp', 'cryo maintenance', 'cred_level 2', clock.t)
-        clock.t += 10.0
-        ev.tick(res, ends=True)
-        assert res.lost is not None and 'revoked' in res.lost
-        assert 'cryo maintenance' in res.lost and seen == [res.lost]
-        with pytest.raises(LeaseLost, match='renewal refused: Refused: .*revoked'):
-            res.check()
-        assert not res.held
-    # leaving after a loss does not raise and does not try to release
-    assert reg.count('release') == 0
-
-
-def test_Reservation_expired_lease_is_lost(reg, clock):
-    """When the lease ran out before a renewal (the process was frozen), the
-    renewal is refused (expired) and check() raises LeaseLost."""
-    ev = ManualEvent()
-    res = make(reg, clock, stop_event=ev)
-    with res:
-        clock.t += 31.0
-        with pytest.raises(LeaseLost, match='ran out without a renewal'):
-            res.check()
-        ev.tick(res, ends=True)
-    reg.state.expire(clock.t)
-    assert reg.state.snapshot()['grants'] == [] and reg.count('release') == 0
-
-
-def test_Reservation_unreachable_registry_is_lost_only_past_the_lease(reg, clock):
-    """When the registry cannot be reached, renewal failures within the
-    lease are retried; once the lease has passed the reservation is lost."""
-    ev = ManualEvent()
-    res = make(reg, clock, stop_event=ev)
-    with res:
-        reg.down = True
-        clock.t += 10.0
-        ev.tick(res)
-        clock.t += 10.0
-        ev.tick(res)
-        assert res.lost is None
-        clock.t += 10.0
-        ev.tick(res, ends=True)
-        assert 'unreachable for longer than the lease' in res.lost
-        assert 'Failed to connect' in res.lost
-        with pytest.raises(LeaseLost):
-            res.check()
-    # the exit neither raised nor reached the (down) registry
-    assert reg.count('release') == 0
-
-
-def test_Reservation_exit_after_loss_does_not_raise(reg, clock):
+def test_Reservation_exit_after_loss_does_not_raise(shell):
     """When the lease was lost inside the body, leaving the block raises
-    nothing of its own and a body's exception still propagates."""
-    ev = ManualEvent()
-    res = make(reg, clock, stop_event=ev)
+    nothing of its own, a body's exception still propagates, and no release
+    is sent."""
+    res = make(shell)
     with pytest.raises(KeyError):
         with res:
-            reg.state.force_release('satp1/hwp', 'stop', 'cred_level 2', clock.t)
-            clock.t += 10
-            ev.tick(res, ends=True)
+            shell.registry.state.force_release('satp1/hwp', 'stop', 'op', shell.clock())
+            shell.run_for(10)
+            assert res.lost
             raise KeyError('body failed')
-    assert res.lost and res._thread is None
+    assert res.lost and not res.renewing and shell.registry.count('release') == 0
 
 
-def test_Reservation_release_of_an_expired_lease_is_quiet(reg, clock):
+def test_Reservation_release_of_an_expired_lease_is_quiet(shell):
     """When the lease expired in the registry but the thread had not noticed,
     leaving tries to release, is refused, and does not raise."""
-    res = make(reg, clock)
+    res = make(shell)
     res.acquire()
-    clock.t += 40.0
+    shell.clock.t += 40.0
     assert res.release() is None
-    assert reg.count('release') == 1 and res.tokens == {}
+    assert shell.registry.count('release') == 1 and res.tokens == {}
 
 
-def test_Reservation_all_or_nothing(reg, clock):
+def test_Reservation_all_or_nothing(shell):
     """When one of two resources is busy, neither is taken; once it is free,
     both are granted in one request, each with its own token, and released
     together."""
-    reg.state.acquire('satp1/mount', 'bob', 1.0, clock.t)
-    res = make(reg, clock, resources=['satp1/mount', 'satp1/hwp'],
-               retry=RetryPolicy(attempts=1))
+    shell.registry.state.acquire('satp1/mount', 'bob', 1.0, shell.clock())
+    res = make(shell, resources=['satp1/mount', 'satp1/hwp'], retry=RetryPolicy(attempts=1))
     with pytest.raises(ReservationBusy, match="satp1/mount held by 'bob'"):
         res.acquire()
-    assert [g['resource'] for g in reg.state.snapshot()['grants']] == ['satp1/mount']
-    clock.t += 1.0
-    with make(reg, clock, resources=['satp1/mount', 'satp1/hwp']) as res:
+    assert [g['resource'] for g in grants(shell)] == ['satp1/mount']
+    shell.clock.t += 1.0
+    with make(shell, resources=['satp1/mount', 'satp1/hwp']) as res:
         assert res.tokens == {'satp1/hwp': 1, 'satp1/mount': 2}
-        assert reg.calls[-1][1]['resource'] == ['satp1/hwp', 'satp1/mount']
-        assert {g['request_id'] for g in reg.state.snapshot()['grants']} == {res.request_id}
-    assert reg.state.snapshot()['grants'] == []
+        assert res.resources == ['satp1/hwp', 'satp1/mount']
+        assert {g['request_id'] for g in grants(shell)} == {res.request_id}
+    assert grants(shell) == []
 
 
-def test_Reservation_tree_excludes_below(reg, clock):
+def test_Reservation_tree_excludes_below(shell):
     """When a tree reservation holds satp1, a reservation of satp1/hwp is busy."""
-    with make(reg, clock, resources='satp1', tree=True, owner='schedule'):
+    top = make(shell, resources='satp1', owner='schedule')
+    top.tree = True
+    with top:
         with pytest.raises(ReservationBusy, match="satp1 held by 'schedule'"):
-            make(reg, clock, retry=RetryPolicy(attempts=1)).acquire()
+            make(shell, retry=RetryPolicy(attempts=1)).acquire()
 
 
-def test_Reservation_refusal_is_not_retried(reg, clock):
-    """When the registry refuses the request (lease above its maximum), it
-    raises ReservationError with the registry's reason and does not retry."""
-    res = make(reg, clock, lease=1e6)
-    with pytest.raises(ReservationError, match=r'refused satp1/hwp: Refused: lease must be'):
+def test_Reservation_refusal_is_not_retried(shell):
+    """When the registry refuses the request (a note longer than it takes),
+    it raises ReservationError with the registry's reason (no 'Refused:')
+    and does not retry."""
+    res = make(shell, note='x' * 499)
+    res.note = 'x' * 501
+    with pytest.raises(ReservationError, match=r'^the registry refused satp1/hwp: note must '
+                                               r'be at most 500 characters'):
         res.acquire()
     assert not isinstance(ReservationError('x'), ReservationBusy)
-    assert reg.count('acquire') == 1 and res.delays == []
+    assert shell.registry.count('acquire') == 1 and res.delays == []
 
 
-def test_Reservation_unreachable_registry_on_acquire(reg, clock):
+def test_Reservation_unreachable_registry_on_acquire_is_retried(shell):
     """When the registry cannot be reached, it retries by the policy, then
-    raises ReservationError saying why."""
-    reg.down = True
-    res = make(reg, clock)
-    with pytest.raises(ReservationError, match='after 3 attempt.*Failed to connect') as info:
+    raises ReservationError (not ReservationBusy) saying why."""
+    shell.registry.down = True
+    res = make(shell)
+    with pytest.raises(ReservationError, match='after 3 attempt.*router unreachable') as info:
         res.acquire()
-    assert not isinstance(info.value, ReservationBusy)
+    assert not isinstance(info.value, ReservationBusy) and res.delays == [0.5, 1.0]
 
 
-def test_Reservation_bad_arguments_are_refused_at_once(reg, clock):
-    """When resources, owner, lease or timeout are malformed, the constructor
-    raises ValueError naming the argument, before any call."""
-    for kw, what in (({'resources': 'Bad Name'}, 'segment'), ({'resources': []}, 'at least'),
-                     ({'owner': ''}, 'owner'), ({'lease': 0}, 'lease'),
-                     ({'lease': -1}, 'lease'), ({'timeout': -1}, 'timeout'),
-                     ({'resources': ['a', 'a']}, 'repeat')):
-        args = dict({'resources': 'satp1/hwp', 'owner': 'alice'}, **kw)
-        with pytest.raises(ValueError, match=what):
-            Reservation(args.pop('resources'), client=reg, **args)
+@pytest.mark.parametrize('kw,what', [
+    ({'resources': 'Bad Name'}, r"^resource segment 'Bad Name'"),
+    ({'resources': []}, r'^resources must not be an empty list$'),
+    ({'owner': ''}, r'^owner must not be empty$'),
+    ({'lease': 0}, r'^lease must be in \[0\.5, 3600\] seconds, not 0$'),
+    ({'lease': 1e-9}, r'^lease must be in \[0\.5, 3600\] seconds, not 1e-09$'),
+    ({'timeout': -1}, r'^timeout must be in \[0, 1e\+06\] seconds, not -1$'),
+    ({'resources': ['a', 'a']}, r"^resources must not list 'a' twice$"),
+    ({'note': 'a\nb'}, r'^note must be printable text on one line'),
+])
+def test_Reservation_bad_arguments_are_refused_at_once(reg, kw, what):
+    """When resources, owner, lease, timeout or note are malformed, the
+    constructor raises ValueError naming the argument, before any call."""
+    args = dict({'resources': 'satp1/hwp', 'owner': 'alice'}, **kw)
+    with pytest.raises(ValueError, match=what):
+        Reservation(args.pop('resources'), client=reg, **args)
     assert reg.calls == []
 
 
-def test_Reservation_stop_is_immediate_with_a_real_event(reg, clock):
-    """When the renew thread waits on a real Event for a 20-minute interval,
-    leaving still stops it at once (no renewal happened)."""
-    res = Reservation('satp1/hwp', 'alice', lease=3600, client=reg, clock=clock)
-    with res:
-        thread = res._thread
-        assert thread.is_alive()
-    assert not thread.is_alive() and reg.count('renew') == 0
+def test_Reservation_leaving_never_waits_for_the_renewal_thread(shell):
+    """When reservations run on the process's real renewal thread (a 20-minute
+    renewal interval), entering schedules the renewal and leaving unschedules
+    it at once: no thread is started or joined per reservation, nothing is
+    renewed after leaving."""
+    import threading
+    from ocs_locking.leases.renewer import shared_renewer
+    transport = shell.make()._client
+    renewer = shared_renewer()
+    threads = set(threading.enumerate())
+    for i in range(3):
+        res = Reservation(f'satp1/r{i}', 'alice', lease=3600, client=transport)
+        with res:
+            assert res.renewing and renewer.scheduled(res)
+        assert not res.renewing and not renewer.scheduled(res)
+    assert len(set(threading.enumerate()) - threads) <= 1        # the one renewal thread
+    assert shell.registry.count('renew') == 0 and shell.registry.count('release') == 3
 
 
 def test_Reservation_call_task_retries_a_busy_operation(reg, clock):
@@ -421,10 +324,10 @@ def test_Reservation_call_task_retries_a_busy_operation(reg, clock):
     assert not ans.ok and not ans.answered and 'stayed busy' in ans.message
 
 
-def test_Reservation_reacquire_after_release(reg, clock):
+def test_Reservation_reacquire_after_release(shell):
     """When a reservation is released, it can be entered again and gets a
     larger token."""
-    res = make(reg, clock)
+    res = make(shell)
     with res:
         first = res.token
     with res:

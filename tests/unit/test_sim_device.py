@@ -1,539 +1,109 @@
-"""The simulated thermometry controller over loopback TCP, and its driver.
-
-Every test runs a real DeviceServer on a free port (port=0). Waits are bounded
-by WAIT; concurrency is lined up with barriers, never with sleeps.
-"""
+"""The simulated device's model (device.py), with no sockets: readings, the
+heater, the one bus and its collision counter, settings checks."""
 import math
-import selectors
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
-from ocs_locking.agents.simulated_device.driver import (DeviceError, DeviceOffline,
-                                                        ThermometryClient)
-from ocs_locking.agents.simulated_device.server import MAX_LINE, DeviceServer, main
+from ocs_locking.agents.simulated_device.device import BusCollision, SimulatedThermometry
 
 from ..support import WAIT
 
 
-class LineSocket:
-    """A raw protocol connection: send bytes, read one reply line (bounded)."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(('127.0.0.1', port), timeout=WAIT)
-        self.buf = b''
-
-    def send(self, data):
-        self.sock.sendall(data if isinstance(data, bytes) else data.encode() + b'\n')
-
-    def reply(self):
-        while b'\n' not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise EOFError('device closed the connection')
-            self.buf += chunk
-        line, self.buf = self.buf.split(b'\n', 1)
-        return line.decode('ascii')
-
-    def ask(self, data):
-        self.send(data)
-        return self.reply()
-
-    def close(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def server():
-    with DeviceServer(serial='SN42') as srv:
-        yield srv
-
-
-@pytest.fixture
-def slow_server():
-    """Commands hold the bus for 0.2 s: long enough to overlap on purpose."""
-    with DeviceServer(latency=0.2) as srv:
-        yield srv
-
-
-@pytest.fixture
-def clients():
-    made = []
-
-    def make(port, **kw):
-        c = ThermometryClient('127.0.0.1', port, **kw)
-        made.append(c)
-        return c
-    yield make
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
-def raw():
-    made = []
-
-    def make(port):
-        s = LineSocket(port)
-        made.append(s)
-        return s
-    yield make
-    for s in made:
-        s.close()
-
-
-def run_together(*fns):
-    """Run fns in threads released by one barrier; return their results or errors."""
-    barrier = threading.Barrier(len(fns))
-    results = [None] * len(fns)
-
-    def run(i, fn):
-        barrier.wait(WAIT)
-        try:
-            results[i] = fn()
-        except Exception as e:  # noqa: BLE001 - the test inspects it
-            results[i] = e
-    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
-        assert not t.is_alive(), 'a thread did not finish in time'
-    return results
-
-
-def model(ch, heater, t):
+def expected(ch, heater, t):
     return 0.1 + 0.01 * ch + 0.002 * heater + 0.001 * math.sin(t / 10 + ch)
 
 
-# -- protocol round trips ---------------------------------------------------------
-
-def test_DeviceServer_identify_names_model_and_serial(server, clients):
-    """When asked *IDN?, the device gives maker, model, its serial and version."""
-    assert clients(server.port).identify() == 'OCSLOCK,SIMTHERM,SN42,1.0'
-
-
-def test_DeviceServer_read_all_follows_the_model(server, clients):
-    """When every channel is read, there is one value per channel, each matching
-    the temperature model at the reading's time."""
-    reading = clients(server.port).read()
-    assert list(reading['channels']) == ['ch00', 'ch01', 'ch02', 'ch03']
-    assert abs(reading['timestamp'] - time.time()) < WAIT
-    for ch, value in enumerate(reading['channels'].values()):
-        assert value == pytest.approx(model(ch, 0, reading['timestamp']), abs=2e-5)
-
-
-def test_DeviceServer_read_one_channel_gives_six_decimals(server, raw):
-    """When one channel is read on the wire, the reply is one number with 6 decimals."""
-    reply = raw(server.port).ask('READ? 2')
-    whole, _, decimals = reply.partition('.')
-    assert whole == '0' and len(decimals) == 6
-    assert float(reply) == pytest.approx(model(2, 0, time.time()), abs=2e-5)
-
-
-def test_DeviceServer_heater_warms_every_channel(server, clients):
-    """When the heater is set, HEATER? returns it and temperatures rise by 0.002 K/%."""
-    client = clients(server.port)
-    assert client.set_heater(50) == 50.0
-    assert client.heater() == 50.0
-    reading = client.read()
-    for ch, value in enumerate(reading['channels'].values()):
-        assert value == pytest.approx(model(ch, 50, reading['timestamp']), abs=2e-5)
-
-
-def test_DeviceServer_channels_option_is_learned_by_the_client(clients):
-    """When the device has 2 channels, reading all gives 2 and the client learns it."""
-    with DeviceServer(channels=2) as srv:
-        client = clients(srv.port)
-        assert client.channels is None
-        assert list(client.read()['channels']) == ['ch00', 'ch01']
-        assert client.channels == 2
-        with pytest.raises(DeviceError, match='bad channel 2'):
-            client.read(2)
-
-
-def test_DeviceServer_stats_count_commands_and_connections(server, clients):
-    """When two clients each send device commands, STATS? counts every device
-    command and connection but not itself, and the same numbers are in stats()."""
-    a, b = clients(server.port), clients(server.port)
-    a.identify()
-    b.read()
-    a.set_heater(1)
-    assert a.stats() == {'commands': 3, 'collisions': 0, 'connections': 2}
-    local = server.stats()
-    assert (local['commands'], local['collisions'], local['connections'], local['open']) == \
-        (3, 0, 2, 2)
-
-
-def test_DeviceServer_commands_are_case_insensitive_and_accept_crlf(server, raw):
-    """When a command comes in lower case and ends with CRLF, it is understood."""
-    assert raw(server.port).ask(b'*idn?\r\n') == 'OCSLOCK,SIMTHERM,SN42,1.0'
-
-
-# -- malformed input -------------------------------------------------------------
-
-MALFORMED = [
-    (b'\n', 'empty command'),
-    (b'   \n', 'empty command'),
-    (b'FROB 1\n', "unknown command 'FROB'"),
-    (b'READ? x\n', "bad channel 'x'"),
-    (b'READ? 4\n', 'bad channel 4'),
-    (b'READ? -1\n', 'bad channel -1'),
-    (b'READ? 1 2\n', 'at most one channel'),
-    (b'HEATER\n', 'HEATER needs exactly one value'),
-    (b'HEATER warm\n', "bad number 'warm'"),
-    (b'HEATER 101\n', 'out of range'),
-    (b'HEATER -1\n', 'out of range'),
-    (b'HEATER nan\n', "bad number 'nan'"),
-    (b'HEATER? now\n', 'HEATER? takes no arguments'),
-    (b'*IDN? please\n', '*IDN? takes no arguments'),
-    (b'STATS? all\n', 'STATS? takes no arguments'),
-    (b'FAULT\n', 'FAULT needs a fault'),
-    (b'FAULT MELT\n', "unknown fault 'MELT'"),
-    (b'FAULT SLOW\n', 'FAULT SLOW needs exactly one value'),
-    (b'FAULT SLOW soon\n', "bad number 'soon'"),
-    (b'FAULT SLOW -1\n', 'out of range'),
-    (b'FAULT DROP now\n', 'FAULT DROP takes no arguments'),
-    (b'READ? \xff\n', 'not ASCII'),
-    (b'A' * (MAX_LINE + 1) + b'\n', 'line too long'),
-    (b'READ? ' + b'9' * 5000 + b'\n', 'line too long'),
-]
-
-
-@pytest.mark.parametrize('line, reason', MALFORMED,
-                         ids=[repr(m[0][:20]) for m in MALFORMED])
-def test_DeviceServer_malformed_gets_err_and_connection_survives(server, raw, line, reason):
-    """When a malformed line arrives, the reply is one ERR line naming what was
-    wrong, nothing runs on the bus, and the same connection keeps working."""
-    conn = raw(server.port)
-    reply = conn.ask(line)
-    assert reply.startswith('ERR ') and reason in reply
-    assert conn.ask('*IDN?') == 'OCSLOCK,SIMTHERM,SN42,1.0'
-    assert conn.ask('STATS?') == 'commands=1 collisions=0 connections=1'
-
-
-def test_DeviceServer_longest_line_is_accepted(server, raw):
-    """When a line is exactly MAX_LINE bytes, it is parsed, not refused as too long."""
-    line = b'READ?' + b' ' * (MAX_LINE - len(b'READ?1')) + b'1'
-    assert len(line) == MAX_LINE
-    assert not raw(server.port).ask(line + b'\n').startswith('ERR')
-
-
-def test_ThermometryClient_err_reply_raises_device_error_and_keeps_connection(server, clients):
-    """When the device answers ERR, query raises DeviceError with the reason and
-    the next query uses the same connection."""
-    client = clients(server.port)
-    with pytest.raises(DeviceError, match=r'^bad channel 7: expected 0\.\.3$'):
-        client.read(7)
-    with pytest.raises(DeviceError, match='out of range'):
-        client.set_heater(150)
-    assert client.identify().startswith('OCSLOCK,SIMTHERM')
-    assert client.stats()['connections'] == 1
-
-
-def test_ThermometryClient_rejects_multiline_and_non_ascii_commands(server, clients):
-    """When a command holds a newline or non-ASCII text, query refuses it before sending."""
-    client = clients(server.port)
-    with pytest.raises(ValueError, match='single line'):
-        client.query('READ?\nHEATER 100')
-    with pytest.raises(ValueError, match='ASCII'):
-        client.query('READ? \u00b2')
-    assert client.stats() == {'commands': 0, 'collisions': 0, 'connections': 1}
-
-
-# -- one bus -------------------------------------------------------------------------
-
-def test_DeviceServer_collision_when_two_connections_overlap(slow_server, raw):
-    """When two connections send a command at the same moment, one is served and
-    the other gets ERR collision, and the collision is counted."""
-    a, b = raw(slow_server.port), raw(slow_server.port)
-    replies = run_together(lambda: a.ask('READ? 0'), lambda: b.ask('READ? 1'))
-    assert sorted(r.startswith('ERR') for r in replies) == [False, True]
-    assert 'ERR collision' in replies
-    assert a.ask('STATS?') == 'commands=1 collisions=1 connections=2'
-
-
-def test_DeviceServer_collision_when_one_connection_pipelines(slow_server, raw):
-    """When a connection sends a second command before the first one's reply,
-    the first is answered and the second gets ERR collision."""
-    conn = raw(slow_server.port)
-    conn.send(b'READ? 0\nHEATER 10\n')
-    assert not conn.reply().startswith('ERR')
-    assert conn.reply() == 'ERR collision'
-    assert conn.ask('HEATER?') == '0.000000'
-    assert slow_server.stats()['collisions'] == 1
-
-
-def test_DeviceServer_no_collision_when_connections_take_turns(server, clients):
-    """When several connections alternate but never overlap, nothing collides."""
-    a, b = clients(server.port), clients(server.port)
-    for i in range(20):
-        (a if i % 2 else b).read()
-    assert a.stats()['collisions'] == 0
-
-
-def test_DeviceServer_side_door_commands_never_collide(slow_server, raw):
-    """When STATS? and FAULT arrive while a device command holds the bus, they
-    are answered at once and count as neither commands nor collisions."""
-    busy, side = raw(slow_server.port), raw(slow_server.port)
-    replies = run_together(lambda: busy.ask('READ?'),
-                           lambda: (side.ask('STATS?'), side.ask('FAULT OFF')))
-    assert not replies[0].startswith('ERR')
-    assert replies[1][1] == 'OK'
-    assert slow_server.stats()['collisions'] == 0
-
-
-def test_ThermometryClient_refuses_use_from_two_threads_at_once(slow_server, clients):
-    """When two threads call one client at the same moment, one is served and the
-    other gets RuntimeError instead of sharing the socket."""
-    client = clients(slow_server.port)
-    results = run_together(client.identify, client.identify)
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
-    assert 'thread-safe' in str(errors[0])
-    assert client.stats()['collisions'] == 0
-
-
-# -- faults ----------------------------------------------------------------------------
-
-def test_DeviceServer_fault_drop_closes_all_then_clients_recover(server, clients):
-    """When FAULT DROP is sent, every client's next query raises DeviceOffline and
-    the one after reconnects and succeeds."""
-    a, b = clients(server.port), clients(server.port)
-    a.identify()
-    b.identify()
-    assert a.query('FAULT DROP') == 'OK'
-    for client in (a, b):
-        with pytest.raises(DeviceOffline, match=rf'^device 127\.0\.0\.1:{server.port} offline: '):
-            client.identify()
-        assert not client.connected
-        assert client.identify().startswith('OCSLOCK')
-    assert a.stats()['connections'] == 4
-
-
-def test_DeviceServer_fault_dropnext_closes_only_the_next_command(server, clients):
-    """When FAULT DROPNEXT is armed, the next device command is not run and its
-    connection closes; the command after that works."""
-    ctl, client = clients(server.port), clients(server.port)
-    assert ctl.query('FAULT DROPNEXT') == 'OK'
-    assert ctl.stats()['commands'] == 0
-    with pytest.raises(DeviceOffline, match='connection closed by the device'):
-        client.set_heater(30)
-    assert client.heater() == 0.0
-    assert ctl.stats() == {'commands': 1, 'collisions': 0, 'connections': 3}
-
-
-def test_DeviceServer_fault_slow_makes_client_time_out(server, clients):
-    """When replies are slowed past the client's timeout, the query raises
-    DeviceOffline; after FAULT OFF the client reconnects and gets answers."""
-    ctl, client = clients(server.port), clients(server.port, timeout=0.2)
-    assert ctl.query('FAULT SLOW 30') == 'OK'
-    t0 = time.monotonic()
-    with pytest.raises(DeviceOffline, match=r"no reply to '\*IDN\?' within 0\.2 s"):
-        client.identify()
-    assert time.monotonic() - t0 < WAIT
-    assert ctl.query('FAULT OFF') == 'OK'
-    assert client.identify().startswith('OCSLOCK')
-
-
-def test_DeviceServer_slow_at_start_delays_device_replies_only(clients):
-    """When started slow, device replies come late but STATS? answers at once."""
-    with DeviceServer(slow=0.5) as srv:
-        client = clients(srv.port)
-        t0 = time.monotonic()
-        client.stats()
-        fast = time.monotonic() - t0
-        t0 = time.monotonic()
-        client.identify()
-        slow = time.monotonic() - t0
-        assert slow >= 0.5 and fast < 0.5
-        assert srv.stats()['slow'] == 0.5
-
-
-# -- offline and recovery ------------------------------------------------------------------
-
-def test_ThermometryClient_refused_raises_device_offline(clients):
-    """When nothing listens on the port, the query raises DeviceOffline (a
-    ConnectionError) saying the connection was refused."""
-    with DeviceServer() as srv:
-        port = srv.port
-    client = clients(port)
-    with pytest.raises(ConnectionError) as excinfo:
-        client.identify()
-    assert isinstance(excinfo.value, DeviceOffline)
-    assert str(excinfo.value) == f'device 127.0.0.1:{port} offline: connection refused'
-
-
-def test_ThermometryClient_server_stopped_raises_device_offline(clients):
-    """When the device stops while a client is connected, the next query raises
-    DeviceOffline and so does the one after (nothing to reconnect to)."""
-    srv = DeviceServer().start()
-    client = clients(srv.port)
-    client.identify()
-    srv.stop()
-    with pytest.raises(DeviceOffline):
-        client.identify()
-    with pytest.raises(DeviceOffline, match='refused'):
-        client.identify()
-
-
-def test_ThermometryClient_recovers_when_server_restarts_on_same_port(clients):
-    """When the device comes back on the same port, the client reconnects by itself."""
-    first = DeviceServer(serial='first').start()
-    port = first.port
-    client = clients(port)
-    assert client.identify() == 'OCSLOCK,SIMTHERM,first,1.0'
-    first.stop()
-    with pytest.raises(DeviceOffline):
-        client.identify()
-    with DeviceServer(port=port, serial='second'):
-        assert client.identify() == 'OCSLOCK,SIMTHERM,second,1.0'
-
-
-def test_ThermometryClient_reconnect_opens_a_fresh_connection(server, clients):
-    """When reconnect() is called, the old connection is closed and a new one opened."""
-    client = clients(server.port)
-    client.identify()
-    client.reconnect()
-    assert client.connected
-    assert client.stats()['connections'] == 2
-
-
-def test_ThermometryClient_connects_lazily(server, clients):
-    """When a client is made, it does not connect until its first query."""
-    client = clients(server.port)
-    assert not client.connected and server.stats()['connections'] == 0
-    client.identify()
-    assert client.connected
-
-
-# -- server life cycle ------------------------------------------------------------------------
-
-def test_DeviceServer_stop_is_bounded_with_busy_connections(clients):
-    """When stopped while a reply is being held back by FAULT SLOW, stop() returns
-    promptly, closes every connection, and the waiting client sees DeviceOffline."""
-    srv = DeviceServer(slow=60).start()
-    held = threading.Event()
-    hold = srv._slow_down
-    srv._slow_down = lambda: (held.set(), hold())   # tells the test the reply is held
-    client = clients(srv.port, timeout=WAIT)
-    result = []
-    waiter = threading.Thread(target=lambda: result.append(_catch(client.identify)))
-    waiter.start()
-    try:
-        assert held.wait(WAIT), 'the command never reached the device'
-    finally:
-        t0 = time.monotonic()
-        srv.stop()
-        assert time.monotonic() - t0 < 2.0
-    waiter.join(WAIT)
-    assert not waiter.is_alive()
-    assert isinstance(result[0], DeviceOffline)
-    assert srv.stats()['open'] == 0
-
-
-def _catch(fn):
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001
-        return e
-
-
-def test_DeviceServer_only_listens_on_loopback():
-    """When asked to bind anything but loopback, the server refuses."""
-    with pytest.raises(ValueError, match='loopback'):
-        DeviceServer(host='0.0.0.0')
-    with DeviceServer(host='localhost') as srv:
-        assert srv.address == ('127.0.0.1', srv.port)
-
-
-@pytest.mark.parametrize('kwargs', [{'channels': 0}, {'channels': 65}, {'latency': -1},
-                                    {'port': 70000}, {'serial': 'a,b'}, {'slow': -1}])
-def test_DeviceServer_bad_settings_raise_value_error(kwargs):
-    """When a setting is out of range, the constructor raises ValueError."""
-    with pytest.raises(ValueError):
-        DeviceServer(**kwargs)
-
-
-def test_DeviceServer_port_in_use_raises_os_error():
-    """When the port is taken, start() raises OSError and leaves nothing running."""
-    with DeviceServer() as srv:
-        with pytest.raises(OSError):
-            DeviceServer(port=srv.port).start()
-
-
-# -- command line --------------------------------------------------------------------------------
-
-def _start_cli(*extra):
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'ocs_locking.agents.simulated_device.server', '--port', '0',
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(WAIT):
-            proc.kill()
-            proc.communicate(timeout=WAIT)
-            pytest.fail('the server printed nothing in time')
-    return proc, proc.stdout.readline()
-
-
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_server_cli_prints_address_and_exits_0_on_signal(signum, clients):
-    """When run from the command line, the server prints where it listens, serves
-    there, and on SIGINT or SIGTERM exits 0 without a traceback."""
-    proc, line = _start_cli('--channels', '3')
-    try:
-        assert line.startswith('simulated device listening on 127.0.0.1:')
-        port = int(line.rsplit(':', 1)[1])
-        assert len(clients(port).read()['channels']) == 3
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=WAIT)
-    assert proc.returncode == 0
-    assert 'Traceback' not in err and out == ''
-
-
-@pytest.mark.parametrize('argv, complaint', [
-    (['--channels', '0'], 'argument --channels: channels must be in 1..64'),
-    (['--latency', 'fast'], "argument --latency: latency must be a float, not 'fast'"),
-    (['--port', '-5'], 'argument --port: port must be in 0..65535'),
-    (['--slow', 'inf'], 'argument --slow: slow must be in 0..600'),
-    (['--bogus'], 'unrecognized arguments: --bogus'),
+def test_SimulatedThermometry_read_all_channels_follows_the_model_at_the_clock():
+    """When every channel is read, each follows the model at the injected
+    clock's time, in channel order, and one command is counted."""
+    dev = SimulatedThermometry(channels=3, latency=0, clock=lambda: 42.0)
+    reading = dev.read()
+    assert reading['timestamp'] == 42.0
+    assert list(reading['channels']) == ['ch00', 'ch01', 'ch02']
+    for c, value in enumerate(reading['channels'].values()):
+        assert value == pytest.approx(expected(c, 0, 42.0))
+    assert dev.stats() == {'commands': 1, 'collisions': 0}
+
+
+def test_SimulatedThermometry_heater_warms_every_channel():
+    """When the heater is set, get_heater returns it and every channel reads
+    warmer by 0.002 K per percent."""
+    dev = SimulatedThermometry(channels=2, latency=0, clock=lambda: 0.0)
+    cold = dev.read(1)['channels']['ch01']
+    assert dev.set_heater(50) == 50.0 and dev.get_heater() == 50.0
+    assert dev.read(1)['channels']['ch01'] == pytest.approx(cold + 0.1)
+
+
+def test_SimulatedThermometry_identify_names_model_serial_and_version():
+    """When identified, the device gives model, serial and firmware version."""
+    assert SimulatedThermometry(serial='SN42', latency=0).identify() == \
+        'OCSLOCK,SIMTHERM,SN42,1.0'
+
+
+def test_SimulatedThermometry_second_command_during_one_is_a_collision():
+    """When a command arrives while another holds the bus, it raises
+    BusCollision and is counted; the first one completes."""
+    entered, release = threading.Event(), threading.Event()
+
+    def wait(seconds):          # the first command's latency: held until released
+        entered.set()
+        assert release.wait(WAIT)
+    dev = SimulatedThermometry(latency=1, wait=wait)
+    result = {}
+    first = threading.Thread(target=lambda: result.update(idn=dev.identify()))
+    first.start()
+    assert entered.wait(WAIT)
+    with pytest.raises(BusCollision, match='^bus collision: a command arrived while '
+                                           'another was in progress$'):
+        dev.read()
+    release.set()
+    first.join(WAIT)
+    assert result['idn'].startswith('OCSLOCK,SIMTHERM')
+    assert dev.stats() == {'commands': 1, 'collisions': 1}
+
+
+def test_SimulatedThermometry_collision_counts_one_seen_outside_the_bus():
+    """When the server reports a pipelined command, collision() counts it."""
+    dev = SimulatedThermometry(latency=0)
+    dev.collision()
+    assert dev.stats() == {'commands': 0, 'collisions': 1}
+
+
+def test_SimulatedThermometry_latency_is_spent_through_the_injected_wait():
+    """When a command runs, its latency goes through wait() (the server's
+    stop-aware wait), once per command."""
+    waits = []
+    dev = SimulatedThermometry(latency=0.25, wait=waits.append)
+    dev.read()
+    dev.set_heater(1)
+    assert waits == [0.25, 0.25]
+
+
+@pytest.mark.parametrize('call, complaint', [
+    (lambda d: d.read(4), r'^channel must be an int in 0\.\.3, not 4$'),
+    (lambda d: d.read(True), r'^channel must be an int in 0\.\.3, not True$'),
+    (lambda d: d.set_heater(101), r'^heater value must be a number in 0\.\.100, not 101$'),
+    (lambda d: d.set_heater('5'), r"^heater value must be a number in 0\.\.100, not '5'$"),
 ])
-def test_server_cli_bad_arguments_give_one_line_error(argv, complaint, capsys):
-    """When an argument is bad, argparse reports it on one line and exits 2."""
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    assert excinfo.value.code == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if 'error:' in ln]
-    assert len(errors) == 1 and complaint in errors[0]
+def test_SimulatedThermometry_bad_arguments_raise_before_the_bus(call, complaint):
+    """When a command's argument is out of range, ValueError names it and
+    nothing reaches the bus."""
+    dev = SimulatedThermometry(latency=0)
+    with pytest.raises(ValueError, match=complaint):
+        call(dev)
+    assert dev.stats() == {'commands': 0, 'collisions': 0} and dev.heater == 0.0
 
 
-def test_ThermometryClient_close_from_another_thread_aborts_a_waiting_query(clients):
-    """When close() is called while a query waits on a held-back reply, the query
-    fails at once with DeviceOffline instead of waiting out its timeout."""
-    with DeviceServer(slow=60) as srv:
-        held = threading.Event()
-        hold = srv._slow_down
-        srv._slow_down = lambda: (held.set(), hold())
-        client = clients(srv.port, timeout=WAIT)
-        result = []
-        waiter = threading.Thread(target=lambda: result.append(_catch(client.identify)))
-        waiter.start()
-        assert held.wait(WAIT), 'the command never reached the device'
-        t0 = time.monotonic()
-        client.close()
-        waiter.join(WAIT)
-        assert not waiter.is_alive() and time.monotonic() - t0 < 2.0
-        assert isinstance(result[0], DeviceOffline)
-        assert 'closed by the client' in str(result[0])
+@pytest.mark.parametrize('kwargs, complaint', [
+    ({'channels': 0}, r'^channels must be an int in 1\.\.64'),
+    ({'channels': 65}, r'^channels must be an int in 1\.\.64'),
+    ({'latency': -1}, r'^latency must be a number of seconds in 0\.\.10'),
+    ({'latency': True}, r'^latency must be a number of seconds in 0\.\.10'),
+    ({'serial': 'a,b'}, r'^serial must be printable ASCII without commas or spaces'),
+    ({'serial': ''}, r'^serial must be printable ASCII without commas or spaces'),
+])
+def test_SimulatedThermometry_bad_settings_raise_value_error(kwargs, complaint):
+    """When a setting is out of range, the device is not created."""
+    with pytest.raises(ValueError, match=complaint):
+        SimulatedThermometry(**kwargs)

@@ -1,184 +1,111 @@
-"""SiteLock against an in-process registry (the real LeaseState behind the
-three lease procedures), a fake reactor and a controllable clock."""
+"""SiteLock's own rules (the loss rules shared with Reservation are in
+test_lease_shells.py): the registry's wall clock plays no part, the
+deprecated ``on_revoked=``, the thread API, one resource only."""
+import threading
+
 import pytest
 from twisted.internet import defer
 
+from ocs_locking.errors import LeaseError, ReactorBlockingError
 from ocs_locking.leases.sitelock import LeaseLost, SiteLock
-from ocs_locking.leases.state import LeaseError, LeaseState
 
 from ..support import FakeReactor
+from .test_lease_shells import Clock, SiteLockShell
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
+class SkewedAgent:
+    """A registry whose wall clock is a year behind (or ahead of) this host:
+    every expiry it reports is far off."""
+    agent_address = 'observatory.dev-1'
 
-    def __call__(self):
-        return self.now
-
-
-class FakeAgent:
-    """Answers the registry's lease procedures from a LeaseState."""
-
-    def __init__(self, state, clock, instance='dev-1'):
-        self.state, self.clock = state, clock
-        self.agent_address = f'observatory.{instance}'
-        self.reachable = True
+    def __init__(self, skew):
+        self.skew = skew
         self.calls = []
 
     def call(self, uri, *args):
-        self.calls.append(uri)
-        if not self.reachable:
-            return defer.fail(ConnectionError('router unreachable'))
-        name = uri.rsplit('.', 1)[-1]
-        try:
-            if name == 'acquire':
-                resource, owner, lease, timeout, tree, note, client = args
-                out = self.state.acquire(resource, owner, lease, self.clock(), tree=tree,
-                                         note=note, client=client)
-                if out.status != 'granted':
-                    return defer.succeed({'ok': False, 'message': f'Busy: {out.status}'})
-                g = out.grants[0]
-                return defer.succeed({'ok': True, 'data': {'token': g.token,
-                                                           'expires': g.expires}})
-            if name == 'renew':
-                resource, token, lease, client = args
-                g = self.state.renew(resource, token, lease, self.clock())
-                return defer.succeed({'ok': True, 'data': {'expires': g.expires}})
-            resource, token, client = args
-            self.state.release(resource, token, self.clock())
-            return defer.succeed({'ok': True})
-        except LeaseError as e:
-            return defer.succeed({'ok': False, 'message': f'Refused: {e}'})
+        self.calls.append(uri.rsplit('.', 1)[-1])
+        return defer.succeed({'ok': True, 'message': '', 'data': {
+            'resource': 'bridge', 'token': 4, 'expires': 1.7e9 + self.skew,
+            'queued_for': 0.0}})
 
 
-@pytest.fixture
-def env():
-    clock, reactor, state = Clock(), FakeReactor(), LeaseState()
-    return clock, reactor, state, FakeAgent(state, clock)
+@pytest.mark.parametrize('skew', [-3.2e7, 3.2e7])
+def test_SiteLock_clock_skew_between_hosts_does_not_change_the_lease(skew):
+    """When the registry's wall clock is a year off this host's, the lease
+    still lasts exactly one lease on this host's monotonic clock, renewed
+    from each renewal's send time (regression: SiteLock compared its wall
+    clock with the registry's ``expires``)."""
+    clock, reactor = Clock(), FakeReactor()
+    lock = SiteLock(SkewedAgent(skew), 'bridge', lease=9, clock=clock, reactor=reactor)
+    lock.acquire_deferred()
+    assert lock.held and lock.deadline == clock() + 9
+    clock.t += 8.9
+    assert lock.check() == 4
+    clock.t += 0.1
+    with pytest.raises(LeaseLost, match=r'ran out 0\.0 s ago without a renewal$'):
+        lock.check()
 
 
-def acquired(lock):
-    out = []
-    lock.acquire_deferred().addBoth(out.append)
-    return out[0]
-
-
-def test_SiteLock_grant_gives_a_token_and_guard_lets_calls_through(env):
-    """When the lease is granted, guard() yields its fencing token."""
-    clock, reactor, state, agent = env
-    lock = SiteLock(agent, 'satp1/bridge', lease=9, clock=clock, reactor=reactor)
-    assert acquired(lock) is True
-    with lock.guard() as token:
-        assert token == lock.token == 1
-    assert agent.calls == ['observatory.lock-registry.lease.acquire']
-    assert state.holders()[0].owner == 'dev-1'
-
-
-def test_SiteLock_renews_in_the_background(env):
-    """When time passes, the lease is renewed every lease/3 and stays valid."""
-    clock, reactor, state, agent = env
-    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
-    assert acquired(lock)
-    for _ in range(10):
-        clock.now += 3
-        reactor.advance(3)
-    assert lock.held and lock.check() == 1
-    assert agent.calls.count('observatory.lock-registry.lease.renew') == 10
-
-
-def test_SiteLock_revoked_lease_is_refused_and_reported(env):
-    """When an operator force-releases the lease, the next renewal finds out:
-    on_revoked gets the reason and guarded calls raise LeaseLost."""
-    clock, reactor, state, agent = env
+def test_SiteLock_on_revoked_is_a_deprecated_alias_of_on_lost():
+    """When an agent still passes on_revoked=, it gets a DeprecationWarning
+    and the callback is called on a loss like on_lost."""
+    shell = SiteLockShell(Clock())
     reasons = []
-    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor,
-                    on_revoked=reasons.append)
-    assert acquired(lock)
-    state.force_release('bridge', 'manual work on the bridge', 'operator', clock())
-    clock.now += 3
-    reactor.advance(3)
-    reactor.advance(0)
-    assert len(reasons) == 1 and "lease on 'bridge' was lost: Refused: " in reasons[0]
-    with pytest.raises(LeaseLost, match=r"^lease on 'bridge' was lost: Refused: "):
-        with lock.guard():
-            raise AssertionError('the device was touched')
+    with pytest.warns(DeprecationWarning, match=r'on_revoked=.*deprecated; use on_lost='):
+        lock = SiteLock(shell.make().agent, 'bridge', lease=9, on_revoked=reasons.append,
+                        clock=shell.clock, reactor=shell.reactor)
+    assert lock.on_revoked is lock.on_lost
+    shell.acquire(lock)
+    shell.registry.state.force_release('bridge', 'x', 'op', shell.clock())
+    shell.run_for(3)
+    assert len(reasons) == 1 and reasons[0].startswith('renewal of the lease on bridge was '
+                                                       'refused: ')
 
 
-def test_SiteLock_frozen_past_its_lease_is_refused_on_waking(env):
-    """When the agent was frozen (SIGSTOP) past its lease, its next guarded
-    call is refused at once, before any renewal runs."""
-    clock, reactor, state, agent = env
-    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
-    assert acquired(lock)
-    clock.now += 30            # no reactor turns: the process was stopped
-    with pytest.raises(LeaseLost, match=r"^lease on 'bridge' \(token 1\) expired 21.0 s ago$"):
-        lock.check()
-    other = SiteLock(FakeAgent(state, clock, 'dev-2'), 'bridge', clock=clock, reactor=reactor)
-    assert acquired(other) and other.token == 2        # the next grant's token is larger
+def test_SiteLock_holds_one_resource_and_refuses_bad_arguments():
+    """When SiteLock is given a list, a bad path or a bad lease, it raises
+    at construction naming what was wrong."""
+    reactor = FakeReactor()
+    with pytest.raises(ValueError, match=r'^SiteLock holds one resource, not a list'):
+        SiteLock(SkewedAgent(0), ['a', 'b'], reactor=reactor)
+    with pytest.raises(LeaseError, match=r'^resource segment '):
+        SiteLock(SkewedAgent(0), 'Bad Name', reactor=reactor)
+    with pytest.raises(LeaseError, match=r'^lease must be in \[0\.5, 3600\] seconds, not 0$'):
+        SiteLock(SkewedAgent(0), 'bridge', lease=0, reactor=reactor)
 
 
-def test_SiteLock_unreachable_registry_holds_until_the_lease_runs_out(env):
-    """When renewals cannot reach the registry, the lease stays usable until
-    its expiry, then every guarded call raises LeaseLost."""
-    clock, reactor, state, agent = env
-    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
-    assert acquired(lock)
-    agent.reachable = False
-    clock.now += 3
-    reactor.advance(3)
-    assert lock.check() == 1
-    clock.now += 6
-    reactor.advance(3)
-    with pytest.raises(LeaseLost, match=r"^could not renew the lease on 'bridge' before it "
-                                        r"expired: router unreachable$"):
-        lock.check()
+def test_SiteLock_thread_api_waits_for_the_reactor_and_refuses_on_it(reactor_thread):
+    """When a worker thread calls acquire()/release(), they run on the reactor
+    and return its result; called on the reactor thread they raise
+    ReactorBlockingError instead of freezing it."""
+    rt = reactor_thread
+    agent = SkewedAgent(0)
+    lock = SiteLock(agent, 'bridge', lease=9, reactor=rt.reactor)
+    assert lock.acquire() is lock and lock.token == 4
+    assert lock.release() is True and agent.calls == ['acquire', 'release']
+    errors = []
+    done = threading.Event()
+
+    def on_reactor():
+        try:
+            lock.acquire()
+        except ReactorBlockingError as e:
+            errors.append(str(e))
+        done.set()
+    rt.reactor.callFromThread(on_reactor)
+    assert done.wait(10)
+    assert errors == ['SiteLock.acquire() would block the reactor thread; use '
+                      'acquire_deferred()']
 
 
-def test_SiteLock_busy_release_and_bad_arguments(env):
-    """When the resource is held, acquire is False; release gives it back so
-    another owner gets a larger token; bad arguments fail at construction."""
-    clock, reactor, state, agent = env
-    a = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
-    b = SiteLock(FakeAgent(state, clock, 'dev-2'), 'bridge', clock=clock, reactor=reactor)
-    assert acquired(a) and acquired(b) is False
-    assert b.last_refusal == 'Busy: busy'
-    with pytest.raises(LeaseLost, match=r"^no lease on 'bridge'$"):
-        b.check()
+def test_SiteLock_acquire_while_holding_is_refused():
+    """When a SiteLock that holds its lease is asked to acquire again, it
+    raises LeaseUnavailable naming the token it holds and calls nobody."""
+    from ocs_locking.errors import LeaseUnavailable
+    agent = SkewedAgent(0)
+    lock = SiteLock(agent, 'bridge', lease=9, clock=Clock(), reactor=FakeReactor())
+    lock.acquire_deferred()
     out = []
-    a.release_deferred().addBoth(out.append)
-    assert out == [True] and not a.held
-    assert acquired(b) and b.token == 2
-    with pytest.raises(LeaseError, match=r'^resource '):
-        SiteLock(agent, 'Bad Name', reactor=reactor)
-    with pytest.raises(ValueError, match=r'^lease must be seconds in \(0, 3600\], not 0$'):
-        SiteLock(agent, 'bridge', lease=0, reactor=reactor)
-
-
-def test_SiteLock_unreachable_registry_refuses_acquire_with_a_reason(env):
-    """When the registry cannot be reached, acquire answers False and says
-    why, instead of failing."""
-    clock, reactor, state, agent = env
-    agent.reachable = False
-    lock = SiteLock(agent, 'bridge', clock=clock, reactor=reactor)
-    assert acquired(lock) is False
-    assert lock.last_refusal == 'the lock registry is unreachable: router unreachable'
-    with pytest.raises(LeaseLost, match=r"^no lease on 'bridge'$"):
-        lock.check()
-
-
-def test_SiteLock_short_outage_is_bridged_by_quick_retries(env):
-    """When one renewal fails, it is retried every 0.5 s, so an outage
-    shorter than the rest of the lease does not cost the lease."""
-    clock, reactor, state, agent = env
-    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
-    assert acquired(lock)
-    agent.reachable = False
-    clock.now += 3
-    reactor.advance(3)              # the regular renewal fails
-    clock.now += 4.5
-    reactor.advance(4.5)            # retries keep failing, lease not yet over
-    agent.reachable = True
-    clock.now += 0.5
-    reactor.advance(0.5)            # the next retry succeeds
-    assert lock.held and lock.expires == pytest.approx(clock.now + 9)
+    lock.acquire_deferred().addErrback(lambda f: out.append(f.value))
+    assert isinstance(out[0], LeaseUnavailable)
+    assert str(out[0]) == 'already holding bridge (token 4)' and agent.calls == ['acquire']

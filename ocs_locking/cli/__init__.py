@@ -1,0 +1,94 @@
+"""``ocs-locks``: the site's lock table for people::
+
+    ocs-locks status            # the table, from the registry over HTTP
+    ocs-locks status --json     # the same as a JSON list of rows
+    ocs-locks watch             # a live table from the registry's ownership feed (WAMP)
+    ocs-locks reserve satp1/hwp --lease 30 --note "manual work"   # hold until Ctrl-C
+    ocs-locks release satp1/hwp --token 7
+    ocs-locks force-release satp1/hwp --reason "stuck schedule" --password PW
+    ocs-locks history [satp1/hwp] [--owner NAME] [--action ACTION] [--since 10m]
+                      [--limit 20] [--json]
+
+It reads the site config like other ocs tools (``--site-file``,
+``--site-host``, ``$OCS_CONFIG_DIR``...), before or after the command.
+Every failure is one line on stderr and exit status 1 (2 for bad
+arguments); a closed stdout (``| head``) ends a command quietly.
+
+The package: :mod:`.parser` (the command line), :mod:`.site` (site config
+and registry name checks), :mod:`.formatters` (text and JSON), :mod:`.status`,
+:mod:`.watch`, :mod:`.leases` (the commands), :mod:`.signals`.
+"""
+import errno
+import os
+import sys
+
+from ..errors import CliError
+from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, json_rows
+from .leases import cmd_force_release, cmd_history, cmd_release, cmd_reserve
+from .parser import make_parser, parse_age
+from .site import check_registry_name
+from .status import cmd_status, fetch_rows
+from . import watch
+from .watch import cmd_watch
+
+__all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
+           'CliError', 'JSON_KEYS', 'HISTORY_KEYS', 'COMMANDS', 'fetch_rows', 'parse_age']
+
+COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
+            'release': cmd_release, 'force-release': cmd_force_release,
+            'history': cmd_history}
+
+
+def _stdout_gone():
+    """After EPIPE on stdout: point it at /dev/null so that the interpreter's
+    final flush does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _run(opts):
+    try:
+        check_registry_name(opts.registry)      # before anything reaches the network
+        return COMMANDS[opts.command](opts)
+    except CliError as e:
+        try:
+            print(f'ocs-locks: {e}', file=sys.stderr, flush=True)
+        except OSError:
+            pass
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:     # | head: the reader has all it wanted
+        _stdout_gone()
+        return 0
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        _stdout_gone()          # the terminal went away (SIGHUP): nobody to tell
+        return 0
+
+
+def _exit_now(status):
+    """End the process without the interpreter's teardown (see :mod:`.watch`)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def main(args=None):
+    """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
+    exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments.
+    After ``watch`` has run the reactor, the process ends here with that
+    status."""
+    opts = make_parser().parse_args(args)
+    status = _run(opts)
+    if watch.reactor_ran:
+        _exit_now(status)
+    return status

@@ -1,0 +1,101 @@
+"""Text and JSON for ``ocs-locks``: the lock table and the audit log (pure)."""
+import time
+
+__all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'format_table', 'json_rows', 'format_history',
+           'history_rows', 'clock']
+
+#: The keys of every ``ocs-locks status --json`` row (contract).
+JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive')
+
+#: The keys of every ``ocs-locks history --json`` row (contract).
+HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
+
+
+def json_rows(rows):
+    """Rows of the table with exactly :data:`JSON_KEYS`."""
+    return [{k: r.get(k) for k in JSON_KEYS} for r in rows]
+
+
+def history_rows(rows):
+    """Audit rows with exactly :data:`HISTORY_KEYS`."""
+    return [{k: r.get(k) for k in HISTORY_KEYS} for r in rows]
+
+
+def clock(t):
+    """``HH:MM:SS`` (local time) of a Unix time; ``?`` for anything else."""
+    return time.strftime('%H:%M:%S', time.localtime(t)) if isinstance(t, (int, float)) \
+        else '?'
+
+
+def _free(row):
+    return row.get('job') is None and row.get('since') is None
+
+
+def _held_for(row, now):
+    if _free(row):
+        return '-'
+    # held_since: the first grant of a holder that only lends the lock for a
+    # moment (an acquisition loop); a registry without it sends only since.
+    since = row.get('held_since')
+    if not isinstance(since, (int, float)):
+        since = row.get('since')
+    return f'{max(0.0, now - since):.1f} s' if isinstance(since, (int, float)) else '?'
+
+
+def format_table(rows, now=None):
+    """The table as text: lock, holder, held for, waiters, agent alive."""
+    now = time.time() if now is None else now
+    header = ('LOCK', 'HOLDER', 'HELD FOR', 'WAITERS', 'AGENT')
+    lines = []
+    for r in rows:
+        if _free(r):
+            holder = '(free)'
+        else:
+            holder = r.get('job') or '(unnamed)'
+            if r.get('session_id') is not None:
+                holder += f" (session {r['session_id']})"
+        lines.append((str(r.get('lock', '?')), holder, _held_for(r, now),
+                      str(r.get('waiters', 0)), 'alive' if r.get('alive') else 'STALE'))
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths)
+    out = [fmt.format(*header)] + [fmt.format(*line) for line in lines]
+    if not lines:
+        out.append('(no locks reported yet)')
+    return '\n'.join(out)
+
+
+def _detail_text(detail):
+    if not isinstance(detail, dict):
+        return str(detail)
+    parts = []
+    for k, v in detail.items():
+        if v in (None, '', {}, []) or k == 'request':
+            continue
+        if k == 'expires' and isinstance(v, (int, float)):
+            v = clock(v)
+        parts.append(f'{k}={v}')
+    return ' '.join(parts)
+
+
+def _when(at):
+    if not isinstance(at, (int, float)):
+        return '?'
+    # tenths are truncated, not rounded: 28.97 s is 28.9, never "28.0" (nor 29.0)
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at)) + f'.{int(at % 1 * 10)}'
+
+
+def format_history(rows):
+    """The audit log as text: time, action, resource, owner, token, client, detail."""
+    header = ('TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT', 'DETAIL')
+    lines = []
+    for r in rows:
+        lines.append((_when(r.get('at')), str(r.get('action', '?')),
+                      str(r.get('resource', '?')), str(r.get('owner', '')),
+                      '-' if r.get('token') is None else str(r['token']),
+                      str(r.get('client') or '-'), _detail_text(r.get('detail'))))
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths[:-1]) + '  {}'
+    out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
+    if not lines:
+        out.append('(no audit records)')
+    return '\n'.join(out)

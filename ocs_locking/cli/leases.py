@@ -1,0 +1,203 @@
+"""``ocs-locks reserve | release | force-release | history``: site-wide leases."""
+import getpass
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+
+from ..errors import CliError
+from ..leases.paths import MAX_LEASE, MIN_LEASE
+from .formatters import clock, format_history, history_rows
+from .parser import parse_age
+from .signals import Interrupter
+from .site import load_site, registry_client
+
+__all__ = ['cmd_reserve', 'cmd_release', 'cmd_force_release', 'cmd_history',
+           'history_params', 'HISTORY_LIMIT']
+
+#: Bounds of ``history --limit`` (the registry's too).
+HISTORY_LIMIT = (1, 1000)
+
+
+def _client_id(command):
+    return f'ocs-locks {command} ({getpass.getuser()}@{socket.gethostname()})'
+
+
+def _run_task(args, name, params, privs=None, wait=30.0, refusal=None):
+    """Run a registry task; return (message, data) or raise CliError with the
+    registry's (or ocs's) one-line refusal (``refusal(message)`` may reword it)."""
+    from ..leases.reservation import call_task
+    client = registry_client(args, privs)
+    ans = call_task(client, name, params, wait=wait)
+    if not ans.ok:
+        message = refusal(ans.message) if refusal is not None else ans.message
+        raise CliError(f'{name.replace("_", "-")} {params.get("resource") or ""}'.rstrip()
+                       + f': {message}')
+    return ans.message, ans.data
+
+
+def _check_resource(value):
+    from ..leases.paths import check_resource
+    try:
+        return check_resource(value)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def _say(text, err=False):
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + '\n')
+    stream.flush()
+
+
+def cmd_reserve(args):
+    """Hold a Reservation until Ctrl-C, SIGTERM or SIGHUP (release, exit 0),
+    or until it is lost (exit 1)."""
+    from ..leases.reservation import Reservation, ReservationError, RetryPolicy
+    if not MIN_LEASE <= args.lease <= MAX_LEASE:
+        raise CliError(f'--lease must be {MIN_LEASE:g}..{MAX_LEASE:g} seconds, '
+                       f'not {args.lease:g}')
+    if not args.timeout >= 0:
+        raise CliError(f'--timeout must be >= 0, not {args.timeout:g}')
+    for r in args.resources:
+        _check_resource(r)
+    if len(set(args.resources)) != len(args.resources):
+        raise CliError('a RESOURCE is listed twice')
+    owner = args.owner if args.owner is not None else \
+        f'{getpass.getuser()}@{socket.gethostname()}'
+    if not owner.strip():
+        raise CliError('--owner must not be empty')
+    load_site(args)
+    # The loss is reported below in one line; not also by the library's logger.
+    quiet = logging.getLogger('ocs_locking.leases.reservation')
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    lost = threading.Event()
+    try:
+        res = Reservation(args.resources, owner, lease=args.lease, note=args.note,
+                          tree=args.tree, registry=args.registry, args=args,
+                          timeout=args.timeout, client_id=_client_id('reserve'),
+                          retry=RetryPolicy(attempts=1, deadline=None),
+                          on_lost=lambda reason: lost.set())
+    except ValueError as e:         # LeaseError: an argument the registry's rules refuse
+        raise CliError(str(e)) from None
+    # Ctrl-C, SIGTERM (a supervisor) and SIGHUP (the terminal closed) end the
+    # reservation: release, exit 0. Later signals do not cut the release short.
+    Interrupter().install()
+    names = ', '.join(args.resources)
+    try:
+        res.acquire()
+    except ReservationError as e:
+        raise CliError(str(e)) from None
+    except KeyboardInterrupt:
+        res.release()
+        raise CliError('interrupted before the reservation was granted (a grant made '
+                       'meanwhile ends with its lease)') from None
+    try:
+        tokens = ', '.join(f'{r}={t}' for r, t in sorted(res.tokens.items()))
+        _say(f'Reserved {names} for {owner!r}: token(s) {tokens}; '
+             f'expires {clock(res.expires)} unless renewed (every {args.lease / 3:.3g} s); '
+             'Ctrl-C releases.')
+        while not lost.wait(0.5):
+            pass
+        res.release()
+        raise CliError(f'lost the reservation of {names}: {res.lost}')
+    except KeyboardInterrupt:
+        expires = res.expires
+        if res.release() is None:
+            raise CliError(f'could not release {names}: it ends with its lease '
+                           f'(at {clock(expires)})') from None
+        _say(f'Released {names}.')
+        return 0
+    finally:
+        res.release()       # nothing left running (a no-op once released)
+
+
+def cmd_release(args):
+    _check_resource(args.resource)
+    if args.token < 1:
+        raise CliError(f'--token must be a positive integer, not {args.token}')
+    message, _ = _run_task(args, 'release', {'resource': args.resource, 'token': args.token,
+                                             'client': _client_id('release')})
+    _say(message)
+    return 0
+
+
+def _password_file():
+    path = os.environ.get('OCS_PASSWORDS_FILE') or os.path.expanduser('~/.ocs-passwords.yaml')
+    return path if os.path.isfile(path) else None
+
+
+def cmd_force_release(args):
+    _check_resource(args.resource)
+    if not args.reason.strip():
+        raise CliError('--reason must not be empty')
+    password = args.password if args.password is not None else \
+        os.environ.get('OCS_LOCKS_PASSWORD') or None
+    given = password is not None
+    if password is None and _password_file():
+        password = 2        # ocs finds the level-2 password in the password file
+
+    def refusal(message):
+        if 'requires credential level' not in message:
+            return message
+        if given:
+            return ("wrong password (the registry's force_release requires credential "
+                    'level 2)')
+        if password == 2:
+            return (f'wrong password in {_password_file()} (the registry\'s force_release '
+                    'requires credential level 2)')
+        return ("the registry's force_release requires credential level 2: pass "
+                '--password or set $OCS_LOCKS_PASSWORD')
+
+    message, _ = _run_task(args, 'force_release',
+                           {'resource': args.resource, 'reason': args.reason,
+                            'client': _client_id('force-release')}, privs=password,
+                           refusal=refusal)
+    _say(message)
+    return 0
+
+
+def history_params(args):
+    """The ``history`` task's params from the command line: only what the
+    user gave (the registry's defaults stand for the rest). ``since`` is an
+    age in seconds, never a time of this host's clock."""
+    params = {}
+    if args.resource is not None:
+        params['resource'] = _check_resource(args.resource)
+    if args.owner is not None:
+        if not args.owner.strip() or len(args.owner) > 128:
+            raise CliError(f'--owner must be 1..128 characters, not {args.owner!r:.40}')
+        params['owner'] = args.owner
+    if args.action:
+        from ..leases.state import ACTIONS
+        for a in args.action:
+            if a not in ACTIONS:
+                raise CliError(f'--action must be one of {", ".join(ACTIONS)}, not {a!r:.40}')
+        actions = list(dict.fromkeys(args.action))
+        params['action'] = actions[0] if len(actions) == 1 else actions
+    if args.since is not None:
+        params['since'] = parse_age(args.since)
+    if args.limit is not None:
+        low, high = HISTORY_LIMIT
+        if not low <= args.limit <= high:
+            raise CliError(f'--limit must be {low}..{high}, not {args.limit}')
+        params['limit'] = args.limit
+    return params
+
+
+def _history_refusal(message):
+    if 'params included unexpected values' in message:
+        return (f'this registry cannot filter its history that way ({message}); '
+                'it needs a newer lock registry')
+    return message
+
+
+def cmd_history(args):
+    params = history_params(args)
+    _, data = _run_task(args, 'history', params, refusal=_history_refusal)
+    rows = [r for r in data.get('history') or [] if isinstance(r, dict)]
+    _say(json.dumps(history_rows(rows), indent=1) if args.json else format_history(rows))
+    return 0

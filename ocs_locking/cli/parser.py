@@ -1,0 +1,130 @@
+"""The ``ocs-locks`` command line: subcommands, site options, ages.
+
+Site options (``--site-file``, ``--site-host``, ``--registry``...) are
+accepted before the subcommand and after it. Only the options a client
+needs are offered; the agent-only options of ocs's ``site_config`` parser
+(``--instance-id``, ``--log-dir``, ``--crossbar-timeout``, ``--access-policy``...)
+are not listed, and get the defaults ocs expects.
+"""
+import argparse
+import math
+import re
+
+from ..errors import CliError
+
+__all__ = ['make_parser', 'parse_age', 'DEFAULT_REGISTRY', 'MAX_AGE']
+
+DEFAULT_REGISTRY = 'lock-registry'
+
+#: The longest ``history --since`` age, in seconds (a year).
+MAX_AGE = 366 * 86400.0
+
+#: (option, attribute, help) of every site option; attributes as ocs's
+#: ``site_config.get_config`` reads them.
+SITE_OPTIONS = (
+    ('--site', 'site', 'use $OCS_CONFIG_DIR/SITE.yaml (default: default.yaml there)'),
+    ('--site-file', 'site_file', 'use this site config file'),
+    ('--site-host', 'site_host', 'the host entry of the site config to use '
+                                 '(default: this host\'s name, then localhost)'),
+    ('--site-hub', 'site_hub', 'override the router\'s WebSocket URL (wamp_server)'),
+    ('--site-http', 'site_http', 'override the router\'s HTTP URL (wamp_http)'),
+    ('--site-realm', 'site_realm', 'override the WAMP realm (wamp_realm)'),
+    ('--address-root', 'address_root', 'override the address root (observatory)'),
+)
+
+#: Attributes ocs's site_config reads that only agents set.
+AGENT_ONLY = ('instance_id', 'registry_address', 'log_dir', 'working_dir',
+              'crossbar_timeout', 'access_policy')
+
+_AGE = re.compile(r'^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$')
+_UNIT = {'': 1.0, 's': 1.0, 'm': 60.0, 'h': 3600.0, 'd': 86400.0}
+
+
+def parse_age(text, option='--since'):
+    """Seconds from an age such as ``90``, ``30s``, ``10m``, ``2h`` or ``1d``.
+
+    Raises CliError naming ``option`` for anything else, and for an age of
+    zero or more than :data:`MAX_AGE`.
+    """
+    m = _AGE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise CliError(f'{option} must be an age like 90, 30s, 10m, 2h or 1d, '
+                       f'not {text!r:.40}')
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_AGE):
+        raise CliError(f'{option} must be more than 0 and at most 366d, not {text.strip()!r}')
+    return seconds
+
+
+def _add_site_options(parser, top):
+    """The site options; on a subcommand they default to SUPPRESS so they
+    do not overwrite what was given before the subcommand."""
+    group = parser.add_argument_group('site options (before or after the command)')
+    extra = {} if top else {'default': argparse.SUPPRESS}
+    for option, dest, text in SITE_OPTIONS:
+        group.add_argument(option, dest=dest, metavar=dest.split('_')[-1].upper(),
+                           help=text, **extra)
+    group.add_argument('--registry', dest='registry', metavar='INSTANCE_ID',
+                       help=f'instance-id of the LockRegistryAgent (default {DEFAULT_REGISTRY})',
+                       **({'default': DEFAULT_REGISTRY} if top else extra))
+
+
+def make_parser():
+    """The ``ocs-locks`` parser (agent-only ocs options are neither listed
+    nor accepted; their attributes are None, as ocs expects)."""
+    parser = argparse.ArgumentParser(
+        prog='ocs-locks', description='Who holds which lock, site-wide.',
+        epilog='Every failure is one line on stderr and exit status 1 '
+               '(2 for bad arguments).')
+    _add_site_options(parser, top=True)
+    parser.set_defaults(**{a: None for a in AGENT_ONLY})
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def command(name, text):
+        p = sub.add_parser(name, help=text, description=text)
+        _add_site_options(p, top=False)
+        return p
+
+    st = command('status', 'print the lock table')
+    st.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    w = command('watch', 'keep a live table on screen (Ctrl-C ends it)')
+    w.add_argument('--count', type=int, default=None,
+                   help='exit after this many updates (default: until Ctrl-C)')
+    w.add_argument('--no-clear', action='store_true',
+                   help='print each table below the last instead of redrawing')
+    w.add_argument('--header', default=None,
+                   help='a line to show above the table (e.g. how to stop a demo)')
+    r = command('reserve', 'reserve resources site-wide until Ctrl-C (or SIGTERM, SIGHUP)')
+    r.add_argument('resources', nargs='+', metavar='RESOURCE',
+                   help="resource path(s), e.g. satp1/hwp (several: all or nothing)")
+    r.add_argument('--lease', type=float, default=30.0,
+                   help='lease in seconds, renewed every lease/3 (default 30)')
+    r.add_argument('--note', default='', help='why (shown to others, kept in the audit log)')
+    r.add_argument('--tree', action='store_true',
+                   help='also exclude everything below the path(s)')
+    r.add_argument('--timeout', type=float, default=0.0,
+                   help="seconds to wait in the registry's queue if busy (default 0)")
+    r.add_argument('--owner', default=None, help='owner name (default: user@host)')
+    rel = command('release', 'release a lease by its token')
+    rel.add_argument('resource', metavar='RESOURCE')
+    rel.add_argument('--token', type=int, required=True, help='the fencing token of the grant')
+    fr = command('force-release', "revoke whoever holds a resource (needs the registry's "
+                                  'level-2 password)')
+    fr.add_argument('resource', metavar='RESOURCE')
+    fr.add_argument('--reason', required=True, help='why (kept in the audit log)')
+    fr.add_argument('--password', default=None,
+                    help='the level-2 password (default: $OCS_LOCKS_PASSWORD, then the '
+                         'ocs password file, ~/.ocs-passwords.yaml or $OCS_PASSWORDS_FILE)')
+    h = command('history', "print the registry's audit log, newest first")
+    h.add_argument('resource', nargs='?', default=None, metavar='RESOURCE',
+                   help='only this resource and what lies below it')
+    h.add_argument('--owner', default=None, help='only rows of this owner')
+    h.add_argument('--action', action='append', default=None, metavar='ACTION',
+                   help='only this audit action (grant, queue, renew, release, '
+                        'force_release, expire, timeout, cancel); repeat for several')
+    h.add_argument('--since', default=None, metavar='AGE',
+                   help='only rows younger than AGE: 90 (seconds), 30s, 10m, 2h, 1d')
+    h.add_argument('--limit', type=int, default=None,
+                   help='at most this many rows, 1..1000 (default 20)')
+    h.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    return parser

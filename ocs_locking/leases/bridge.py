@@ -1,0 +1,118 @@
+"""The registry's lease procedures over crossbar's HTTP bridge, one request each.
+
+A script's acquire, renew and release are each ONE HTTP POST to the router's
+``/call`` bridge (``{"procedure": "<registry>.lease.acquire", "args": [],
+"kwargs": {...}}``), on one keep-alive connection (a ``requests.Session``):
+no OCS task start + wait, no ``get_api`` call to build an ``OCSClient``, no
+new TCP connection per call. The reply is the procedure's own
+``{'ok', 'message', 'data'}``.
+"""
+import json
+import logging
+import threading
+
+from ..wire import error_reason, lease_uri, one_line
+from .holder import Answer
+
+__all__ = ['BridgeClient', 'OCSClientTransport']
+
+log = logging.getLogger(__name__)
+
+#: Seconds to connect to the router.
+CONNECT_TIMEOUT = 5.0
+#: Extra seconds a call may take beyond the registry-side wait it asks for.
+CALL_MARGIN = 10.0
+
+
+NOT_RUNNING = ('the registry is not running (its lease procedures are not registered '
+               'on the router)')
+
+
+def _reason(exc):
+    return error_reason(exc, not_running=NOT_RUNNING)
+
+
+def _answer(reply):
+    if not isinstance(reply, dict) or 'ok' not in reply:
+        return Answer(False, f'unexpected reply from the registry: {reply!r:.100}',
+                      answered=False)
+    return Answer(bool(reply['ok']), one_line(reply.get('message') or ''),
+                  reply.get('data') or {})
+
+
+class BridgeClient:
+    """Calls ``<registry_address>.lease.<name>`` through the HTTP bridge at ``url``.
+
+    Args:
+        url (str): the site's ``wamp_http`` (``http://host:port/call``).
+        registry_address (str): ``observatory.lock-registry``.
+        session: a ``requests.Session`` to use (default: a new one).
+
+    One connection is kept alive and reused; calls from several threads are
+    serialised on it (a Reservation's renew thread and its owner).
+    """
+
+    def __init__(self, url, registry_address, session=None):
+        import requests
+        self.url = url
+        self.registry_address = registry_address
+        self._http = session if session is not None else requests.Session()
+        self._lock = threading.Lock()
+        self.requests = 0           # HTTP requests sent (the benchmark counts them)
+
+    @classmethod
+    def from_site(cls, registry, args=None):
+        """The bridge of the site named by ``args`` (as for ``OCSClient``)."""
+        from ocs import site_config
+        cc = site_config.get_control_client(registry, args=args)
+        return cls(cc.call_url, cc.agent_addr)
+
+    def lease_call(self, name, params, wait=0.0):
+        """Call the lease procedure ``name`` with keyword ``params``; an
+        :class:`Answer` (``answered`` False when the registry's own reply
+        never came back). ``wait``: seconds the registry may queue it."""
+        import requests
+        body = json.dumps({'procedure': lease_uri(self.registry_address, name),
+                           'args': [], 'kwargs': params})
+        try:
+            with self._lock:
+                self.requests += 1
+                r = self._http.post(self.url, data=body,
+                                    headers={'Content-Type': 'application/json'},
+                                    timeout=(CONNECT_TIMEOUT, wait + CALL_MARGIN))
+        except requests.exceptions.RequestException as e:
+            return Answer(False, f'cannot reach the router at {self.url}: '
+                                 f'{type(e).__name__}', answered=False)
+        if r.status_code != 200:
+            return Answer(False, f'the router at {self.url} answered HTTP {r.status_code}',
+                          answered=False)
+        try:
+            decoded = r.json()
+        except ValueError:
+            return Answer(False, f'the router at {self.url} sent no JSON', answered=False)
+        if 'error' in decoded:
+            if decoded['error'] == 'wamp.error.no_such_procedure':
+                return Answer(False, NOT_RUNNING, answered=False)
+            text = (decoded.get('args') or [decoded['error']])[0]
+            return Answer(False, one_line(text), answered=False)
+        args = decoded.get('args') or [None]
+        return _answer(args[0])
+
+    def close(self):
+        self._http.close()
+
+
+class OCSClientTransport:
+    """The same calls through an ``OCSClient`` (or ocs ``ControlClient``)
+    someone already has: one POST each too, on ocs's connection handling."""
+
+    def __init__(self, client):
+        self._client = getattr(client, '_client', client)
+
+    def lease_call(self, name, params, wait=0.0):
+        http = self._client
+        try:
+            reply = http.call(lease_uri(http.agent_addr, name), **params)
+        except Exception as e:      # ControlClientError, requests errors...
+            return Answer(False, _reason(e), answered=False)
+        return _answer(reply)

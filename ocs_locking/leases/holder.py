@@ -1,0 +1,210 @@
+"""The lease-holder core shared by SiteLock (agents) and Reservation (scripts).
+
+Pure: no Twisted, no OCS, no threads, no network; the clock is passed in and
+must be *monotonic* (``time.monotonic``). A shell sends the registry's lease
+calls and tells the core what came back; the core keeps the tokens, the
+local deadline and the reason the lease was lost.
+
+The local deadline never relies on another host's wall clock. It is counted
+on this host's monotonic clock from when a request was *sent*:
+
+* on a grant: send time + the time the registry says the request waited in
+  its queue (``queued_for``, a duration on the registry's clock) + the lease;
+* on a renewal: send time of that renewal + the lease.
+
+The registry starts the lease no earlier than it received the request, so the
+local deadline falls no later than the registry's expiry (both clocks tick at
+the same rate); a holder frozen past it is refused before it talks to the
+hardware, whatever the clocks of the two hosts say.
+"""
+import math
+from dataclasses import dataclass, field
+
+from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable
+from .paths import bad_value, check_lease, check_resources, check_text, when
+
+__all__ = ['LeaseHolder', 'Answer', 'describe_holders', 'MAX_RESOURCES', 'MAX_OWNER']
+
+#: A request names at most this many resources (the registry's default).
+MAX_RESOURCES = 16
+MAX_OWNER = 128
+
+
+@dataclass
+class Answer:
+    """What one lease call came to. ``answered`` is False when the
+    registry's own reply never came back (unreachable, no such procedure...);
+    ``data`` is the reply's data (grant, holders, or ``error``)."""
+    ok: bool
+    message: str
+    data: dict = field(default_factory=dict)
+    answered: bool = True
+
+    @property
+    def kind(self):
+        """``granted`` / ``busy`` (someone holds it) / ``refused`` (bad
+        request, lease gone) / ``unreachable``."""
+        if self.ok:
+            return 'granted'
+        if not self.answered:
+            return 'unreachable'
+        return 'busy' if 'holders' in self.data else 'refused'
+
+    @property
+    def reason(self):
+        """The registry's reason without its ``Refused:`` prefix."""
+        return self.data.get('error') or self.message
+
+
+def describe_holders(holders):
+    """``"satp1/hwp held by 'bob' (token 3) until 23:01:02.3 (note)"`` for
+    each holder dict, joined by ``; ``. ``expires`` is shown as the local
+    time of the clock that wrote it (the registry's)."""
+    parts = []
+    for h in holders or ():
+        if not isinstance(h, dict):
+            continue
+        until = h.get('expires')
+        parts.append(f"{h.get('resource')} held by {h.get('owner')!r} (token {h.get('token')})"
+                     + (f' until {when(until)}' if isinstance(until, (int, float)) else '')
+                     + (f" ({h['note']})" if h.get('note') else ''))
+    return '; '.join(parts)
+
+
+def _duration(value):
+    """A reported duration in seconds, or 0.0 when absent or malformed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        return 0.0
+    return float(value)
+
+
+class LeaseHolder:
+    """One holder's view of its lease on one or several resources.
+
+    Contract:
+
+    * **States.** Not held (no tokens) -> held (tokens, a local deadline) ->
+      lost (a reason) or released (no tokens). A lost lease stays lost until
+      the next :meth:`granted`.
+    * **Deadline.** See the module docstring; :meth:`check` compares it with
+      the monotonic ``clock`` on every call, so a holder frozen past it is
+      refused at once, before any renewal is even tried.
+    * **Transitions** are told by the shell: :meth:`granted`,
+      :meth:`renewed`, :meth:`refused` (the registry said no: revoked,
+      expired, stale token), :meth:`unreachable` (no answer; the lease is
+      lost only once the deadline has passed), :meth:`released`.
+    * **Arguments** are checked at construction: resources by the registry's
+      rules (sorted, no repeats, no overlaps), ``lease`` within
+      ``[MIN_LEASE, MAX_LEASE]``; LeaseError names what was wrong.
+    * **Threads.** Not thread-safe; each shell serialises its calls (the
+      reactor, or the Reservation's lock).
+    """
+
+    def __init__(self, resources, lease, clock, tree=False, owner=None):
+        if not isinstance(tree, bool):
+            raise bad_value('tree', 'True or False', tree)
+        self.resources = check_resources(resources, tree, MAX_RESOURCES)
+        self.lease = check_lease(lease)
+        if owner is not None:
+            check_text('owner', owner, MAX_OWNER, required=True)
+        self.tree = tree
+        self.clock = clock
+        self.tokens = {}
+        self.deadline = None        # local monotonic time the lease surely ends by
+        self.expires = None         # the registry's expiry (its clock): for display
+        self.request_id = None
+        self.lost = None            # why the lease was lost, once it is
+
+    @property
+    def what(self):
+        return ', '.join(self.resources)
+
+    @property
+    def first(self):
+        return self.resources[0]
+
+    @property
+    def token(self):
+        """The fencing token of the first resource (the only one, often)."""
+        return self.tokens.get(self.first)
+
+    @property
+    def renew_every(self):
+        return self.lease / 3
+
+    @property
+    def held(self):
+        """True while held, not lost and not past the local deadline."""
+        return bool(self.tokens) and self.lost is None and self.clock() < self.deadline
+
+    # -- transitions -----------------------------------------------------------------
+
+    def granted(self, data, sent):
+        """The registry granted the request sent at ``sent`` (clock time)."""
+        grants = data.get('grants') or [data]
+        self.tokens = {g['resource']: g['token'] for g in grants}
+        self.expires = data.get('expires')
+        self.request_id = data.get('request_id')
+        # Never later than now + lease, whatever the registry reports.
+        start = min(sent + _duration(data.get('queued_for')), self.clock())
+        self.deadline = start + self.lease
+        self.lost = None
+
+    def renewed(self, data, sent):
+        """A renewal sent at ``sent`` was accepted."""
+        if self.lost is None and self.tokens:
+            self.deadline = max(self.deadline, sent + self.lease)
+            self.expires = data.get('expires', self.expires)
+
+    def refused(self, reason):
+        """The registry refused a renewal: the lease is lost. Returns the
+        loss reason if this lost it (None if it was already lost)."""
+        return self.lose(f'renewal of the lease on {self.what} was refused: {reason}')
+
+    def unreachable(self, reason):
+        """A renewal got no answer. Returns the loss reason if the deadline
+        has passed (the lease is lost), else None (retry)."""
+        if self.lost is None and self.tokens and self.clock() >= self.deadline:
+            return self.lose(f'the registry stayed unreachable until the lease on '
+                             f'{self.what} ran out: {reason}')
+        return None
+
+    def released(self):
+        """Forget the grant (given back, or abandoned after a loss)."""
+        self.tokens = {}
+        self.deadline = None
+
+    def lose(self, reason):
+        if self.lost is not None:
+            return None
+        self.lost = reason
+        return reason
+
+    # -- checks ----------------------------------------------------------------------
+
+    def check(self):
+        """Return the first token, or raise :class:`LeaseLost` (also when the
+        local deadline has passed: then the lease is lost from now on)."""
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+        if not self.tokens:
+            raise LeaseLost(f'no lease held on {self.what}')
+        late = self.clock() - self.deadline
+        if late >= 0:
+            self.lose(f'the lease on {self.what} (token {self.token}) ran out {late:.1f} s '
+                      f'ago without a renewal')
+            raise LeaseLost(self.lost)
+        return self.token
+
+    def refusal(self, answer, attempts=1, spent=None):
+        """The exception for an acquire ``answer`` that was not a grant:
+        :class:`LeaseBusy` naming the holders, or :class:`LeaseUnavailable`."""
+        tail = '' if spent is None else f' after {attempts} attempt(s) in {spent:.1f} s'
+        if answer.kind == 'busy':
+            holders = answer.data.get('holders') or []
+            who = describe_holders(holders) or answer.reason
+            return LeaseBusy(f'{self.what} still busy{tail}: {who}', holders, attempts)
+        if answer.kind == 'refused':
+            return LeaseUnavailable(f'the registry refused {self.what}: {answer.reason}')
+        return LeaseUnavailable(f'could not reserve {self.what}{tail}: {answer.reason}')

@@ -1,0 +1,64 @@
+"""ocs-locks's text and JSON (pure)."""
+import json
+import time
+
+from ocs_locking import cli
+from ocs_locking.cli.formatters import clock, format_history, history_rows
+
+ROWS = [
+    {'lock': 'dev-1/hw', 'agent': 'dev-1', 'job': 'acq', 'session_id': 3, 'since': 90.0,
+     'waiters': 1, 'alive': True, 'token': 4},
+    {'lock': 'dev-2/hw', 'agent': 'dev-2', 'job': None, 'session_id': None, 'since': None,
+     'waiters': 0, 'alive': False, 'token': 0},
+]
+
+
+def test_format_table_shows_holder_time_waiters_and_liveness():
+    """When rows are printed, each shows holder and session, held-for, waiters,
+    and alive or STALE; a free lock shows (free)."""
+    lines = cli.format_table(ROWS, now=100.0).splitlines()
+    assert lines[0].split() == ['LOCK', 'HOLDER', 'HELD', 'FOR', 'WAITERS', 'AGENT']
+    assert lines[1].split() == ['dev-1/hw', 'acq', '(session', '3)', '10.0', 's', '1', 'alive']
+    assert lines[2].split() == ['dev-2/hw', '(free)', '-', '0', 'STALE']
+    assert cli.format_table([]).splitlines()[-1] == '(no locks reported yet)'
+
+
+def test_json_rows_keep_exactly_the_documented_keys():
+    """When rows are printed as JSON, each has exactly the contract's keys."""
+    rows = json.loads(json.dumps(cli.json_rows(ROWS)))
+    assert [sorted(r) for r in rows] == [sorted(cli.JSON_KEYS)] * 2
+    assert rows[0]['session_id'] == 3
+
+
+def test_format_table_shows_held_for_from_the_first_grant_of_a_lent_hold():
+    """When a row has held_since (a hold lent for a moment), HELD FOR counts
+    from it, not from the latest grant."""
+    row = dict(ROWS[0], since=99.0, held_since=40.0)
+    assert cli.format_table([row], now=100.0).splitlines()[1].split()[4:6] == ['60.0', 's']
+    row = dict(ROWS[0], since=99.0, held_since=None)
+    assert cli.format_table([row], now=100.0).splitlines()[1].split()[4:6] == ['1.0', 's']
+
+
+def test_format_history_prints_each_row_and_says_when_there_is_none():
+    """When audit rows are printed, each shows time (tenths truncated),
+    action, resource, owner, token, client and the detail; an empty log
+    says so."""
+    at = time.mktime((2026, 12, 1, 22, 0, 5, 0, 0, -1)) + 0.97
+    lines = format_history([{'at': at, 'action': 'grant', 'resource': 'satp1/hwp',
+                             'owner': 'alice', 'token': 7, 'client': None,
+                             'detail': {'note': 'cal', 'request': 3, 'tree': False}}])
+    assert lines.splitlines()[1].split() == ['2026-12-01', '22:00:05.9', 'grant', 'satp1/hwp',
+                                             'alice', '7', '-', 'note=cal', 'tree=False']
+    assert format_history([]).splitlines()[-1] == '(no audit records)'
+
+
+def test_history_rows_keep_exactly_the_documented_keys():
+    """When audit rows are printed as JSON, each has exactly HISTORY_KEYS."""
+    rows = history_rows([{'at': 1.0, 'action': 'grant', 'id': 4, 'extra': 1}])
+    assert list(rows[0]) == list(cli.HISTORY_KEYS) and rows[0]['ok'] is None
+
+
+def test_clock_is_a_local_time_of_day_or_a_question_mark():
+    """When a time is shown, it is HH:MM:SS; anything else is '?'."""
+    assert clock(time.mktime((2026, 12, 1, 9, 8, 7, 0, 0, -1))) == '09:08:07'
+    assert clock(None) == '?'
