@@ -1,5 +1,7 @@
 # The two commands: `make run` (demo site) and `make test` (whole suite).
 # Each creates what it needs on first use and is quick once set up.
+# `make test-fast`: unit tests, the docs build and the doc examples only (no
+# router, no agents); under a minute. `.ci/run` runs `make test`.
 PYTHON ?= python3
 VENV := .venv
 CBVENV := .venv-crossbar
@@ -10,7 +12,7 @@ SHELL := /bin/bash
 # pip's notes about unreachable local mirrors are noise; real errors still fail.
 QUIET_PIP := sed -u '/^WARNING: Location/d'
 
-.PHONY: run test venv crossbar bench docs clean
+.PHONY: run test test-fast venv crossbar bench docs clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,9 @@ run: venv crossbar
 
 test: venv crossbar
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' tests docs
+
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m 'not integration' --doctest-glob='*.rst' tests/unit tests/test_docs.py docs
 
 bench: venv
 	$(VENV)/bin/python benchmarks/lock_bench.py

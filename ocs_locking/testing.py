@@ -23,6 +23,8 @@ its operation methods are run in threads with a :class:`FakeSession`, their
 Every wait here is bounded (``timeout``, default 10 s) and fails with a
 message saying what did not happen.
 """
+import contextlib
+import functools
 import threading
 import time
 from unittest import mock
@@ -30,7 +32,7 @@ from unittest import mock
 from .lock import TimeoutLock
 
 __all__ = ['FakeSession', 'mock_agent', 'start_op', 'run_op', 'RunningOp',
-           'LockProbe', 'LockHog', 'ReactorThread']
+           'LockProbe', 'LockHog', 'ReactorThread', 'short_timeouts']
 
 WAIT = 10.0
 
@@ -178,6 +180,69 @@ class LockProbe:
             raise AssertionError(f'job {job!r} waited {waited:.3f} s for the lock '
                                  f'(bound {bound} s)')
         return waited
+
+
+#: The methods of TimeoutLock whose first argument is a timeout.
+_TIMED_METHODS = ('acquire', 'acquire_timeout', 'acquire_deferred', 'release_and_acquire',
+                  'hold')
+
+
+@contextlib.contextmanager
+def short_timeouts(lock, timeout=0.05):
+    """Cap every wait for ``lock`` at ``timeout`` seconds inside the block.
+
+    For refusal tests: an operation declared with ``@locked(timeout=3)`` (or
+    a ``YieldingHold`` with ``timeout=10``) then gives up after ``timeout``
+    seconds instead of its full timeout, so the test does not wait 3 s to see
+    the refusal::
+
+        with short_timeouts(agent.lock, 0.05):
+            ok, msg = run_op(agent.set_value, {'value': 1.5})
+        assert ok is False and msg.startswith("Could not acquire lock 'hw': held by")
+
+    Every ``acquire``, ``acquire_timeout``, ``acquire_deferred``, ``hold``
+    and ``release_and_acquire`` on this lock object, from any thread, waits
+    at most ``timeout`` seconds while the block runs. A timeout of 0 (try
+    once) and -1 (wait forever) are left as they are; ``None`` (the lock's
+    default) is capped like a number. Messages that quote a timeout (e.g.
+    ``YieldingHold``'s "could not take the lock back within 10 s") still
+    quote the declared one. Waits already in progress keep their deadline.
+    Blocks may nest; on exit the lock behaves as before.
+
+    Args:
+        lock (TimeoutLock): the lock whose waits to shorten.
+        timeout (float): the longest wait, in seconds (> 0).
+    """
+    if not isinstance(lock, TimeoutLock):
+        raise TypeError(f'short_timeouts needs a TimeoutLock, not {lock!r}')
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout < float('inf'):
+        raise ValueError(f'short_timeouts: timeout must be seconds > 0, not {timeout!r}')
+    before = type(lock)
+
+    def cap(t):
+        if t is None:
+            t = getattr(lock, '_default_timeout', None)
+            if t is None:
+                return None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+            return t            # 0, -1 and bad values: the lock itself decides
+        return min(t, timeout)
+
+    def capped(name):
+        method = getattr(before, name)
+
+        @functools.wraps(method)
+        def call(self, timeout=None, *args, **kwargs):
+            return method(self, cap(timeout), *args, **kwargs)
+        return call
+    namespace = {name: capped(name) for name in _TIMED_METHODS if hasattr(before, name)}
+    namespace['__slots__'] = ()
+    lock.__class__ = type(before.__name__, (before,), namespace)
+    try:
+        yield lock
+    finally:
+        lock.__class__ = before
 
 
 class LockHog:

@@ -3,6 +3,7 @@ ocs.plugins entry point, and ocs-agent-cli's plugin discovery finds them."""
 import configparser
 import importlib
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -62,6 +63,61 @@ def test_lock_core_imports_nothing_from_ocs_or_the_network(module):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[]'
 
+
+def _readme_layout():
+    """The README's Layout block as (top-level entry, [names in its description])."""
+    with open(os.path.join(REPO, 'README.md')) as f:
+        text = f.read()
+    section = text.split('\n## Layout', 1)[1]
+    block = section.split('```', 2)[1]
+    entries = []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            top, _, rest = line.partition(' ')
+            entries.append((top, []))
+        else:
+            rest = line
+        if entries:
+            entries[-1][1].extend(re.findall(r'[\w.-]+(?:/|\.py|\.yaml|\.json|\.rst)(?=[\s,;:)]|$)',
+                                             rest))
+    return entries
+
+
+def _tracked_top_level():
+    proc = subprocess.run(['git', 'ls-files'], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {path.split('/', 1)[0] for path in proc.stdout.splitlines() if '/' in path}
+
+
+def test_readme_layout_names_what_is_in_the_repository():
+    """When the README's Layout section is read, every top-level entry it
+    lists exists, every file or directory named in a description exists under
+    its entry, and every top-level directory in git is listed."""
+    entries = _readme_layout()
+    assert entries, 'the README has no Layout block'
+    problems = []
+    listed = set()
+    for top, names in entries:
+        listed.add(top.rstrip('/'))
+        root = os.path.join(REPO, top)
+        if not os.path.exists(root):
+            problems.append(f'{top} does not exist')
+            continue
+        found = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in ('__pycache__', '_build')]
+            found.update(d + '/' for d in dirnames)
+            found.update(filenames)
+            found.update(os.path.relpath(os.path.join(dirpath, n), root) for n in filenames)
+            found.update(os.path.relpath(os.path.join(dirpath, d), root) + '/'
+                         for d in dirnames)
+        problems += [f'{top}: {name} is not in {top}' for name in names if name not in found]
+    problems += [f'{d}/ is in git but not in the Layout' for d in
+                 sorted(_tracked_top_level() - listed)]
+    assert not problems, 'README Layout is stale:\n' + '\n'.join(problems)
 
 
 #: Modules that must stay pure (design: "a test pins it"). ocs_locking.lock
