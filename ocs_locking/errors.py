@@ -14,10 +14,14 @@ class LockClosed(RuntimeError):
 
 
 class ReactorBlockingError(RuntimeError):
-    """Raised when a blocking wait is attempted on the Twisted reactor thread.
+    """Raised by a lock made with ``strict_reactor=True`` when a blocking
+    acquire (``timeout != 0``) is called on the Twisted reactor thread.
 
     Waiting there would freeze the whole agent (heartbeats stop and the ocs
-    registry marks the agent dead); use ``acquire_deferred`` or ``timeout=0``.
+    registry marks the agent dead). Without the strict option such a call is
+    served at once when the lock is free, and returns False at once (with one
+    warning line) when it would have to wait; reactor code waits with
+    ``acquire_deferred``. SiteLock's thread API raises it on the reactor too.
     """
 
 
