@@ -36,6 +36,7 @@ integration tests, so both exercise the same start-up and shutdown code.
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -59,8 +60,34 @@ DEFAULT_SITE_FILE = os.path.join('site-config', 'default.yaml')
 _CROSSBAR_TEMPLATE = os.path.join(_REPO, 'site-config', 'crossbar', 'config.json')
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def _ephemeral_range():
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(_rng=random.SystemRandom()):
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    It is chosen below the kernel's ephemeral range when there is room: a
+    port the kernel hands out for ``bind(0)`` is also one it hands to the
+    next outgoing connection (of any process), which could take it before
+    crossbar or a device server listens on it.
+    """
+    low = _ephemeral_range()[0]
+    if low > 20000 + 1000:
+        for _ in range(50):
+            port = _rng.randrange(20000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(('127.0.0.1', port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]

@@ -208,3 +208,18 @@ def test_own_agent_example_site_is_valid(tmp_path):
     s.check_agents()
     assert s.instance('counter-1')['agent-file'] == os.path.join(
         REPO, 'docs', 'examples', 'own_agent.py')
+
+
+def test_free_port_is_below_the_ephemeral_range_and_free():
+    """When the devsite picks a port, it lies below the kernel's range for
+    outgoing connections' local ports (so no client connection can take it
+    first) and nothing listens on it."""
+    import socket
+
+    from tools.devsite import _ephemeral_range, free_port
+    low = _ephemeral_range()[0]
+    for _ in range(20):
+        port = free_port()
+        assert 20000 <= port < low
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', port))
