@@ -198,11 +198,13 @@ def test_ocs_baseline_applies_the_timeout_twice():
 
 def test_TimeoutLock_applies_one_deadline():
     """When a waiter ahead gives up just before our deadline, ours gives up
-    after 1 s for timeout=1.0 (a deadline is a time: bound with a generous margin;
-    the exact overshoot is measured in benchmarks/lock_bench.py)."""
+    after 1 s for timeout=1.0, not after the ~2 s ocs takes (a deadline is a
+    time: the bound sits between the two, far from both; the exact overshoot
+    is measured in benchmarks/lock_bench.py, and the fake-clock tests of
+    test_lock.py pin the deadline exactly)."""
     got, elapsed = _double_timeout(TimeoutLock)
     assert got is False
-    assert 1.0 <= elapsed < 1.5
+    assert 1.0 <= elapsed < 1.9
 
 
 def _reactor_task_on_a_free_lock(lock, reactor_thread):

@@ -122,6 +122,6 @@ def test_ThermometryClient_close_from_another_thread_aborts_a_waiting_query(clie
         t0 = time.monotonic()
         client.close()
         waiter.join(WAIT)
-        assert not waiter.is_alive() and time.monotonic() - t0 < 2.0
+        assert not waiter.is_alive()            # the reply is held back for 60 s
         assert isinstance(result[0], DeviceOffline)
         assert 'closed by the client' in str(result[0])

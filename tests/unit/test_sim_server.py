@@ -208,7 +208,7 @@ def test_DeviceServer_fault_slow_makes_client_time_out(server, clients):
 
 def test_DeviceServer_slow_at_start_delays_device_replies_only(clients):
     """When started slow, device replies come late but STATS? answers at once."""
-    with DeviceServer(slow=0.5) as srv:
+    with DeviceServer(slow=2.0) as srv:
         client = clients(srv.port)
         t0 = time.monotonic()
         client.stats()
@@ -216,8 +216,8 @@ def test_DeviceServer_slow_at_start_delays_device_replies_only(clients):
         t0 = time.monotonic()
         client.identify()
         slow = time.monotonic() - t0
-        assert slow >= 0.5 and fast < 0.5
-        assert srv.stats()['slow'] == 0.5
+        assert slow >= 2.0 and fast < 2.0
+        assert srv.stats()['slow'] == 2.0
 
 
 # -- offline and recovery ------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_DeviceServer_stop_is_bounded_with_busy_connections(clients):
     finally:
         t0 = time.monotonic()
         srv.stop()
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < WAIT     # the reply is held back for 60 s
     waiter.join(WAIT)
     assert not waiter.is_alive()
     assert isinstance(result[0], DeviceOffline)
