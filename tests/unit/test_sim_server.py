@@ -209,7 +209,7 @@ def test_DeviceServer_fault_slow_makes_client_time_out(server, clients):
 def test_DeviceServer_slow_at_start_delays_device_replies_only(clients):
     """When started slow, device replies come late but STATS? answers at once."""
     with DeviceServer(slow=2.0) as srv:
-        client = clients(srv.port)
+        client = clients(srv.port, timeout=WAIT)
         t0 = time.monotonic()
         client.stats()
         fast = time.monotonic() - t0
