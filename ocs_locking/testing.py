@@ -160,18 +160,25 @@ class LockProbe:
             raise AssertionError(f'no {event!r} event for job {job!r} within {timeout} s; '
                                  f'saw {[(e.event, e.job) for _, e in self.events]}')
 
-    def waited(self, job):
-        """Seconds the job's last grant waited (0.0 if it got the lock at once)."""
+    def waited(self, job, timeout=WAIT):
+        """Seconds the job's last grant waited (0.0 if it got the lock at once).
+
+        Measured from the events' own times (when the waiter queued, when it
+        was granted), not from when they reached this probe: listeners are
+        called after the change, outside the lock's mutex, so a grant may be
+        delivered a moment after the acquiring call returned. If no grant of
+        ``job`` has been delivered yet, waits up to ``timeout`` seconds for it.
+        """
         with self._cond:
+            self._cond.wait_for(lambda: self._matching('acquired', job), timeout)
             got = self._matching('acquired', job)
             if not got:
                 raise AssertionError(f'job {job!r} never acquired the lock')
-            t_got, ev = got[-1]
-            queued = [t for t, e in self._matching('waiting', job) if t <= t_got]
-            granted_before = [t for t, _ in got[:-1]]
-            if not queued or (granted_before and queued[-1] < granted_before[-1]):
+            (_, grant), earlier = got[-1], got[:-1]
+            queued = [e for _, e in self._matching('waiting', job) if e.seq < grant.seq]
+            if not queued or (earlier and queued[-1].seq < earlier[-1][1].seq):
                 return 0.0
-            return t_got - queued[-1]
+            return max(0.0, grant.since - queued[-1].since)
 
     def assert_acquired_within(self, job, bound):
         """Fail unless the job's last grant came within ``bound`` seconds."""

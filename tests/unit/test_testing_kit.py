@@ -7,7 +7,7 @@ from ocs import ocs_agent
 
 from ocs_locking import TimeoutLock
 from ocs_locking.ops import YieldingHold, locked
-from ocs_locking.testing import (FakeSession, LockHog, LockProbe, run_op, short_timeouts,
+from ocs_locking.testing import (WAIT, FakeSession, LockHog, LockProbe, run_op, short_timeouts,
                                 start_op)
 
 
@@ -194,3 +194,33 @@ def test_short_timeouts_refuses_what_is_not_a_TimeoutLock():
     with pytest.raises(TypeError, match=r'^short_timeouts needs a TimeoutLock, not '):
         with short_timeouts(threading.Lock()):
             pass                            # pragma: no cover
+
+
+def test_LockProbe_waited_waits_for_a_grant_not_yet_delivered():
+    """When waited() is asked about a grant that happens (and is delivered to
+    listeners) only after the question, it waits for it instead of failing,
+    and a grant taken at once waited 0 s."""
+    lock = TimeoutLock(name='hw')
+    probe = LockProbe(lock)
+    go = threading.Event()
+    taker = threading.Thread(target=lambda: go.wait(WAIT) and lock.acquire(job='late'))
+    taker.start()
+    go.set()
+    assert probe.waited('late') == 0.0
+    taker.join(WAIT)
+
+
+def test_LockProbe_waited_is_measured_from_the_events_own_times():
+    """When a job queued behind a holder and was granted on release, waited()
+    is the time between its queueing and its grant as the lock stamped them."""
+    lock = TimeoutLock(name='hw')
+    probe = LockProbe(lock)
+    assert lock.acquire(job='holder')
+    waiter = threading.Thread(target=lambda: lock.acquire(timeout=WAIT, job='w'))
+    waiter.start()
+    probe.wait_for('waiting', job='w')
+    lock.release()
+    waiter.join(WAIT)
+    queued = [e for _, e in probe.events if e.event == 'waiting'][-1]
+    grant = [e for _, e in probe.events if e.event == 'acquired' and e.job == 'w'][-1]
+    assert probe.waited('w') == pytest.approx(grant.since - queued.since)
