@@ -32,14 +32,6 @@ def _reason(exc):
     return error_reason(exc, not_running=NOT_RUNNING)
 
 
-def _answer(reply):
-    if not isinstance(reply, dict) or 'ok' not in reply:
-        return Answer(False, f'unexpected reply from the registry: {reply!r:.100}',
-                      answered=False)
-    return Answer(bool(reply['ok']), one_line(reply.get('message') or ''),
-                  reply.get('data') or {})
-
-
 class BridgeClient:
     """Calls ``<registry_address>.lease.<name>`` through the HTTP bridge at ``url``.
 
@@ -104,7 +96,7 @@ class BridgeClient:
             text = (decoded.get('args') or [decoded['error']])[0]
             return Answer(False, one_line(text), answered=False)
         args = decoded.get('args') or [None]
-        return _answer(args[0])
+        return Answer.from_reply(args[0])
 
     def close(self):
         self._http.close()
@@ -123,4 +115,4 @@ class OCSClientTransport:
             reply = http.call(lease_uri(http.agent_addr, name), **params)
         except Exception as e:      # ControlClientError, requests errors...
             return Answer(False, _reason(e), answered=False)
-        return _answer(reply)
+        return Answer.from_reply(reply)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable
+from ..wire import one_line
 from .paths import bad_value, check_lease, check_resources, check_text, when
 
 __all__ = ['LeaseHolder', 'Answer', 'describe_holders', 'MAX_RESOURCES', 'MAX_OWNER']
@@ -39,6 +40,16 @@ class Answer:
     message: str
     data: dict = field(default_factory=dict)
     answered: bool = True
+
+    @classmethod
+    def from_reply(cls, reply):
+        """The Answer of a lease procedure's reply ``{'ok', 'message', 'data'}``
+        (over WAMP or the HTTP bridge); anything else is an unanswered call."""
+        if not isinstance(reply, dict) or 'ok' not in reply:
+            return cls(False, f'unexpected reply from the registry: {reply!r:.100}',
+                       answered=False)
+        return cls(bool(reply['ok']), one_line(reply.get('message') or ''),
+                   reply.get('data') or {})
 
     @property
     def kind(self):

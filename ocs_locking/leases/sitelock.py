@@ -36,7 +36,7 @@ from twisted.internet import defer, task
 from twisted.python import threadable
 
 from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable, ReactorBlockingError
-from ..wire import error_reason, lease_uri, one_line
+from ..wire import error_reason, lease_uri
 from .holder import Answer, LeaseHolder
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseBusy', 'LeaseUnavailable']
@@ -51,14 +51,6 @@ def _reason(exc):
     """A one-line reason from a WAMP or connection error."""
     return error_reason(exc, not_running='its lease procedures are not registered '
                                          '(is the registry running?)')
-
-
-def _answer(reply):
-    if not isinstance(reply, dict) or 'ok' not in reply:
-        return Answer(False, f'unexpected reply from the registry: {reply!r:.100}',
-                      answered=False)
-    return Answer(bool(reply['ok']), one_line(reply.get('message') or ''),
-                  reply.get('data') or {})
 
 
 class SiteLock:
@@ -203,7 +195,7 @@ class SiteLock:
             reply = yield self.agent.call(
                 self._uri('acquire'), self.resource, self._owner, self.lease, timeout,
                 self.tree, self.note, self.agent.agent_address)
-            ans = _answer(reply)
+            ans = Answer.from_reply(reply)
         except Exception as e:      # not joined, no registry, router gone...
             ans = Answer(False, f'the lock registry is unreachable: {_reason(e)}',
                          answered=False)
@@ -227,7 +219,7 @@ class SiteLock:
         try:
             reply = yield self.agent.call(self._uri('renew'), self.resource, core.token,
                                           self.lease, self.agent.agent_address)
-            ans = _answer(reply)
+            ans = Answer.from_reply(reply)
         except Exception as e:       # registry or router unreachable: keep trying
             ans = Answer(False, _reason(e), answered=False)
         if ans.ok:
