@@ -20,25 +20,73 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE_BENCH_TIMEOUT = 300
 
 
-def _run_site_bench(name, tmp_path, attempts=2):
-    """Run benchmarks/<name>.py --quick in its own process (it runs the Twisted
-    reactor) with its site under tmp_path, kept (--keep), so that a failure
-    can show the site's logs. Run again, once, only when the site could not
-    start because a port was taken meanwhile (see conftest.PORT_TAKEN)."""
-    for attempt in range(attempts):
-        out = tmp_path / f'{name}-{attempt}.json'
-        tmp = tmp_path / f'tmp-{attempt}'
-        tmp.mkdir()
-        proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, 'benchmarks', f'{name}.py'), '--quick', '--keep',
-             '--json', str(out)],
-            capture_output=True, text=True, timeout=SITE_BENCH_TIMEOUT,
-            env=dict(os.environ, TMPDIR=str(tmp)))
-        if out.exists() or not port_was_taken(proc.stderr) or attempt + 1 == attempts:
-            break
-    # 1: a timing target failed (a site that cannot start writes no JSON)
-    assert proc.returncode in (0, 1) and out.exists(), proc.stderr[-3000:] + _logs(tmp)
-    return proc, out
+class _SiteBench:
+    """benchmarks/<name>.py --quick run in its own process (it runs the
+    Twisted reactor) with its site under ``root``, kept (--keep) so that a
+    failure can show the site's logs. Started when the module starts (the two
+    site benchmarks spend most of their time waiting on their sites, so they
+    run beside each other and beside the in-process benchmarks); run again,
+    once, only when the site could not start because a port was taken
+    meanwhile (see conftest.PORT_TAKEN)."""
+
+    def __init__(self, name, root, attempts=2):
+        self.name, self.root, self.attempts = name, root, attempts
+        self.attempt = 0
+        self._start()
+
+    def _start(self):
+        self.out = self.root / f'{self.name}-{self.attempt}.json'
+        self.tmp = self.root / f'tmp-{self.attempt}'
+        self.tmp.mkdir()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, 'benchmarks', f'{self.name}.py'), '--quick',
+             '--keep', '--json', str(self.out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, TMPDIR=str(self.tmp)))
+
+    def result(self):
+        """(returncode, stdout, stderr, json path) once the run has ended."""
+        while True:
+            try:
+                stdout, stderr = self.proc.communicate(timeout=SITE_BENCH_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                stdout, stderr = self.proc.communicate()
+                raise AssertionError(f'{self.name} --quick did not end within '
+                                     f'{SITE_BENCH_TIMEOUT} s' + _logs(self.tmp))
+            self.attempt += 1
+            if self.out.exists() or not port_was_taken(stderr) \
+                    or self.attempt == self.attempts:
+                break
+            self._start()
+        # 1: a timing target failed (a site that cannot start writes no JSON)
+        assert self.proc.returncode in (0, 1) and self.out.exists(), \
+            stderr[-3000:] + _logs(self.tmp)
+        return self.proc.returncode, stdout, stderr, self.out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture(scope='module')
+def site_benches(tmp_path_factory):
+    """Both site benchmarks, started together when the module's first test
+    asks for them; killed at the end of the module if still running."""
+    benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
+               for name in ('registry_bench', 'site_lock_bench')}
+    yield benches
+    for bench in benches.values():
+        bench.stop()
+
+
+@pytest.fixture(autouse=True)
+def _start_site_benches_first(request):
+    """The site benchmarks start with the module's first test (even one that
+    does not use them), so that they run beside it."""
+    if 'not integration' not in (request.config.getoption('-m', default='') or ''):
+        request.getfixturevalue('site_benches')
 
 
 def _logs(tmp):
@@ -91,12 +139,11 @@ def test_task_latency_quick_prints_both_tables_without_collisions(tmp_path, caps
 
 
 @pytest.mark.integration
-def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(tmp_path):
+def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(site_benches):
     """When registry_bench runs in quick mode (a real site on loopback; its own
     process, as it runs the Twisted reactor) it prints the (a) and (b) tables,
     and its JSON accounts for every set_heater call and every published event."""
-    proc, out = _run_site_bench('registry_bench', tmp_path)
-    printed = proc.stdout
+    _, printed, _, out = site_benches['registry_bench'].result()
     assert ('| metric | ours: lock-registry `ownership`, lock free | ocs 0.12.1 RegistryAgent '
             '`agent_operations`, lock free (baseline) | ours, acq running |') in printed
     assert ('| window (s) | published | received | latency median (ms) | latency p99 (ms) '
@@ -118,13 +165,12 @@ def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(tmp_pat
 
 
 @pytest.mark.integration
-def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(tmp_path):
+def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_benches):
     """When site_lock_bench runs in quick mode (a real site with the lock
     registry and ocs's AccessDirector; its own process, as it runs the Twisted
     reactor) it prints the round-trip table with the AccessDirector rows as
     the baseline, and its JSON has every round trip of every path, none failed."""
-    proc, out = _run_site_bench('site_lock_bench', tmp_path)
-    printed = proc.stdout
+    _, printed, _, out = site_benches['site_lock_bench'].result()
     assert '| path | median (ms) | p99 (ms) | N | ratio (median / baseline median) |' in printed
     assert 'AccessDirector (c1, baseline): WAMP request_exclusive' in printed
     assert 'AccessDirector (c2, baseline): HTTP ExclusiveAccessClient' in printed

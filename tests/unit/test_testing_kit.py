@@ -66,7 +66,7 @@ def test_LockProbe_measures_waits_and_enforces_bounds():
     with pytest.raises(AssertionError, match=r"^job 'b' waited \d+\.\d{3} s for the lock \(bound 0 s\)$"):
         probe.assert_acquired_within('b', 0)
     with pytest.raises(AssertionError, match=r"^job 'zz' never acquired the lock$"):
-        probe.waited('zz')
+        probe.waited('zz', timeout=0.01)
     with pytest.raises(AssertionError, match=r"^no 'acquired' event for job 'zz' within 0.01 s"):
         probe.wait_for('acquired', job='zz', timeout=0.01)
     probe.close()
