@@ -7,8 +7,8 @@ One line attaches a lock to its agent::
 Every message is a dict (the wire contract)::
 
     {"lock": "hw", "event": "acquired", "job": "acq", "op": "acq",
-     "session_id": 3, "since": 1700000000.0, "waiters": 0, "token": 12,
-     "seq": 345, "boot": 1700000000.0}
+     "session_id": 3, "since": 1700000000.0, "age": 0.004, "waiters": 0,
+     "token": 12, "seq": 345, "boot": 1700000000.0}
 
 ``event`` is one of acquired, released, waiting, gave_up, closed, snapshot.
 A snapshot that stands for folded events also says how many grants and
@@ -16,7 +16,10 @@ give-ups it folded (``folded_acquired``, ``folded_gave_up``) so counters stay
 exact.
 For acquired/released/snapshot the job/op/session_id/since/token fields
 describe the holder (None when free); for waiting/gave_up they describe the
-waiter. ``seq`` increases per agent; ``boot`` identifies the agent process, so
+waiter; ``age`` is how many seconds had passed since ``since`` when the
+message was sent (both on this agent's clock), so that the registry can tell
+how long a hold has lasted without comparing this host's clock with its own
+(None when ``since`` is). ``seq`` increases per agent; ``boot`` identifies the agent process, so
 a restarted agent's lower ``seq`` is not mistaken for stale messages.
 
 Events come from any thread; they are published from the reactor thread, in
@@ -183,6 +186,8 @@ class LockReporter:
         self.seq += 1
         msg['seq'] = self.seq
         msg['boot'] = self.boot
+        since = msg.get('since')
+        msg['age'] = None if since is None else round(max(0.0, time.time() - since), 6)
         self.agent.publish_to_feed(FEED_NAME, msg)
 
 

@@ -13,6 +13,13 @@ Two things the messages alone do not say:
   is still holding since its *first* grant. A hold continues through a
   hand-over (a ``released`` with waiters, or a new holder without a release
   in between) until the lock is released with nobody waiting.
+* ``held_for``: how long the current hold has lasted (from ``held_since``),
+  in seconds, as of when the row was read. It is measured on one clock at a
+  time, never by comparing the agent's clock with the registry's: a message
+  says how old its hold was when the agent sent it (``age``, on the agent's
+  clock), the table anchors that on the clock it is given (``now``) at
+  arrival, and counts on from there. ``since`` and ``held_since`` stay the
+  agent's own times, for display only.
 * Forgetting: an agent that holds nothing when it goes stale (a clean stop
   ends its operations, so every lock is free or closed) leaves the table at
   once; the rows of a stale agent that still holds a lock (a crash, a cut
@@ -56,6 +63,17 @@ def _int(msg, key, optional=False, most=MAX_COUNT):
     return v
 
 
+def _seconds(msg, key):
+    v = msg.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+            or not 0 <= v <= MAX_TIME:
+        raise BadLockMessage(f'{key} must be a duration in seconds (0..{MAX_TIME:g}) or '
+                             f'null, not {v!r:.60}')
+    return float(v)
+
+
 def _time(msg, key):
     v = msg.get(key)
     if v is None:
@@ -83,7 +101,8 @@ def parse_lock_message(msg):
     return {**folded, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
             'op': _opt_text(msg, 'op'), 'session_id': _int(msg, 'session_id', optional=True),
             'since': _time(msg, 'since'), 'waiters': _int(msg, 'waiters', most=MAX_WAITERS),
-            'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot}
+            'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot,
+            'age': _seconds(msg, 'age')}
 
 
 class _Agent:
@@ -130,9 +149,13 @@ class OwnershipTable:
         self.agents = {}     # instance id -> _Agent
         self.seq = 0         # increases with every change set
         self._dropped = 0    # malformed or out-of-order messages
-        # key -> (holder, held_since) of a hold lent to others; cleared when
-        # the lock is released with nobody waiting.
+        # key -> (holder, held_since, held_since on our clock) of a hold lent
+        # to others; cleared when the lock is released with nobody waiting.
         self._lender = {}
+        # key -> [since, held_since] of the current hold on the clock this
+        # table is given (``now``), from each message's ``age``.
+        self._local = {}
+        self._now = None        # the latest ``now`` given
 
     @property
     def dropped(self):
@@ -163,6 +186,7 @@ class OwnershipTable:
 
     def heartbeat(self, instance_id, now):
         """An agent's heartbeat arrived. Returns the rows that changed."""
+        self._now = now
         changed = []
         self._seen(self._agent(instance_id, now), now, changed)
         return self._changes(changed)
@@ -179,6 +203,7 @@ class OwnershipTable:
         except BadLockMessage:
             self._dropped += 1
             raise
+        self._now = now
         agent = self._agent(instance_id, now)
         changed = []
         self._seen(agent, now, changed)
@@ -200,29 +225,41 @@ class OwnershipTable:
         changed.append(row)
         return self._changes(changed)
 
-    def _take(self, key, row, m):
+    def _take(self, key, row, m, now):
         """A grant (or snapshot) to m's holder: set the row, carrying
         held_since over a hand-over back to the same holder."""
         old, new = _holder(row), _holder(m)
+        local = self._local.get(key)
+        # when m's hold began, on our clock: its age when sent, counted back
+        # from its arrival (a message without ``age``: from its arrival)
+        since_local = None if new is None else now - (m['age'] or 0.0)
         if new is None:
             self._lender.pop(key, None)
-            held_since = None
+            held_since = held_local = None
         elif old == new:
             held_since = row['held_since'] if row['held_since'] is not None else m['since']
+            held_local = local[1] if local is not None and local[1] is not None \
+                else since_local
         else:
             lender = self._lender.get(key)
             if old is not None and lender is None:
                 # a new holder without a release in between (folded events):
                 # the old one handed the lock over
-                lender = self._lender[key] = (old, row['held_since'])
+                lender = self._lender[key] = (old, row['held_since'],
+                                              local[1] if local else None)
             if lender is not None and lender[0] == new:
-                held_since = lender[1]
+                held_since, held_local = lender[1], lender[2]
                 del self._lender[key]
             else:
-                held_since = m['since']
+                held_since, held_local = m['since'], since_local
         for k in ('job', 'op', 'session_id', 'since', 'token'):
             row[k] = m[k]
         row['held_since'] = held_since
+        if new is None:
+            self._local.pop(key, None)
+        else:
+            self._local[key] = [since_local,
+                                held_local if held_local is not None else since_local]
 
     def _apply(self, key, row, m, now):
         event = m['event']
@@ -232,17 +269,19 @@ class OwnershipTable:
         if event in ('acquired', 'snapshot'):
             if event == 'acquired':
                 row['acquired'] += 1
-            self._take(key, row, m)
+            self._take(key, row, m, now)
             row['closed'] = False
         elif event == 'released':
             if m['token'] >= row['token']:
-                if row['since'] is not None:
-                    row['longest_hold'] = max(row['longest_hold'], now - row['since'])
+                local = self._local.pop(key, None)
+                if local is not None:
+                    row['longest_hold'] = max(row['longest_hold'], now - local[0])
                 holder = _holder(row)
                 if m['waiters'] == 0:
                     self._lender.pop(key, None)     # a real end of the hold
                 elif holder is not None and key not in self._lender:
-                    self._lender[key] = (holder, row['held_since'])     # handed over
+                    self._lender[key] = (holder, row['held_since'],         # handed over
+                                         local[1] if local else None)
                 row['job'] = row['op'] = row['session_id'] = row['since'] = None
                 row['held_since'] = None
                 row['token'] = m['token']
@@ -255,6 +294,7 @@ class OwnershipTable:
 
     def expire(self, now):
         """Mark stale the locks of agents silent for longer than ``expiry``."""
+        self._now = now
         changed = []
         for agent in self.agents.values():
             if agent.alive and now - agent.last_seen > self.expiry:
@@ -281,6 +321,7 @@ class OwnershipTable:
                 for r in rows:
                     del self.rows[r['lock']]
                     self._lender.pop(r['lock'], None)
+                    self._local.pop(r['lock'], None)
                     removed.append(r['lock'])
         if removed:
             self.seq += 1
@@ -291,18 +332,34 @@ class OwnershipTable:
     def _rows_of(self, instance_id):
         return [r for r in self.rows.values() if r['agent'] == instance_id]
 
+    def _out(self, row, now):
+        """A copy of ``row`` with ``held_for`` as of ``now`` (None: free)."""
+        out = dict(row)
+        local = self._local.get(row['lock'])
+        if now is None:
+            now = self._now
+        out['held_for'] = None if local is None or now is None else \
+            round(max(0.0, now - local[1]), 3)
+        return out
+
     def _changes(self, changed):
         if changed:
             self.seq += 1
-        return [dict(r) for r in changed]
+        return [self._out(r, None) for r in changed]
 
-    def snapshot(self):
-        """Every row, sorted by key (copies)."""
-        return [dict(self.rows[k]) for k in sorted(self.rows)]
+    def snapshot(self, now=None):
+        """Every row, sorted by key (copies; ``held_for`` as of ``now``, by
+        default the latest time the table was given)."""
+        return [self._out(self.rows[k], now) for k in sorted(self.rows)]
 
-    def rows_by_key(self):
+    def rows_by_key(self, now=None):
         """Every row keyed ``<instance-id>/<lock>`` (copies), for session.data."""
-        return {k: dict(r) for k, r in self.rows.items()}
+        return {k: self._out(r, now) for k, r in self.rows.items()}
+
+    def held_for(self, now):
+        """``{key: seconds}`` of every held lock: how long its hold has lasted
+        as of ``now`` (see ``held_for`` in the module docstring)."""
+        return {k: round(max(0.0, now - local[1]), 3) for k, local in self._local.items()}
 
     def agents_seen(self):
         """``{instance_id: {'alive', 'last_seen'}}`` of every agent in the table."""

@@ -23,11 +23,14 @@ EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
 
 #: The keys of every ownership-table row, in display order (the
 #: ``ocs-locks status --json`` contract uses lock, agent, job, session_id,
-#: since, waiters, alive). ``held_since`` is the first grant of a hold that
-#: was only lent to others for a moment (``since`` is the latest grant).
+#: since, waiters, alive, held_for). ``held_since`` is the first grant of a
+#: hold that was only lent to others for a moment (``since`` is the latest
+#: grant); both are the agent's own clock, for display. ``held_for`` is how
+#: long the hold has lasted (from ``held_since``) when the row was sent, in
+#: seconds, measured without comparing two hosts' clocks (None when free).
 ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_since',
-            'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out', 'longest_hold',
-            'updated')
+            'held_for', 'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out',
+            'longest_hold', 'updated')
 
 #: The key of the table in the registry's ``monitor`` and ``status``
 #: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).

@@ -160,19 +160,19 @@ class LockRegistryAgent:
     def _publish_snapshot(self):
         self.agent.publish_to_feed(OWNERSHIP_FEED, {
             'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': time.time(),
-            'rows': self.table.snapshot()})
+            'rows': self.table.snapshot(time.time())})
 
     def _publish_stats(self, part=0, parts=1):
         """Record figures for one slice of the locks (all when parts == 1), so
         a big site's records are spread over the stats period."""
         now = time.time()
-        rows = self.table.snapshot()
+        rows = self.table.snapshot(now)
         for row in rows[part::parts]:
             slug = _slug(row['lock'])
             values = {
                 'held': int(row['job'] is not None or row['since'] is not None),
                 'waiters': row['waiters'],
-                'held_for': (now - row['since']) if row['since'] is not None else 0.0,
+                'held_for': row['held_for'] or 0.0,
                 'acquired': row['acquired'],
                 'timed_out': row['timed_out'],
                 'alive': int(row['alive']),
@@ -188,8 +188,15 @@ class LockRegistryAgent:
         session = self._session
         if session is None:
             return
+        now = time.time()
+        # held_for counts on in the copy read over HTTP (ocs-locks status),
+        # to within one tick
+        held = self.table.held_for(now)
+        for key, row in session.data.get(TABLE_KEY, {}).items():
+            if key in held:
+                row['held_for'] = held[key]
         session.data.update({
-            'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': time.time(),
+            'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': now,
             'agents': self.table.agents_seen()})
 
     # -- operations -----------------------------------------------------------------
@@ -207,14 +214,16 @@ class LockRegistryAgent:
         Notes:
             A copy of the whole table is kept in session.data, keyed
             ``<instance-id>/<lock>`` (``held_since``: the first grant of a
-            hold lent to others for a moment; ``since``: the latest)::
+            hold lent to others for a moment; ``since``: the latest; both on
+            the agent's clock; ``held_for``: seconds the hold had lasted when
+            the row was written, measured without comparing clocks)::
 
                 >>> response.session['data']
                 {'locks': {'sim-device-1/hw': {
                     'lock': 'sim-device-1/hw', 'agent': 'sim-device-1', 'name': 'hw',
                     'job': 'acq', 'op': 'acq', 'session_id': 0,
                     'since': 1700000090.0, 'held_since': 1700000000.0,
-                    'waiters': 0, 'token': 42, 'alive': True,
+                    'held_for': 100.0, 'waiters': 0, 'token': 42, 'alive': True,
                     'closed': False, 'acquired': 42, 'timed_out': 0,
                     'longest_hold': 0.12, 'updated': 1700000100.0}},
                  'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
@@ -222,7 +231,7 @@ class LockRegistryAgent:
 
         """
         session.set_status('running')
-        session.data = {TABLE_KEY: self.table.rows_by_key()}
+        session.data = {TABLE_KEY: self.table.rows_by_key(time.time())}
         self._session = session
         self._update_session()
         last_snapshot = 0.0
@@ -267,7 +276,7 @@ class LockRegistryAgent:
                  'leases': {'grants': [...], 'waiting': [...], 'counters': {...}}}
 
         """
-        rows = self.table.snapshot()
+        rows = self.table.snapshot(time.time())
         session.data = {TABLE_KEY: rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
         if self.leases is not None:
             session.data['leases'] = self.leases.state.snapshot()

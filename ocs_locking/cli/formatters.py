@@ -1,11 +1,12 @@
 """Text and JSON for ``ocs-locks``: the lock table and the audit log (pure)."""
 import time
 
-__all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'format_table', 'json_rows', 'format_history',
-           'history_rows', 'clock']
+__all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
+           'format_history', 'history_rows', 'clock']
 
-#: The keys of every ``ocs-locks status --json`` row (contract).
-JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive')
+#: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
+#: seconds the hold had lasted when the registry sent the row (None: free).
+JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive', 'held_for')
 
 #: The keys of every ``ocs-locks history --json`` row (contract).
 HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
@@ -31,20 +32,33 @@ def _free(row):
     return row.get('job') is None and row.get('since') is None
 
 
+#: The key under which ``ocs-locks`` notes when it received a row (its own
+#: monotonic clock), so that "held for" counts on between messages.
+RECEIVED = '_received'
+
+
 def _held_for(row, now):
     if _free(row):
         return '-'
-    # held_since: the first grant of a holder that only lends the lock for a
-    # moment (an acquisition loop); a registry without it sends only since.
-    since = row.get('held_since')
-    if not isinstance(since, (int, float)):
-        since = row.get('since')
-    return f'{max(0.0, now - since):.1f} s' if isinstance(since, (int, float)) else '?'
+    # held_for: how long the hold (from its first grant, through moments
+    # lent to others) had lasted when the registry sent the row, measured
+    # on one clock at a time; plus how long ago this process received it.
+    # The agent's ``since`` is never compared with this host's clock.
+    held = row.get('held_for')
+    if isinstance(held, bool) or not isinstance(held, (int, float)):
+        return '?'
+    received = row.get(RECEIVED)
+    if isinstance(received, (int, float)) and now is not None:
+        held += max(0.0, now - received)
+    return f'{max(0.0, held):.1f} s'
 
 
 def format_table(rows, now=None):
-    """The table as text: lock, holder, held for, waiters, agent alive."""
-    now = time.time() if now is None else now
+    """The table as text: lock, holder, held for, waiters, agent alive.
+
+    ``now``: this process's ``time.monotonic()``, for rows marked with when
+    they were received (:data:`RECEIVED`); default: now."""
+    now = time.monotonic() if now is None else now
     header = ('LOCK', 'HOLDER', 'HELD FOR', 'WAITERS', 'AGENT')
     lines = []
     for r in rows:

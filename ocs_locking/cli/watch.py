@@ -23,7 +23,7 @@ import time
 from ..errors import CliError
 from ..wamp import set_nodelay
 from ..wire import OWNERSHIP_FEED, OWNERSHIP_KINDS, error_reason, feed_topic, one_line
-from .formatters import format_table
+from .formatters import RECEIVED, format_table
 from .signals import Interrupter, on_ending
 from .site import load_site
 from .status import fetch_rows
@@ -34,12 +34,14 @@ __all__ = ['cmd_watch', 'apply_message', 'Watch']
 reactor_ran = False
 
 
-def apply_message(rows, message):
+def apply_message(rows, message, received=None):
     """Apply one ownership-feed message to ``rows`` (lock -> row) in place.
 
     A ``snapshot`` replaces the table; a ``change`` updates its rows and
-    drops the locks listed in ``removed``. Returns False (``rows`` untouched)
-    for anything that is not an ownership message.
+    drops the locks listed in ``removed``. Each new row is marked with
+    ``received`` (this process's monotonic clock; default: now), from which
+    "held for" counts on. Returns False (``rows`` untouched) for anything
+    that is not an ownership message.
     """
     if not isinstance(message, dict) or message.get('kind') not in OWNERSHIP_KINDS:
         return False
@@ -52,8 +54,9 @@ def apply_message(rows, message):
         rows.clear()
     for key in removed:
         rows.pop(key, None)
+    received = time.monotonic() if received is None else received
     for row in new:
-        rows[row['lock']] = row
+        rows[row['lock']] = dict(row, **{RECEIVED: received})
     return True
 
 

@@ -125,8 +125,10 @@ def test_ocs_locks_status_prints_the_table_and_json(site, registry):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert {r['lock'] for r in rows} >= {'sim-device-1/hw', 'sim-device-2/hw'}
-    assert all(set(r) == {'lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive'}
-               for r in rows)
+    assert all(set(r) == {'lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive',
+                          'held_for'} for r in rows)
+    held = [r for r in rows if r['job'] is not None]
+    assert held and all(isinstance(r['held_for'], float) and r['held_for'] >= 0 for r in held)
 
 
 def test_ocs_locks_watch_follows_the_ownership_feed(site, registry):

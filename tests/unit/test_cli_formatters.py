@@ -3,13 +3,13 @@ import json
 import time
 
 from ocs_locking import cli
-from ocs_locking.cli.formatters import clock, format_history, history_rows
+from ocs_locking.cli.formatters import RECEIVED, clock, format_history, history_rows
 
 ROWS = [
     {'lock': 'dev-1/hw', 'agent': 'dev-1', 'job': 'acq', 'session_id': 3, 'since': 90.0,
-     'waiters': 1, 'alive': True, 'token': 4},
+     'held_for': 10.0, 'waiters': 1, 'alive': True, 'token': 4},
     {'lock': 'dev-2/hw', 'agent': 'dev-2', 'job': None, 'session_id': None, 'since': None,
-     'waiters': 0, 'alive': False, 'token': 0},
+     'held_for': None, 'waiters': 0, 'alive': False, 'token': 0},
 ]
 
 
@@ -30,13 +30,15 @@ def test_json_rows_keep_exactly_the_documented_keys():
     assert rows[0]['session_id'] == 3
 
 
-def test_format_table_shows_held_for_from_the_first_grant_of_a_lent_hold():
-    """When a row has held_since (a hold lent for a moment), HELD FOR counts
-    from it, not from the latest grant."""
-    row = dict(ROWS[0], since=99.0, held_since=40.0)
-    assert cli.format_table([row], now=100.0).splitlines()[1].split()[4:6] == ['60.0', 's']
-    row = dict(ROWS[0], since=99.0, held_since=None)
-    assert cli.format_table([row], now=100.0).splitlines()[1].split()[4:6] == ['1.0', 's']
+def test_format_table_held_for_counts_on_from_when_the_row_was_received():
+    """When a row says how long its hold had lasted when the registry sent it
+    (held_for) and when this process received it (its monotonic clock),
+    HELD FOR adds the time since; the agent's since (its own clock, here
+    far from ours) is never used."""
+    row = dict(ROWS[0], since=1e9, held_for=60.0, **{RECEIVED: 500.0})
+    assert cli.format_table([row], now=502.5).splitlines()[1].split()[4:6] == ['62.5', 's']
+    row = dict(ROWS[0], since=1e9, held_for=None)
+    assert cli.format_table([row], now=502.5).splitlines()[1].split()[4] == '?'
 
 
 def test_format_history_prints_each_row_and_says_when_there_is_none():

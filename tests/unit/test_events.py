@@ -50,8 +50,9 @@ def test_LockReporter_publishes_each_event_in_order_with_the_contract_fields(set
     events = [m['event'] for m in agent.published]
     assert events == ['acquired', 'released']
     first = agent.published[0]
-    assert set(first) == {'lock', 'event', 'job', 'op', 'session_id', 'since', 'waiters',
-                          'token', 'seq', 'boot'}
+    assert set(first) == {'lock', 'event', 'job', 'op', 'session_id', 'since', 'age',
+                          'waiters', 'token', 'seq', 'boot'}
+    assert all(0 <= m['age'] < 60 for m in agent.published)
     assert (first['lock'], first['job'], first['session_id'], first['token']) == ('hw', 'acq', 3, 1)
     seqs = [m['seq'] for m in agent.published]
     assert seqs == sorted(seqs) and len(set(seqs)) == 2

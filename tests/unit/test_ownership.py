@@ -20,11 +20,12 @@ def table():
 def test_OwnershipTable_acquired_then_released_tracks_the_holder(table):
     """When an agent reports acquired then released, its row shows the
     holder, then nobody; keyed <instance-id>/<lock>."""
-    [row] = table.lock_message('dev-1', msg('acquired', 1, job='acq', token=1, since=10.0), 11.0)
+    [row] = table.lock_message('dev-1', msg('acquired', 1, job='acq', token=1, since=10.0,
+                                            age=1.0), 11.0)
     assert (row['lock'], row['agent'], row['job'], row['since'], row['alive']) == \
         ('dev-1/hw', 'dev-1', 'acq', 10.0, True)
     [row] = table.lock_message('dev-1', msg('released', 2, job='acq', token=1), 12.0)
-    assert row['job'] is None and row['since'] is None
+    assert row['job'] is None and row['since'] is None and row['held_for'] is None
     assert row['longest_hold'] == pytest.approx(2.0)
     assert table.seq == 2
 
@@ -244,3 +245,38 @@ def test_OwnershipTable_gives_copies_and_counts_drops_through_methods(table):
     with pytest.raises(AttributeError):
         table.dropped = 0
     assert table.agents_seen() == {'d': {'alive': True, 'last_seen': 1.0}}
+
+
+def test_OwnershipTable_held_for_never_compares_the_agents_clock_with_its_own(table):
+    """When the agent's clock is far from the registry's (since = 1e9 on the
+    agent, now = 500 here), held_for and longest_hold come from the
+    message's age and the table's own clock, never from since."""
+    [row] = table.lock_message('d', msg('acquired', 1, job='acq', token=1, since=1e9,
+                                        age=0.5), 500.0)
+    assert row['held_for'] == pytest.approx(0.5)
+    assert table.snapshot(now=510.0)[0]['held_for'] == pytest.approx(10.5)
+    assert table.held_for(520.0) == {'d/hw': pytest.approx(20.5)}
+    # a snapshot of the same hold, later: counted from the age it reports
+    [row] = table.lock_message('d', msg('snapshot', 2, job='acq', token=1, since=1e9,
+                                        age=30.5), 530.0)
+    assert row['held_for'] == pytest.approx(30.5)
+    [row] = table.lock_message('d', msg('released', 3, job='acq', token=1), 531.0)
+    assert row['longest_hold'] == pytest.approx(31.5) and table.held_for(532.0) == {}
+
+
+def test_OwnershipTable_held_for_counts_from_the_first_grant_of_a_lent_hold(table):
+    """When an acquisition loop lends the lock and re-takes it, held_for
+    counts from its first grant, on the table's clock."""
+    table.lock_message('d', msg('acquired', 1, job='acq', token=1, since=10.0, age=0.0), 10.0)
+    row = lend(table, 50.0, 2)
+    assert row['held_for'] == pytest.approx(40.1)
+
+
+def test_OwnershipTable_refuses_a_bad_age(table):
+    """When a message's age is not a duration, it is dropped with a one-line
+    error naming age, and the table is unchanged."""
+    for bad in (-1.0, float('nan'), 'soon', True, 1e300):
+        with pytest.raises(BadLockMessage, match=r'^age must be a duration'):
+            table.lock_message('d', msg('acquired', 1, job='acq', token=1, since=1.0,
+                                        age=bad), 2.0)
+    assert table.snapshot() == [] and table.dropped == 5
