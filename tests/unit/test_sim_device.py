@@ -23,7 +23,7 @@ def test_SimulatedThermometry_read_all_channels_follows_the_model_at_the_clock()
     assert list(reading['channels']) == ['ch00', 'ch01', 'ch02']
     for c, value in enumerate(reading['channels'].values()):
         assert value == pytest.approx(expected(c, 0, 42.0))
-    assert dev.stats() == {'commands': 1, 'collisions': 0}
+    assert dev.stats() == {'commands': 1, 'collisions': 0, 'stale': 0, 'fence': 0, 'busy': 0}
 
 
 def test_SimulatedThermometry_heater_warms_every_channel():
@@ -60,14 +60,14 @@ def test_SimulatedThermometry_second_command_during_one_is_a_collision():
     release.set()
     first.join(WAIT)
     assert result['idn'].startswith('OCSLOCK,SIMTHERM')
-    assert dev.stats() == {'commands': 1, 'collisions': 1}
+    assert dev.stats() == {'commands': 1, 'collisions': 1, 'stale': 0, 'fence': 0, 'busy': 0}
 
 
 def test_SimulatedThermometry_collision_counts_one_seen_outside_the_bus():
     """When the server reports a pipelined command, collision() counts it."""
     dev = SimulatedThermometry(latency=0)
     dev.collision()
-    assert dev.stats() == {'commands': 0, 'collisions': 1}
+    assert dev.stats() == {'commands': 0, 'collisions': 1, 'stale': 0, 'fence': 0, 'busy': 0}
 
 
 def test_SimulatedThermometry_latency_is_spent_through_the_injected_wait():
@@ -92,7 +92,7 @@ def test_SimulatedThermometry_bad_arguments_raise_before_the_bus(call, complaint
     dev = SimulatedThermometry(latency=0)
     with pytest.raises(ValueError, match=complaint):
         call(dev)
-    assert dev.stats() == {'commands': 0, 'collisions': 0} and dev.heater == 0.0
+    assert dev.stats() == {'commands': 0, 'collisions': 0, 'stale': 0, 'fence': 0, 'busy': 0} and dev.heater == 0.0
 
 
 @pytest.mark.parametrize('kwargs, complaint', [

@@ -32,7 +32,7 @@ def test_ThermometryClient_rejects_multiline_and_non_ascii_commands(server, clie
         client.query('READ?\nHEATER 100')
     with pytest.raises(ValueError, match='ASCII'):
         client.query('READ? \u00b2')
-    assert client.stats() == {'commands': 0, 'collisions': 0, 'connections': 1}
+    assert client.stats() == {'commands': 0, 'collisions': 0, 'connections': 1, 'stale': 0, 'fence': 0, 'busy': 0}
 
 
 # -- one bus -------------------------------------------------------------------------

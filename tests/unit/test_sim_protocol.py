@@ -42,7 +42,7 @@ def test_parse_marks_only_device_commands_as_on_the_bus():
     (b'HEATER 101', r'^heater value 101 out of range 0\.\.100$'),
     (b'HEATER inf', r"^bad number 'inf' for heater value: must be finite$"),
     (b'FAULT SLOW 601', r'^FAULT SLOW seconds 601 out of range 0\.\.600$'),
-    (b'FAULT MELT', r"^unknown fault 'MELT': expected SLOW <seconds>, DROP, DROPNEXT or OFF$"),
+    (b'FAULT MELT', r"^unknown fault 'MELT': expected SLOW <seconds>, HOLD <seconds>, DROP, DROPNEXT or OFF$"),
     (b'READ? \xff', r'^command is not ASCII$'),
     (b'HEATER ' + b'x' * 100, r"^bad number 'xxxx.*\.\.\.' for heater value$"),
 ])
@@ -72,5 +72,6 @@ def test_answer_refuses_a_side_door_request():
 
 def test_stats_line_lists_the_three_counters():
     """When stats are formatted, commands, collisions and connections appear."""
-    assert stats_line({'commands': 3, 'collisions': 0, 'connections': 2, 'open': 1}) == \
-        'commands=3 collisions=0 connections=2'
+    assert stats_line({'commands': 3, 'collisions': 0, 'connections': 2, 'open': 1,
+                       'stale': 1, 'fence': 7, 'busy': 0}) == \
+        'commands=3 collisions=0 connections=2 stale=1 fence=7 busy=0'

@@ -66,7 +66,7 @@ def test_DeviceServer_stats_count_commands_and_connections(server, clients):
     a.identify()
     b.read()
     a.set_heater(1)
-    assert a.stats() == {'commands': 3, 'collisions': 0, 'connections': 2}
+    assert a.stats() == {'commands': 3, 'collisions': 0, 'connections': 2, 'stale': 0, 'fence': 0, 'busy': 0}
     local = server.stats()
     assert (local['commands'], local['collisions'], local['connections'], local['open']) == \
         (3, 0, 2, 2)
@@ -116,7 +116,7 @@ def test_DeviceServer_malformed_gets_err_and_connection_survives(server, raw, li
     reply = conn.ask(line)
     assert reply.startswith('ERR ') and reason in reply
     assert conn.ask('*IDN?') == 'OCSLOCK,SIMTHERM,SN42,1.0'
-    assert conn.ask('STATS?') == 'commands=1 collisions=0 connections=1'
+    assert conn.ask('STATS?') == 'commands=1 collisions=0 connections=1 stale=0 fence=0 busy=0'
 
 
 def test_DeviceServer_longest_line_is_accepted(server, raw):
@@ -133,7 +133,7 @@ def test_DeviceServer_collision_when_two_connections_overlap(slow_server, raw):
     replies = run_together(lambda: a.ask('READ? 0'), lambda: b.ask('READ? 1'))
     assert sorted(r.startswith('ERR') for r in replies) == [False, True]
     assert 'ERR collision' in replies
-    assert a.ask('STATS?') == 'commands=1 collisions=1 connections=2'
+    assert a.ask('STATS?') == 'commands=1 collisions=1 connections=2 stale=0 fence=0 busy=0'
 
 
 def test_DeviceServer_collision_when_one_connection_pipelines(slow_server, raw):
@@ -190,7 +190,7 @@ def test_DeviceServer_fault_dropnext_closes_only_the_next_command(server, client
     with pytest.raises(DeviceOffline, match='connection closed by the device'):
         client.set_heater(30)
     assert client.heater() == 0.0
-    assert ctl.stats() == {'commands': 1, 'collisions': 0, 'connections': 3}
+    assert ctl.stats() == {'commands': 1, 'collisions': 0, 'connections': 3, 'stale': 0, 'fence': 0, 'busy': 0}
 
 
 def test_DeviceServer_fault_slow_makes_client_time_out(server, clients):
