@@ -118,8 +118,8 @@ def _tokened(words, channels):
                             f'in 0..2**63-1') from None
     if not 0 <= token <= MAX_TOKEN:
         raise ProtocolError(f'bad fencing token {token}: expected 0..2**63-1')
-    request = _parse(words[1:], channels)
-    if not request.on_bus:
+    request = None if words[1].upper() == 'TOKEN' else _parse(words[1:], channels)
+    if request is None or not request.on_bus:
         raise ProtocolError(f'TOKEN goes with a device command ({", ".join(DEVICE_COMMANDS)}), '
                             f'not {_short(words[1])}')
     return Request(request.verb, request.arg, token)

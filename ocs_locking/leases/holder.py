@@ -242,7 +242,7 @@ class LeaseHolder:
         if timeout + GUARD_MARGIN > self.lease * 2 / 3:
             return (f'; the {self.lease:g} s lease is too short for it: make the lease '
                     f'longer than 1.5 x (timeout + {GUARD_MARGIN:g} s)')
-        return 
+        return ''
 
     def refusal(self, answer, attempts=1, spent=None):
         """The exception for an acquire ``answer`` that was not a grant:
