@@ -73,7 +73,6 @@ def _compact(data):
     return out
 
 
-
 class LeaseOps:
     """Lease tasks for the registry agent.
 
