@@ -160,3 +160,28 @@ def test_shift_wall_clock_moves_time_time_but_not_monotonic(monkeypatch):
     real = agent_mod.shift_wall_clock(-30.0)
     assert round(real() - time.time()) == 30
     assert time.monotonic is mono
+
+
+def test_main_refuses_a_wall_clock_offset_out_of_bounds(tmp_path):
+    """When --testing-wall-clock-offset is beyond a year (or not finite), the
+    agent exits (status 2) with one line naming the option, before joining
+    anything (run as a process: main() starts txaio's logging)."""
+    import subprocess
+    import sys
+    import yaml
+    site = tmp_path / 'site.yaml'
+    site.write_text(yaml.safe_dump({
+        'hub': {'wamp_server': 'ws://127.0.0.1:1/ws', 'wamp_http': 'http://127.0.0.1:1/call',
+                'wamp_realm': 'test_realm', 'address_root': 'observatory'},
+        'hosts': {'h': {'agent-instances': [
+            {'agent-class': 'SimulatedDeviceAgent', 'instance-id': 'x', 'arguments': []}]}}}))
+    for bad in ('1e9', 'nan'):
+        proc = subprocess.run(
+            [sys.executable, '-c', 'import sys; from ocs_locking.agents.simulated_device.agent '
+                                   'import main; main(sys.argv[1:])',
+             '--site-file', str(site), '--site-host', 'h', '--instance-id', 'x',
+             '--testing-wall-clock-offset', bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        out = proc.stdout + proc.stderr
+        assert f'error: --testing-wall-clock-offset must be within +-3.2e+07 s, not ' \
+               f'{float(bad)}' in out, out
