@@ -52,6 +52,13 @@ class LeaseLost(RuntimeError):
     """The site-wide lease is gone: the hardware must not be touched."""
 
 
+class LeaseTooShort(LeaseLost):
+    """What is left of a held lease is too short for the device call about
+    to start (its timeout plus the guard's margin): the call must not start.
+    The lease itself is kept (the next renewal extends it). A LeaseLost, so
+    code that refuses on LeaseLost refuses on it too."""
+
+
 class LeaseUnavailable(RuntimeError):
     """The lease could not be had: the registry refused the request (bad
     arguments), or could not be reached. The one-line text says why.

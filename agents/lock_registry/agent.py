@@ -273,15 +273,24 @@ class LockRegistryAgent:
                             'job': 'acq', 'session_id': 0, 'since': 1700000000.0,
                             'waiters': 0, 'alive': True, ...}],
                  'seq': 1234, 'dropped': 0,
-                 'leases': {'grants': [...], 'waiting': [...], 'counters': {...}}}
+                 'leases': {'grants': [...], 'waiting': [...], 'counters': {...}},
+                 'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
+
+            ``lease_procedures`` says whether the lease procedures are
+            registered on the router now (``missing`` names the others,
+            ``errors`` why each failed last; they are retried until held).
 
         """
         rows = self.table.snapshot(time.time())
         session.data = {TABLE_KEY: rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
         if self.leases is not None:
             session.data['leases'] = self.leases.state.snapshot()
+            session.data['lease_procedures'] = procs = self.leases.procedures()
         agents = {r['agent'] for r in rows}
-        return True, f'{len(rows)} lock(s) from {len(agents)} agent(s).'
+        text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
+        if self.leases is not None and not procs['registered']:
+            text += f" Lease procedures not registered: {', '.join(procs['missing'])}."
+        return True, text
 
 
 def make_parser(parser=None):

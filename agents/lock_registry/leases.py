@@ -16,6 +16,7 @@ from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.paths import check_resource, check_text, when
 from ocs_locking.leases.state import AUDIT_ACTIONS, LeaseError, LeaseState
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
+from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
 from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
@@ -148,11 +149,31 @@ class LeaseOps:
         return n
 
     def _register_rpcs(self):
-        for name in RPCS:
-            uri = lease_uri(self.agent.agent_address, name)
-            d = defer.maybeDeferred(self.agent.register, getattr(self, f'_rpc_{name}'), uri)
-            d.addErrback(lambda f, uri=uri: self.log.error(
-                'could not register {uri}: {err}', uri=uri, err=f.getErrorMessage()))
+        """(Re-)register the lease procedures on the router: called at every
+        join ('ready'). Registrations do not survive a reconnect, and one
+        may fail (an old registration of this registry still in the router:
+        ``procedure_already_exists``; the router going away meanwhile), so
+        the ones missing are retried with a bounded backoff (0.5 .. 2 s, see
+        :class:`.registrar.Registrar`) until all are held or the session
+        leaves; :meth:`procedures` says which are held."""
+        registrar = self.__dict__.get('_registrar')
+        if registrar is None:
+            registrar = self._registrar = Registrar(
+                self.agent, self.reactor, self.log,
+                {lease_uri(self.agent.agent_address, n): getattr(self, f'_rpc_{n}')
+                 for n in RPCS})
+            self.agent.on('leave', lambda session, details=None: registrar.left())
+        registrar.joined()
+
+    def procedures(self):
+        """Whether the lease procedures are registered on the router now:
+        ``{'registered': bool, 'missing': [name, ...], 'errors': {name:
+        reason}}`` (``errors``: why each missing one failed last)."""
+        registrar = self.__dict__.get('_registrar')
+        if registrar is None:
+            return {'registered': False, 'missing': list(RPCS),
+                    'errors': {n: NOT_JOINED for n in RPCS}}
+        return registrar.status()
 
     # The procedures answer {'ok', 'message', 'data'}; a grant's or renewal's
     # data is compact (what a holder needs: it crosses the router on every

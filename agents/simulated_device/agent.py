@@ -15,10 +15,16 @@ and tasks, written with the ocs_locking kit only.
   device command also takes a site-wide lease on PATH from the
   LockRegistryAgent (a :class:`~ocs_locking.leases.sitelock.SiteLock`) and
   runs only under its guard, so two agents on one bridge never talk to it
-  at once, and a lost lease means the command is refused, not sent.
+  at once, and a lost lease means the command is refused, not sent. The
+  guard is given the command's timeout (``--device-timeout``): a command
+  starts only if it ends before the lease does. Each command carries the
+  lease's fencing token, and the device refuses a token lower than one it
+  has seen (a holder that wakes up late is refused by the device itself).
 """
 import argparse
+import math
 import os
+import time
 
 import txaio
 from ocs import ocs_agent, site_config
@@ -39,6 +45,18 @@ TASK_TIMEOUT = 3.0
 RETAKE_TIMEOUT = 10.0
 #: Query the device's collision counter every this many samples.
 STATS_EVERY = 10
+#: Largest ``--testing-wall-clock-offset``, seconds (a year).
+MAX_CLOCK_OFFSET = 3.2e7
+
+
+def shift_wall_clock(offset):
+    """TESTING ONLY (``--testing-wall-clock-offset``): make this process's
+    ``time.time()`` run ``offset`` seconds off the host's clock, as on a host
+    whose clock is wrong; ``time.monotonic()`` is untouched. The fault tests
+    use it to show that a SiteLock never judges its lease by a wall clock."""
+    real = time.time
+    time.time = lambda: real() + offset
+    return real
 
 
 class SimulatedDeviceAgent:
@@ -60,6 +78,7 @@ class SimulatedDeviceAgent:
         self.acq_hold = YieldingHold(self.lock, timeout=TASK_TIMEOUT,
                                      retake_timeout=RETAKE_TIMEOUT)
         self.driver = ThermometryClient(host, port, timeout=timeout)
+        self.timeout = timeout
         self.worker = DeviceWorker('sim-device', on_stop=self.driver.close)
         self.worker.start()
         self.site_lock = None if site_lock is None else SiteLock(agent, site_lock,
@@ -74,21 +93,32 @@ class SimulatedDeviceAgent:
 
     def _device(self, fn, *args):
         """Run one device command on the device thread (from a worker thread),
-        under the site-wide lease when the device is shared."""
+        under the site-wide lease when the device is shared: it starts only
+        if it ends (its timeout) before the lease does, and carries the
+        lease's fencing token."""
         if self.site_lock is None:
             return self.worker.call(fn, *args)
         if self.site_lock.token is not None:       # held for a while (take_site_lock)
-            with self.site_lock.guard():
-                return self.worker.call(fn, *args)
+            with self.site_lock.guard(timeout=self.timeout) as token:
+                return self.worker.call(self._fenced, token, fn, *args)
         try:
             self.site_lock.acquire(timeout=TASK_TIMEOUT)
         except LeaseUnavailable as e:
             raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: {e}') from None
         try:
-            with self.site_lock.guard():
-                return self.worker.call(fn, *args)
+            with self.site_lock.guard(timeout=self.timeout) as token:
+                return self.worker.call(self._fenced, token, fn, *args)
         finally:
             self.site_lock.release()
+
+    def _fenced(self, token, fn, *args):
+        """On the device thread: ``fn(*args)`` with its device commands
+        carrying the fencing ``token``."""
+        self.driver.token = token
+        try:
+            return fn(*args)
+        finally:
+            self.driver.token = None
 
     @inlineCallbacks
     def _device_deferred(self, fn, *args):
@@ -96,15 +126,15 @@ class SimulatedDeviceAgent:
         if self.site_lock is None:
             return (yield self.worker.call_deferred(fn, *args))
         if self.site_lock.token is not None:       # held for a while (take_site_lock)
-            self.site_lock.check()
-            return (yield self.worker.call_deferred(fn, *args))
+            token = self.site_lock.check(timeout=self.timeout)
+            return (yield self.worker.call_deferred(self._fenced, token, fn, *args))
         try:
             yield self.site_lock.acquire_deferred(TASK_TIMEOUT)
         except LeaseUnavailable as e:
             raise LeaseLost(f'site lock {self.site_lock.resource!r} not granted: {e}') from None
         try:
-            self.site_lock.check()
-            return (yield self.worker.call_deferred(fn, *args))
+            token = self.site_lock.check(timeout=self.timeout)
+            return (yield self.worker.call_deferred(self._fenced, token, fn, *args))
         finally:
             yield self.site_lock.release_deferred()
 
@@ -308,6 +338,9 @@ def make_parser(parser=None):
                              'every device command.')
     pgroup.add_argument('--site-lease', type=float, default=5.0,
                         help='Seconds of each site-wide lease (renewed while held).')
+    # Testing only (docs/agents/simulated_device.rst): not in --help.
+    pgroup.add_argument('--testing-wall-clock-offset', type=float, default=0.0,
+                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -320,6 +353,12 @@ def main(args=None):
         parser.error(f'--device-port must be 1..65535, not {args.device_port}')
     if not 0 < args.device_timeout <= 60:
         parser.error(f'--device-timeout must be in (0, 60] seconds, not {args.device_timeout}')
+    offset = args.testing_wall_clock_offset
+    if not (math.isfinite(offset) and abs(offset) <= MAX_CLOCK_OFFSET):
+        parser.error(f'--testing-wall-clock-offset must be within +-{MAX_CLOCK_OFFSET:g} s, '
+                     f'not {offset}')
+    if offset:
+        shift_wall_clock(offset)
     agent, runner = ocs_agent.init_site_agent(args)
     try:
         sim = SimulatedDeviceAgent(agent, host=args.device_host, port=args.device_port,

@@ -14,6 +14,11 @@ Errors come in two kinds:
   error, timeout, end of stream or a garbled reply. The socket is closed; the
   next query connects again, so the client recovers when the device is back.
 
+Fencing: while :attr:`ThermometryClient.token` is set (the agent sets it to
+its lease's fencing token around each guarded call), every device command
+goes out as ``TOKEN <n> <command>`` and the device refuses it if it has seen
+a higher token (a :class:`DeviceError` "stale fencing token ...").
+
 Example::
 
     >>> dev = ThermometryClient('127.0.0.1', 18101)
@@ -26,7 +31,10 @@ import socket
 import threading
 import time
 
+from ocs_locking.agents.simulated_device.protocol import DEVICE_COMMANDS
+
 __all__ = ['ThermometryClient', 'DeviceError', 'DeviceOffline']
+
 
 #: Longest reply accepted, in bytes.
 MAX_REPLY = 65536
@@ -56,9 +64,13 @@ class ThermometryClient:
     Args:
         host (str): device address.
         port (int): device TCP port.
-        timeout (float or None): seconds allowed for connecting, and for each
-            query from sending the command to the end of the reply (one
-            deadline). None waits forever.
+        timeout (float or None): seconds allowed for each query, from its
+            start (connecting first, if need be) to the end of the reply: one
+            deadline. None waits forever.
+
+    Attributes:
+        token (int or None): the fencing token sent with every device
+            command (None: none is sent).
 
     Connects lazily, on the first query. Not thread-safe: own it from one thread.
     """
@@ -74,6 +86,7 @@ class ThermometryClient:
         self.timeout = timeout
         #: Number of channels, learned from the last ``READ?`` of all channels.
         self.channels = None
+        self.token = None
         self._sock = None
         self._in_use = threading.Lock()   # detects misuse; never waited on
 
@@ -161,12 +174,16 @@ class ThermometryClient:
             data = line.encode('ascii') + b'\n'
         except UnicodeEncodeError:
             raise ValueError(f'command must be ASCII, not {line!r}') from None
+        if self.token is not None and line.split(None, 1)[:1] and \
+                line.split(None, 1)[0].upper() in DEVICE_COMMANDS:
+            data = f'TOKEN {int(self.token)} '.encode('ascii') + data
         self._claim()
         try:
-            sock = self._connect()
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            sock = self._connect()
             try:
-                sock.settimeout(self.timeout)
+                sock.settimeout(None if deadline is None
+                                else max(0.001, deadline - time.monotonic()))
                 sock.sendall(data)
                 reply = self._read_line(sock, deadline)
             except DeviceOffline:

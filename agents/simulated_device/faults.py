@@ -2,9 +2,11 @@
 thread-safe: the server asks it what to do; it never touches a socket.
 
 * ``SLOW s``: every device reply is delayed by ``s`` more seconds;
+* ``HOLD s``: every device command holds the bus ``s`` more seconds (a slow
+  command: one that another caller's command can collide with);
 * ``DROPNEXT``: the next device command is not run (its connection is closed);
 * ``DROP``: every open connection is closed (the server does it);
-* ``OFF``: clear SLOW and DROPNEXT.
+* ``OFF``: clear SLOW, HOLD and DROPNEXT.
 """
 import threading
 
@@ -19,15 +21,21 @@ class Faults:
     Args:
         slow (float): initial ``FAULT SLOW`` delay, 0..600 s.
         drop_next (bool): start with ``FAULT DROPNEXT`` armed.
+        hold (float): initial ``FAULT HOLD`` bus time, 0..600 s.
     """
 
-    def __init__(self, slow=0.0, drop_next=False):
+    def __init__(self, slow=0.0, drop_next=False, hold=0.0):
         if isinstance(slow, bool) or not isinstance(slow, (int, float)) \
                 or not 0 <= slow <= MAX_SLOW:
             raise ValueError(f'slow must be a number of seconds in 0..{MAX_SLOW:g}, '
                              f'not {slow!r}')
+        if isinstance(hold, bool) or not isinstance(hold, (int, float)) \
+                or not 0 <= hold <= MAX_SLOW:
+            raise ValueError(f'hold must be a number of seconds in 0..{MAX_SLOW:g}, '
+                             f'not {hold!r}')
         self._lock = threading.Lock()
         self._slow = float(slow)
+        self._hold = float(hold)
         self._drop_next = bool(drop_next)
 
     @property
@@ -35,20 +43,26 @@ class Faults:
         return self._slow
 
     @property
+    def hold(self):
+        return self._hold
+
+    @property
     def drop_next(self):
         return self._drop_next
 
     def apply(self, kind, seconds=None):
-        """Apply one ``FAULT`` (kind SLOW, DROP, DROPNEXT or OFF, already
+        """Apply one ``FAULT`` (kind SLOW, HOLD, DROP, DROPNEXT or OFF, already
         checked by :func:`.protocol.parse`). Returns ``'drop-all'`` when every
         connection must now be closed, else None."""
         with self._lock:
             if kind == 'SLOW':
                 self._slow = float(seconds)
+            elif kind == 'HOLD':
+                self._hold = float(seconds)
             elif kind == 'DROPNEXT':
                 self._drop_next = True
             elif kind == 'OFF':
-                self._slow, self._drop_next = 0.0, False
+                self._slow, self._hold, self._drop_next = 0.0, 0.0, False
             elif kind == 'DROP':
                 return 'drop-all'
             else:

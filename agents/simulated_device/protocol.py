@@ -9,22 +9,30 @@ verbs are case-insensitive); one reply line each::
     READ?             -> 0.100841,0.110909,...     (all channels)
     HEATER <value>    -> OK                        (0..100 %)
     HEATER?           -> 12.500000
-    STATS?            -> commands=<n> collisions=<n> connections=<n>
+    TOKEN <n> <cmd>   -> the reply of the device command <cmd>, run only if the
+                         fencing token <n> is not below the highest one the
+                         device has seen; else ERR stale fencing token ...
+    STATS?            -> commands=<n> collisions=<n> connections=<n> stale=<n>
+                         fence=<n> busy=<0|1>
     FAULT SLOW <s>    -> OK   every device reply is delayed by <s> more seconds
+    FAULT HOLD <s>    -> OK   every device command holds the bus <s> more seconds
     FAULT DROP        -> OK   then every open connection is closed (this one too)
     FAULT DROPNEXT    -> OK   the next device command is not run; its connection
                               is closed instead of replying
-    FAULT OFF         -> OK   clear the faults
+    FAULT OFF         -> OK   clear the faults (SLOW, HOLD, DROPNEXT)
     anything else     -> ERR <reason>   (the connection stays usable)
 
 *Device commands* (``*IDN?``, ``READ?``, ``HEATER``, ``HEATER?``) use the
+bus, and may carry a fencing token (``TOKEN <n>`` in front; see
+:mod:`.device`): ``stale`` counts the commands refused for a lower token,
+``fence`` is the highest token seen, ``busy`` is 1 while a command holds the
 bus. ``STATS?`` and ``FAULT`` are the test bench's side door: they never
-touch the bus (:mod:`.faults` keeps the fault settings).
+touch the bus and take no token (:mod:`.faults` keeps the fault settings).
 """
 import math
 from dataclasses import dataclass
 
-from ocs_locking.agents.simulated_device.device import HEATER_MAX
+from ocs_locking.agents.simulated_device.device import HEATER_MAX, MAX_TOKEN
 
 __all__ = ['MAX_LINE', 'MAX_SLOW', 'DEVICE_COMMANDS', 'ProtocolError', 'Request', 'parse',
            'answer', 'stats_line', 'TOO_LONG']
@@ -48,10 +56,12 @@ class Request:
     """One parsed command line.
 
     ``arg`` is the channel (int or None) of ``READ?``, the value (float) of
-    ``HEATER``, or ``(kind, seconds)`` of ``FAULT`` (seconds only for SLOW).
+    ``HEATER``, or ``(kind, seconds)`` of ``FAULT`` (seconds for SLOW and
+    HOLD); ``token`` the fencing token of a device command (None: none).
     """
     verb: str
     arg: object = None
+    token: object = None
 
     @property
     def on_bus(self):
@@ -93,6 +103,29 @@ def parse(raw, channels):
     words = line.split()
     if not words:
         raise ProtocolError('empty command')
+    if words[0].upper() == 'TOKEN':
+        return _tokened(words[1:], channels)
+    return _parse(words, channels)
+
+
+def _tokened(words, channels):
+    if len(words) < 2:
+        raise ProtocolError('TOKEN needs a fencing token and a device command')
+    try:
+        token = int(words[0])
+    except ValueError:
+        raise ProtocolError(f'bad fencing token {_short(words[0])}: expected an integer '
+                            f'in 0..2**63-1') from None
+    if not 0 <= token <= MAX_TOKEN:
+        raise ProtocolError(f'bad fencing token {token}: expected 0..2**63-1')
+    request = None if words[1].upper() == 'TOKEN' else _parse(words[1:], channels)
+    if request is None or not request.on_bus:
+        raise ProtocolError(f'TOKEN goes with a device command ({", ".join(DEVICE_COMMANDS)}), '
+                            f'not {_short(words[1])}')
+    return Request(request.verb, request.arg, token)
+
+
+def _parse(words, channels):
     verb, args = words[0].upper(), words[1:]
     if verb == 'FAULT':
         return Request(verb, _fault(args))
@@ -124,31 +157,33 @@ def parse(raw, channels):
 def _fault(args):
     kind = args[0].upper() if args else ''
     rest = args[1:]
-    if kind == 'SLOW':
+    if kind in ('SLOW', 'HOLD'):
         if len(rest) != 1:
-            raise ProtocolError('FAULT SLOW needs exactly one value in seconds')
-        return (kind, _number(rest[0], 'FAULT SLOW seconds', 0, MAX_SLOW))
+            raise ProtocolError(f'FAULT {kind} needs exactly one value in seconds')
+        return (kind, _number(rest[0], f'FAULT {kind} seconds', 0, MAX_SLOW))
     if kind in ('DROP', 'DROPNEXT', 'OFF'):
         _no_args(f'FAULT {kind}', rest)
         return (kind, None)
     what = f'unknown fault {_short(args[0])}' if args else 'FAULT needs a fault'
-    raise ProtocolError(f'{what}: expected SLOW <seconds>, DROP, DROPNEXT or OFF')
+    raise ProtocolError(f'{what}: expected SLOW <seconds>, HOLD <seconds>, DROP, DROPNEXT '
+                        f'or OFF')
 
 
 def answer(request, device):
     """Run a device command on ``device`` (a
     :class:`~.device.SimulatedThermometry`) and return its reply line.
-    Raises :class:`~.device.BusCollision` if the bus is busy."""
-    verb = request.verb
+    Raises :class:`~.device.BusCollision` if the bus is busy,
+    :class:`~.device.StaleToken` if the request's token is stale."""
+    verb, token = request.verb, request.token
     if verb == '*IDN?':
-        return device.identify()
+        return device.identify(token=token)
     if verb == 'HEATER?':
-        return f'{device.get_heater():.6f}'
+        return f'{device.get_heater(token=token):.6f}'
     if verb == 'HEATER':
-        device.set_heater(request.arg)
+        device.set_heater(request.arg, token=token)
         return 'OK'
     if verb == 'READ?':
-        reading = device.read(request.arg)
+        reading = device.read(request.arg, token=token)
         return ','.join(f'{v:.6f}' for v in reading['channels'].values())
     raise ValueError(f'{verb} is not a device command')
 
@@ -156,4 +191,5 @@ def answer(request, device):
 def stats_line(stats):
     """The ``STATS?`` reply for a stats dict."""
     return (f"commands={stats['commands']} collisions={stats['collisions']} "
-            f"connections={stats['connections']}")
+            f"connections={stats['connections']} stale={stats['stale']} "
+            f"fence={stats['fence']} busy={stats['busy']}")

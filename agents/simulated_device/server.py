@@ -12,7 +12,9 @@ device: a device command that arrives while another one (from any connection,
 including a command pipelined on the same connection before the previous
 reply) is in progress is a *collision*: it is counted and answered
 ``ERR collision``. Tests read the count to prove an agent never talks to the
-device from two places at once.
+device from two places at once. A command carrying a stale fencing token
+(``TOKEN <n> ...``, see :mod:`.device`) is answered ``ERR stale fencing
+token ...`` without touching the bus.
 
 ``STATS?`` and ``FAULT`` are the test bench's side door: they never touch the
 bus, are never delayed, never collide and are not counted, so a test may use
@@ -30,7 +32,8 @@ import threading
 import time
 
 from ocs_locking.agents.simulated_device import protocol
-from ocs_locking.agents.simulated_device.device import BusCollision, SimulatedThermometry
+from ocs_locking.agents.simulated_device.device import (BusCollision, SimulatedThermometry,
+                                                        StaleToken)
 from ocs_locking.agents.simulated_device.faults import Faults
 from ocs_locking.agents.simulated_device.protocol import (MAX_LINE, MAX_SLOW, TOO_LONG,
                                                           ProtocolError)
@@ -170,9 +173,10 @@ class DeviceServer:
             raise ValueError(f'port must be an int in 0..65535, not {port!r}')
         self._stopping = threading.Event()
         # Both validate their settings; a stop cuts a command's latency short.
-        self.device = SimulatedThermometry(channels=channels, latency=latency, serial=serial,
-                                           wait=self._stopping.wait)
         self.faults = Faults(slow=slow, drop_next=drop_next)
+        self.device = SimulatedThermometry(channels=channels, latency=latency, serial=serial,
+                                           wait=self._stopping.wait,
+                                           hold=lambda: self.faults.hold)
         self.host = host
         self._family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         self.port = port
@@ -253,7 +257,7 @@ class DeviceServer:
         return {**self.device.stats(), 'connections': connections,
                 'open': open_, 'heater': self.device.heater, 'channels': self.device.channels,
                 'latency': self.device.latency, 'slow': self.faults.slow,
-                'drop_next': self.faults.drop_next}
+                'hold': self.faults.hold, 'drop_next': self.faults.drop_next}
 
     def __repr__(self):
         return (f'<DeviceServer {self.host}:{self.port} {self._state} '
@@ -329,6 +333,8 @@ class DeviceServer:
             return protocol.answer(request, self.device), 'ran'
         except BusCollision:
             return 'ERR collision', None
+        except StaleToken as e:
+            return f'ERR {e}', None
 
 
 def make_parser(parser=None):

@@ -15,20 +15,35 @@ on this host's monotonic clock from when a request was *sent*:
 The registry starts the lease no earlier than it received the request, so the
 local deadline falls no later than the registry's expiry (both clocks tick at
 the same rate); a holder frozen past it is refused before it talks to the
-hardware, whatever the clocks of the two hosts say.
+hardware, whatever the clocks of the two hosts say. No instant of the
+registry's wall clock (``expires``) is ever compared with this host's: it
+is kept for display only.
+
+A device call is fenced *in flight* too: :meth:`LeaseHolder.check` with the
+call's ``timeout`` refuses to start it unless ``timeout + GUARD_MARGIN``
+seconds of the lease are left on the monotonic clock, so a call that was
+allowed to start ends (or times out) before the registry can give the lease
+to someone else.
 """
 import math
 from dataclasses import dataclass, field
 
-from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable
+from ..errors import LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable
 from ..wire import one_line
 from .paths import bad_value, check_lease, check_resources, check_text, when
 
-__all__ = ['LeaseHolder', 'Answer', 'describe_holders', 'MAX_RESOURCES', 'MAX_OWNER']
+__all__ = ['LeaseHolder', 'Answer', 'describe_holders', 'MAX_RESOURCES', 'MAX_OWNER',
+           'GUARD_MARGIN']
 
 #: A request names at most this many resources (the registry's default).
 MAX_RESOURCES = 16
 MAX_OWNER = 128
+#: Seconds of the lease a guarded call needs beyond its own timeout: the hop
+#: from the guard to the wire (a device thread's queue, scheduling on a busy
+#: host) and the reply's way back.
+GUARD_MARGIN = 0.25
+#: Longest device-call timeout a guard accepts, seconds (the longest lease).
+MAX_CALL = 3600.0
 
 
 @dataclass
@@ -194,19 +209,40 @@ class LeaseHolder:
 
     # -- checks ----------------------------------------------------------------------
 
-    def check(self):
+    def check(self, timeout=None):
         """Return the first token, or raise :class:`LeaseLost` (also when the
-        local deadline has passed: then the lease is lost from now on)."""
+        local deadline has passed: then the lease is lost from now on).
+
+        With ``timeout`` (seconds, the device call's own bound), also raise
+        :class:`LeaseTooShort` (a LeaseLost; the lease is kept) unless
+        ``timeout + GUARD_MARGIN`` seconds are left before the deadline."""
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout <= MAX_CALL):
+            raise bad_value('timeout', f'a number of seconds in [0, {MAX_CALL:g}] or None',
+                            timeout)
         if self.lost is not None:
             raise LeaseLost(self.lost)
         if not self.tokens:
             raise LeaseLost(f'no lease held on {self.what}')
         late = self.clock() - self.deadline
+        left = -late
         if late >= 0:
             self.lose(f'the lease on {self.what} (token {self.token}) ran out {late:.1f} s '
                       f'ago without a renewal')
             raise LeaseLost(self.lost)
+        if timeout is not None and timeout + GUARD_MARGIN > left:
+            raise LeaseTooShort(
+                f'{left:.2f} s left of the lease on {self.what} (token {self.token}): too '
+                f'little for a {timeout:g} s device call (it needs its timeout + '
+                f'{GUARD_MARGIN:g} s){self._hint(timeout)}')
         return self.token
+
+    def _hint(self, timeout):
+        if timeout + GUARD_MARGIN > self.lease * 2 / 3:
+            return (f'; the {self.lease:g} s lease is too short for it: make the lease '
+                    f'longer than 1.5 x (timeout + {GUARD_MARGIN:g} s)')
+        return ''
 
     def refusal(self, answer, attempts=1, spent=None):
         """The exception for an acquire ``answer`` that was not a grant:

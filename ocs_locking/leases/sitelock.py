@@ -6,8 +6,15 @@ every hardware call in :meth:`SiteLock.guard`::
 
     self.bridge = SiteLock(agent, 'satp1/bridge-1', lease=10)
     ...
-    with self.bridge.guard():          # raises LeaseLost instead of talking
-        self.device.set_heater(value)  # to the device without a valid lease
+    with self.bridge.guard(timeout=3.0) as token:   # raises LeaseLost instead of
+        self.device.set_heater(value, token)        # talking without a valid lease
+
+``guard(timeout=...)`` takes the device call's own timeout and refuses to
+start the call unless that timeout plus GUARD_MARGIN (0.25 s) is left of the
+lease on this host's monotonic clock (:class:`LeaseTooShort`, a LeaseLost):
+a call that starts ends before the registry can give the lease away, even
+if this process is frozen while the command is on the wire. The token is
+the fencing token to send with the command, for devices that check it.
 
 The lease itself is kept by the pure :class:`~.holder.LeaseHolder` shared
 with :class:`~.reservation.Reservation`: the same loss rules, the same
@@ -35,11 +42,13 @@ import warnings
 from twisted.internet import defer, task
 from twisted.python import threadable
 
-from ..errors import LeaseBusy, LeaseLost, LeaseUnavailable, ReactorBlockingError
+from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
+                      ReactorBlockingError)
 from ..wire import error_reason, lease_uri
-from .holder import Answer, LeaseHolder
+from .holder import GUARD_MARGIN, Answer, LeaseHolder
 
-__all__ = ['SiteLock', 'LeaseLost', 'LeaseBusy', 'LeaseUnavailable']
+__all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
+           'GUARD_MARGIN']
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +152,25 @@ class SiteLock:
     def _owner(self):
         return self.owner or self.agent.agent_address.rsplit('.', 1)[-1]
 
-    def check(self):
+    def check(self, timeout=None):
         """Return the fencing token, or raise :class:`LeaseLost` unless the
-        lease is valid now. Any thread."""
+        lease is valid now, and with ``timeout`` (the device call's own
+        bound, seconds) :class:`LeaseTooShort` unless ``timeout +
+        GUARD_MARGIN`` s of it are left. Any thread."""
         try:
-            return self._core.check()
+            return self._core.check(timeout)
         except LeaseLost:
             self._lost_now()
             raise
 
     @contextlib.contextmanager
-    def guard(self):
+    def guard(self, timeout=None):
         """Context manager around a hardware call: yields the fencing token,
-        or raises :class:`LeaseLost` without running the body."""
-        yield self.check()
+        or raises :class:`LeaseLost` without running the body; with
+        ``timeout`` (the call's own bound, seconds) also
+        :class:`LeaseTooShort` when the call would not end, timeout and
+        GUARD_MARGIN included, before the lease does."""
+        yield self.check(timeout)
 
     def _lose(self, reason):
         if self._core.lose(reason) is not None:

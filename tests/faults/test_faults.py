@@ -78,7 +78,9 @@ def _site_config(lease):
                  'arguments': [['--db', 'leases.db']]}] + [
                 {'agent-class': 'SimulatedDeviceAgent', 'instance-id': name,
                  'arguments': [['--device-port', 18121], ['--mode', 'idle'],
-                               ['--site-lock', RESOURCE], ['--site-lease', lease]]}
+                               ['--site-lock', RESOURCE], ['--site-lease', lease],
+                               # guard(timeout=...) needs timeout + 0.25 s of the lease
+                               ['--device-timeout', 0.5]]}
                 for name in AGENTS]}},
     }
 

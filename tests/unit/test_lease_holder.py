@@ -161,3 +161,56 @@ def test_LeaseHolder_bad_arguments_are_refused_in_one_line(clock, kw, message):
     assert isinstance(info.value, ValueError) and '\n' not in str(info.value)
     assert LeaseHolder('a', MIN_LEASE, clock).lease == 0.5
     assert LeaseHolder('a', MAX_LEASE, clock).lease == 3600.0
+
+
+# -- a device call must fit in what is left of the lease ------------------------------
+
+def test_LeaseHolder_check_with_timeout_needs_timeout_plus_margin_left(clock):
+    """When check() is given a device call's timeout, it passes only while
+    timeout + GUARD_MARGIN s are left before the local deadline; past that it
+    raises LeaseTooShort (a LeaseLost) naming what is left, and the lease is
+    kept (check() without a timeout still passes, a renewal extends it)."""
+    from ocs_locking.errors import LeaseTooShort
+    from ocs_locking.leases.holder import GUARD_MARGIN
+    h = LeaseHolder('lab/bridge', 10, clock)
+    h.granted(grant(resource='lab/bridge', token=3), clock())
+    clock.t += 10 - 3.0 - GUARD_MARGIN          # exactly 3.25 s left
+    assert h.check(timeout=3.0) == 3
+    clock.t += 0.01
+    with pytest.raises(LeaseTooShort, match=r'^3\.24 s left of the lease on lab/bridge '
+                                            r'\(token 3\): too little for a 3 s device call '
+                                            r'\(it needs its timeout \+ 0\.25 s\)$'):
+        h.check(timeout=3.0)
+    assert issubclass(LeaseTooShort, LeaseLost)
+    assert h.lost is None and h.check() == 3 and h.check(timeout=0) == 3
+    h.renewed({}, clock())
+    assert h.check(timeout=3.0) == 3
+
+
+def test_LeaseHolder_timeout_longer_than_the_lease_allows_says_so(clock):
+    """When a device call's timeout can never fit in the lease as it is
+    renewed (more than 2/3 of it), the refusal says to make the lease longer."""
+    from ocs_locking.errors import LeaseTooShort
+    h = LeaseHolder('lab/bridge', 1, clock)
+    h.granted(grant(resource='lab/bridge'), clock())
+    with pytest.raises(LeaseTooShort, match=r'too little for a 3 s device call .*; the 1 s '
+                                            r'lease is too short for it: make the lease '
+                                            r'longer than 1\.5 x \(timeout \+ 0\.25 s\)$'):
+        h.check(timeout=3.0)
+
+
+def test_LeaseHolder_lost_lease_wins_over_a_short_one(clock):
+    """When the lease has run out, check(timeout=...) raises the loss (not
+    LeaseTooShort), and a bad timeout is refused in one line before anything."""
+    from ocs_locking.errors import LeaseTooShort
+    h = LeaseHolder('a', 2, clock)
+    h.granted(grant(resource='a'), clock())
+    for bad in (-1, math.nan, math.inf, True, '3', 3601):
+        with pytest.raises(LeaseError, match=r'^timeout must be a number of seconds in '
+                                             r'\[0, 3600\] or None, not '):
+            h.check(timeout=bad)
+    assert h.lost is None
+    clock.t += 2
+    with pytest.raises(LeaseLost, match='ran out') as info:
+        h.check(timeout=0.5)
+    assert not isinstance(info.value, LeaseTooShort) and h.lost

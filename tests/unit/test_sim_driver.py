@@ -12,6 +12,9 @@ from ocs_locking.agents.simulated_device.server import DeviceServer
 from ..support import WAIT
 from .sim_support import catch, clients, run_together, server, slow_server  # noqa: F401 (fixtures)
 
+#: The fencing and bus counters of a device no token has reached, idle.
+IDLE = {'stale': 0, 'fence': 0, 'busy': 0}
+
 
 def test_ThermometryClient_err_reply_raises_device_error_and_keeps_connection(server, clients):
     """When the device answers ERR, query raises DeviceError with the reason and
@@ -32,7 +35,7 @@ def test_ThermometryClient_rejects_multiline_and_non_ascii_commands(server, clie
         client.query('READ?\nHEATER 100')
     with pytest.raises(ValueError, match='ASCII'):
         client.query('READ? \u00b2')
-    assert client.stats() == {'commands': 0, 'collisions': 0, 'connections': 1}
+    assert client.stats() == {'commands': 0, 'collisions': 0, 'connections': 1, **IDLE}
 
 
 # -- one bus -------------------------------------------------------------------------
@@ -125,3 +128,29 @@ def test_ThermometryClient_close_from_another_thread_aborts_a_waiting_query(clie
         assert not waiter.is_alive()            # the reply is held back for 60 s
         assert isinstance(result[0], DeviceOffline)
         assert 'closed by the client' in str(result[0])
+
+
+def test_ThermometryClient_token_goes_with_device_commands_only(server, clients):
+    """When the driver's token is set, its device commands carry it (the
+    device's fence rises to it) and STATS? does not; a lower token is then
+    refused by the device as a DeviceError."""
+    client = clients(server.port)
+    client.token = 11
+    client.set_heater(4)
+    assert client.stats()['fence'] == 11
+    client.token = 3
+    with pytest.raises(DeviceError, match=r'^stale fencing token 3: this device has seen '
+                                          r'token 11$'):
+        client.read(0)
+    client.token = None
+    assert client.heater() == 4.0       # no token: served
+    assert client.stats()['stale'] == 1
+
+
+def test_ThermometryClient_timeout_covers_the_whole_query(server, clients):
+    """When the device holds the bus past the driver's timeout, the query
+    fails as DeviceOffline naming that one timeout."""
+    client = clients(server.port, timeout=0.3)
+    client.query('FAULT HOLD 5')
+    with pytest.raises(DeviceOffline, match=r"no reply to 'HEATER\?' within 0\.3 s"):
+        client.heater()

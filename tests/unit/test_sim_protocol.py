@@ -42,7 +42,7 @@ def test_parse_marks_only_device_commands_as_on_the_bus():
     (b'HEATER 101', r'^heater value 101 out of range 0\.\.100$'),
     (b'HEATER inf', r"^bad number 'inf' for heater value: must be finite$"),
     (b'FAULT SLOW 601', r'^FAULT SLOW seconds 601 out of range 0\.\.600$'),
-    (b'FAULT MELT', r"^unknown fault 'MELT': expected SLOW <seconds>, DROP, DROPNEXT or OFF$"),
+    (b'FAULT MELT', r"^unknown fault 'MELT': expected SLOW <seconds>, HOLD <seconds>, DROP, DROPNEXT or OFF$"),
     (b'READ? \xff', r'^command is not ASCII$'),
     (b'HEATER ' + b'x' * 100, r"^bad number 'xxxx.*\.\.\.' for heater value$"),
 ])
@@ -70,7 +70,49 @@ def test_answer_refuses_a_side_door_request():
         answer(Request('STATS?'), SimulatedThermometry(latency=0))
 
 
-def test_stats_line_lists_the_three_counters():
-    """When stats are formatted, commands, collisions and connections appear."""
-    assert stats_line({'commands': 3, 'collisions': 0, 'connections': 2, 'open': 1}) == \
-        'commands=3 collisions=0 connections=2'
+def test_stats_line_lists_the_counters():
+    """When stats are formatted, the counters appear in order (open does not)."""
+    assert stats_line({'commands': 3, 'collisions': 0, 'connections': 2, 'open': 1,
+                       'stale': 1, 'fence': 7, 'busy': 0}) == \
+        'commands=3 collisions=0 connections=2 stale=1 fence=7 busy=0'
+
+
+def test_parse_token_prefix_fences_a_device_command():
+    """When a device command is preceded by TOKEN <n>, the request carries the
+    token; without it, the token is None."""
+    assert parse(b'TOKEN 12 HEATER 5', 4) == Request('HEATER', 5.0, 12)
+    assert parse(b'token 0 read? 1', 4) == Request('READ?', 1, 0)
+    assert parse(b'HEATER?', 4).token is None
+
+
+@pytest.mark.parametrize('line, message', [
+    (b'TOKEN', r'^TOKEN needs a fencing token and a device command$'),
+    (b'TOKEN 3', r'^TOKEN needs a fencing token and a device command$'),
+    (b'TOKEN x HEATER?', r"^bad fencing token 'x': expected an integer in 0\.\.2\*\*63-1$"),
+    (b'TOKEN -1 HEATER?', r'^bad fencing token -1: expected 0\.\.2\*\*63-1$'),
+    (b'TOKEN 3 STATS?', r"^TOKEN goes with a device command \(.*\), not 'STATS\?'$"),
+    (b'TOKEN 3 TOKEN 4 HEATER?', r"^TOKEN goes with a device command .*, not 'TOKEN'$"),
+    (b'TOKEN 3 HEATER 500', r'^heater value 500 out of range 0\.\.100$'),
+])
+def test_parse_bad_token_line_names_what_was_wrong(line, message):
+    """When a TOKEN line is malformed, parse raises ProtocolError naming why."""
+    with pytest.raises(ProtocolError, match=message):
+        parse(line, 4)
+
+
+def test_parse_fault_hold_takes_seconds():
+    """When FAULT HOLD <s> is parsed, it carries its seconds, checked like SLOW's."""
+    assert parse(b'FAULT HOLD 2.5', 4) == Request('FAULT', ('HOLD', 2.5))
+    with pytest.raises(ProtocolError, match=r'^FAULT HOLD needs exactly one value in seconds$'):
+        parse(b'FAULT HOLD', 4)
+
+
+def test_answer_passes_the_token_to_the_device():
+    """When a tokened request is answered, the device sees its token (a stale
+    one raises StaleToken)."""
+    from ocs_locking.agents.simulated_device.device import StaleToken
+    dev = SimulatedThermometry(latency=0)
+    assert answer(Request('HEATER', 3.0, 9), dev) == 'OK'
+    with pytest.raises(StaleToken):
+        answer(Request('HEATER?', None, 8), dev)
+    assert dev.stats()['fence'] == 9

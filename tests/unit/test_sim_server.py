@@ -14,6 +14,9 @@ from ocs_locking.agents.simulated_device.server import MAX_LINE, DeviceServer
 from ..support import WAIT
 from .sim_support import catch, clients, model, raw, run_together, server, slow_server  # noqa: F401 (fixtures)
 
+#: The fencing and bus counters of a device no token has reached, idle.
+IDLE = {'stale': 0, 'fence': 0, 'busy': 0}
+
 
 def test_DeviceServer_identify_names_model_and_serial(server, clients):
     """When asked *IDN?, the device gives maker, model, its serial and version."""
@@ -66,7 +69,7 @@ def test_DeviceServer_stats_count_commands_and_connections(server, clients):
     a.identify()
     b.read()
     a.set_heater(1)
-    assert a.stats() == {'commands': 3, 'collisions': 0, 'connections': 2}
+    assert a.stats() == {'commands': 3, 'collisions': 0, 'connections': 2, **IDLE}
     local = server.stats()
     assert (local['commands'], local['collisions'], local['connections'], local['open']) == \
         (3, 0, 2, 2)
@@ -116,7 +119,7 @@ def test_DeviceServer_malformed_gets_err_and_connection_survives(server, raw, li
     reply = conn.ask(line)
     assert reply.startswith('ERR ') and reason in reply
     assert conn.ask('*IDN?') == 'OCSLOCK,SIMTHERM,SN42,1.0'
-    assert conn.ask('STATS?') == 'commands=1 collisions=0 connections=1'
+    assert conn.ask('STATS?') == 'commands=1 collisions=0 connections=1 stale=0 fence=0 busy=0'
 
 
 def test_DeviceServer_longest_line_is_accepted(server, raw):
@@ -133,7 +136,7 @@ def test_DeviceServer_collision_when_two_connections_overlap(slow_server, raw):
     replies = run_together(lambda: a.ask('READ? 0'), lambda: b.ask('READ? 1'))
     assert sorted(r.startswith('ERR') for r in replies) == [False, True]
     assert 'ERR collision' in replies
-    assert a.ask('STATS?') == 'commands=1 collisions=1 connections=2'
+    assert a.ask('STATS?') == 'commands=1 collisions=1 connections=2 stale=0 fence=0 busy=0'
 
 
 def test_DeviceServer_collision_when_one_connection_pipelines(slow_server, raw):
@@ -190,7 +193,7 @@ def test_DeviceServer_fault_dropnext_closes_only_the_next_command(server, client
     with pytest.raises(DeviceOffline, match='connection closed by the device'):
         client.set_heater(30)
     assert client.heater() == 0.0
-    assert ctl.stats() == {'commands': 1, 'collisions': 0, 'connections': 3}
+    assert ctl.stats() == {'commands': 1, 'collisions': 0, 'connections': 3, **IDLE}
 
 
 def test_DeviceServer_fault_slow_makes_client_time_out(server, clients):
@@ -270,3 +273,30 @@ def test_DeviceServer_port_in_use_raises_os_error():
 
 # -- command line --------------------------------------------------------------------------------
 
+
+
+# -- fencing tokens and FAULT HOLD -----------------------------------------------------
+
+def test_DeviceServer_refuses_a_stale_token_on_the_wire(server, raw):
+    """When one connection commands with token 5 and another then with token
+    4, the second is answered 'ERR stale fencing token 4 ...', never runs, and
+    STATS? counts it (stale=1, fence=5); the connection stays usable."""
+    a, b = raw(server.port), raw(server.port)
+    assert a.ask('TOKEN 5 HEATER 20') == 'OK'
+    assert b.ask('TOKEN 4 HEATER 80') == 'ERR stale fencing token 4: this device has seen token 5'
+    assert b.ask('HEATER?') == '20.000000'
+    assert a.ask('STATS?') == 'commands=2 collisions=0 connections=2 stale=1 fence=5 busy=0'
+
+
+def test_DeviceServer_fault_hold_keeps_the_bus_busy_and_off_clears_it(server, raw):
+    """When FAULT HOLD 30 is set, a device command holds the bus (STATS? says
+    busy=1 from another connection, a second command collides) until the
+    server stops; FAULT OFF clears HOLD."""
+    ctl, slow, other = raw(server.port), raw(server.port), raw(server.port)
+    assert ctl.ask('FAULT HOLD 30') == 'OK' and server.stats()['hold'] == 30.0
+    slow.send('HEATER 1')
+    deadline = time.monotonic() + WAIT
+    while 'busy=1' not in ctl.ask('STATS?'):
+        assert time.monotonic() < deadline, 'the held command never took the bus'
+    assert other.ask('HEATER 2') == 'ERR collision'
+    assert ctl.ask('FAULT OFF') == 'OK' and server.stats()['hold'] == 0.0

@@ -109,3 +109,27 @@ def test_SiteLock_acquire_while_holding_is_refused():
     lock.acquire_deferred().addErrback(lambda f: out.append(f.value))
     assert isinstance(out[0], LeaseUnavailable)
     assert str(out[0]) == 'already holding bridge (token 4)' and agent.calls == ['acquire']
+
+
+def test_SiteLock_guard_with_timeout_refuses_a_call_that_would_outlast_the_lease():
+    """When guard(timeout=...) is given a device call's timeout, the body runs
+    while timeout + GUARD_MARGIN fits in what is left of the lease and is not
+    run once it does not (LeaseTooShort); the lease is not lost by that and
+    on_lost is not called."""
+    from ocs_locking.errors import LeaseTooShort
+    clock, reactor, lost = Clock(), FakeReactor(), []
+    lock = SiteLock(SkewedAgent(0), 'bridge', lease=9, clock=clock, reactor=reactor,
+                    on_lost=lost.append)
+    lock.acquire_deferred()
+    ran = []
+    with lock.guard(timeout=3.0) as token:
+        ran.append(token)
+    clock.t += 5.8                      # 3.2 s left, 3.25 s needed
+    with pytest.raises(LeaseTooShort, match=r'^3\.20 s left of the lease on bridge \(token 4\)'):
+        with lock.guard(timeout=3.0):
+            ran.append('the device was touched')
+    reactor.advance(0)
+    assert ran == [4] and lock.held and lost == [] and lock.lost is None
+    with lock.guard(timeout=2.0) as token:
+        ran.append(token)
+    assert ran == [4, 4]
