@@ -145,14 +145,23 @@ def test_LeaseStore_history_is_newest_first_and_filters_by_path():
 
 
 def test_LeaseStore_operation_is_one_transaction():
-    """When any part of an operation's write fails, none of it is stored."""
+    """When any part of an operation's write fails, none of it is stored, and
+    the store refuses writes naming the failure until a rewrite succeeds."""
     store = LeaseStore(':memory:')
     store.apply(counters={'a': 1}, audit=[{'at': 0, 'action': 'grant', 'resource': 'a'}])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(LeaseStoreError, match=r"^write to lease database ':memory:' failed: "
+                                              r"NOT NULL constraint failed: audit\.at$"):
         store.apply(counters={'a': 2, 'b': 1}, last_request_id=9,
                     audit=[{'at': 1, 'action': 'grant'}, {'at': None, 'action': 'broken'}])
     assert store.load() == {'grants': [], 'counters': {'a': 1}, 'last_request_id': 0}
     assert len(store.history()) == 1
+    assert store.error.startswith('write to lease database')
+    with pytest.raises(LeaseStoreError):
+        store.apply(counters={'a': 2})
+    store.rewrite([], {'a': 1})
+    assert store.error is None
+    store.apply(counters={'a': 2})
+    assert store.load()['counters'] == {'a': 2}
 
 
 def test_LeaseStore_counters_never_decrease():
