@@ -162,6 +162,31 @@ class LeaseStore:
             self.epoch = side['epoch']
             memory = True           # answer status and history (empty) meanwhile
         try:
+            self._open(memory)
+        except LeaseStoreError as e:
+            # An existing file SQLite cannot open (a read-only file system or
+            # directory: WAL mode needs its -wal file): keep answering,
+            # refuse every lease call. Not a database / a newer schema: raise.
+            cause = e.__cause__
+            if memory or not existed or type(cause) is not sqlite3.OperationalError:
+                raise
+            self._refuse(f'lease database {os.path.abspath(self.path)!r} cannot be opened: '
+                         f'{_one_line(cause)} (read-only?); no grant until the registry '
+                         f'is restarted with it writable', fatal=True)
+            self._open(True)
+            return
+        if not memory and not self._fatal:
+            try:
+                self._start_epoch(side, existed, new_database)
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _open(self, memory):
+        """Connect (the file, or ``:memory:``), set the pragmas, check or
+        create the schema; raises LeaseStoreError (closed) on failure."""
+        self._db = None
+        try:
             self._db = sqlite3.connect(':memory:' if memory else self.path,
                                        check_same_thread=False, isolation_level=None)
             # EXCLUSIVE before WAL: the WAL index then lives in heap memory
@@ -188,11 +213,10 @@ class LeaseStore:
                                           f'{cause}') from cause
                 self._refuse(f'lease database {self.path!r} cannot be written: '
                              f'{_one_line(cause)}')
-            if not memory and not self._fatal:
-                self._start_epoch(side, existed, new_database)
         except (sqlite3.Error, LeaseStoreError, OSError) as e:
             if self._db is not None:
                 self._db.close()
+            self._ident = None
             if isinstance(e, LeaseStoreError):
                 raise
             raise LeaseStoreError(f'cannot open lease store {self.path!r}: {e}') from e
