@@ -141,10 +141,9 @@ class LeaseOps:
             self.state = LeaseState(store=self.store)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
-        health = self.store.health()
-        self.log.info('lease database {path} (epoch {epoch}, id {db_id})', **health)
-        if health['error']:
-            self.log.error('lease storage: {e}', e=health['error'])
+        # (the store logs, once, each new reason it refuses writes)
+        self.log.info('lease database {path} (epoch {epoch}, id {db_id})',
+                      **self.store.health())
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
         self._refusals = {}         # (resource, owner, call) -> time of its last audit row
         self._pruned = None
@@ -193,9 +192,7 @@ class LeaseOps:
                 self._logged.clear()
                 self.log.info('lease storage writes again: grants resume')
             except (LeaseError, LeaseStoreError):
-                self._log_once('storage', f'lease storage: {self.store.error}; no grant '
-                                          f'until it writes again')
-                self.state.expire_unstored(now)
+                self.state.expire_unstored(now)     # the store logged why, once
             return
         if self._pruned is None or now - self._pruned >= PRUNE_EVERY:
             self._pruned = now
