@@ -417,3 +417,46 @@ def test_LeaseStore_write_failure_refuses_until_rewrite(path):
     assert [r['action'] for r in store.history()] == ['expire', 'grant']
     assert state.acquire('b', 'x', 10, 13).status == 'granted'
     store.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE counters (resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL);
+CREATE TABLE grants (
+    resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
+    expires REAL NOT NULL, tree INTEGER NOT NULL, note TEXT NOT NULL,
+    client TEXT NOT NULL, granted_at REAL NOT NULL, request_id INTEGER NOT NULL);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
+    resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT,
+    ok INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX audit_by_resource ON audit (resource, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+INSERT INTO counters VALUES ('a', 7), ('b', 2);
+INSERT INTO grants VALUES ('a', 'alice', 7, 100.0, 0, 'n', 'c', 0.0, 5);
+INSERT INTO audit (at, action, resource, owner, token, client, detail)
+    VALUES (0.0, 'grant', 'a', 'alice', 7, 'c', '{}');
+INSERT INTO meta VALUES ('last_request_id', 5);
+"""
+
+
+def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
+    """When a store written by schema version 1 is opened, its text-keyed
+    tables become WITHOUT ROWID (version 2) with every grant, counter,
+    audit row and request id kept; being an unknown stop, the epoch rises,
+    so new tokens exceed the old ones."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA)
+    store, state = reopen(path)
+    assert SCHEMA_VERSION == 2 and store.epoch == 1
+    assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
+    assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
+    assert [r['action'] for r in store.history()] == ['grant']
+    out = state.acquire('b', 'bob', 10, 1)
+    assert out.request_id == 6 and out.grants[0].token == 2 ** 32 + 1
+    store.close()
+    tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
+    assert sql(path, 'SELECT version FROM schema_version') == [(2,)]
+    assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
