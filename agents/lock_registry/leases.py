@@ -25,6 +25,9 @@ EXPIRE_EVERY = 0.1
 PRUNE_EVERY = 60.0
 #: How often the store's write-ahead log is checkpointed (in a thread), seconds.
 CHECKPOINT_EVERY = 1.0
+#: Request ids reserved in the database at a time (one ``meta`` write per
+#: this many acquires; ids jump by up to this much at a restart).
+RID_BLOCK = 1000
 #: Default audit retention: rows older than this many days, or beyond this
 #: many rows, are deleted (``--audit-days``, ``--audit-rows``).
 AUDIT_DAYS, AUDIT_ROWS = 30.0, 100_000
@@ -137,7 +140,7 @@ class LeaseOps:
         self.audit_days, self.audit_rows = audit_days, audit_rows
         db = resolve_db(db, os.getcwd() if base is None else base)
         try:
-            self.store = LeaseStore(db, new_database=new_database)
+            self.store = LeaseStore(db, new_database=new_database, rid_block=RID_BLOCK)
             self.state = LeaseState(store=self.store)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None

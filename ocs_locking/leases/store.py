@@ -121,6 +121,11 @@ class LeaseStore:
     thread, each call under an internal lock; each :meth:`apply` is one
     transaction. Token counters never decrease, even if asked to.
 
+    ``rid_block``: request ids are reserved in the file this many at a time
+    (the file holds the highest id reserved, written only when an id passes
+    it), so most acquires write no ``meta`` page; after a restart ids go on
+    above the reserved ones.
+
     ``new_database=True`` accepts the file found at ``path`` (or a new one
     when there is none) as this registry's, although its epoch file names
     another or a missing one, and raises the epoch.
@@ -136,7 +141,7 @@ class LeaseStore:
     SQLite database, or its schema is newer than (or unknown to) this version.
     """
 
-    def __init__(self, path, new_database=False):
+    def __init__(self, path, new_database=False, rid_block=1):
         self.path = os.fspath(path)
         memory = self.path == ':memory:'
         self.epoch_path = None if memory else epoch_file(self.path)
@@ -151,6 +156,9 @@ class LeaseStore:
         self._lock = threading.Lock()
         self._db = None
         self._last_rid = None       # the last_request_id the file holds, once known
+        if isinstance(rid_block, bool) or not isinstance(rid_block, int) or rid_block < 1:
+            raise LeaseStoreError(f'rid_block must be an integer >= 1, not {rid_block!r:.40}')
+        self._rid_block = rid_block
         self._ident = None          # (st_dev, st_ino) of the file opened
         self._fatal = False         # error is one only a restart can clear
         self._sidecar_due = None    # the epoch file's content, until written
@@ -430,10 +438,9 @@ class LeaseStore:
         ``folds``: ``{'resource', 'token', 'owner', 'at', 'detail'}`` updates
         of the newest ``regrant`` row of that resource, after the new rows.
         """
-        self._transaction(lambda db: self._write(db, counters, grants, audit,
-                                                 last_request_id, folds))
-        if last_request_id is not None:
-            self._last_rid = last_request_id     # written (or already there)
+        reserved = self._transaction(lambda db: self._write(db, counters, grants, audit,
+                                                            last_request_id, folds))
+        self._last_rid = reserved           # written (or already there)
 
     def _write(self, db, counters, grants, audit, last_request_id, folds=()):
         if counters:
@@ -455,9 +462,12 @@ class LeaseStore:
                 "max(id) FROM audit WHERE resource = ? AND action = 'regrant')",
                 (f['token'], f['owner'], json.dumps(f['detail'], sort_keys=True),
                  f['resource']))
-        if last_request_id is not None and last_request_id != self._last_rid:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)",
-                       (last_request_id,))
+        if last_request_id is None or (self._last_rid is not None
+                                       and last_request_id <= self._last_rid):
+            return self._last_rid           # already reserved in the file
+        reserved = last_request_id + self._rid_block - 1
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)", (reserved,))
+        return reserved
 
     @staticmethod
     def _insert_audit(db, rows):
@@ -554,17 +564,16 @@ class LeaseStore:
 
         def work(db):
             db.execute('DELETE FROM grants')
-            self._write(db, counters, {g['resource']: g for g in grants}, audit,
-                        last_request_id)
+            reserved = self._write(db, counters, {g['resource']: g for g in grants}, audit,
+                                   last_request_id)
             if self._sidecar_due is not None:
                 self._write_epoch(db)       # the start could not write the epoch
+            return reserved
         with self._lock:
             self.check()
         self._last_rid = None
-        self._transaction(work, checked=False)
+        self._last_rid = self._transaction(work, checked=False)
         self._sidecar_due = None
-        if last_request_id is not None:
-            self._last_rid = last_request_id
         if self.error is not None:
             log.info('lease store: writes work again (%s)', self.path)
         self.error = None

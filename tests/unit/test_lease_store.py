@@ -460,3 +460,21 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
     assert sql(path, 'SELECT version FROM schema_version') == [(2,)]
     assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
+
+
+def test_LeaseStore_reserves_request_ids_in_blocks(path):
+    """When request ids are reserved in blocks of 100, the file's id is
+    written once per block, not per acquire, and after a restart new ids go
+    on above the block (never reused)."""
+    store = LeaseStore(path, rid_block=100)
+    state = LeaseState(store=store)
+    ids = [state.acquire(f'r{i}', 'x', 10, 0).request_id for i in range(5)]
+    assert ids == [1, 2, 3, 4, 5] and store.load()['last_request_id'] == 100
+    store.close()
+    store = LeaseStore(path, rid_block=100)
+    state = LeaseState(store=store)
+    assert state.acquire('s', 'x', 10, 1).request_id == 101
+    assert store.load()['last_request_id'] == 200
+    store.close()
+    with pytest.raises(LeaseStoreError, match=r'^rid_block must be an integer >= 1, not 0$'):
+        LeaseStore(path, rid_block=0)
