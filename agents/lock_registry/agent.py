@@ -16,7 +16,8 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
-from ocs_locking.agents.lock_registry.leases import LeaseOps, add_arguments, check_arguments
+from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
+                                                     site_dir)
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import BadLockMessage, OwnershipTable
 from ocs_locking.wamp import JoinEdge
@@ -273,7 +274,8 @@ class LockRegistryAgent:
                             'job': 'acq', 'session_id': 0, 'since': 1700000000.0,
                             'waiters': 0, 'alive': True, ...}],
                  'seq': 1234, 'dropped': 0,
-                 'leases': {'grants': [...], 'waiting': [...], 'counters': {...}},
+                 'leases': {'grants': [...], 'waiting': [...], 'counters': {...},
+                            'storage': {'ok': True, 'error': None, 'path': ..., ...}},
                  'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
 
             ``lease_procedures`` says whether the lease procedures are
@@ -284,7 +286,8 @@ class LockRegistryAgent:
         rows = self.table.snapshot(time.time())
         session.data = {TABLE_KEY: rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
         if self.leases is not None:
-            session.data['leases'] = self.leases.state.snapshot()
+            session.data['leases'] = dict(self.leases.state.snapshot(),
+                                          storage=self.leases.storage())
             session.data['lease_procedures'] = procs = self.leases.procedures()
         agents = {r['agent'] for r in rows}
         text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
@@ -332,7 +335,9 @@ def main(args=None):
     agent.register_task('status', registry.status, blocking=False)
     try:
         leases = registry.leases = LeaseOps(agent, args.db, audit_days=args.audit_days,
-                                            audit_rows=args.audit_rows)
+                                            audit_rows=args.audit_rows,
+                                            new_database=args.new_database,
+                                            base=site_dir(args))
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     for name in ('acquire', 'renew', 'release', 'history', 'leases'):

@@ -7,10 +7,11 @@ the audit log live in SQLite (``--db``), committed before each reply, so a
 registry restart (even kill -9) loses no grant.
 """
 import math
+import os
 import time
 
 from ocs import ocs_agent
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.paths import check_resource, check_text, when
@@ -25,6 +26,9 @@ EXPIRE_EVERY = 0.1
 PRUNE_EVERY = 60.0
 #: How often the store's write-ahead log is checkpointed (in a thread), seconds.
 CHECKPOINT_EVERY = 1.0
+#: Request ids reserved in the database at a time (one ``meta`` write per
+#: this many acquires; ids jump by up to this much at a restart).
+RID_BLOCK = 1000
 #: Default audit retention: rows older than this many days, or beyond this
 #: many rows, are deleted (``--audit-days``, ``--audit-rows``).
 AUDIT_DAYS, AUDIT_ROWS = 30.0, 100_000
@@ -40,7 +44,13 @@ def add_arguments(parser):
     """The registry's lease options (``make_parser`` adds them)."""
     parser.add_argument('--db', default='lock-registry.db',
                         help='SQLite file for site-wide leases, token counters and the '
-                             'audit log (relative to the working directory).')
+                             'audit log; a relative path is taken from the directory of '
+                             'the site config file (not the working directory).')
+    parser.add_argument('--new-database', action='store_true',
+                        help='Accept the database found at --db (or create one) although '
+                             'its epoch file says another one, or one now missing, was '
+                             'there; every token issued from now on exceeds every earlier '
+                             'one. Without it such a registry refuses to grant.')
     parser.add_argument('--audit-days', type=float, default=AUDIT_DAYS,
                         help='Audit rows older than this many days are deleted '
                              f'(default {AUDIT_DAYS:g}).')
@@ -57,6 +67,25 @@ def check_arguments(args):
     if not (isinstance(rows, int) and rows >= 100):
         return f'--audit-rows must be an integer >= 100, not {rows}'
     return None
+
+
+def site_dir(args):
+    """The directory a relative ``--db`` is taken from: that of the site
+    config file the agent was started with (``args.site_file``, which ocs's
+    ``site_config.parse_args`` fills in from ``--site-file`` or
+    ``$OCS_CONFIG_DIR``), else ``$OCS_CONFIG_DIR``, else the working
+    directory (``--site=none``)."""
+    site_file = getattr(args, 'site_file', None)
+    if site_file:
+        return os.path.dirname(os.path.abspath(site_file))
+    return os.path.abspath(os.environ.get('OCS_CONFIG_DIR') or os.getcwd())
+
+
+def resolve_db(db, base):
+    """``db`` as an absolute path: a relative one is joined to ``base``."""
+    if db == ':memory:':
+        return db
+    return os.path.normpath(os.path.join(base, os.path.expanduser(db)))
 
 
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'request_id', 'lease', 'queued_for')
@@ -78,11 +107,23 @@ class LeaseOps:
 
     Args:
         agent (OCSAgent): the registry's agent.
-        db (str): SQLite file for grants, token counters and the audit log.
+        db (str): SQLite file for grants, token counters and the audit log
+            (a relative path is taken from ``base``).
         reactor: the Twisted reactor (default: the global one).
         clock: wall-clock time source of the registry (default ``time.time``).
         audit_days (float): retention of the audit log, days.
         audit_rows (int): the most audit rows kept.
+        new_database (bool): accept the database found (or a new one) whatever
+            its epoch file says, raising the epoch (``--new-database``).
+        base (str): the directory a relative ``db`` is taken from (the
+            site's, see :func:`site_dir`; default the working directory).
+
+    The expiry timer runs every EXPIRE_EVERY seconds whatever happens: each
+    tick catches and logs (once per kind) anything that goes wrong, and
+    schedules the next. When the store refuses writes, no lease call is
+    served (one line naming the storage problem), leases still end on time
+    in memory, ``leases``/``status`` say so under ``storage``, and every
+    tick tries to write the whole state again; grants resume once it does.
 
     Raises:
         LeaseStoreError: the database cannot be opened (one line; the
@@ -90,7 +131,7 @@ class LeaseOps:
     """
 
     def __init__(self, agent, db, reactor=None, clock=time.time, audit_days=AUDIT_DAYS,
-                 audit_rows=AUDIT_ROWS):
+                 audit_rows=AUDIT_ROWS, new_database=False, base=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -98,29 +139,65 @@ class LeaseOps:
         self.log = agent.log
         self.clock = clock
         self.audit_days, self.audit_rows = audit_days, audit_rows
+        db = resolve_db(db, os.getcwd() if base is None else base)
         try:
-            self.store = LeaseStore(db)
+            self.store = LeaseStore(db, new_database=new_database, rid_block=RID_BLOCK)
             self.state = LeaseState(store=self.store)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
+        # (the store logs, once, each new reason it refuses writes)
+        self.log.info('lease database {path} (epoch {epoch}, id {db_id})',
+                      **self.store.health())
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
         self._refusals = {}         # (resource, owner, call) -> time of its last audit row
         self._pruned = None
         self._checkpointed = None
         self._checkpointing = False
+        self._logged = set()        # kinds of tick failure logged since the last success
+        self._next_tick = None
         self.state.add_listener(self._on_change)
-        self._ticker = task.LoopingCall(self._expire)
-        self._ticker.clock = reactor
-        reactor.callWhenRunning(self._ticker.start, EXPIRE_EVERY, now=False)
+        reactor.callWhenRunning(self._schedule)
+        if callable(getattr(reactor, 'addSystemEventTrigger', None)):
+            reactor.addSystemEventTrigger('before', 'shutdown', self.close)
         # Registrations do not survive a router restart: register at every
         # join ('ready' fires after each onJoin of this session object).
         agent.on('ready', lambda session: self._register_rpcs())
 
     # -- plumbing -----------------------------------------------------------------
 
+    def _schedule(self):
+        self._next_tick = self.reactor.callLater(EXPIRE_EVERY, self._tick)
+
+    def _tick(self):
+        """One run of the expiry timer: nothing it raises stops the timer."""
+        try:
+            self._expire()
+        except Exception as e:
+            self._log_once(type(e).__name__, f'lease expiry tick failed: {e!r:.300}')
+        finally:
+            self._schedule()
+
+    def _log_once(self, kind, message):
+        if kind not in self._logged:
+            self._logged.add(kind)
+            self.log.error('{message}', message=message)
+
     def _expire(self):
         now = self.clock()
-        self.state.expire(now)
+        if self.store.error is None:
+            try:
+                self.store.check()          # deleted or replaced under us?
+                self.state.expire(now)
+            except (LeaseError, LeaseStoreError):
+                pass                        # the store says why, below
+        if self.store.error is not None:
+            try:
+                self.state.resync(now)      # write the whole state again
+                self._logged.clear()
+                self.log.info('lease storage writes again: grants resume')
+            except (LeaseError, LeaseStoreError):
+                self.state.expire_unstored(now)     # the store logged why, once
+            return
         if self._pruned is None or now - self._pruned >= PRUNE_EVERY:
             self._pruned = now
             self.prune(now)
@@ -137,12 +214,29 @@ class LeaseOps:
         self._checkpointing = True
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                       self.store.checkpoint)
-        d.addErrback(lambda f: self.log.error('checkpoint failed: {e}', e=f.getErrorMessage()))
+        d.addErrback(lambda f: self._log_once('checkpoint',
+                                              f'checkpoint failed: {f.getErrorMessage()}'))
         d.addBoth(lambda _: setattr(self, '_checkpointing', False))
+
+    def close(self):
+        """Stop the expiry timer and close the store (a clean stop: the next
+        start keeps the epoch). Called before the reactor shuts down."""
+        if self._next_tick is not None and self._next_tick.active():
+            self._next_tick.cancel()
+        self._next_tick = None
+        self.store.close()
+
+    def storage(self):
+        """The storage's health, as ``leases`` and ``status`` report it:
+        ``ok``, ``error`` (why nothing is granted), ``path`` (absolute),
+        ``epoch``, ``db_id``, ``epoch_file``."""
+        return self.store.health()
 
     def prune(self, now=None):
         """Apply the audit retention bounds; returns how many rows went."""
         now = self.clock() if now is None else now
+        if self.store.error is not None:
+            return 0
         n = self.store.prune(before=now - self.audit_days * 86400, keep_rows=self.audit_rows)
         if n:
             self.log.info('audit log: pruned {n} row(s)', n=n)
@@ -227,6 +321,8 @@ class LeaseOps:
         """One ``refuse`` row (ok false) for a refused lease call, at most one
         per resource, owner and call every REFUSE_AUDIT_EVERY seconds."""
         now = self.clock()
+        if self.store.error is not None:
+            return                  # nothing is written meanwhile (the tick logs why)
         key = (str(resource)[:200], str(owner)[:128], call)
         last = self._refusals.get(key)
         if last is not None and now - last < REFUSE_AUDIT_EVERY:
@@ -476,8 +572,18 @@ class LeaseOps:
         **Task** - All current leases and waiting requests.
 
         Notes:
-            session.data holds ``grants``, ``waiting`` and token ``counters``.
+            session.data holds ``grants``, ``waiting``, token ``counters``
+            and ``storage`` (see :meth:`storage`; ``ok`` false and
+            ``error`` when nothing can be granted)::
+
+                >>> response.session['data']['storage']
+                {'ok': True, 'error': None, 'path': '/site/lock-registry.db',
+                 'epoch': 2, 'db_id': 81985529216486895,
+                 'epoch_file': '/site/.lock-registry.db.epoch'}
         """
-        session.data = self.state.snapshot()
+        session.data = dict(self.state.snapshot(), storage=self.storage())
         n = len(session.data['grants'])
-        return True, f"{n} lease(s), {len(session.data['waiting'])} waiting."
+        msg = f"{n} lease(s), {len(session.data['waiting'])} waiting."
+        if self.store.error is not None:
+            msg += f' Storage failing, nothing is granted: {self.store.error}'
+        return True, msg

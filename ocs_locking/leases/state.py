@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive_int,
                     check_resource, check_resources, check_seconds, check_text, check_time,
                     conflicts, overlap, when)
-from ..errors import LeaseError
+from ..errors import LeaseError, LeaseStoreError
 
 __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'conflicts',
            'check_resource', 'ACTIONS']
@@ -368,6 +368,13 @@ class LeaseState:
 
     @contextlib.contextmanager
     def _op(self, now):
+        # A store that refuses writes (a failed write, a read-only, deleted or
+        # replaced file): no operation, until resync() has written the state.
+        # Leases still end meanwhile: the registry calls expire_unstored().
+        down = getattr(self._store, 'error', None)
+        if down is not None:
+            raise LeaseError(f'lease storage is failing, so nothing is granted, renewed or '
+                             f'released: {down}')
         saved = {k: copy.copy(getattr(self, k)) for k in _STATE}
         batch = self._batch = _Batch()
         try:
@@ -380,7 +387,7 @@ class LeaseState:
                 if batch.folds:
                     changes['folds'] = batch.folds
                 self._store.apply(**changes)
-        except BaseException:
+        except BaseException as e:
             for k, v in saved.items():
                 setattr(self, k, v)
             for d, key, old in reversed(batch.undo):
@@ -388,15 +395,55 @@ class LeaseState:
                     d.pop(key, None)
                 else:
                     d[key] = old
+            if isinstance(e, LeaseStoreError):      # memory is as on disk again
+                raise LeaseError(f'lease storage is failing, so nothing is granted, renewed '
+                                 f'or released: {e}') from e
             raise
         finally:
             self._batch = None
+        self._notify(batch)
+
+    def _notify(self, batch):
         for action, item in batch.notices:
             for callback in list(self._listeners):
                 try:
                     callback(action, item)
                 except Exception:
                     log.exception('lease listener %r failed on %s', callback, action)
+
+    # -- while the store refuses writes ------------------------------------------------
+
+    def expire_unstored(self, now):
+        """While the store refuses writes: end the leases due by ``now`` and
+        withdraw the waiters whose deadline passed, in memory only (so a
+        lease always ends on time), granting nobody. Their audit rows wait
+        for :meth:`resync`. Returns as :meth:`expire` (``granted`` empty)."""
+        now = check_time(now)
+        batch = self._batch = _Batch()
+        expired, timed_out = [], []
+        try:
+            for rid in sorted({g.request_id for g in self._grants.values() if g.expires <= now}):
+                expired += self._end(rid, 'expire', now)
+            for w in [w for w in self._waiting if w.deadline <= now]:
+                self._withdraw(w, 'timeout', now)
+                timed_out.append(w.request_id)
+        finally:
+            self._batch = None
+        self._unwritten = getattr(self, '_unwritten', []) + batch.audit
+        self._notify(batch)
+        return {'expired': expired, 'timed_out': timed_out, 'granted': []}
+
+    def resync(self, now):
+        """Write the whole state to a store that refused writes (its
+        ``rewrite``: grants replaced, counters max'd, the audit rows kept
+        meanwhile), then serve the waiters; returns the Outcomes granted.
+        Raises LeaseStoreError (nothing changed) if the store fails again."""
+        now = check_time(now)
+        self._store.rewrite([g.as_dict() for g in self.holders()], dict(self._counters),
+                            getattr(self, '_unwritten', []), self._last_rid)
+        self._unwritten = []
+        with self._op(now) as due:
+            return due['granted'] + self._serve(now)
 
     def _expire(self, now):
         expired, timed_out, granted = [], [], []
@@ -437,7 +484,11 @@ class LeaseState:
             covering = (r,) + ancestors(r)
             if req.tree:
                 covering += tuple(x for x in self._counters if x.startswith(r + '/'))
-            token = 1 + max(self._counters.get(x, 0) for x in covering)
+            # Above every token of this epoch on the paths, and above every
+            # token of earlier epochs (the store's token_base), even those a
+            # lost or deleted database no longer counts.
+            token = max(1 + max(self._counters.get(x, 0) for x in covering),
+                        1 + getattr(self._store, 'token_base', 0))
             self._set(self._counters, r, token)
             self._batch.counters[r] = token
             g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,

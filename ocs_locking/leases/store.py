@@ -4,38 +4,109 @@ One file holds the current grants, the token counters and the audit log, so
 that a registry restart loses no grant, no history, and never reissues a
 token. Waiting requests are not kept: their callers' sessions end with the
 registry, and they ask again.
+
+Storage faults never take the process down and never let memory and disk
+part silently: the connection is opened with ``locking_mode=EXCLUSIVE``
+before ``journal_mode=WAL``, so SQLite keeps the WAL index in heap memory
+(no ``-shm`` file, no shared mmap that a read-only or truncated file could
+turn into SIGBUS), and ``mmap_size=0``. Before every write the file's
+identity (device, inode) is compared with the one opened: a database
+deleted or replaced under the registry refuses writes. A write that fails
+raises LeaseStoreError; :attr:`LeaseStore.error` then says why, until
+:meth:`LeaseStore.rewrite` succeeds.
+
+**Epochs.** Beside the database an *epoch file* (``.<name>.epoch``, JSON,
+written with fsync) keeps the database's id, the epoch and whether the last
+stop was clean. Every token issued in epoch ``e`` is above ``e * 2**32``
+(:attr:`LeaseStore.token_base`): the epoch goes up at every start after an
+unclean stop (kill -9, power loss: the last commits may be lost, see
+``synchronous`` below) and when an operator accepts a new database, so a
+token never repeats even when the database forgot it. A database missing
+where the epoch file says one was, or a different one (its id), is not
+written: the store opens refusing (:attr:`error`) until ``new_database``.
+
+**Durability.** ``synchronous=NORMAL`` in WAL mode: a commit survives the
+process being killed once :meth:`apply` returns; a power loss may lose the
+commits since the last checkpoint (fsync, every second). The epoch covers
+that: after a power loss the stop was unclean, the epoch goes up and every
+new token exceeds every token of before, whatever the file forgot; a lost
+grant's holder is refused at its next renewal. ``FULL`` (an fsync in every
+commit) would cost about 0.25 ms per commit here, on every grant.
 """
+import errno
 import json
+import logging
 import os
+import random
 import sqlite3
 import threading
 
 from ..errors import LeaseStoreError
 
-__all__ = ['LeaseStore', 'LeaseStoreError', 'SCHEMA_VERSION']
+__all__ = ['LeaseStore', 'LeaseStoreError', 'SCHEMA_VERSION', 'EPOCH_BITS', 'epoch_file']
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+#: A token of epoch ``e`` is ``e * 2**EPOCH_BITS + n``, n >= 1 (n counts the
+#: grants of the resource in that epoch and lower ones); tokens stay below
+#: 2**53 (exact in JSON) for epochs below 2**(53 - EPOCH_BITS).
+EPOCH_BITS = 32
+MAX_EPOCH = 2 ** (53 - EPOCH_BITS) - 1
+
+SCHEMA_VERSION = 2
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
+# Version 2: the text-keyed tables are WITHOUT ROWID (one b-tree each, not a
+# table and its key's index: fewer pages written per commit).
+_KEYED = {
+    'counters': 'resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL',
+    'grants': 'resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL, '
+              'expires REAL NOT NULL, tree INTEGER NOT NULL, note TEXT NOT NULL, '
+              'client TEXT NOT NULL, granted_at REAL NOT NULL, request_id INTEGER NOT NULL',
+    'meta': 'key TEXT PRIMARY KEY, value INTEGER NOT NULL',
+}
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE counters (resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL);
-CREATE TABLE grants (
-    resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
-    expires REAL NOT NULL, tree INTEGER NOT NULL, note TEXT NOT NULL,
-    client TEXT NOT NULL, granted_at REAL NOT NULL, request_id INTEGER NOT NULL);
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
     resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT,
     ok INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX audit_by_resource ON audit (resource, id);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+""" + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items())
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
                'granted_at', 'request_id')
 _AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
 
+
+
+def epoch_file(path):
+    """The epoch file of the database ``path``: ``.<name>.epoch`` beside it
+    (hidden, so ``rm lock-registry.db*`` leaves it)."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.epoch')
+
+
+def _write_durably(path, text):
+    """Replace ``path`` with ``text``: a temporary file, fsync, rename, fsync
+    of the directory (the rename survives a power loss)."""
+    tmp = path + '.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _one_line(e):
+    return ' '.join(str(e).split())[:300]
 
 
 class LeaseStore:
@@ -43,19 +114,38 @@ class LeaseStore:
 
     ``path`` is a file (created with its schema if absent) in an existing
     directory, or ``':memory:'`` for tests. The file uses WAL journaling with
-    ``synchronous=NORMAL``: a commit is durable against the process being
+    ``synchronous=NORMAL`` under an exclusive lock (one registry per file; no
+    ``-shm`` file, no mmap): a commit is durable against the process being
     killed (kill -9) once :meth:`apply` returns; checkpoints (the fsyncs)
-    run in :meth:`checkpoint`, off the commit path. One connection serves every thread, each call
-    under an internal lock; each :meth:`apply` is one transaction. Token
-    counters never decrease, even if asked to.
+    run in :meth:`checkpoint`, on the same connection. One connection serves every
+    thread, each call under an internal lock; each :meth:`apply` is one
+    transaction. Token counters never decrease, even if asked to.
+
+    ``rid_block``: request ids are reserved in the file this many at a time
+    (the file holds the highest id reserved, written only when an id passes
+    it), so most acquires write no ``meta`` page; after a restart ids go on
+    above the reserved ones.
+
+    ``new_database=True`` accepts the file found at ``path`` (or a new one
+    when there is none) as this registry's, although its epoch file names
+    another or a missing one, and raises the epoch.
+
+    Attributes:
+        error (str or None): why writes are refused (a failed write, a
+            read-only, deleted or replaced file, a missing database), or None.
+        epoch (int): this run's epoch; ``token_base`` is ``epoch * 2**32``.
+        db_id (int or None): the database's random id, kept in the file
+            and in the epoch file.
 
     Raises LeaseStoreError when the directory is missing, the file is not a
     SQLite database, or its schema is newer than (or unknown to) this version.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, new_database=False, rid_block=1):
         self.path = os.fspath(path)
-        if self.path != ':memory:':
+        memory = self.path == ':memory:'
+        self.epoch_path = None if memory else epoch_file(self.path)
+        if not memory:
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
                 raise LeaseStoreError(f'cannot open lease store {self.path!r}: '
@@ -64,38 +154,203 @@ class LeaseStore:
                 raise LeaseStoreError(f'cannot open lease store {self.path!r}: '
                                       f'it is a directory')
         self._lock = threading.Lock()
-        self._ckpt_lock = threading.Lock()
-        self._ckpt = None           # the checkpoint connection, once used
         self._db = None
         self._last_rid = None       # the last_request_id the file holds, once known
+        if isinstance(rid_block, bool) or not isinstance(rid_block, int) or rid_block < 1:
+            raise LeaseStoreError(f'rid_block must be an integer >= 1, not {rid_block!r:.40}')
+        self._rid_block = rid_block
+        self._ident = None          # (st_dev, st_ino) of the file opened
+        self._fatal = False         # error is one only a restart can clear
+        self._sidecar_due = None    # the epoch file's content, until written
+        self.error, self.epoch, self.db_id = None, 0, None
+        side = self._read_epoch_file() if not memory else None
+        existed = not memory and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if side is not None and not existed and not new_database:
+            self._refuse(f'lease database {os.path.abspath(self.path)!r} is missing: its '
+                         f'epoch file says database {side["db_id"]} was there (deleted or '
+                         f'moved?); no grant until the registry is started with '
+                         f'--new-database', fatal=True)
+            self.epoch = side['epoch']
+            memory = True           # answer status and history (empty) meanwhile
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False,
-                                       isolation_level=None)
+            self._open(memory)
+        except LeaseStoreError as e:
+            # An existing file SQLite cannot open (a read-only file system or
+            # directory: WAL mode needs its -wal file): keep answering,
+            # refuse every lease call. Not a database / a newer schema: raise.
+            cause = e.__cause__
+            if memory or not existed or type(cause) is not sqlite3.OperationalError:
+                raise
+            self._refuse(f'lease database {os.path.abspath(self.path)!r} cannot be opened: '
+                         f'{_one_line(cause)} (read-only?); no grant until the registry '
+                         f'is restarted with it writable', fatal=True)
+            self._open(True)
+            return
+        if not memory and not self._fatal:
+            try:
+                self._start_epoch(side, existed, new_database)
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _open(self, memory):
+        """Connect (the file, or ``:memory:``), set the pragmas, check or
+        create the schema; raises LeaseStoreError (closed) on failure."""
+        self._db = None
+        try:
+            self._db = sqlite3.connect(':memory:' if memory else self.path,
+                                       check_same_thread=False, isolation_level=None)
+            # EXCLUSIVE before WAL: the WAL index then lives in heap memory
+            # (no -shm mmap that a read-only or vanished file turns into SIGBUS).
+            self._db.execute('PRAGMA locking_mode=EXCLUSIVE')
+            self._db.execute('PRAGMA mmap_size=0')
             self._db.execute('PRAGMA journal_mode=WAL')
             self._db.execute('PRAGMA synchronous=NORMAL')
             # Checkpoints (the only fsyncs in WAL mode) are not run inside
             # commits, where they would delay a reply, but by checkpoint()
             # (the registry calls it from a thread); this bound is a backstop.
             self._db.execute(f'PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}')
-            self._transaction(self._check_schema)
-        except (sqlite3.Error, LeaseStoreError) as e:
+            if not memory:
+                st = os.stat(self.path)
+                self._ident = (st.st_dev, st.st_ino)
+            try:
+                self._transaction(self._check_schema, checked=False)
+            except LeaseStoreError as e:
+                cause = e.__cause__
+                if cause is None:
+                    raise                   # the schema's own complaint
+                if not isinstance(cause, sqlite3.OperationalError) or not self._readable():
+                    raise LeaseStoreError(f'cannot open lease store {self.path!r}: '
+                                          f'{cause}') from cause
+                self._refuse(f'lease database {self.path!r} cannot be written: '
+                             f'{_one_line(cause)}')
+        except (sqlite3.Error, LeaseStoreError, OSError) as e:
             if self._db is not None:
                 self._db.close()
+            self._ident = None
             if isinstance(e, LeaseStoreError):
                 raise
             raise LeaseStoreError(f'cannot open lease store {self.path!r}: {e}') from e
 
+    # -- epochs and the file's identity ---------------------------------------------
+
+    @property
+    def token_base(self):
+        """Every token this run issues is above this (``epoch * 2**32``)."""
+        return self.epoch << EPOCH_BITS
+
+    def _read_epoch_file(self):
+        try:
+            with open(self.epoch_path) as f:
+                side = json.load(f)
+            if not (isinstance(side, dict) and isinstance(side.get('db_id'), int)
+                    and isinstance(side.get('epoch'), int)
+                    and isinstance(side.get('clean'), bool)):
+                raise ValueError('not {db_id, epoch, clean}')
+            return side
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise LeaseStoreError(f'cannot read the epoch file {self.epoch_path!r}: '
+                                  f'{_one_line(e)}') from None
+
+    def _readable(self):
+        try:
+            self._db.execute('SELECT count(*) FROM sqlite_master').fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    def _meta(self, key):
+        row = self._db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+        return row[0] if row else None
+
+    def _start_epoch(self, side, existed, new_database):
+        with self._lock:
+            db_id, epoch = self._meta('db_id'), self._meta('epoch') or 0
+        if side is not None and db_id is not None and side['db_id'] != db_id \
+                and not new_database:
+            self.epoch, self.db_id = max(epoch, side['epoch']), db_id
+            self._refuse(f'lease database {os.path.abspath(self.path)!r} is not the one '
+                         f'this registry used (its id is {db_id}, the epoch file says '
+                         f'{side["db_id"]}: replaced?); no grant until the registry is '
+                         f'started with --new-database', fatal=True)
+            return
+        epoch = max(epoch, side['epoch'] if side else 0)
+        if new_database or (side is None and existed) or (side is not None and not side['clean']):
+            epoch += 1          # the last stop was not clean, or nobody knows
+        if epoch > MAX_EPOCH:
+            raise LeaseStoreError(f'lease store {self.path!r}: epoch {epoch} is beyond '
+                                  f'{MAX_EPOCH} (tokens would pass 2**53)')
+        self.epoch, self.db_id = epoch, db_id if db_id is not None else random.getrandbits(62)
+        self._sidecar_due = {'db_id': self.db_id, 'epoch': epoch, 'clean': False,
+                             'database': os.path.abspath(self.path)}
+        if self.error is None:
+            try:
+                self._write_epoch()
+                self._sidecar_due = None
+            except LeaseStoreError as e:
+                self._refuse(str(e))
+        log.info('lease database %s: id %s, epoch %d%s', os.path.abspath(self.path),
+                 self.db_id, epoch, f' (not writable: {self.error})' if self.error else '')
+
+    def _write_epoch(self, db=None):
+        """Write the epoch and the id into the database and the epoch file."""
+        def work(db):
+            for key in ('db_id', 'epoch'):
+                db.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)',
+                           (key, self._sidecar_due[key]))
+        if db is None:
+            self._transaction(work, checked=False)
+        else:
+            work(db)
+        try:
+            _write_durably(self.epoch_path, json.dumps(self._sidecar_due, sort_keys=True))
+        except OSError as e:
+            raise LeaseStoreError(f'cannot write the epoch file {self.epoch_path!r}: '
+                                  f'{_one_line(e)}') from None
+
+    def _refuse(self, why, fatal=False):
+        if self.error != why:
+            log.error('lease store: %s', why)
+        self.error = why
+        self._fatal = self._fatal or fatal
+
+    def check(self):
+        """Raise LeaseStoreError (and keep :attr:`error`) if the file was
+        deleted or replaced since it was opened; else return None."""
+        if self._ident is None:
+            return
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._ident
+        except OSError:
+            same = False
+        if not same:
+            self._refuse(f'lease database {os.path.abspath(self.path)!r} was deleted or '
+                         f'replaced while open; no grant until the registry is restarted '
+                         f'(with --new-database)', fatal=True)
+            raise LeaseStoreError(self.error)
+
+    def health(self):
+        """What ``status`` reports about storage: ``ok``, ``error``, the
+        absolute ``path``, ``epoch``, ``db_id``, ``epoch_file``."""
+        return {'ok': self.error is None, 'error': self.error,
+                'path': self.path if self.path == ':memory:' else os.path.abspath(self.path),
+                'epoch': self.epoch, 'db_id': self.db_id, 'epoch_file': self.epoch_path}
+
     def checkpoint(self):
-        """Copy the write-ahead log into the database file (fsync), on a
-        connection of its own: callable from another thread while commits go
-        on. Returns ``(busy, wal_frames, checkpointed_frames)``."""
-        if self.path == ':memory:':
+        """Copy the write-ahead log into the database file (fsync), on the
+        store's one connection (under its lock: commits wait meanwhile; run
+        it from a thread). Returns ``(busy, wal_frames, checkpointed_frames)``."""
+        if self.path == ':memory:' or self._fatal:
             return (0, 0, 0)
-        with self._ckpt_lock:
-            if self._ckpt is None:
-                self._ckpt = sqlite3.connect(self.path, check_same_thread=False,
-                                             isolation_level=None)
-            return tuple(self._ckpt.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone())
+        with self._lock:
+            try:
+                return tuple(self._db.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone())
+            except sqlite3.Error as e:
+                raise LeaseStoreError(f'checkpoint of {self.path!r} failed: '
+                                      f'{_one_line(e)}') from e
 
     def _check_schema(self, db):
         tables = {r[0] for r in db.execute(
@@ -110,20 +365,54 @@ class LeaseStore:
             raise LeaseStoreError(f'{self.path!r} is not a lease store: it has tables '
                                   f'{", ".join(sorted(tables))[:80]} but no schema_version')
         row = db.execute('SELECT max(version) FROM schema_version').fetchone()
+        if row[0] == 1:
+            self._migrate_v1(db)
+            return
         if row[0] != SCHEMA_VERSION:
             raise LeaseStoreError(
                 f'lease store {self.path!r} has schema version {row[0]!r}; this '
                 f'ocs-locking reads version {SCHEMA_VERSION} (a newer release wrote it?)')
 
-    def _transaction(self, work):
+    def _migrate_v1(self, db):
+        """Version 1 to 2, in the opening transaction: each text-keyed table
+        copied into its WITHOUT ROWID form."""
+        for name, cols in _KEYED.items():
+            db.execute(f'CREATE TABLE {name}_v2 ({cols}) WITHOUT ROWID')
+            db.execute(f'INSERT INTO {name}_v2 SELECT * FROM {name}')
+            db.execute(f'DROP TABLE {name}')
+            db.execute(f'ALTER TABLE {name}_v2 RENAME TO {name}')
+        db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
+        log.info('lease store %s: schema migrated from version 1 to %d', self.path,
+                 SCHEMA_VERSION)
+
+    def _transaction(self, work, checked=True):
+        """``work(db)`` in one transaction. A failure raises LeaseStoreError
+        (one line); with ``checked``, refused while :attr:`error` is set and
+        after the file was deleted or replaced."""
         with self._lock:
-            self._db.execute('BEGIN IMMEDIATE')
+            if checked:
+                if self.error is not None:
+                    raise LeaseStoreError(self.error)
+                self.check()
             try:
-                result = work(self._db)
-            except BaseException:
-                self._db.execute('ROLLBACK')
-                raise
-            self._db.execute('COMMIT')
+                self._db.execute('BEGIN IMMEDIATE')
+                try:
+                    result = work(self._db)
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute('ROLLBACK')
+                    raise
+                self._db.execute('COMMIT')
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute('ROLLBACK')
+                    except sqlite3.Error:
+                        pass
+                why = f'write to lease database {self.path!r} failed: {_one_line(e)}'
+                if checked:
+                    self._refuse(why)
+                raise LeaseStoreError(why) from e
             return result
 
     # -- what LeaseState uses -------------------------------------------------------
@@ -149,32 +438,36 @@ class LeaseStore:
         ``folds``: ``{'resource', 'token', 'owner', 'at', 'detail'}`` updates
         of the newest ``regrant`` row of that resource, after the new rows.
         """
-        def work(db):
-            if counters:
-                db.executemany(
-                    'INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
-                    'SET last_token = max(last_token, excluded.last_token)',
-                    sorted(counters.items()))
-            for resource, g in sorted((grants or {}).items()):
-                if g is None:
-                    db.execute('DELETE FROM grants WHERE resource = ?', (resource,))
-                else:
-                    db.execute(f'INSERT OR REPLACE INTO grants VALUES '
-                               f'({", ".join("?" * len(_GRANT_KEYS))})',
-                               tuple(g[k] for k in _GRANT_KEYS))
-            self._insert_audit(db, audit)
-            for f in folds:
-                db.execute(
-                    "UPDATE audit SET token = ?, owner = ?, detail = ? WHERE id = (SELECT "
-                    "max(id) FROM audit WHERE resource = ? AND action = 'regrant')",
-                    (f['token'], f['owner'], json.dumps(f['detail'], sort_keys=True),
-                     f['resource']))
-            if last_request_id is not None and last_request_id != self._last_rid:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)",
-                           (last_request_id,))
-        self._transaction(work)
-        if last_request_id is not None:
-            self._last_rid = last_request_id     # written (or already there)
+        reserved = self._transaction(lambda db: self._write(db, counters, grants, audit,
+                                                            last_request_id, folds))
+        self._last_rid = reserved           # written (or already there)
+
+    def _write(self, db, counters, grants, audit, last_request_id, folds=()):
+        if counters:
+            db.executemany(
+                'INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
+                'SET last_token = max(last_token, excluded.last_token)',
+                sorted(counters.items()))
+        for resource, g in sorted((grants or {}).items()):
+            if g is None:
+                db.execute('DELETE FROM grants WHERE resource = ?', (resource,))
+            else:
+                db.execute(f'INSERT OR REPLACE INTO grants VALUES '
+                           f'({", ".join("?" * len(_GRANT_KEYS))})',
+                           tuple(g[k] for k in _GRANT_KEYS))
+        self._insert_audit(db, audit)
+        for f in folds:
+            db.execute(
+                "UPDATE audit SET token = ?, owner = ?, detail = ? WHERE id = (SELECT "
+                "max(id) FROM audit WHERE resource = ? AND action = 'regrant')",
+                (f['token'], f['owner'], json.dumps(f['detail'], sort_keys=True),
+                 f['resource']))
+        if last_request_id is None or (self._last_rid is not None
+                                       and last_request_id <= self._last_rid):
+            return self._last_rid           # already reserved in the file
+        reserved = last_request_id + self._rid_block - 1
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)", (reserved,))
+        return reserved
 
     @staticmethod
     def _insert_audit(db, rows):
@@ -259,13 +552,48 @@ class LeaseStore:
             return n
         return self._transaction(work)
 
-    def close(self):
-        """Close the connection; further calls fail."""
+    def rewrite(self, grants, counters, audit=(), last_request_id=None):
+        """After failed writes: make the file hold exactly the state in memory
+        (``grants``: the current grant dicts, all others deleted;
+        ``counters``: max'd with the file's; ``audit``: the rows not written
+        yet) in one transaction, then clear :attr:`error`. Raises
+        LeaseStoreError, keeping :attr:`error`, if it fails again or if the
+        file was deleted or replaced (only a restart clears that)."""
+        if self._fatal:
+            raise LeaseStoreError(self.error)
+
+        def work(db):
+            db.execute('DELETE FROM grants')
+            reserved = self._write(db, counters, {g['resource']: g for g in grants}, audit,
+                                   last_request_id)
+            if self._sidecar_due is not None:
+                self._write_epoch(db)       # the start could not write the epoch
+            return reserved
         with self._lock:
+            self.check()
+        self._last_rid = None
+        self._last_rid = self._transaction(work, checked=False)
+        self._sidecar_due = None
+        if self.error is not None:
+            log.info('lease store: writes work again (%s)', self.path)
+        self.error = None
+
+    def close(self):
+        """Checkpoint, mark the stop clean in the epoch file (the next start
+        keeps the epoch) and close the connection; further calls fail. A
+        store that could not write closes without the mark."""
+        with self._lock:
+            clean = self.error is None and self._ident is not None and self._db is not None
+            if clean:
+                try:
+                    self.check()
+                    self._db.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+                    _write_durably(self.epoch_path, json.dumps(
+                        {'db_id': self.db_id, 'epoch': self.epoch, 'clean': True,
+                         'database': os.path.abspath(self.path)}, sort_keys=True))
+                except (sqlite3.Error, OSError, LeaseStoreError) as e:
+                    log.error('lease store: no clean-stop mark (%s)', _one_line(e))
             self._db.close()
-        with self._ckpt_lock:
-            if self._ckpt is not None:
-                self._ckpt.close()
 
     def __enter__(self):
         return self

@@ -7,10 +7,12 @@ explicit expire, so that the next call must apply what fell due) and restarts
 on the same store. The model recomputes everything the simple way: pairwise
 path conflicts, a FIFO list scanned from the front, and due events applied
 in time order. After every step the state must match the model and keep its
-invariants; at the end the audit log must pass ``check_audit``.
+invariants; at the end the audit log must pass ``check_audit``. A second
+machine (at the end) adds failed writes and restarts in a new epoch.
 """
 import copy
 import itertools
+import sqlite3
 
 import hypothesis.strategies as st
 import pytest
@@ -331,3 +333,89 @@ def test_check_audit_reports_overlaps_shrinking_tokens_and_unknown_ends():
         "row 1)",
         "row 4: token 3 on 'a' is not larger than the previous token 3",
         "row 5: release of 'q' token 1, which was not held"]
+
+
+# -- failed writes and epoch restarts (issue 9) -------------------------------------------
+
+class EpochModel(Model):
+    """The model with an epoch: every token is also above ``base``."""
+    base = 0
+
+    def grant(self, req, now):
+        tokens = {}
+        for r in sorted(req['resources']):
+            related = [x for x in self.counters
+                       if x == r or r.startswith(x + '/') or
+                       (req['tree'] and x.startswith(r + '/'))]
+            tokens[r] = self.counters[r] = 1 + max([self.base] +
+                                                   [self.counters[x] for x in related])
+        self.grants[req['rid']] = dict(resources=req['resources'], tree=req['tree'],
+                                       owner=req['owner'], tokens=tokens,
+                                       expires=now + req['lease'])
+        self.status[req['rid']] = 'granted'
+
+    def expire_unstored(self, now):
+        """What a registry whose store refuses writes does at a tick: leases
+        and waits end on time, nobody is granted."""
+        for rid in sorted(r for r, g in self.grants.items() if g['expires'] <= now):
+            self.end(rid, 'expired')
+        for w in [w for w in self.waiting if w['deadline'] <= now]:
+            self.waiting.remove(w)
+            self.status[w['rid']] = 'timed_out'
+
+
+class FaultyLeaseModel(LeaseModel):
+    """LeaseModel with two more rules: a write that fails (the registry then
+    refuses every call, ends leases in memory only and writes everything
+    again when the store works), and a restart after an unclean stop (a new
+    epoch: tokens jump above every earlier one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = EpochModel()
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 2.5, 5.0]), ticks=st.integers(1, 4))
+    def failed_write(self, dt, ticks):
+        real = self.store._write
+
+        def full(*a, **kw):
+            self.store._write = real
+            raise sqlite3.OperationalError('database or disk is full')
+        self.store._write = full
+        self.now += dt
+        before = copy.deepcopy(self.model)
+        try:
+            self.state.expire(self.now)         # fails if it has anything to write
+            self.model.expire(self.now)
+        except LeaseError as e:
+            assert str(e).startswith('lease storage is failing, so nothing is granted')
+            self.model = before
+        self.store._write = real
+        if self.store.error is None:
+            self.store._refuse('test: disk full')
+        with pytest.raises(LeaseError, match=r'^lease storage is failing'):
+            self.state.acquire('d', 'x', 1.0, self.now)
+        for _ in range(ticks):
+            self.matches_the_model()
+            self.state.expire_unstored(self.now)
+            self.model.expire_unstored(self.now)
+            self.now += dt / 2
+        granted = self.state.resync(self.now)
+        expected = self.model.expire(self.now)[2] + self.model.serve(self.now)
+        assert self.store.error is None
+        assert [o.request_id for o in granted] == expected
+        assert self.store.load()['counters'] == self.model.counters
+
+    @rule()
+    def restart_after_unclean_stop(self):
+        """A start after kill -9 or a power loss: the epoch goes up (as
+        LeaseStore does on such a start), so the next token of every path
+        exceeds every token ever issued on it."""
+        self.store.epoch += 1
+        self.model.base = self.store.token_base
+        self.restart()
+
+
+TestFaultyLeaseModel = FaultyLeaseModel.TestCase
+TestFaultyLeaseModel.settings = settings(max_examples=100, stateful_step_count=40,
+                                         deadline=None, report_multiple_bugs=False)

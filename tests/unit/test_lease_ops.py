@@ -1,8 +1,12 @@
 """The registry's lease tasks without a router: a fake reactor clock, the real
 LeaseState on an SQLite file, ocs's param handling via the testing kit."""
+import os
+import sqlite3
 from unittest import mock
 
 import pytest
+
+from ocs_locking.leases.audit import check_audit
 
 from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.testing import FakeSession, _params
@@ -254,3 +258,152 @@ def test_LeaseOps_procedures_answer_compact_grants(timed):
     refused = timed._rpc_release('hwp', 99)
     assert refused['ok'] is False and refused['data'] == {
         'error': "token 99 was never issued for 'hwp'"}
+
+
+class TestStorageFaults:
+    """Issue 9 items 1-3: a failed write, a deleted database, epochs, --db
+    taken from the site's directory (a fake clock and reactor)."""
+
+    @staticmethod
+    def make(tmp_path, **kw):
+        clock = Clock()
+        ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
+                       reactor=Reactor(), clock=clock, **kw)
+        ops.clock_ = clock
+        return ops
+
+    @staticmethod
+    def tick(ops, seconds):
+        """Advance the registry's clock and its reactor together, one tick at a time."""
+        for _ in range(round(seconds / 0.1)):
+            ops.clock_.t += 0.1
+            ops.reactor.advance(0.1)
+
+    @staticmethod
+    def fail_writes(ops, times):
+        """Make the store's next ``times`` transactions fail as on a full
+        disk (SQLite's own error, from its connection); returns the count
+        left, to change."""
+        left = [times]
+
+        class Failing:
+            def __init__(self, db):
+                self._db = db
+
+            def execute(self, statement, *args):
+                if statement == 'BEGIN IMMEDIATE' and left[0] > 0:
+                    left[0] -= 1
+                    raise sqlite3.OperationalError('database or disk is full')
+                return self._db.execute(statement, *args)
+
+            def __getattr__(self, name):
+                return getattr(self._db, name)
+        ops.store._db = Failing(ops.store._db)
+        return left
+
+    def test_write_failing_once_does_not_stop_expiry(self, tmp_path):
+        """When the expiry tick's write fails once, the timer goes on: a 1 s
+        lease is gone within 1.5 s, and grants resume after."""
+        ops = self.make(tmp_path)
+        _, g = run(ops, 'acquire', resource='hwp', owner='a', lease=1)
+        t0 = ops.clock_.t
+        self.tick(ops, 1.0)
+        assert ops.state.holders()          # not due yet (the tick at t0 + 1.0 expires it)
+        self.fail_writes(ops, 1)
+        self.tick(ops, 0.5)
+        assert ops.state.holders() == () and ops.clock_.t <= t0 + 1.5
+        (ok, msg), data = run(ops, 'acquire', resource='hwp', owner='b', lease=1)
+        assert ok and data['token'] == g['token'] + 1, msg
+        assert run(ops, 'leases')[1]['storage']['ok'] is True
+        assert check_audit(list(reversed(ops.store.history(limit=None)))) == []
+
+    def test_ticker_survives_any_exception_and_logs_it_once(self, tmp_path):
+        """When the expiry tick raises anything, every tick still runs, the
+        failure is logged once, and leases keep ending."""
+        ops = self.make(tmp_path)
+        real = ops.state.expire
+        ops.state.expire = mock.Mock(side_effect=RuntimeError('boom'))
+        self.tick(ops, 1.0)
+        assert [c.args[0] for c in ops.log.error.call_args_list].count('{message}') == 1
+        ops.state.expire = real
+        run(ops, 'acquire', resource='hwp', owner='a', lease=0.5)
+        self.tick(ops, 0.7)
+        assert ops.state.holders() == ()
+
+    def test_failing_storage_refuses_calls_says_so_and_still_ends_leases(self, tmp_path):
+        """When writes keep failing, acquire and renew are refused in one line
+        naming the storage problem, leases/status say so, a lease still ends
+        on time in memory and its waiter is not granted; once writes work the
+        state is written whole, the waiter gets it, and disk equals memory."""
+        ops = self.make(tmp_path)
+        _, g = run(ops, 'acquire', resource='hwp', owner='a', lease=1)
+        d = ops.do_acquire('hwp', 'b', lease=5, timeout=30)
+        answer = []
+        d.addBoth(answer.append)
+        left = self.fail_writes(ops, 10 ** 6)
+        self.tick(ops, 0.2)
+        (ok, msg), _ = run(ops, 'acquire', resource='other', owner='c')
+        assert not ok and msg == (
+            "Refused: lease storage is failing, so nothing is granted, renewed or released: "
+            f"write to lease database {ops.store.path!r} failed: database or disk is full")
+        (ok, msg), _ = run(ops, 'renew', resource='hwp', token=g['token'])
+        assert not ok and 'lease storage is failing' in msg
+        (ok, msg), data = run(ops, 'leases')
+        assert ok and data['storage']['ok'] is False and 'disk is full' in data['storage']['error']
+        assert msg.startswith('1 lease(s), 1 waiting. Storage failing, nothing is granted: ')
+        self.tick(ops, 1.0)
+        assert ops.state.holders() == () and answer == []      # ended; nobody got it
+        left[0] = 0
+        self.tick(ops, 0.1)
+        ops.reactor.advance(0)
+        assert answer[0][0] is True and answer[0][2]['owner'] == 'b'
+        assert run(ops, 'leases')[1]['storage']['ok'] is True
+        on_disk = ops.store.load()
+        assert [r['resource'] for r in on_disk['grants']] == ['hwp']
+        assert on_disk['counters'] == ops.state.snapshot()['counters']
+        assert check_audit(list(reversed(ops.store.history(limit=None)))) == []
+
+    def test_deleted_database_refuses_until_new_database(self, tmp_path):
+        """When the database is deleted while running, grants are refused and
+        leases/history still answer; a restart refuses until new_database,
+        whose tokens exceed every earlier one."""
+        ops = self.make(tmp_path)
+        _, g = run(ops, 'acquire', resource='hwp', owner='a', lease=60)
+        os.unlink(ops.store.path)
+        self.tick(ops, 0.1)
+        (ok, msg), _ = run(ops, 'acquire', resource='other', owner='b')
+        assert not ok and 'was deleted or replaced while open' in msg
+        assert run(ops, 'history')[0][0] is True
+        assert run(ops, 'leases')[1]['storage']['ok'] is False
+        ops.close()
+        again = self.make(tmp_path)
+        (ok, msg), _ = run(again, 'acquire', resource='hwp', owner='b')
+        assert not ok and msg.endswith('no grant until the registry is started with '
+                                       '--new-database')
+        again.close()
+        fresh = self.make(tmp_path, new_database=True)
+        (ok, msg), data = run(fresh, 'acquire', resource='hwp', owner='b')
+        assert ok and data['token'] > g['token'] and data['token'] == 2 ** 32 + 1, msg
+        fresh.close()
+
+    def test_relative_db_is_taken_from_the_site_directory(self, tmp_path, monkeypatch):
+        """When --db is relative, it is taken from the site config file's
+        directory whatever the working directory; leases reports the
+        absolute path; tokens go on across restarts from another cwd."""
+        from ocs_locking.agents.lock_registry.leases import site_dir
+        site = tmp_path / 'site'
+        site.mkdir()
+        args = mock.Mock(site_file=str(site / 'default.yaml'))
+        for cwd in ('a', 'b'):
+            (tmp_path / cwd).mkdir()
+            monkeypatch.chdir(tmp_path / cwd)
+            ops = LeaseOps(mock.MagicMock(name='agent'), 'leases.db', reactor=Reactor(),
+                           base=site_dir(args))
+            (ok, _), data = run(ops, 'acquire', resource='hwp', owner=cwd)
+            assert ok and data['token'] == {'a': 1, 'b': 2}[cwd]
+            run(ops, 'release', resource='hwp', token=data['token'])
+            assert run(ops, 'leases')[1]['storage']['path'] == str(site / 'leases.db')
+            ops.close()
+        assert sorted(os.listdir(tmp_path / 'a') + os.listdir(tmp_path / 'b')) == []
+        monkeypatch.setenv('OCS_CONFIG_DIR', str(site))
+        assert site_dir(mock.Mock(site_file=None)) == str(site)

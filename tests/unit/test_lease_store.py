@@ -1,14 +1,16 @@
 """LeaseStore (SQLite): persistence across restarts, WAL, schema checks,
 history, atomic writes; and LeaseState on top of it after a restart."""
 import contextlib
+import json
+import os
 import sqlite3
 import threading
 
 import pytest
 
 from ocs_locking.leases.audit import check_audit
-from ocs_locking.leases.state import LeaseState
-from ocs_locking.leases.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError
+from ocs_locking.leases.state import LeaseError, LeaseState
+from ocs_locking.leases.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError, epoch_file
 
 
 @pytest.fixture
@@ -145,14 +147,23 @@ def test_LeaseStore_history_is_newest_first_and_filters_by_path():
 
 
 def test_LeaseStore_operation_is_one_transaction():
-    """When any part of an operation's write fails, none of it is stored."""
+    """When any part of an operation's write fails, none of it is stored, and
+    the store refuses writes naming the failure until a rewrite succeeds."""
     store = LeaseStore(':memory:')
     store.apply(counters={'a': 1}, audit=[{'at': 0, 'action': 'grant', 'resource': 'a'}])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(LeaseStoreError, match=r"^write to lease database ':memory:' failed: "
+                                              r"NOT NULL constraint failed: audit\.at$"):
         store.apply(counters={'a': 2, 'b': 1}, last_request_id=9,
                     audit=[{'at': 1, 'action': 'grant'}, {'at': None, 'action': 'broken'}])
     assert store.load() == {'grants': [], 'counters': {'a': 1}, 'last_request_id': 0}
     assert len(store.history()) == 1
+    assert store.error.startswith('write to lease database')
+    with pytest.raises(LeaseStoreError):
+        store.apply(counters={'a': 2})
+    store.rewrite([], {'a': 1})
+    assert store.error is None
+    store.apply(counters={'a': 2})
+    assert store.load()['counters'] == {'a': 2}
 
 
 def test_LeaseStore_counters_never_decrease():
@@ -258,3 +269,212 @@ def test_LeaseStore_checkpoint_runs_beside_commits_and_keeps_everything(path):
     store, state = reopen(path)
     assert len(state.holders()) == 200
     store.close()
+
+
+# -- storage faults and epochs (issue 9) ------------------------------------------------
+
+def test_LeaseStore_holds_the_file_exclusively_with_no_shm_and_no_mmap(path):
+    """When a store is open it holds the file with an exclusive lock, in WAL
+    mode, with mmap off and no -shm file (the WAL index is in heap memory:
+    nothing a read-only or truncated file could turn into SIGBUS)."""
+    store, state = reopen(path)
+    state.acquire('a', 'alice', 10, 0)
+    db = store._db
+    assert db.execute('PRAGMA locking_mode').fetchone()[0] == 'exclusive'
+    assert db.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
+    assert db.execute('PRAGMA mmap_size').fetchone()[0] == 0
+    assert os.path.exists(path + '-wal') and not os.path.exists(path + '-shm')
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as other, \
+            pytest.raises(sqlite3.OperationalError, match='locked'):
+        other.execute('SELECT count(*) FROM grants')
+    store.close()
+
+
+def test_LeaseStore_deleted_file_refuses_writes_and_keeps_reading(path):
+    """When the database file is deleted while open, the next write is
+    refused naming it (and every later one: only a restart clears it), a
+    rewrite is refused too, and history still answers."""
+    store, state = reopen(path)
+    state.acquire('a', 'alice', 10, 0)
+    os.unlink(path)
+    with pytest.raises(LeaseStoreError, match=r"^lease database '.*leases\.db' was deleted or "
+                                              r"replaced while open; no grant until"):
+        store.apply(counters={'b': 1})
+    assert store.health()['ok'] is False and 'deleted' in store.error
+    with pytest.raises(LeaseStoreError, match='deleted'):
+        store.rewrite([], {'a': 1})
+    assert [r['action'] for r in store.history()] == ['grant']
+    store.close()
+
+
+def test_LeaseStore_replaced_file_refuses_writes(path, tmp_path):
+    """When another file is moved over the database while open, writes are
+    refused (the file's device and inode differ from the one opened)."""
+    store, _ = reopen(path)
+    other = tmp_path / 'other.db'
+    other.write_bytes(b'')
+    os.replace(other, path)
+    with pytest.raises(LeaseStoreError, match='was deleted or replaced while open'):
+        store.check()
+    store.close()
+
+
+def epoch_of(path):
+    with open(epoch_file(path)) as f:
+        return json.load(f)
+
+
+def test_LeaseStore_epoch_rises_after_an_unclean_stop_only(path):
+    """When a store is closed (a clean stop) the next start keeps its epoch
+    and tokens go on by one; when it was not (kill -9, power loss) the epoch
+    rises and every new token exceeds 2**32 times it."""
+    store, state = reopen(path)
+    assert (store.epoch, store.token_base) == (0, 0)
+    assert state.acquire('a', 'x', 10, 0).grants[0].token == 1
+    assert epoch_of(path)['clean'] is False
+    store.close()
+    assert epoch_of(path) == {'db_id': store.db_id, 'epoch': 0, 'clean': True,
+                              'database': os.path.abspath(path)}
+    store, state = reopen(path)
+    state.release('a', 1, 1)
+    assert state.acquire('a', 'x', 10, 2).grants[0].token == 2
+    store._db.close()                   # no close(): as after kill -9
+    store, state = reopen(path)
+    assert store.epoch == 1
+    g = state.acquire(['a', 'b'], 'x', 10, 20).grants     # 'a' expired meanwhile
+    assert [t.token for t in g] == [2 ** 32 + 1, 2 ** 32 + 1]
+    assert check_audit(list(reversed(store.history(limit=None)))) == []
+    store.close()
+
+
+def test_LeaseStore_missing_database_refuses_until_new_database(path):
+    """When the database is gone but its epoch file says one was there, the
+    store opens refusing every write (one line naming the file and
+    --new-database) and creates nothing; with new_database it starts a new
+    file whose epoch exceeds the old one, so tokens exceed the old ones."""
+    store, state = reopen(path)
+    state.acquire('a', 'x', 10, 0)
+    store._db.close()
+    for f in (path, path + '-wal'):
+        if os.path.exists(f):
+            os.unlink(f)
+    store, state = reopen(path)
+    assert store.error == (f'lease database {path!r} is missing: its epoch file says database '
+                           f'{epoch_of(path)["db_id"]} was there (deleted or moved?); no grant '
+                           f'until the registry is started with --new-database')
+    with pytest.raises(LeaseError, match=r'^lease storage is failing, so nothing is granted, '
+                                         r'renewed or released: lease database .* is missing'):
+        state.acquire('a', 'y', 10, 1)
+    assert not os.path.exists(path) and store.history() == []
+    store.close()
+    store = LeaseStore(path, new_database=True)
+    state = LeaseState(store=store)
+    assert store.error is None and store.epoch == 1
+    assert state.acquire('a', 'y', 10, 1).grants[0].token == 2 ** 32 + 1
+    store.close()
+
+
+def test_LeaseStore_other_database_refuses_until_new_database(path, tmp_path):
+    """When the file at the path is another lease database than the epoch
+    file names (its id), the store refuses writes until new_database, which
+    adopts it with a higher epoch."""
+    store, _ = reopen(path)
+    store.close()
+    other = str(tmp_path / 'other.db')
+    LeaseStore(other).close()
+    os.replace(other, path)
+    store = LeaseStore(path)
+    assert 'is not the one this registry used' in store.error
+    assert store.error.endswith('no grant until the registry is started with --new-database')
+    store.close()
+    store = LeaseStore(path, new_database=True)
+    assert store.error is None and store.epoch == 1
+    assert epoch_of(path)['db_id'] == store.db_id
+    store.close()
+
+
+def test_LeaseStore_write_failure_refuses_until_rewrite(path):
+    """When a write fails (disk full, I/O error), nothing of it is stored,
+    the store refuses writes naming the failure, and a rewrite of the whole
+    state (grants replaced, counters max'd, rows kept meanwhile) clears it."""
+    store, state = reopen(path)
+    state.acquire('a', 'x', 10, 0)
+    real = store._write
+
+    def full(*a, **kw):
+        raise sqlite3.OperationalError('database or disk is full')
+    store._write = full
+    with pytest.raises(LeaseError, match=r"^lease storage is failing, so nothing is granted, "
+                                         r"renewed or released: write to lease database "
+                                         r"'.*' failed: database or disk is full$"):
+        state.acquire('b', 'x', 10, 1)
+    assert [g.resource for g in state.holders()] == ['a']
+    store._write = real
+    state.expire_unstored(11)           # 'a' ends in memory only
+    assert state.holders() == () and store.load()['grants'] != []
+    state.resync(12)
+    assert store.error is None and store.load()['grants'] == []
+    assert [r['action'] for r in store.history()] == ['expire', 'grant']
+    assert state.acquire('b', 'x', 10, 13).status == 'granted'
+    store.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE counters (resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL);
+CREATE TABLE grants (
+    resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
+    expires REAL NOT NULL, tree INTEGER NOT NULL, note TEXT NOT NULL,
+    client TEXT NOT NULL, granted_at REAL NOT NULL, request_id INTEGER NOT NULL);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
+    resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT,
+    ok INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX audit_by_resource ON audit (resource, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+INSERT INTO counters VALUES ('a', 7), ('b', 2);
+INSERT INTO grants VALUES ('a', 'alice', 7, 100.0, 0, 'n', 'c', 0.0, 5);
+INSERT INTO audit (at, action, resource, owner, token, client, detail)
+    VALUES (0.0, 'grant', 'a', 'alice', 7, 'c', '{}');
+INSERT INTO meta VALUES ('last_request_id', 5);
+"""
+
+
+def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
+    """When a store written by schema version 1 is opened, its text-keyed
+    tables become WITHOUT ROWID (version 2) with every grant, counter,
+    audit row and request id kept; being an unknown stop, the epoch rises,
+    so new tokens exceed the old ones."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA)
+    store, state = reopen(path)
+    assert SCHEMA_VERSION == 2 and store.epoch == 1
+    assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
+    assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
+    assert [r['action'] for r in store.history()] == ['grant']
+    out = state.acquire('b', 'bob', 10, 1)
+    assert out.request_id == 6 and out.grants[0].token == 2 ** 32 + 1
+    store.close()
+    tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
+    assert sql(path, 'SELECT version FROM schema_version') == [(2,)]
+    assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
+
+
+def test_LeaseStore_reserves_request_ids_in_blocks(path):
+    """When request ids are reserved in blocks of 100, the file's id is
+    written once per block, not per acquire, and after a restart new ids go
+    on above the block (never reused)."""
+    store = LeaseStore(path, rid_block=100)
+    state = LeaseState(store=store)
+    ids = [state.acquire(f'r{i}', 'x', 10, 0).request_id for i in range(5)]
+    assert ids == [1, 2, 3, 4, 5] and store.load()['last_request_id'] == 100
+    store.close()
+    store = LeaseStore(path, rid_block=100)
+    state = LeaseState(store=store)
+    assert state.acquire('s', 'x', 10, 1).request_id == 101
+    assert store.load()['last_request_id'] == 200
+    store.close()
+    with pytest.raises(LeaseStoreError, match=r'^rid_block must be an integer >= 1, not 0$'):
+        LeaseStore(path, rid_block=0)
