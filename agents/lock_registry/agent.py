@@ -317,7 +317,9 @@ def main(args=None):
                                             audit_rows=args.audit_rows)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
-    for name in ('acquire', 'renew', 'release', 'history', 'leases'):
+    agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
+                        blocking=False)
+    for name in ('renew', 'release', 'history', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.
     agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
