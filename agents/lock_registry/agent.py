@@ -313,8 +313,10 @@ def main(args=None):
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
     try:
-        leases = registry.leases = LeaseOps(agent, args.db, audit_days=args.audit_days,
-                                            audit_rows=args.audit_rows)
+        leases = registry.leases = LeaseOps(
+            agent, args.db, audit_days=args.audit_days, audit_rows=args.audit_rows,
+            max_waiting_per_owner=args.max_waiting_per_owner,
+            max_waiting_per_client=args.max_waiting_per_client)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,

@@ -14,7 +14,8 @@ from twisted.internet import defer, task
 
 from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.paths import check_resource, check_text, when
-from ocs_locking.leases.state import AUDIT_ACTIONS, LeaseError, LeaseState
+from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
+                                      MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
 
@@ -45,6 +46,12 @@ def add_arguments(parser):
                              f'(default {AUDIT_DAYS:g}).')
     parser.add_argument('--audit-rows', type=int, default=AUDIT_ROWS,
                         help=f'At most this many audit rows are kept (default {AUDIT_ROWS}).')
+    parser.add_argument('--max-waiting-per-owner', type=int, default=MAX_WAITING_PER_OWNER,
+                        help='At most this many lease requests of one owner wait in the '
+                             f'queue at once (default {MAX_WAITING_PER_OWNER}).')
+    parser.add_argument('--max-waiting-per-client', type=int, default=MAX_WAITING_PER_CLIENT,
+                        help='At most this many lease requests of one client identity wait '
+                             f'in the queue at once (default {MAX_WAITING_PER_CLIENT}).')
     return parser
 
 
@@ -55,6 +62,10 @@ def check_arguments(args):
         return f'--audit-days must be a number of days > 0, not {days}'
     if not (isinstance(rows, int) and rows >= 100):
         return f'--audit-rows must be an integer >= 100, not {rows}'
+    for name in ('max_waiting_per_owner', 'max_waiting_per_client'):
+        value = getattr(args, name, 1)
+        if not (isinstance(value, int) and 1 <= value <= 1000):
+            return f"--{name.replace('_', '-')} must be an integer in [1, 1000], not {value}"
     return None
 
 
@@ -82,6 +93,8 @@ class LeaseOps:
         clock: wall-clock time source of the registry (default ``time.time``).
         audit_days (float): retention of the audit log, days.
         audit_rows (int): the most audit rows kept.
+        max_waiting_per_owner (int): waiting requests of one owner at most.
+        max_waiting_per_client (int): waiting requests of one client at most.
 
     Raises:
         LeaseStoreError: the database cannot be opened (one line; the
@@ -89,7 +102,8 @@ class LeaseOps:
     """
 
     def __init__(self, agent, db, reactor=None, clock=time.time, audit_days=AUDIT_DAYS,
-                 audit_rows=AUDIT_ROWS):
+                 audit_rows=AUDIT_ROWS, max_waiting_per_owner=MAX_WAITING_PER_OWNER,
+                 max_waiting_per_client=MAX_WAITING_PER_CLIENT):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -99,7 +113,9 @@ class LeaseOps:
         self.audit_days, self.audit_rows = audit_days, audit_rows
         try:
             self.store = LeaseStore(db)
-            self.state = LeaseState(store=self.store)
+            self.state = LeaseState(store=self.store,
+                                    max_waiting_per_owner=max_waiting_per_owner,
+                                    max_waiting_per_client=max_waiting_per_client)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
         # Waiters: a queued request's caller, until its final Outcome is

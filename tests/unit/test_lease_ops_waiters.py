@@ -147,3 +147,19 @@ def test_LeaseOps_registry_leaving_the_router_withdraws_every_waiter(ops):
     ops.do_release('hwp', token)
     assert ops.state.holders() == ()
     audit_ok(ops)
+
+
+def test_LeaseOps_queue_limits_are_options_checked_in_one_line(tmp_path):
+    """When the registry is started with --max-waiting-per-owner/-client,
+    the state gets those limits; an out-of-range value is one complaint."""
+    import argparse
+    from ocs_locking.agents.lock_registry.leases import add_arguments, check_arguments
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(['--max-waiting-per-owner', '3'])
+    assert check_arguments(args) is None
+    assert (args.max_waiting_per_owner, args.max_waiting_per_client) == (3, 64)
+    ops = LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'l.db'), reactor=Reactor(),
+                   max_waiting_per_owner=args.max_waiting_per_owner)
+    assert (ops.state.max_waiting_per_owner, ops.state.max_waiting_per_client) == (3, 64)
+    bad = parser.parse_args(['--max-waiting-per-client', '0'])
+    assert check_arguments(bad) == '--max-waiting-per-client must be an integer in [1, 1000], not 0'
