@@ -118,10 +118,10 @@ class LeaseOps:
                                     max_waiting_per_client=max_waiting_per_client)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
-        # Waiters: a queued request's caller, until its final Outcome is
-        # delivered. Invariant: a request id is in _waiters exactly while the
-        # request waits in self.state (or its grant is in _delivering), so a
-        # caller who is gone can always be withdrawn (see withdraw()).
+        # Waiters: the caller of each queued request. Invariants: a request
+        # id is in _waiters (and _deadlines) exactly while the request waits
+        # in self.state, so a caller who is gone can be withdrawn (withdraw());
+        # it is in _delivering from its grant until the grant is handed over.
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
         self._deadlines = {}        # request id -> IDelayedCall at its deadline
         self._delivering = {}       # request id -> granted Outcome on its way to the caller
