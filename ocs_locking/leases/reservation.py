@@ -216,7 +216,10 @@ class Reservation:
             (``['--site-file', ..., '--site-host', ...]``).
         privs: accepted for compatibility (the lease procedures need none).
         retry (RetryPolicy): how to retry busy resources.
-        timeout (float): seconds each attempt may wait in the registry's queue.
+        timeout (float): seconds each attempt may wait in the registry's
+            queue. The registry answers at that deadline itself; the HTTP
+            read timeout is ``timeout + CALL_MARGIN``, so the reservation
+            never gives up before the registry's answer.
         client: the transport: an object with ``lease_call(name, params,
             wait)`` (tests), or an ``OCSClient`` to call through; default a
             :class:`~.bridge.BridgeClient` for the site.

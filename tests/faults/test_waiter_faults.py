@@ -6,7 +6,8 @@ crossbar router and a real LockRegistryAgent (ocs-agent-cli, SQLite --db).
   bridge and as an OCS task, well before any transport gives up.
 * Grants only to callers still there: a WAMP caller who leaves the router
   (closes its session, or is killed) or cancels its call while queued is
-  withdrawn at once and never granted; an aborted acquire task likewise. An
+  withdrawn at once and never granted; an aborted acquire task likewise, and
+  every waiting request when a router restart cuts the registry off. An
   HTTP caller who closes its socket cannot be seen by the registry (crossbar's
   HTTP caller goes on with the call): its request ends at its own deadline.
 * Fair queues: one client's flood of 1,000 requests does not refuse another
@@ -373,6 +374,26 @@ def test_abandoned_http_request_ends_at_its_own_deadline_and_is_never_granted(si
     release(site, 'w/http', token)
     assert holder(site, 'w/http') is None
     assert rows(site, 'grant', 'abandoned') == []
+
+
+def test_router_restart_withdraws_waiting_requests_never_granted_after(site, callers):
+    """When the router restarts while a WAMP caller's request waits (its call
+    fails with the connection), the registry withdraws every waiting request
+    as it loses the router; after everyone re-joined, the holder's release
+    grants nobody."""
+    token = hold(site, 'w/restart')
+    c = callers(resource='w/restart', owner='before-restart', lease=60, timeout=50)
+    c.next('called')
+    wait_for(lambda: waiting(site, 'before-restart'), 'the caller waiting')
+    site.stop_router()
+    site.start_router()
+    wait_lease_rpcs(site)
+    assert waiting(site) == []
+    [row] = rows(site, 'cancel', 'before-restart')
+    assert row['detail']['reason'] == 'the registry lost its router connection'
+    release(site, 'w/restart', token)
+    assert holder(site, 'w/restart') is None
+    assert rows(site, 'grant', 'before-restart') == []
 
 
 # -- fair queues -------------------------------------------------------------------------
