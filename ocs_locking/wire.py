@@ -44,6 +44,14 @@ OWNERSHIP_KINDS = ('snapshot', 'change')
 #: (several callers may be in them at once, unlike an OCS task).
 LEASE_PROCEDURES = ('acquire', 'renew', 'release')
 
+#: One deadline: a caller's lease ``acquire`` with queue ``timeout`` T is
+#: answered by the registry itself at T (a ``timed_out`` refusal) at the
+#: latest. Every client transport (the HTTP bridge's read timeout, a
+#: SiteLock's WAMP call, a thread waiting for the reactor, an OCS task wait)
+#: waits T + ANSWER_MARGIN seconds, so it never gives up before the registry
+#: answers; the margin covers the trip and a busy registry.
+ANSWER_MARGIN = 10.0
+
 
 def feed_topic(address_root, instance_id, feed):
     """``observatory.sim-device-1.feeds.locks``; ``instance_id=''`` gives the

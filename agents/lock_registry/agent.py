@@ -334,13 +334,16 @@ def main(args=None):
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
     try:
-        leases = registry.leases = LeaseOps(agent, args.db, audit_days=args.audit_days,
-                                            audit_rows=args.audit_rows,
-                                            new_database=args.new_database,
-                                            base=site_dir(args))
+        leases = registry.leases = LeaseOps(
+            agent, args.db, audit_days=args.audit_days, audit_rows=args.audit_rows,
+            new_database=args.new_database, base=site_dir(args),
+            max_waiting_per_owner=args.max_waiting_per_owner,
+            max_waiting_per_client=args.max_waiting_per_client)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
-    for name in ('acquire', 'renew', 'release', 'history', 'leases'):
+    agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
+                        blocking=False)
+    for name in ('renew', 'release', 'history', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.
     agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)

@@ -15,7 +15,8 @@ from twisted.internet import defer
 
 from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.paths import check_resource, check_text, when
-from ocs_locking.leases.state import AUDIT_ACTIONS, LeaseError, LeaseState
+from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
+                                      MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
 from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
@@ -56,6 +57,12 @@ def add_arguments(parser):
                              f'(default {AUDIT_DAYS:g}).')
     parser.add_argument('--audit-rows', type=int, default=AUDIT_ROWS,
                         help=f'At most this many audit rows are kept (default {AUDIT_ROWS}).')
+    parser.add_argument('--max-waiting-per-owner', type=int, default=MAX_WAITING_PER_OWNER,
+                        help='At most this many lease requests of one owner wait in the '
+                             f'queue at once (default {MAX_WAITING_PER_OWNER}).')
+    parser.add_argument('--max-waiting-per-client', type=int, default=MAX_WAITING_PER_CLIENT,
+                        help='At most this many lease requests of one client identity wait '
+                             f'in the queue at once (default {MAX_WAITING_PER_CLIENT}).')
     return parser
 
 
@@ -66,6 +73,10 @@ def check_arguments(args):
         return f'--audit-days must be a number of days > 0, not {days}'
     if not (isinstance(rows, int) and rows >= 100):
         return f'--audit-rows must be an integer >= 100, not {rows}'
+    for name in ('max_waiting_per_owner', 'max_waiting_per_client'):
+        value = getattr(args, name, 1)
+        if not (isinstance(value, int) and 1 <= value <= 1000):
+            return f"--{name.replace('_', '-')} must be an integer in [1, 1000], not {value}"
     return None
 
 
@@ -117,6 +128,8 @@ class LeaseOps:
             its epoch file says, raising the epoch (``--new-database``).
         base (str): the directory a relative ``db`` is taken from (the
             site's, see :func:`site_dir`; default the working directory).
+        max_waiting_per_owner (int): waiting requests of one owner at most.
+        max_waiting_per_client (int): waiting requests of one client at most.
 
     The expiry timer runs every EXPIRE_EVERY seconds whatever happens: each
     tick catches and logs (once per kind) anything that goes wrong, and
@@ -131,7 +144,9 @@ class LeaseOps:
     """
 
     def __init__(self, agent, db, reactor=None, clock=time.time, audit_days=AUDIT_DAYS,
-                 audit_rows=AUDIT_ROWS, new_database=False, base=None):
+                 audit_rows=AUDIT_ROWS, new_database=False, base=None,
+                 max_waiting_per_owner=MAX_WAITING_PER_OWNER,
+                 max_waiting_per_client=MAX_WAITING_PER_CLIENT):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -142,13 +157,21 @@ class LeaseOps:
         db = resolve_db(db, os.getcwd() if base is None else base)
         try:
             self.store = LeaseStore(db, new_database=new_database, rid_block=RID_BLOCK)
-            self.state = LeaseState(store=self.store)
+            self.state = LeaseState(store=self.store,
+                                    max_waiting_per_owner=max_waiting_per_owner,
+                                    max_waiting_per_client=max_waiting_per_client)
         except (LeaseStoreError, LeaseError) as e:
             raise LeaseStoreError(f'cannot open the lease database {db!r}: {e}') from None
         # (the store logs, once, each new reason it refuses writes)
         self.log.info('lease database {path} (epoch {epoch}, id {db_id})',
                       **self.store.health())
+        # Waiters: the caller of each queued request. Invariants: a request
+        # id is in _waiters (and _deadlines) exactly while the request waits
+        # in self.state, so a caller who is gone can be withdrawn (withdraw());
+        # it is in _delivering from its grant until the grant is handed over.
         self._waiters = {}          # request id -> Deferred fired with its final Outcome
+        self._deadlines = {}        # request id -> IDelayedCall at its deadline
+        self._delivering = {}       # request id -> granted Outcome on its way to the caller
         self._refusals = {}         # (resource, owner, call) -> time of its last audit row
         self._pruned = None
         self._checkpointed = None
@@ -162,6 +185,10 @@ class LeaseOps:
         # Registrations do not survive a router restart: register at every
         # join ('ready' fires after each onJoin of this session object).
         agent.on('ready', lambda session: self._register_rpcs())
+        # While the registry is off the router no caller can hear an answer:
+        # every waiting request is withdrawn (they ask again).
+        agent.on('leave', lambda session, details=None: self.withdraw_all(
+            'the registry lost its router connection'))
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -295,8 +322,77 @@ class LeaseOps:
         d = self._waiters.get(rid)
         if d is not None and action in ('grant', 'timeout', 'cancel'):
             del self._waiters[rid]
+            timer = self._deadlines.pop(rid, None)
+            if timer is not None and timer.active():
+                timer.cancel()
             out = item if action == 'grant' else self.state.poll(rid)
-            self.reactor.callLater(0, d.callback, out)
+            if action == 'grant':
+                self._delivering[rid] = out
+            self.reactor.callLater(0, self._deliver, rid, d, out)
+
+    def _deliver(self, rid, d, out):
+        self._delivering.pop(rid, None)
+        if not d.called:            # not cancelled meanwhile (see _cancelled)
+            d.callback(out)
+
+    # -- withdrawing the requests of callers who are gone ---------------------------
+
+    def withdraw(self, request_id, reason):
+        """Withdraw the waiting request ``request_id`` because its caller is
+        gone (``reason`` goes to its ``cancel`` audit rows); its caller's
+        Deferred fires with the ``cancelled`` Outcome. True if it was
+        waiting; False if it had already ended."""
+        if request_id not in self._waiters:
+            return False
+        try:
+            self.state.cancel(request_id, self.clock(), reason=reason)
+        except LeaseError as e:     # ended meanwhile (it is then no longer a waiter)
+            self.log.info('request {rid} not withdrawn: {e}', rid=request_id, e=e)
+            return False
+        except Exception as e:      # the store could not write it: it times out instead
+            self.log.error('could not withdraw request {rid}: {e}', rid=request_id, e=e)
+            return False
+        self.log.info('request {rid} withdrawn: {why}', rid=request_id, why=reason)
+        return True
+
+    def withdraw_all(self, reason):
+        """Withdraw every waiting request (the registry left the router)."""
+        return sum(self.withdraw(rid, reason) for rid in list(self._waiters))
+
+    def _cancelled(self, rid):
+        """The caller's Deferred was cancelled (WAMP: the router INTERRUPTed
+        the call because the caller left or cancelled it): withdraw the
+        request; a grant not yet delivered is given back at once."""
+        if self.withdraw(rid, 'the caller cancelled its call or left the router'):
+            return
+        out = self._delivering.pop(rid, None)
+        if out is not None and out.grants:
+            g = out.grants[0]
+            try:
+                self.state.release(g.resource, g.token, self.clock(),
+                                   client='registry: caller gone before its grant arrived')
+            except Exception as e:
+                self.log.error('could not give back the undelivered grant {rid}: {e}',
+                               rid=rid, e=e)
+
+    def _due(self, rid, deadline):
+        """A waiter's own deadline (not left to the periodic ticker, so the
+        caller hears back at its deadline whatever else happens)."""
+        self._deadlines.pop(rid, None)
+        if rid not in self._waiters:
+            return
+        now = self.clock()
+        if now < deadline:          # the reactor's timer ran ahead of our clock
+            self._deadlines[rid] = self.reactor.callLater(deadline - now, self._due, rid,
+                                                          deadline)
+            return
+        try:
+            self.state.expire(now)
+        except Exception as e:      # a failed write: try again shortly
+            self.log.error('could not apply the deadline of request {rid}: {e}', rid=rid, e=e)
+        if rid in self._waiters and rid not in self._deadlines:
+            self._deadlines[rid] = self.reactor.callLater(EXPIRE_EVERY, self._due, rid,
+                                                          deadline)
 
     @staticmethod
     def _grant_data(outcome, lease):
@@ -355,7 +451,8 @@ class LeaseOps:
             resource (str or list): ``/``-separated path(s), e.g. ``satp1/hwp``.
             owner (str): who will hold it (agent, operator or schedule).
             lease (float): seconds until the lease ends unless renewed.
-            timeout (float): seconds to wait in the FIFO queue if busy.
+            timeout (float): seconds to wait in the FIFO queue if busy; the
+                registry answers (``timed_out``) at this deadline itself.
             tree (bool): also exclude everything below the path(s).
             note (str): why, shown to others and kept in the audit log.
             client (str): the caller's identity, kept in the audit log.
@@ -374,6 +471,9 @@ class LeaseOps:
                 {'holders': [{'resource': 'satp1/hwp', 'owner': 'bob', ...}],
                  'queue_position': 1}
 
+            Aborting the task while it waits withdraws the request (it is
+            never granted afterwards; audited as ``cancel``).
+
         """
         def queued(out):
             session.data = {'queue_position': out.queue_position,
@@ -383,20 +483,35 @@ class LeaseOps:
         session.data = data
         return ok, msg
 
+    def abort_acquire(self, session, params):
+        """The acquire task's aborter: withdraw the request it waits on."""
+        rid = (session.data or {}).get('request_id')
+        if rid is None or not self.withdraw(rid, 'the acquire task was aborted'):
+            return defer.succeed((False, 'Nothing to abort: the acquire is not waiting.'))
+        return defer.succeed((True, f'Withdrew request {rid}.'))
+
     def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                    client='', on_queued=None):
         """The acquire itself: a Deferred firing ``(ok, message, data)``
         (already fired unless the request queues); ``on_queued(outcome)`` is
         called if the request has to wait. The grant is committed to the
         store before the Deferred fires."""
+        now = self.clock()
         try:
-            out = self.state.acquire(resource, owner, lease, self.clock(), timeout=timeout,
+            out = self.state.acquire(resource, owner, lease, now, timeout=timeout,
                                      tree=tree, note=note, client=client)
         except LeaseError as e:
             self._audit_refusal('acquire', resource, owner, client, e)
             return defer.succeed(self._refusal(e))
         if out.status == 'queued':
-            d = self._waiters[out.request_id] = defer.Deferred()
+            rid = out.request_id
+            # Cancelling the Deferred withdraws the request: autobahn cancels
+            # it when the router INTERRUPTs the call (the caller left or
+            # cancelled); an OCS task's abort withdraws it too.
+            d = self._waiters[rid] = defer.Deferred(
+                canceller=lambda _, rid=rid: self._cancelled(rid))
+            self._deadlines[rid] = self.reactor.callLater(timeout, self._due, rid,
+                                                          now + timeout)
             if on_queued is not None:
                 on_queued(out)
             return d.addCallback(self._acquired, resource, owner, lease, client)
@@ -409,6 +524,10 @@ class LeaseOps:
             return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
                           f"{when(out.grants[0].expires)}.", self._grant_data(out, lease))
         wanted = resource if isinstance(resource, list) else [resource]
+        if out.status == 'cancelled':
+            return (False, f'Withdrawn: the request for {", ".join(wanted)} was cancelled '
+                           f'(its caller is gone) and will not be granted.',
+                    {'status': out.status, 'request_id': out.request_id})
         holders = [g.as_dict() for g in out.holders] or \
             [g.as_dict() for g in self.state.holders() if g.resource in wanted]
         why = describe_holders(holders) or 'earlier requests are waiting'

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 
-from ..wire import error_reason, lease_uri, one_line
+from ..wire import ANSWER_MARGIN, error_reason, lease_uri, one_line
 from .holder import Answer
 
 __all__ = ['BridgeClient', 'OCSClientTransport']
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds to connect to the router.
 CONNECT_TIMEOUT = 5.0
-#: Extra seconds a call may take beyond the registry-side wait it asks for.
-CALL_MARGIN = 10.0
+#: Extra seconds a call may take beyond the registry-side wait it asks for
+#: (the registry answers at that wait itself: see wire.ANSWER_MARGIN).
+CALL_MARGIN = ANSWER_MARGIN
 
 
 NOT_RUNNING = ('the registry is not running (its lease procedures are not registered '
@@ -70,7 +71,14 @@ class BridgeClient:
     def lease_call(self, name, params, wait=0.0):
         """Call the lease procedure ``name`` with keyword ``params``; an
         :class:`Answer` (``answered`` False when the registry's own reply
-        never came back). ``wait``: seconds the registry may queue it."""
+        never came back). ``wait``: seconds the registry may queue it (the
+        request's ``timeout``): the read timeout is ``wait + CALL_MARGIN``,
+        so the registry's own answer at ``wait`` always comes first.
+
+        Crossbar's HTTP caller does not notice a client that goes away (it
+        keeps the call running in the bridge's one session), so a request
+        abandoned mid-wait cannot be withdrawn: it ends at its own
+        ``timeout`` in the registry."""
         import requests
         body = json.dumps({'procedure': lease_uri(self.registry_address, name),
                            'args': [], 'kwargs': params}).encode()
@@ -104,12 +112,19 @@ class BridgeClient:
 
 class OCSClientTransport:
     """The same calls through an ``OCSClient`` (or ocs ``ControlClient``)
-    someone already has: one POST each too, on ocs's connection handling."""
+    someone already has: one POST each to its bridge URL, with the same
+    read timeout as :class:`BridgeClient` (ocs's own ``call`` has none)."""
 
     def __init__(self, client):
         self._client = getattr(client, '_client', client)
+        url, address = getattr(self._client, 'call_url', None), \
+            getattr(self._client, 'agent_addr', None)
+        self._bridge = BridgeClient(url, address) \
+            if isinstance(url, str) and isinstance(address, str) else None
 
     def lease_call(self, name, params, wait=0.0):
+        if self._bridge is not None:
+            return self._bridge.lease_call(name, params, wait)
         http = self._client
         try:
             reply = http.call(lease_uri(http.agent_addr, name), **params)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
-from ..wire import error_reason, one_line
+from ..wire import ANSWER_MARGIN, error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
 from .holder import Answer, LeaseHolder, describe_holders
 from .paths import check_seconds, check_text
@@ -111,7 +111,7 @@ def _exc_reason(exc):
     return error_reason(exc, not_running='the registry is not running (no such agent on the router)')
 
 
-def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep):
+def call_task(client, name, params, wait=None, retry_busy=5.0, sleep=time.sleep):
     """Run the registry task ``name`` with ``params`` over ``client`` and
     return an :class:`_Answer` with the task's own ``(ok, message)`` and its
     session.data.
@@ -120,9 +120,17 @@ def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep)
     for is the one it started (an OCS task runs one session at a time; a
     caller that started the next one must not be read as ours), retries
     ``start`` for up to ``retry_busy`` seconds while another caller's session
-    runs, and waits at most ``wait`` seconds for the result.
+    runs, and waits at most ``wait`` seconds for the result (default: the
+    params' queue ``timeout`` + ANSWER_MARGIN, so the registry's own answer
+    at that timeout comes first). A caller that gives up aborts the task's
+    session, so a queued ``acquire`` is withdrawn rather than granted later.
     """
     from ocs import OK, TIMEOUT     # here, so that importing this module needs no ocs
+    if wait is None:
+        queue = params.get('timeout', 0.0)
+        ok = isinstance(queue, (int, float)) and not isinstance(queue, bool) \
+            and 0 <= queue <= 1e6
+        wait = (queue if ok else 0.0) + ANSWER_MARGIN
     op = getattr(client, name)
     give_up = time.monotonic() + retry_busy
     pause = 0.02
@@ -148,8 +156,16 @@ def call_task(client, name, params, wait=30.0, retry_busy=5.0, sleep=time.sleep)
         return _Answer(False, f'lost track of the {name!r} session {started} (another '
                        f'caller started {session.get("session_id")})', answered=False)
     if reply.status == TIMEOUT or session.get('status') != 'done':
-        return _Answer(False, f'the registry task {name!r} did not end within {wait:g} s',
-                       answered=False)
+        aborted = ''
+        abort = getattr(op, 'abort', None)
+        if callable(abort):
+            try:            # we are gone: the registry must not grant us later
+                abort()
+                aborted = ' (aborted it)'
+            except Exception as e:
+                aborted = f' (could not abort it: {_exc_reason(e)})'
+        return _Answer(False, f'the registry task {name!r} did not end within {wait:g} s'
+                       + aborted, answered=False)
     # The task's own message is the last one before ocs's 'Status is now "done".'
     texts = [m[1] for m in session.get('messages') or []
              if isinstance(m, (list, tuple)) and len(m) > 1 and isinstance(m[1], str)
@@ -200,7 +216,10 @@ class Reservation:
             (``['--site-file', ..., '--site-host', ...]``).
         privs: accepted for compatibility (the lease procedures need none).
         retry (RetryPolicy): how to retry busy resources.
-        timeout (float): seconds each attempt may wait in the registry's queue.
+        timeout (float): seconds each attempt may wait in the registry's
+            queue. The registry answers at that deadline itself; the HTTP
+            read timeout is ``timeout + CALL_MARGIN``, so the reservation
+            never gives up before the registry's answer.
         client: the transport: an object with ``lease_call(name, params,
             wait)`` (tests), or an ``OCSClient`` to call through; default a
             :class:`~.bridge.BridgeClient` for the site.

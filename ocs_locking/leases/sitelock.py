@@ -44,7 +44,7 @@ from twisted.python import threadable
 
 from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
                       ReactorBlockingError)
-from ..wire import error_reason, lease_uri
+from ..wire import ANSWER_MARGIN, error_reason, lease_uri
 from .holder import GUARD_MARGIN, Answer, LeaseHolder
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
@@ -54,6 +54,15 @@ log = logging.getLogger(__name__)
 
 #: Seconds between renewal retries after a failed renewal.
 RETRY = 0.5
+
+
+def _give_up(timeout):
+    """Seconds a lease acquire with queue ``timeout`` may take before its
+    caller gives up: ``timeout + ANSWER_MARGIN`` (a bad ``timeout``, which
+    the registry refuses, counts as 0)."""
+    ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool) \
+        and 0 <= timeout <= 1e6
+    return (timeout if ok else 0.0) + ANSWER_MARGIN
 
 
 def _reason(exc):
@@ -200,16 +209,30 @@ class SiteLock:
         queue. Fires with this SiteLock when granted; fails with :class:`LeaseBusy` (naming
         the holders) when busy and :class:`LeaseUnavailable` when refused or
         the registry cannot be reached (:attr:`last_refusal` says why too),
-        or when this SiteLock already holds its lease."""
+        or when this SiteLock already holds its lease.
+
+        One deadline: the registry itself answers a queued request at
+        ``timeout``; only if it does not answer at all is the call given up
+        ``ANSWER_MARGIN`` s later (cancelled: the registry withdraws the
+        request if it still waits)."""
         if self._core.tokens and self._core.lost is None:
             raise LeaseUnavailable(f'already holding {self.resource} '
                                    f'(token {self._core.token})')
         sent = self.clock()
+        # One deadline: the registry answers at ``timeout`` itself; the call
+        # is given up (cancelled, which withdraws the request) only
+        # ANSWER_MARGIN later, when the registry did not answer at all.
+        give_up = _give_up(timeout)
         try:
-            reply = yield self.agent.call(
-                self._uri('acquire'), self.resource, self._owner, self.lease, timeout,
-                self.tree, self.note, self.agent.agent_address)
+            call = defer.maybeDeferred(
+                self.agent.call, self._uri('acquire'), self.resource, self._owner, self.lease,
+                timeout, self.tree, self.note, self.agent.agent_address)
+            call.addTimeout(give_up, self.reactor)
+            reply = yield call
             ans = Answer.from_reply(reply)
+        except defer.TimeoutError:
+            ans = Answer(False, f'the lock registry did not answer within {give_up:g} s',
+                         answered=False)
         except Exception as e:      # not joined, no registry, router gone...
             ans = Answer(False, f'the lock registry is unreachable: {_reason(e)}',
                          answered=False)
@@ -289,8 +312,11 @@ class SiteLock:
         return out['value']
 
     def acquire(self, timeout=0.0):
-        """Thread version of :meth:`acquire_deferred` (this SiteLock, or raises)."""
-        return self._blocking(self.acquire_deferred, timeout, timeout=timeout + 30)
+        """Thread version of :meth:`acquire_deferred` (this SiteLock, or raises).
+        It answers by ``timeout`` (the registry's answer) or at the latest
+        ``timeout + ANSWER_MARGIN`` (the call given up)."""
+        return self._blocking(self.acquire_deferred, timeout,
+                              timeout=_give_up(timeout) + 5)
 
     def release(self):
         """Thread version of :meth:`release_deferred`."""

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 MAX_OWNER, MAX_CLIENT, MAX_NOTE = 128, 200, 500
 KEEP_DONE = 1000        # finished requests remembered for poll()
+#: Default limits on waiting requests: per owner, per caller (the ``client``
+#: identity; requests with no client are counted by owner only) and in all.
+#: The first two keep one flooding owner or client from filling the queue
+#: for everyone; the global one is the last resort.
+MAX_WAITING_PER_OWNER, MAX_WAITING_PER_CLIENT, MAX_WAITING = 64, 64, 1000
 #: Audit actions, also the names listeners are called with.
 ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'timeout',
            'cancel')
@@ -165,6 +170,14 @@ class LeaseState:
       request is never starved by later small ones. A request that cannot be
       granted now is refused (``timeout=0``: ``busy``) or waits until
       ``now + timeout`` (``queued``); :meth:`poll` tells how it ended.
+    * **Room in the queue** is shared: at most ``max_waiting_per_owner``
+      requests of one owner and ``max_waiting_per_client`` of one client
+      wait at once (default 64 each), ``max_waiting`` in all (default 1000;
+      its refusal names the owners filling it). A request over a limit is
+      refused (LeaseError) and changes nothing; one that can be granted at
+      once is never refused for a full queue.
+    * **Withdrawn** requests (:meth:`cancel`: the caller is gone) and timed
+      out ones are never granted afterwards.
     * **Leases** end at ``expires`` (``now >= expires``) unless renewed; a
       request's grants are renewed and released together, through any one of
       its resources and its token. Only the token's grant may be renewed or
@@ -192,7 +205,10 @@ class LeaseState:
     """
 
     def __init__(self, store=None, max_lease=MAX_LEASE, max_timeout=600.0, max_resources=16,
-                 max_waiting=1000, fold_window=FOLD_WINDOW, renew_audit_every=RENEW_AUDIT_EVERY):
+                 max_waiting=MAX_WAITING, fold_window=FOLD_WINDOW,
+                 renew_audit_every=RENEW_AUDIT_EVERY,
+                 max_waiting_per_owner=MAX_WAITING_PER_OWNER,
+                 max_waiting_per_client=MAX_WAITING_PER_CLIENT):
         self.max_lease = check_lease(max_lease, name='max_lease')
         self.fold_window = check_seconds('fold_window', fold_window, 3600, zero_ok=True)
         self.renew_audit_every = check_seconds('renew_audit_every', renew_audit_every, 86400,
@@ -200,6 +216,10 @@ class LeaseState:
         self.max_timeout = check_seconds('max_timeout', max_timeout, 1e9, zero_ok=True)
         self.max_resources = check_positive_int('max_resources', max_resources)
         self.max_waiting = check_positive_int('max_waiting', max_waiting)
+        self.max_waiting_per_owner = check_positive_int('max_waiting_per_owner',
+                                                        max_waiting_per_owner)
+        self.max_waiting_per_client = check_positive_int('max_waiting_per_client',
+                                                         max_waiting_per_client)
         self._store = _NoStore() if store is None else store
         self._listeners = []
         self._batch = None
@@ -249,8 +269,7 @@ class LeaseState:
                 return self._grant(req, now)
             if timeout == 0:
                 return Outcome('busy', None, (), holders, ahead + 1)
-            if len(self._waiting) >= self.max_waiting:
-                raise LeaseError(f'queue is full (max_waiting={self.max_waiting})')
+            self._check_queue_room(owner, client)
             self._last_rid += 1
             self._waiting.append(req)
             out = Outcome('queued', req.request_id, (), holders, ahead + 1)
@@ -312,16 +331,19 @@ class LeaseState:
                                 reason=reason)
             return revoked, self._serve(now)
 
-    def cancel(self, request_id, now):
-        """Withdraw a waiting request; returns the Outcomes granted as a result."""
+    def cancel(self, request_id, now, reason=''):
+        """Withdraw a waiting request (its caller is gone: ``reason`` says
+        how; kept in its ``cancel`` audit rows); returns the Outcomes granted
+        as a result. A withdrawn request is never granted."""
         check_positive_int('request_id', request_id)
+        reason = check_text('reason', reason, MAX_NOTE)
         now = check_time(now)
         with self._op(now):
             req = next((w for w in self._waiting if w.request_id == request_id), None)
             if req is None:
                 raise LeaseError(f'request {request_id} is not waiting '
                                  f'({self.poll(request_id).status})')
-            self._withdraw(req, 'cancel', now)
+            self._withdraw(req, 'cancel', now, **({'reason': reason} if reason else {}))
             return self._serve(now)
 
     def expire(self, now):
@@ -521,11 +543,32 @@ class LeaseState:
         self._remember(Outcome(_ENDED_AS[action], rid, grants))
         return list(grants)
 
-    def _withdraw(self, req, action, now):
+    def _check_queue_room(self, owner, client):
+        """Raise LeaseError unless a request of ``owner`` from ``client`` may
+        wait: per-owner and per-client limits first, then the global one
+        (its message names the owners filling the queue)."""
+        by_owner, by_client = {}, 0
+        for w in self._waiting:
+            by_owner[w.owner] = by_owner.get(w.owner, 0) + 1
+            by_client += bool(client) and w.client == client
+        mine = by_owner.get(owner, 0)
+        if mine >= self.max_waiting_per_owner:
+            raise LeaseError(f'owner {owner!r:.60} already has {mine} requests waiting '
+                             f'(max_waiting_per_owner={self.max_waiting_per_owner})')
+        if by_client >= self.max_waiting_per_client:
+            raise LeaseError(f'client {client!r:.60} already has {by_client} requests waiting '
+                             f'(max_waiting_per_client={self.max_waiting_per_client})')
+        if len(self._waiting) >= self.max_waiting:
+            top = sorted(by_owner.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            who = ', '.join(f'{o!r:.40} {n}' for o, n in top)
+            raise LeaseError(f'queue is full (max_waiting={self.max_waiting}; most waiting: '
+                             f'{who})')
+
+    def _withdraw(self, req, action, now, **detail):
         self._waiting.remove(req)
         out = Outcome('timed_out' if action == 'timeout' else 'cancelled', req.request_id)
         self._remember(out)
-        self._record_request(action, req, now, out)
+        self._record_request(action, req, now, out, **detail)
 
     def _record_request(self, action, req, now, out, **detail):
         for r in req.resources:

@@ -106,3 +106,25 @@ def test_BridgeClient_refusal_is_answered_and_ocs_transport_calls_the_same_uri()
     assert ans.kind == 'refused'
     assert ControlClient.calls == [('observatory.lock-registry.lease.release',
                                     {'resource': 'a', 'token': 2})]
+
+
+def test_OCSClientTransport_posts_with_the_same_read_timeout_as_the_bridge():
+    """When a Reservation goes through an OCSClient (whose own call has no
+    timeout), its lease calls are POSTed to the client's bridge URL with the
+    read timeout wait + CALL_MARGIN, the margin being wire.ANSWER_MARGIN."""
+    from ocs_locking.leases.bridge import CALL_MARGIN
+    from ocs_locking.wire import ANSWER_MARGIN
+
+    class ControlClient:
+        agent_addr, call_url = 'observatory.lock-registry', URL
+
+        def call(self, uri, **kw):
+            raise AssertionError('ocs call used: no read timeout')
+    t = OCSClientTransport(ControlClient())
+    s = t._bridge._http = Session(Response(body={'args': [{'ok': True, 'message': 'Granted.',
+                                                           'data': {}}]}))
+    assert t.lease_call('acquire', {'resource': 'a', 'owner': 'x', 'timeout': 3.0},
+                        wait=3.0).ok
+    [(url, body, timeout)] = s.posts
+    assert url == URL and body['procedure'] == 'observatory.lock-registry.lease.acquire'
+    assert CALL_MARGIN == ANSWER_MARGIN and timeout == (5.0, 3.0 + ANSWER_MARGIN)

@@ -419,3 +419,41 @@ class FaultyLeaseModel(LeaseModel):
 TestFaultyLeaseModel = FaultyLeaseModel.TestCase
 TestFaultyLeaseModel.settings = settings(max_examples=100, stateful_step_count=40,
                                          deadline=None, report_multiple_bugs=False)
+# -- withdrawn waiters (issue 9): callers gone while their request waits ----------------
+#
+# Added to LeaseModel after its definition (Hypothesis collects rules and
+# invariants when the first test runs), so that every run mixes them in.
+
+def _withdraw(self, data):
+    """A waiting request's caller is gone (left the router, cancelled, its
+    task aborted): the registry withdraws it with a reason."""
+    check = copy.deepcopy(self.model)
+    check.expire(self.now)
+    waiting = [w['rid'] for w in check.waiting]
+    if not waiting:
+        return
+    rid = data.draw(st.sampled_from(waiting))
+    granted = self.call('cancel', rid, self.now, reason='the caller left')
+    self.model.waiting = [w for w in self.model.waiting if w['rid'] != rid]
+    self.model.status[rid] = 'cancelled'
+    self.__dict__.setdefault('withdrawn', set()).add(rid)
+    assert [o.request_id for o in granted] == self.model.serve(self.now)
+
+
+def _withdrawn_never_granted(self):
+    """A withdrawn request is never granted afterwards: no grant carries its
+    id, poll says cancelled (unknown once a restart forgot it), and no audit
+    grant row names it."""
+    withdrawn = self.__dict__.get('withdrawn', set())
+    if not withdrawn:
+        return
+    assert not [g for g in self.state.holders() if g.request_id in withdrawn]
+    for rid in withdrawn:
+        assert self.state.poll(rid).status in ('cancelled', 'unknown'), rid
+    granted = {r['detail'].get('request') for r in self.store.history(limit=None)
+               if r['action'] in ('grant', 'regrant') and isinstance(r['detail'], dict)}
+    assert not granted & withdrawn
+
+
+LeaseModel.withdraw = rule(data=st.data())(_withdraw)
+LeaseModel.withdrawn_never_granted = invariant()(_withdrawn_never_granted)

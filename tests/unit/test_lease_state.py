@@ -417,7 +417,8 @@ def test_LeaseState_queue_full_is_refused(store):
     state = LeaseState(store=store, max_waiting=1)
     state.acquire('a', 'x', 10, 0)
     state.acquire('a', 'w', 10, 0, timeout=5)
-    with pytest.raises(LeaseError, match=r'^queue is full \(max_waiting=1\)$'):
+    with pytest.raises(LeaseError, match=r"^queue is full \(max_waiting=1; most waiting: "
+                                         r"'w' 1\)$"):
         state.acquire('a', 'v', 10, 0, timeout=5)
     assert state.acquire('b', 'v', 10, 0, timeout=5).status == 'granted'
 
@@ -427,6 +428,10 @@ def test_LeaseState_queue_full_is_refused(store):
     ({'max_timeout': math.nan}, r'^max_timeout must be in \[0, 1e\+09\] seconds, not nan$'),
     ({'max_resources': 0}, r'^max_resources must be a positive integer, not 0$'),
     ({'max_waiting': 1.5}, r'^max_waiting must be a positive integer, not 1\.5$'),
+    ({'max_waiting_per_owner': 0},
+     r'^max_waiting_per_owner must be a positive integer, not 0$'),
+    ({'max_waiting_per_client': '8'},
+     r"^max_waiting_per_client must be a positive integer, not '8'$"),
 ])
 def test_LeaseState_bad_limits_are_refused(kwargs, message):
     """When a limit is out of range, the constructor raises LeaseError."""
@@ -514,7 +519,8 @@ MALFORMED = [
     ('now huge int', acquire(now=10 ** 400), r"^now must be a finite time in seconds, "
                                              r"not 1{1}0{79}$"),
     ('now string', acquire(now='1'), r"^now must be a finite time in seconds, not '1'$"),
-    ('queue full', acquire('a', timeout=5), r"^queue is full \(max_waiting=1\)$"),
+    ('queue full', acquire('a', timeout=5), r"^queue is full \(max_waiting=1; most waiting: "
+                                            r"'erin' 1\)$"),
     ('renew token never issued', lambda s: s.renew('a', 99, 10, 1),
      r"^token 99 was never issued for 'a'$"),
     ('renew token string', lambda s: s.renew('a', '2', 10, 1),
@@ -665,3 +671,80 @@ def test_LeaseState_grant_outcome_reports_the_queue_wait(state):
     w = state.acquire('a', 'y', 5, 101, timeout=60)
     [out] = state.expire(120)['granted']
     assert out.request_id == w.request_id and out.queued_for == 19.0
+
+
+# -- fair queues and withdrawn waiters (issue 9) --------------------------------------
+
+def test_LeaseState_one_owners_flood_does_not_refuse_another_owner(store):
+    """When one owner floods the queue up to its per-owner limit, its next
+    request is refused naming it and the limit, while another owner's request
+    for an unrelated busy resource still queues, and one for a free resource
+    is granted."""
+    state = LeaseState(store=store, max_waiting_per_owner=3, max_waiting=5)
+    state.acquire('a', 'holder', 60, 0)
+    state.acquire('b', 'holder', 60, 0)
+    for i in range(3):
+        assert state.acquire('a', 'flood', 10, 1, timeout=30).status == 'queued'
+    before = state.snapshot()
+    with pytest.raises(LeaseError, match=r"^owner 'flood' already has 3 requests waiting "
+                                         r"\(max_waiting_per_owner=3\)$"):
+        state.acquire('a', 'flood', 10, 1, timeout=30)
+    assert state.snapshot() == before
+    assert state.acquire('b', 'alice', 10, 2, timeout=30).status == 'queued'
+    assert state.acquire('c', 'alice', 10, 2, timeout=30).status == 'granted'
+
+
+def test_LeaseState_one_clients_flood_under_many_owners_is_limited_per_client(store):
+    """When one client queues requests under many owner names, its requests
+    are limited per client; another client and requests without a client
+    still queue."""
+    state = LeaseState(store=store, max_waiting_per_client=2)
+    state.acquire('a', 'holder', 60, 0)
+    for owner in ('o1', 'o2'):
+        state.acquire('a', owner, 10, 1, timeout=30, client='script-7')
+    with pytest.raises(LeaseError, match=r"^client 'script-7' already has 2 requests "
+                                         r"waiting \(max_waiting_per_client=2\)$"):
+        state.acquire('a', 'o3', 10, 1, timeout=30, client='script-7')
+    assert state.acquire('a', 'o3', 10, 1, timeout=30, client='other').status == 'queued'
+    for owner in ('o4', 'o5', 'o6'):
+        assert state.acquire('a', owner, 10, 1, timeout=30).status == 'queued'
+
+
+def test_LeaseState_full_queue_message_names_who_fills_it(store):
+    """When the global limit is reached, the refusal names the owners with
+    the most waiting requests, most first, at most three."""
+    state = LeaseState(store=store, max_waiting=6, max_waiting_per_owner=6)
+    state.acquire('a', 'holder', 60, 0)
+    for owner, n in (('bob', 1), ('flood', 3), ('carl', 1), ('dan', 1)):
+        for _ in range(n):
+            state.acquire('a', owner, 10, 1, timeout=30)
+    with pytest.raises(LeaseError, match=r"^queue is full \(max_waiting=6; most waiting: "
+                                         r"'flood' 3, 'bob' 1, 'carl' 1\)$"):
+        state.acquire('a', 'eve', 10, 1, timeout=30)
+
+
+def test_LeaseState_cancel_records_its_reason_and_the_request_is_never_granted(store):
+    """When a waiting request is cancelled with a reason, its cancel audit
+    row carries the reason, the holder's release grants nobody (or the next
+    real waiter), and the cancelled request stays cancelled."""
+    state = LeaseState(store=store)
+    held = state.acquire('a', 'x', 10, 0)
+    gone = state.acquire('a', 'gone', 10, 1, timeout=60)
+    stays = state.acquire('a', 'stays', 10, 2, timeout=60)
+    assert state.cancel(gone.request_id, 3, reason='the caller left') == []
+    [granted] = state.release('a', held.grants[0].token, 4)
+    assert granted.request_id == stays.request_id
+    assert state.poll(gone.request_id) == Outcome('cancelled', gone.request_id)
+    rows = [r for r in store.history(limit=100) if r['action'] == 'cancel']
+    assert [(r['owner'], r['detail']['reason']) for r in rows] == [('gone', 'the caller left')]
+    assert check_audit(list(reversed(store.history(limit=100)))) == []
+
+
+def test_LeaseState_cancel_with_a_bad_reason_changes_nothing(state):
+    """When cancel's reason is not a string, it raises naming it and the
+    request still waits."""
+    state.acquire('a', 'x', 10, 0)
+    w = state.acquire('a', 'w', 10, 0, timeout=60)
+    with pytest.raises(LeaseError, match=r'^reason must be a string, not 5$'):
+        state.cancel(w.request_id, 1, reason=5)
+    assert state.poll(w.request_id).status == 'queued'

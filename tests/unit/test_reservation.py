@@ -332,3 +332,23 @@ def test_Reservation_reacquire_after_release(shell):
         first = res.token
     with res:
         assert res.token > first
+
+
+def test_Reservation_call_task_that_gives_up_aborts_the_task(reg):
+    """When the registry's task does not end within the wait (default: the
+    queue timeout + ANSWER_MARGIN), call_task aborts the task's session, so
+    a queued acquire is withdrawn instead of granted to nobody later."""
+    from ocs_locking.wire import ANSWER_MARGIN
+    op = reg.acquire
+    waited, aborted = [], []
+
+    def wait(timeout=None):
+        waited.append(timeout)
+        return Reply(ocs.TIMEOUT, 'timeout', dict(op.last, status='running'))
+    op.wait, op.abort = wait, lambda: aborted.append(True)
+    ans = call_task(reg, 'acquire', {'resource': 'a', 'owner': 'x', 'lease': 10,
+                                     'timeout': 3.0})
+    assert waited == [3.0 + ANSWER_MARGIN] and aborted == [True]
+    assert not ans.answered
+    assert ans.message == (f"the registry task 'acquire' did not end within "
+                           f"{3.0 + ANSWER_MARGIN:g} s (aborted it)")

@@ -133,3 +133,34 @@ def test_SiteLock_guard_with_timeout_refuses_a_call_that_would_outlast_the_lease
     with lock.guard(timeout=2.0) as token:
         ran.append(token)
     assert ran == [4, 4]
+
+
+class SilentAgent:
+    """A registry that never answers (frozen): each call's Deferred is kept,
+    and records whether it was cancelled."""
+    agent_address = 'observatory.dev-1'
+
+    def __init__(self):
+        self.cancelled = []
+
+    def call(self, uri, *args):
+        return defer.Deferred(canceller=lambda d: self.cancelled.append(uri))
+
+
+def test_SiteLock_acquire_gives_up_at_its_timeout_plus_the_stated_margin():
+    """When the registry never answers a queued acquire (timeout 3 s), the
+    call is given up at 3 s + ANSWER_MARGIN, not before and not at a fixed
+    transport timeout: the WAMP call is cancelled (so the registry would
+    withdraw it) and LeaseUnavailable says how long it waited."""
+    from ocs_locking.errors import LeaseUnavailable
+    from ocs_locking.wire import ANSWER_MARGIN
+    reactor, agent = FakeReactor(), SilentAgent()
+    lock = SiteLock(agent, 'bridge', lease=9, clock=Clock(), reactor=reactor)
+    out = []
+    lock.acquire_deferred(timeout=3).addBoth(out.append)
+    reactor.advance(3 + ANSWER_MARGIN - 0.01)
+    assert out == [] and agent.cancelled == []
+    reactor.advance(0.01)
+    assert agent.cancelled == ['observatory.lock-registry.lease.acquire']
+    assert isinstance(out[0].value, LeaseUnavailable)
+    assert str(out[0].value).endswith(f'did not answer within {3 + ANSWER_MARGIN:g} s')
