@@ -408,13 +408,18 @@ def test_one_clients_flood_does_not_refuse_another_owners_request(site, callers)
     When the flooding client leaves, its waiting requests are withdrawn."""
     token = hold(site, 'w/flooded')
     other = hold(site, 'w/other')
-    flood = callers(count=1000, resource='w/flooded', owner='flood', lease=5, timeout=60)
+    # timeout 600 (the most): none of the 64 it may queue can time out during the test
+    flood = callers(count=1000, resource='w/flooded', owner='flood', lease=5, timeout=600)
     refused = [flood.next(('answer', 'error')) for _ in range(1000 - 64)]
     assert [e for e in refused if e['event'] == 'error'] == [], flood.log_path
     assert all(a['reply']['ok'] is False for a in refused)
     assert refused[0]['reply']['message'] == (
         "Refused: owner 'flood' already has 64 requests waiting (max_waiting_per_owner=64)")
-    assert len(waiting(site, 'flood')) == 64
+    queued = waiting(site, 'flood')
+    assert len(queued) == 64, (
+        f"{len(queued)} of the flood's requests waiting; how the others ended: "
+        f"{[(r['action'], r['detail'].get('reason')) for r in history(site)[:5]]}; "
+        f"the caller: {flood.seen[-3:]}, see {flood.log_path}")
     client = registry(site)
     started = client.acquire.start(resource='w/other', owner='alice', lease=5, timeout=50)
     assert started.status == 0, started
