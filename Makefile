@@ -2,6 +2,10 @@
 # Each creates what it needs on first use and is quick once set up.
 # `make test-fast`: unit tests, the docs build and the doc examples only (no
 # router, no agents); under a minute. `.ci/run` runs `make test`.
+# `make test` runs two test files at a time (pytest-xdist, each file whole in
+# one worker, so a module's site is shared by its tests as before): most of
+# the suite waits on real routers and agents. `make test TEST_JOBS=` runs it
+# in one process.
 PYTHON ?= python3
 VENV := .venv
 CBVENV := .venv-crossbar
@@ -13,6 +17,7 @@ SHELL := /bin/bash
 QUIET_PIP := sed -u '/^WARNING: Location/d'
 
 .PHONY: run test test-fast venv crossbar bench docs clean
+TEST_JOBS ?= -n 2 --dist loadfile
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +44,7 @@ run: venv crossbar
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run $(SITE) --host demo --workdir run $(if $(PORT),--port $(PORT)) --watch
 
 test: venv crossbar
-	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' tests docs
+	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' $(TEST_JOBS) tests docs
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m 'not integration' --doctest-glob='*.rst' tests/unit tests/test_docs.py docs
