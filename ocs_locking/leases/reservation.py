@@ -305,22 +305,28 @@ class Reservation:
         """The fencing token of the first resource (the only one, often)."""
         return self._core.token
 
-    def check(self):
+    def check(self, timeout=None):
         """Return the first fencing token, or raise :class:`LeaseLost` unless
         the lease is held now (also when it ran past its deadline without a
-        renewal, e.g. the process was frozen)."""
+        renewal, e.g. the process was frozen). With ``timeout`` (the device
+        call's own bound, seconds), also raise :class:`LeaseTooShort` (a
+        LeaseLost; the lease is kept) unless the call, its timeout and
+        GUARD_MARGIN included, would end before the lease does."""
         with self._lock:
             try:
-                return self._core.check()
+                return self._core.check(timeout)
             except LeaseLost:
                 self._tell()
                 raise
 
     @contextlib.contextmanager
-    def guard(self):
+    def guard(self, timeout=None):
         """Context manager around a hardware step: yields the fencing token,
-        or raises :class:`LeaseLost` without running the body."""
-        yield self.check()
+        or raises :class:`LeaseLost` without running the body; with
+        ``timeout`` (the step's own bound, seconds) also
+        :class:`LeaseTooShort` when the step would not end, timeout and
+        GUARD_MARGIN included, before the lease does (see :meth:`check`)."""
+        yield self.check(timeout)
 
     def _tell(self):
         """Once per loss: log it and call ``on_lost``."""

@@ -183,6 +183,28 @@ def test_shell_grant_gives_a_token_and_guard_lets_the_call_through(shell):
     assert h.held and owner_of(shell) == ['dev-1']
 
 
+def test_shell_guard_with_a_timeout_refuses_a_call_that_would_outlast_the_lease(shell):
+    """When guard(timeout=...) is given the device call's own bound, the
+    body runs while timeout + GUARD_MARGIN fits in what is left of the lease
+    (on the holder's clock) and is not run once it does not (LeaseTooShort,
+    a LeaseLost); the lease itself is kept and on_lost is not called."""
+    from ocs_locking.errors import LeaseTooShort
+    from ocs_locking.leases.holder import GUARD_MARGIN
+    lost = []
+    h = shell.make(lease=9, on_lost=lost.append)
+    shell.acquire(h)
+    with h.guard(timeout=3.0) as token:
+        assert token == 1
+    shell.clock.t = h.deadline - (3.0 + GUARD_MARGIN) + 0.05     # 0.05 s short
+    with pytest.raises(LeaseTooShort, match=r'too little for a 3 s device call'):
+        with h.guard(timeout=3.0):
+            raise AssertionError('the device was touched')
+    shell.settle()
+    assert h.held and lost == [] and h.lost is None
+    with h.guard(timeout=1.0) as token:
+        assert token == 1
+
+
 def test_shell_renewals_keep_the_lease_past_several_leases(shell):
     """When time passes, the lease is renewed every lease/3 and stays held
     with the same token, its deadline a lease after the last renewal sent."""
