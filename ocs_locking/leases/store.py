@@ -36,6 +36,7 @@ commit) would cost about 0.25 ms per commit here, on every grant.
 import errno
 import json
 import logging
+import operator
 import os
 import random
 import sqlite3
@@ -86,6 +87,7 @@ _INSERT_AUDIT = ('INSERT INTO audit (at, action, resource, owner, token, client,
 _INSERT_GRANT = f'INSERT OR REPLACE INTO grants VALUES ({", ".join("?" * len(_GRANT_KEYS))})'
 _UPSERT_COUNTER = ('INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
                    'SET last_token = max(last_token, excluded.last_token)')
+_grant_row = operator.itemgetter(*_GRANT_KEYS)
 #: One encoder for audit details (json.dumps with options builds one per call).
 _detail_json = json.JSONEncoder(sort_keys=True, separators=(',', ':')).encode
 
@@ -476,7 +478,7 @@ class LeaseStore:
             if g is None:
                 db.execute('DELETE FROM grants WHERE resource = ?', (resource,))
             else:
-                db.execute(_INSERT_GRANT, tuple(g[k] for k in _GRANT_KEYS))
+                db.execute(_INSERT_GRANT, _grant_row(g))
         self._insert_audit(db, audit)
         for f in folds:
             db.execute(
