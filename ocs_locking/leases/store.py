@@ -58,6 +58,11 @@ SCHEMA_VERSION = 3
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
+#: Page size of a new file (an existing one keeps its own). Each grant or
+#: release commit writes 3-4 pages to the WAL; small pages make that about a
+#: fifth cheaper than SQLite's default 4096 (measured on the registry's
+#: grant + release pair), at the cost of slightly deeper audit b-trees.
+PAGE_SIZE = 1024
 # Version 2: the text-keyed tables are WITHOUT ROWID (one b-tree each, not a
 # table and its key's index: fewer pages written per commit).
 # Version 3: audit ids without AUTOINCREMENT (no sqlite_sequence page written
@@ -215,6 +220,7 @@ class LeaseStore:
                                        check_same_thread=False, isolation_level=None)
             # EXCLUSIVE before WAL: the WAL index then lives in heap memory
             # (no -shm mmap that a read-only or vanished file turns into SIGBUS).
+            self._db.execute(f'PRAGMA page_size={PAGE_SIZE}')    # (new files only)
             self._db.execute('PRAGMA locking_mode=EXCLUSIVE')
             self._db.execute('PRAGMA mmap_size=0')
             self._db.execute('PRAGMA journal_mode=WAL')

@@ -10,7 +10,8 @@ import pytest
 
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.state import LeaseError, LeaseState
-from ocs_locking.leases.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError, epoch_file
+from ocs_locking.leases.store import (PAGE_SIZE, SCHEMA_VERSION, LeaseStore, LeaseStoreError,
+                                      epoch_file)
 
 
 @pytest.fixture
@@ -516,3 +517,18 @@ def test_LeaseStore_reserves_request_ids_in_blocks(path):
     store.close()
     with pytest.raises(LeaseStoreError, match=r'^rid_block must be an integer >= 1, not 0$'):
         LeaseStore(path, rid_block=0)
+
+
+def test_LeaseStore_new_files_use_small_pages_and_old_ones_keep_theirs(path, tmp_path):
+    """When a store creates its file it uses PAGE_SIZE pages (cheaper
+    commits); a file made with another page size keeps it and its rows."""
+    LeaseStore(path).close()
+    assert PAGE_SIZE == 1024 and sql(path, 'PRAGMA page_size') == [(PAGE_SIZE,)]
+    old = str(tmp_path / 'old.db')
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        db.execute('PRAGMA page_size=4096')
+        db.executescript(V1_SCHEMA)
+    store, state = reopen(old)
+    assert [(g.resource, g.token) for g in state.holders()] == [('a', 7)]
+    store.close()
+    assert sql(old, 'PRAGMA page_size') == [(4096,)]
