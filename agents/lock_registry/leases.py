@@ -302,9 +302,9 @@ class LeaseOps:
 
     def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
                      client=''):
-        d = self.do_acquire(resource, owner, lease, timeout, tree, note, client)
-        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1],
-                                        'data': _compact(r[2]) if r[0] else r[2]})
+        d = self.do_acquire(resource, owner, lease, timeout, tree, note, client,
+                            compact=True)
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
 
     def _rpc_renew(self, resource, token, lease=30.0, client=''):
         ok, msg, data = self.do_renew(resource, token, lease, client)
@@ -395,7 +395,17 @@ class LeaseOps:
                                                           deadline)
 
     @staticmethod
-    def _grant_data(outcome, lease):
+    def _grant_data(outcome, lease, compact=False):
+        if compact:         # = _compact(_grant_data(...)), built directly (the hot path)
+            gs = outcome.grants
+            first = gs[0]
+            out = {'resource': first.resource if len(gs) == 1 else [g.resource for g in gs],
+                   'owner': first.owner, 'token': first.token, 'expires': first.expires,
+                   'request_id': outcome.request_id, 'lease': lease,
+                   'queued_for': round(outcome.queued_for, 6)}
+            if len(gs) > 1:
+                out['grants'] = [{'resource': g.resource, 'token': g.token} for g in gs]
+            return out
         grants = [g.as_dict() for g in outcome.grants]
         first = grants[0]
         return {'resource': first['resource'] if len(grants) == 1 else
@@ -491,11 +501,12 @@ class LeaseOps:
         return defer.succeed((True, f'Withdrew request {rid}.'))
 
     def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
-                   client='', on_queued=None):
+                   client='', on_queued=None, compact=False):
         """The acquire itself: a Deferred firing ``(ok, message, data)``
         (already fired unless the request queues); ``on_queued(outcome)`` is
         called if the request has to wait. The grant is committed to the
-        store before the Deferred fires."""
+        store before the Deferred fires. ``compact``: a grant's data as the
+        lease procedures return it (see :func:`_compact`)."""
         now = self.clock()
         try:
             out = self.state.acquire(resource, owner, lease, now, timeout=timeout,
@@ -514,15 +525,16 @@ class LeaseOps:
                                                           now + timeout)
             if on_queued is not None:
                 on_queued(out)
-            return d.addCallback(self._acquired, resource, owner, lease, client)
-        return defer.succeed(self._acquired(out, resource, owner, lease, client))
+            return d.addCallback(self._acquired, resource, owner, lease, client, compact)
+        return defer.succeed(self._acquired(out, resource, owner, lease, client, compact))
 
-    def _acquired(self, out, resource, owner, lease, client):
+    def _acquired(self, out, resource, owner, lease, client, compact=False):
         if out.status == 'granted':
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)
             return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
-                          f"{when(out.grants[0].expires)}.", self._grant_data(out, lease))
+                          f"{when(out.grants[0].expires)}.",
+                    self._grant_data(out, lease, compact))
         wanted = resource if isinstance(resource, list) else [resource]
         if out.status == 'cancelled':
             return (False, f'Withdrawn: the request for {", ".join(wanted)} was cancelled '

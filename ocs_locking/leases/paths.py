@@ -4,6 +4,7 @@ Resources are ``/``-separated paths (``satp1/hwp``): each segment
 ``[a-z0-9][a-z0-9_.-]{0,31}``, at most 8 segments and 200 characters. Every
 check raises :class:`LeaseError` with a one-line message naming the argument.
 """
+import math
 import re
 import time
 
@@ -111,7 +112,13 @@ def check_lease(value, most=MAX_LEASE, name='lease'):
 def when(t):
     """``23:01:02.3``: a time of this host's clock as local time with tenths,
     truncated (never a second early); for messages, never for logic."""
-    return time.strftime('%H:%M:%S', time.localtime(t)) + f'.{int(t % 1 * 10)}'
+    sec = math.floor(t)
+    if sec != _when_last[0]:        # one strftime per second of times asked about
+        _when_last[:] = [sec, time.strftime('%H:%M:%S', time.localtime(sec))]
+    return f'{_when_last[1]}.{int(t % 1 * 10)}'
+
+
+_when_last = [None, '']             # the last whole second when() formatted, and its text
 
 
 def check_time(value):

@@ -7,7 +7,6 @@ seconds); the LockRegistryAgent calls :meth:`LeaseState.expire` on a timer.
 Persistence and the audit trail go through a store (see ``store.py``).
 """
 import contextlib
-import copy
 import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
@@ -44,6 +43,14 @@ RENEW_AUDIT_EVERY = 60.0
 _ENDED_AS = {'release': 'released', 'force_release': 'revoked', 'expire': 'expired'}
 
 
+def _ended_why(resource, action, at, by, reason):
+    """Why a token of ``resource`` no longer holds it: its grant ended."""
+    at = f'{when(at)} (registry time)'
+    why = {'release': f'was released at {at}', 'expire': f'expired at {at}',
+           'force_release': f'was revoked at {at} by {by!r:.40}: {reason!r:.80}'}
+    return f'lease on {resource!r} {why[action]}'
+
+
 @dataclass(frozen=True)
 class Grant:
     """One resource held under a lease. ``expires`` and ``granted_at`` are
@@ -60,7 +67,7 @@ class Grant:
     request_id: int
 
     def as_dict(self):
-        return {k: getattr(self, k) for k in _GRANT_FIELDS}
+        return dict(self.__dict__)      # exactly the fields, in order (no slots)
 
 
 _GRANT_FIELDS = tuple(Grant.__dataclass_fields__)
@@ -227,7 +234,8 @@ class LeaseState:
         self._counters = {}   # resource -> last token issued; never decreases
         self._waiting = []    # Requests, oldest first; each blocked by a grant or an earlier one
         self._done = {}       # request id -> final Outcome, the newest KEEP_DONE
-        self._ended = {}      # resource -> (token, why) of the last grant that ended
+        self._ended = {}      # resource -> (token, action, at, by, reason) of the last
+        #                       grant that ended (see _ended_why)
         self._runs = {}       # resource -> run: its holder's re-grants being folded
         self._runs_bound = 64   # prune idle runs when there are more than this
         self._renewed = {}    # request id -> time of its last renew audit row
@@ -397,7 +405,8 @@ class LeaseState:
         if down is not None:
             raise LeaseError(f'lease storage is failing, so nothing is granted, renewed or '
                              f'released: {down}')
-        saved = {k: copy.copy(getattr(self, k)) for k in _STATE}
+        saved = {'_grants': dict(self._grants), '_waiting': list(self._waiting),
+                 '_last_rid': self._last_rid}         # _STATE, copied
         batch = self._batch = _Batch()
         try:
             yield self._expire(now)
@@ -527,11 +536,9 @@ class LeaseState:
         for g in grants:
             del self._grants[g.resource]
             self._batch.grants[g.resource] = None
-            at = f'{when(g.expires if action == "expire" else now)} (registry time)'
-            why = {'release': f'was released at {at}', 'expire': f'expired at {at}',
-                   'force_release': f'was revoked at {at} by {by!r:.40}: {reason!r:.80}'}
-            self._set(self._ended, g.resource, (g.token, f'lease on {g.resource!r} '
-                                                          f'{why[action]}'))
+            # (its message is written only if a stale call asks: _ended_why)
+            self._set(self._ended, g.resource, (g.token, action, g.expires if
+                                                action == 'expire' else now, by, reason))
             detail = {'holder': g.owner, 'reason': reason} if by else \
                 {'expires': g.expires} if action == 'expire' else {}
             if not self._fold_release(g, action, now, client):
@@ -673,7 +680,7 @@ class LeaseState:
             return g
         ended = self._ended.get(resource)
         if ended and ended[0] == token:
-            raise LeaseError(ended[1])
+            raise LeaseError(_ended_why(resource, *ended[1:]))
         if token > self._counters.get(resource, 0):
             raise LeaseError(f'token {token} was never issued for {resource!r}')
         if g is None:

@@ -10,7 +10,8 @@ import pytest
 
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.state import LeaseError, LeaseState
-from ocs_locking.leases.store import SCHEMA_VERSION, LeaseStore, LeaseStoreError, epoch_file
+from ocs_locking.leases.store import (PAGE_SIZE, SCHEMA_VERSION, LeaseStore, LeaseStoreError,
+                                      epoch_file)
 
 
 @pytest.fixture
@@ -443,13 +444,13 @@ INSERT INTO meta VALUES ('last_request_id', 5);
 
 def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     """When a store written by schema version 1 is opened, its text-keyed
-    tables become WITHOUT ROWID (version 2) with every grant, counter,
-    audit row and request id kept; being an unknown stop, the epoch rises,
-    so new tokens exceed the old ones."""
+    tables become WITHOUT ROWID (version 2, then 3) with every grant,
+    counter, audit row and request id kept; being an unknown stop, the
+    epoch rises, so new tokens exceed the old ones."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(V1_SCHEMA)
     store, state = reopen(path)
-    assert SCHEMA_VERSION == 2 and store.epoch == 1
+    assert SCHEMA_VERSION == 3 and store.epoch == 1
     assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
     assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
     assert [r['action'] for r in store.history()] == ['grant']
@@ -458,8 +459,46 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     store.close()
     tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
-    assert sql(path, 'SELECT version FROM schema_version') == [(2,)]
+    assert 'AUTOINCREMENT' not in tables['audit']
+    assert sql(path, 'SELECT version FROM schema_version') == [(3,)]
     assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
+
+
+def test_LeaseStore_migrates_a_version_2_file_to_audit_ids_without_autoincrement(path):
+    """When a store written by schema version 2 is opened, its audit table
+    loses AUTOINCREMENT (version 3: no sqlite_sequence page per commit) with
+    every row and its id kept; new rows take the next ids."""
+    v2 = V1_SCHEMA.replace('INSERT INTO schema_version VALUES (1)',
+                           'INSERT INTO schema_version VALUES (2)')
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(v2)
+        db.execute("INSERT INTO audit (id, at, action, resource, owner, token, client, detail) "
+                   "VALUES (9, 1.0, 'release', 'a', 'alice', 7, 'c', '{}')")
+        db.commit()
+    store, state = reopen(path)
+    assert [(r['id'], r['action']) for r in store.history()] == [(9, 'release'), (1, 'grant')]
+    state.acquire('b', 'bob', 10, 2)
+    assert [r['id'] for r in store.history()] == [10, 9, 1]
+    store.close()
+    tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert 'AUTOINCREMENT' not in tables['audit']
+    assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
+        == [(1,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(3,)]
+
+
+def test_LeaseStore_prune_keeps_the_newest_row_so_ids_never_repeat(path):
+    """When every audit row is older than the retention, prune keeps the
+    newest one, so the next row's id is above every id ever written."""
+    store, state = reopen(path)
+    for t in range(5):
+        state.acquire(f'r{t}', 'x', 3600, float(t))
+    top = store.history(limit=1)[0]['id']
+    assert store.prune(before=100.0) == 4
+    assert [r['id'] for r in store.history(limit=None)] == [top]
+    state.acquire('s', 'x', 3600, 200.0)
+    assert [r['id'] for r in store.history(limit=None)] == [top + 1, top]
+    store.close()
 
 
 def test_LeaseStore_reserves_request_ids_in_blocks(path):
@@ -478,3 +517,18 @@ def test_LeaseStore_reserves_request_ids_in_blocks(path):
     store.close()
     with pytest.raises(LeaseStoreError, match=r'^rid_block must be an integer >= 1, not 0$'):
         LeaseStore(path, rid_block=0)
+
+
+def test_LeaseStore_new_files_use_small_pages_and_old_ones_keep_theirs(path, tmp_path):
+    """When a store creates its file it uses PAGE_SIZE pages (cheaper
+    commits); a file made with another page size keeps it and its rows."""
+    LeaseStore(path).close()
+    assert PAGE_SIZE == 1024 and sql(path, 'PRAGMA page_size') == [(PAGE_SIZE,)]
+    old = str(tmp_path / 'old.db')
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        db.execute('PRAGMA page_size=4096')
+        db.executescript(V1_SCHEMA)
+    store, state = reopen(old)
+    assert [(g.resource, g.token) for g in state.holders()] == [('a', 7)]
+    store.close()
+    assert sql(old, 'PRAGMA page_size') == [(4096,)]
