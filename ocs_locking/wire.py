@@ -6,8 +6,8 @@ Twisted, no network). See the Events page of the docs for the message shapes.
 """
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
-           'ROW_KEYS', 'TABLE_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES', 'feed_topic',
-           'lease_uri', 'error_reason', 'one_line']
+           'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
+           'feed_topic', 'lease_uri', 'error_reason', 'one_line']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
 LOCKS_FEED = 'locks'
@@ -35,6 +35,11 @@ ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_s
 #: The key of the table in the registry's ``monitor`` and ``status``
 #: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).
 TABLE_KEY = 'locks'
+
+#: The key of the lease service's health in the registry's ``monitor``
+#: session.data: ``{'storage': {'ok', 'error'}, 'procedures': {'registered',
+#: 'missing'}}`` (``ocs-locks status`` prints a line when something is wrong).
+HEALTH_KEY = 'lease_health'
 
 #: The kinds of message on the registry's ownership feed: ``snapshot`` (every
 #: row) and ``change`` (the rows that changed, and the keys ``removed``).

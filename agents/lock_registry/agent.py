@@ -21,8 +21,8 @@ from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, ch
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import BadLockMessage, OwnershipTable
 from ocs_locking.wamp import JoinEdge
-from ocs_locking.wire import (HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, TABLE_KEY,
-                              feed_topic)
+from ocs_locking.wire import (HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED,
+                              TABLE_KEY, feed_topic)
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
@@ -199,6 +199,8 @@ class LockRegistryAgent:
         session.data.update({
             'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': now,
             'agents': self.table.agents_seen()})
+        if self.leases is not None:
+            session.data[HEALTH_KEY] = self.leases.health()
 
     # -- operations -----------------------------------------------------------------
 
@@ -228,7 +230,13 @@ class LockRegistryAgent:
                     'closed': False, 'acquired': 42, 'timed_out': 0,
                     'longest_hold': 0.12, 'updated': 1700000100.0}},
                  'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
-                 'seq': 1234, 'dropped': 0, 'timestamp': 1700000100.2}
+                 'seq': 1234, 'dropped': 0, 'timestamp': 1700000100.2,
+                 'lease_health': {'storage': {'ok': True, 'error': None},
+                                  'procedures': {'registered': True, 'missing': []}}}
+
+            ``lease_health`` (refreshed every tick, when the registry serves
+            site-wide leases) is what ``ocs-locks status`` warns about: lease
+            storage failing, lease procedures not registered.
 
         """
         session.set_status('running')
@@ -289,6 +297,7 @@ class LockRegistryAgent:
             session.data['leases'] = dict(self.leases.state.snapshot(),
                                           storage=self.leases.storage())
             session.data['lease_procedures'] = procs = self.leases.procedures()
+            session.data[HEALTH_KEY] = self.leases.health()
         agents = {r['agent'] for r in rows}
         text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
         if self.leases is not None and not procs['registered']:

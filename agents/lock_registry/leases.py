@@ -259,6 +259,14 @@ class LeaseOps:
         ``epoch``, ``db_id``, ``epoch_file``."""
         return self.store.health()
 
+    def health(self):
+        """What an operator must know at a glance (the monitor's session data,
+        ``ocs-locks status``): ``{'storage': {'ok', 'error'}, 'procedures':
+        {'registered', 'missing'}}``."""
+        storage, procs = self.store.health(), self.procedures()
+        return {'storage': {'ok': storage['ok'], 'error': storage['error']},
+                'procedures': {'registered': procs['registered'], 'missing': procs['missing']}}
+
     def prune(self, now=None):
         """Apply the audit retention bounds; returns how many rows went."""
         now = self.clock() if now is None else now

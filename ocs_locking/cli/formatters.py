@@ -1,8 +1,10 @@
 """Text and JSON for ``ocs-locks``: the lock table and the audit log (pure)."""
 import time
 
+from ..wire import one_line
+
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
-           'format_history', 'history_rows', 'clock']
+           'format_history', 'history_rows', 'clock', 'health_lines']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -76,6 +78,25 @@ def format_table(rows, now=None):
     if not lines:
         out.append('(no locks reported yet)')
     return '\n'.join(out)
+
+
+def health_lines(health):
+    """One line per thing wrong with the registry's lease service (its
+    ``lease_health``), for the operator; [] when all is well or unknown."""
+    if not isinstance(health, dict):
+        return []
+    lines = []
+    storage = health.get('storage')
+    if isinstance(storage, dict) and storage.get('ok') is False:
+        lines.append(f"WARNING: lease storage is failing, so no lease is granted, renewed "
+                     f"or released: {one_line(storage.get('error') or '?', 200)}")
+    procs = health.get('procedures')
+    if isinstance(procs, dict) and procs.get('registered') is False:
+        missing = procs.get('missing')
+        names = ', '.join(str(m) for m in missing) if isinstance(missing, list) else '?'
+        lines.append(f'WARNING: lease procedures not registered on the router ({names}): '
+                     f'lease calls fail until the registry holds them again')
+    return lines
 
 
 def _detail_text(detail):

@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -112,6 +113,17 @@ def retry(fn, what, timeout=30):
             if time.monotonic() > deadline:
                 raise AssertionError(f'{what}: still failing after {timeout} s: {e}')
             time.sleep(0.2)
+
+
+def ocs_locks_status(site):
+    """``ocs-locks status`` against the site: its stdout."""
+    proc = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args, 'status'],
+                          capture_output=True, text=True, timeout=BACK)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+STORAGE_WARNING = 'WARNING: lease storage is failing, so no lease is granted'
 
 
 def wait_for(pred, what, timeout):
@@ -267,9 +279,16 @@ def test_write_failing_then_recovering_lease_still_ends_and_grants_resume(site):
         data = leases(site)
         assert data['storage']['error'] and data['storage']['path'] == site.db
         assert site.agents[REGISTRY].poll() is None
+        # the operator's view says so (the monitor refreshes it every tick)
+        warned = wait_for(lambda: next((line for line in ocs_locks_status(site).splitlines()
+                                        if line.startswith(STORAGE_WARNING)), None),
+                          'ocs-locks status warning that lease storage is failing', BACK)
+        assert 'File too large' in warned or 'disk' in warned or 'I/O' in warned, warned
     finally:
         set_fsize(site, resource.RLIM_INFINITY)
     wait_for(lambda: leases(site)['storage']['ok'], 'the storage writing again', BACK)
+    wait_for(lambda: STORAGE_WARNING not in ocs_locks_status(site),
+             'ocs-locks status without the storage warning', BACK)
     again = acquire(site, 'lab/x', lease=5.0)
     assert again['success'] is True, messages(again)
     assert again['data']['token'] > first['data']['token']

@@ -3,7 +3,7 @@ import json
 import time
 
 from ocs_locking import cli
-from ocs_locking.cli.formatters import RECEIVED, clock, format_history, history_rows
+from ocs_locking.cli.formatters import RECEIVED, clock, format_history, health_lines, history_rows
 
 ROWS = [
     {'lock': 'dev-1/hw', 'agent': 'dev-1', 'job': 'acq', 'session_id': 3, 'since': 90.0,
@@ -64,3 +64,21 @@ def test_clock_is_a_local_time_of_day_or_a_question_mark():
     """When a time is shown, it is HH:MM:SS; anything else is '?'."""
     assert clock(time.mktime((2026, 12, 1, 9, 8, 7, 0, 0, -1))) == '09:08:07'
     assert clock(None) == '?'
+
+
+def test_health_lines_warn_of_failing_storage_and_missing_procedures_only():
+    """When the registry reports its lease storage failing or lease
+    procedures missing, one WARNING line each names what is wrong; a healthy
+    or unknown (older registry, garbage) health prints nothing."""
+    sick = {'storage': {'ok': False, 'error': 'write failed: database or disk is full'},
+            'procedures': {'registered': False, 'missing': ['renew', 'release']}}
+    assert health_lines(sick) == [
+        'WARNING: lease storage is failing, so no lease is granted, renewed or released: '
+        'write failed: database or disk is full',
+        'WARNING: lease procedures not registered on the router (renew, release): lease '
+        'calls fail until the registry holds them again']
+    well = {'storage': {'ok': True, 'error': None},
+            'procedures': {'registered': True, 'missing': []}}
+    assert health_lines(well) == []
+    for unknown in (None, 'x', {'storage': 'bad', 'procedures': [1]}, {}):
+        assert health_lines(unknown) == []
