@@ -23,19 +23,18 @@ long as it takes. Each test checks its own premise (the outage ended within
 the lease) and says so if it did not, instead of failing somewhere later.
 """
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import time
-import urllib.request
 
 import pytest
 import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
+from .support import (client, device_stats, drop, grant_of, history, kill_all, leases,
+                      messages, retry, take, wait_for, wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
@@ -93,18 +92,6 @@ def _make_site(root, lease):
     return Site(str(site_file), 'faults', root / 'work', port=0)
 
 
-def _kill_all(site):
-    """SIGKILL every process of the site, then let Site.stop() reap them. A
-    clean SIGINT shutdown costs seconds per agent and proves nothing here."""
-    for proc in [*site.agents.values(), *site.device_procs.values(), site.router]:
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    site.stop()
-
-
 @contextlib.contextmanager
 def _running(start_site, root, lease):
     def make(attempt):
@@ -116,7 +103,7 @@ def _running(start_site, root, lease):
         wait_lease_rpcs(s)
         yield s
     finally:
-        _kill_all(s)
+        kill_all(s)
 
 
 @pytest.fixture(scope='module')
@@ -157,66 +144,6 @@ def slow_site(_slow_site):
 
 # -- helpers --------------------------------------------------------------------------
 
-def retry(fn, what, timeout=30):
-    """fn() until it returns without raising (an agent or the router coming
-    back); bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except Exception as e:      # ControlClientError etc. while re-joining
-            if time.monotonic() > deadline:
-                raise AssertionError(f'{what}: still failing after {timeout} s: {e}')
-            time.sleep(0.2)
-
-
-def wait_for(pred, what, timeout):
-    """Poll pred() (exceptions count as false) until true; bounded. Returns
-    its last true value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:
-            last = e
-        assert time.monotonic() < deadline, f'never saw {what} within {timeout} s; last {last!r}'
-        time.sleep(0.1)
-
-
-def lease_rpc(site, name, *args):
-    """Call the registry's plain WAMP procedure <registry>.lease.<name> through
-    the router's HTTP caller; the reply dict, or the WAMP error as a string."""
-    body = json.dumps({'procedure': f'{site.address_root}.lock-registry.lease.{name}',
-                       'args': list(args)}).encode()
-    req = urllib.request.Request(f'http://127.0.0.1:{site.port}/call', data=body,
-                                 headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        reply = json.load(r)
-    return reply['args'][0] if 'args' in reply else reply.get('error', str(reply))
-
-
-def wait_lease_rpcs(site, timeout=BACK):
-    """Wait until the registry's lease procedures are registered on the router
-    (the registry registers them on its first tick after joining, so they lag
-    behind its OCS operations). Probes with a renewal of a token never issued:
-    refused, changes nothing."""
-    wait_for(lambda: isinstance(lease_rpc(site, 'renew', RESOURCE, 10 ** 9, 1.0), dict),
-             'the lease procedures registered', timeout)
-
-
-def leases(site):
-    reply = retry(lambda: site.wait_agent('lock-registry', timeout=5).leases(),
-                  'registry leases')
-    assert reply.session['success'] is True, reply
-    return reply.session['data']
-
-
-def grant_of(site, resource):
-    return next((g for g in leases(site)['grants'] if g['resource'] == resource), None)
-
 
 def renewed_since(site, grant, timeout):
     """Wait until ``grant`` has been renewed (same resource, a later expiry);
@@ -225,44 +152,6 @@ def renewed_since(site, grant, timeout):
         g = grant_of(site, grant['resource'])
         return g if g is not None and g['expires'] > grant['expires'] else None
     return wait_for(renewed, f"a renewal of {grant['resource']}", timeout)
-
-
-def history(site):
-    """The whole audit log, oldest first."""
-    reply = retry(lambda: site.wait_agent('lock-registry', timeout=5).history(limit=1000),
-                  'registry history')
-    assert reply.session['success'] is True, reply
-    rows = reply.session['data']['history']
-    assert len(rows) < 1000, 'audit log longer than one history() page: the check would ' \
-                             'replay a window, not the whole log'
-    return list(reversed(rows))
-
-
-def device_stats(site):
-    """The simulated device's counters through its side door (not counted)."""
-    with socket.create_connection(('127.0.0.1', site.device('bridge')['port']),
-                                  timeout=5) as s:
-        s.sendall(b'STATS?\n')
-        return {k: int(v) for k, v in
-                (kv.split('=') for kv in s.makefile().readline().split())}
-
-
-def client(site, instance_id):
-    return site.wait_agent(instance_id, timeout=BACK)
-
-
-def take(site, instance_id):
-    return retry(lambda: client(site, instance_id).take_site_lock(),
-                 f'{instance_id}.take_site_lock').session
-
-
-def drop(site, instance_id):
-    return retry(lambda: client(site, instance_id).drop_site_lock(),
-                 f'{instance_id}.drop_site_lock').session
-
-
-def messages(session):
-    return [m for _, m in session['messages']]
 
 
 def healed(site):

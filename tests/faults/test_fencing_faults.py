@@ -16,20 +16,19 @@ test_faults.py (same behaviour: bounded polls, :func:`healed` before each
 test, the audit log replayed after each).
 """
 import concurrent.futures
-import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import time
-import urllib.request
 
 import pytest
 import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
+from .support import (client, drop, grant_of, history, kill_all, lease_rpc, leases, messages,
+                      retry, take, wait_for, wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
@@ -73,16 +72,6 @@ def _site_config():
     }
 
 
-def _kill_all(site):
-    for proc in [*site.agents.values(), *site.device_procs.values(), site.router]:
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    site.stop()
-
-
 @pytest.fixture(scope='module')
 def _site(tmp_path_factory, site_starter):
     root = tmp_path_factory.mktemp('fencing-site')
@@ -99,7 +88,7 @@ def _site(tmp_path_factory, site_starter):
         wait_lease_rpcs(s)
         yield s
     finally:
-        _kill_all(s)
+        kill_all(s)
 
 
 @pytest.fixture
@@ -112,74 +101,11 @@ def site(_site):
 
 # -- helpers (as in test_faults.py) ---------------------------------------------------
 
-def retry(fn, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f'{what}: still failing after {timeout} s: {e}')
-            time.sleep(0.2)
-
-
-def wait_for(pred, what, timeout):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:
-            last = e
-        assert time.monotonic() < deadline, f'never saw {what} within {timeout} s; last {last!r}'
-        time.sleep(0.1)
-
-
-def lease_rpc(site, name, *args):
-    body = json.dumps({'procedure': f'{site.address_root}.lock-registry.lease.{name}',
-                       'args': list(args)}).encode()
-    req = urllib.request.Request(f'http://127.0.0.1:{site.port}/call', data=body,
-                                 headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        reply = json.load(r)
-    return reply['args'][0] if 'args' in reply else reply.get('error', str(reply))
-
-
-def wait_lease_rpcs(site, timeout=BACK):
-    """Until the registry's lease procedures answer (a renewal of a token
-    never issued: refused, changes nothing)."""
-    wait_for(lambda: isinstance(lease_rpc(site, 'renew', RESOURCE, 10 ** 9, 1.0), dict),
-             'the lease procedures registered', timeout)
-
-
-def client(site, instance_id):
-    return site.wait_agent(instance_id, timeout=BACK)
-
-
-def leases(site):
-    reply = retry(lambda: client(site, 'lock-registry').leases(), 'registry leases')
-    assert reply.session['success'] is True, reply
-    return reply.session['data']
-
 
 def procedures(site):
     """What the registry's status says about its lease procedures."""
     reply = retry(lambda: client(site, 'lock-registry').status(), 'registry status')
     return reply.session['data']['lease_procedures']
-
-
-def grant_of(site, resource):
-    return next((g for g in leases(site)['grants'] if g['resource'] == resource), None)
-
-
-def history(site):
-    reply = retry(lambda: client(site, 'lock-registry').history(limit=1000), 'registry history')
-    assert reply.session['success'] is True, reply
-    rows = reply.session['data']['history']
-    assert len(rows) < 1000
-    return list(reversed(rows))
 
 
 def device(site, line):
@@ -194,23 +120,9 @@ def device_stats(site):
     return {k: int(v) for k, v in (kv.split('=') for kv in device(site, 'STATS?').split())}
 
 
-def take(site, instance_id):
-    return retry(lambda: client(site, instance_id).take_site_lock(),
-                 f'{instance_id}.take_site_lock').session
-
-
-def drop(site, instance_id):
-    return retry(lambda: client(site, instance_id).drop_site_lock(),
-                 f'{instance_id}.drop_site_lock').session
-
-
 def heater(site, instance_id, value):
     return retry(lambda: client(site, instance_id).set_heater(value=value),
                  f'{instance_id}.set_heater').session
-
-
-def messages(session):
-    return [m for _, m in session['messages']]
 
 
 def signal_agent(site, instance_id, sig):

@@ -15,15 +15,12 @@ after it, and ends with the audit log replayed by
 the site shows, polled with a bound (helpers copied from test_faults.py).
 """
 import contextlib
-import json
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
@@ -31,6 +28,8 @@ import yaml
 from tools.devsite import Site
 from tools.processes import spawn
 from ocs_locking.leases.audit import check_audit
+from .support import (client, grant_of, history, leases, messages, retry, wait_for,
+                      wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
@@ -104,16 +103,6 @@ def site(_storage_site):
 
 # -- helpers (as in test_faults.py) ----------------------------------------------------
 
-def retry(fn, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f'{what}: still failing after {timeout} s: {e}')
-            time.sleep(0.2)
-
 
 def ocs_locks_status(site):
     """``ocs-locks status`` against the site: its stdout."""
@@ -124,61 +113,6 @@ def ocs_locks_status(site):
 
 
 STORAGE_WARNING = 'WARNING: lease storage is failing, so no lease is granted'
-
-
-def wait_for(pred, what, timeout):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:
-            last = e
-        assert time.monotonic() < deadline, f'never saw {what} within {timeout} s; last {last!r}'
-        time.sleep(0.1)
-
-
-def lease_rpc(site, name, *args):
-    body = json.dumps({'procedure': f'{site.address_root}.{REGISTRY}.lease.{name}',
-                       'args': list(args)}).encode()
-    req = urllib.request.Request(f'http://127.0.0.1:{site.port}/call', data=body,
-                                 headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        reply = json.load(r)
-    return reply['args'][0] if 'args' in reply else reply.get('error', str(reply))
-
-
-def wait_lease_rpcs(site, timeout=BACK):
-    wait_for(lambda: isinstance(lease_rpc(site, 'renew', RESOURCE, 10 ** 9, 1.0), dict),
-             'the lease procedures registered', timeout)
-
-
-def client(site, instance_id):
-    return site.wait_agent(instance_id, timeout=BACK)
-
-
-def leases(site):
-    reply = retry(lambda: client(site, REGISTRY).leases(), 'registry leases')
-    assert reply.session['success'] is True, reply
-    return reply.session['data']
-
-
-def grant_of(site, res):
-    return next((g for g in leases(site)['grants'] if g['resource'] == res), None)
-
-
-def history(site):
-    reply = retry(lambda: client(site, REGISTRY).history(limit=1000), 'registry history')
-    assert reply.session['success'] is True, reply
-    rows = reply.session['data']['history']
-    assert len(rows) < 1000
-    return list(reversed(rows))
-
-
-def messages(session):
-    return [m for _, m in session['messages']]
 
 
 def acquire(site, res, lease=30.0):

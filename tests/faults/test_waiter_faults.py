@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -37,6 +36,7 @@ from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.bridge import BridgeClient
 from ocs_locking.wire import ANSWER_MARGIN
+from .support import history, leases, wait_for, wait_lease_rpcs
 
 pytestmark = pytest.mark.integration
 
@@ -96,55 +96,9 @@ def site(_site):
 
 # -- helpers (copied in part from test_faults.py) -------------------------------------
 
-def wait_for(pred, what, timeout=BACK):
-    """Poll pred() (exceptions count as false) until true; bounded."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:
-            last = e
-        assert time.monotonic() < deadline, f'never saw {what} within {timeout} s; last {last!r}'
-        time.sleep(0.05)
-
-
-def lease_rpc(site, name, **kwargs):
-    body = json.dumps({'procedure': f'{site.address_root}.lock-registry.lease.{name}',
-                       'args': [], 'kwargs': kwargs}).encode()
-    req = urllib.request.Request(f'http://127.0.0.1:{site.port}/call', data=body,
-                                 headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        reply = json.load(r)
-    return reply['args'][0] if 'args' in reply else reply.get('error', str(reply))
-
-
-def wait_lease_rpcs(site):
-    """Until the lease procedures are registered (a renewal of a token never
-    issued: refused, changes nothing)."""
-    wait_for(lambda: isinstance(lease_rpc(site, 'renew', resource='w/probe', token=10 ** 9,
-                                          lease=1.0), dict), 'the lease procedures registered')
-
 
 def registry(site):
     return site.wait_agent('lock-registry', timeout=BACK)
-
-
-def leases(site):
-    reply = registry(site).leases()
-    assert reply.session['success'] is True, reply
-    return reply.session['data']
-
-
-def history(site):
-    """The whole audit log, oldest first."""
-    reply = registry(site).history(limit=1000)
-    assert reply.session['success'] is True, reply
-    rows = reply.session['data']['history']
-    assert len(rows) < 1000, 'audit log longer than one history() page'
-    return list(reversed(rows))
 
 
 def hold(site, resource, owner='tester', lease=120):

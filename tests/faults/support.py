@@ -1,0 +1,126 @@
+"""Helpers shared by the fault test modules (each module runs its own site).
+
+Every wait is bounded and polls something the site shows; nothing here
+sleeps for a margin.
+"""
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+#: Bound on waits for processes, the router and the registry to come back
+#: (not a margin: each wait ends as soon as they are back).
+BACK = 60
+REGISTRY = 'lock-registry'
+
+
+def kill_all(site):
+    """SIGKILL every process of the site, then let Site.stop() reap them. A
+    clean SIGINT shutdown costs seconds per agent and proves nothing here."""
+    for proc in [*site.agents.values(), *site.device_procs.values(), site.router]:
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    site.stop()
+
+
+def retry(fn, what, timeout=30):
+    """fn() until it returns without raising (an agent or the router coming
+    back); bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except Exception as e:      # ControlClientError etc. while re-joining
+            if time.monotonic() > deadline:
+                raise AssertionError(f'{what}: still failing after {timeout} s: {e}')
+            time.sleep(0.2)
+
+
+def wait_for(pred, what, timeout=BACK):
+    """Poll pred() (exceptions count as false) until true; bounded. Returns
+    its last true value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:
+            last = e
+        assert time.monotonic() < deadline, f'never saw {what} within {timeout} s; last {last!r}'
+        time.sleep(0.05)
+
+
+def lease_rpc(site, name, *args, **kwargs):
+    """Call the registry's plain WAMP procedure <registry>.lease.<name> through
+    the router's HTTP caller; the reply dict, or the WAMP error as a string."""
+    body = json.dumps({'procedure': f'{site.address_root}.{REGISTRY}.lease.{name}',
+                       'args': list(args), 'kwargs': kwargs}).encode()
+    req = urllib.request.Request(f'http://127.0.0.1:{site.port}/call', data=body,
+                                 headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        reply = json.load(r)
+    return reply['args'][0] if 'args' in reply else reply.get('error', str(reply))
+
+
+def wait_lease_rpcs(site, timeout=BACK):
+    """Wait until the registry's lease procedures are registered on the router
+    (the registry registers them after joining, so they lag behind its OCS
+    operations). Probes with a renewal of a token never issued: refused,
+    changes nothing."""
+    wait_for(lambda: isinstance(lease_rpc(site, 'renew', resource='probe/never', token=10 ** 9,
+                                          lease=1.0), dict),
+             'the lease procedures registered', timeout)
+
+
+def client(site, instance_id):
+    return site.wait_agent(instance_id, timeout=BACK)
+
+
+def leases(site):
+    reply = retry(lambda: client(site, REGISTRY).leases(), 'registry leases')
+    assert reply.session['success'] is True, reply
+    return reply.session['data']
+
+
+def grant_of(site, resource):
+    return next((g for g in leases(site)['grants'] if g['resource'] == resource), None)
+
+
+def history(site):
+    """The whole audit log, oldest first."""
+    reply = retry(lambda: client(site, REGISTRY).history(limit=1000), 'registry history')
+    assert reply.session['success'] is True, reply
+    rows = reply.session['data']['history']
+    assert len(rows) < 1000, 'audit log longer than one history() page: the check would ' \
+                             'replay a window, not the whole log'
+    return list(reversed(rows))
+
+
+def device_stats(site, name='bridge'):
+    """The simulated device's counters through its side door (not counted)."""
+    with socket.create_connection(('127.0.0.1', site.device(name)['port']),
+                                  timeout=5) as s:
+        s.sendall(b'STATS?\n')
+        return {k: int(v) for k, v in
+                (kv.split('=') for kv in s.makefile().readline().split())}
+
+
+def take(site, instance_id):
+    return retry(lambda: client(site, instance_id).take_site_lock(),
+                 f'{instance_id}.take_site_lock').session
+
+
+def drop(site, instance_id):
+    return retry(lambda: client(site, instance_id).drop_site_lock(),
+                 f'{instance_id}.drop_site_lock').session
+
+
+def messages(session):
+    return [m for _, m in session['messages']]
