@@ -18,7 +18,7 @@ A malformed meta event is counted and logged in one line, never raised.
 import collections
 
 from autobahn.twisted.wamp import ApplicationSession
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from . import rules
 
@@ -174,11 +174,11 @@ class BusAuthorizer(ApplicationSession):
                 self.log.debug('ocs_locking.bus: refused {action} {uri} for session '
                                '{session}: {why}', action=action, uri=uri,
                                session=session_id, why=decision.reason)
-            returnValue(rules.answer(decision))
+            return rules.answer(decision)
         except Exception as e:    # never let a bug open the bus: refuse
             self.log.warn('ocs_locking.bus: refused {action} {uri} on an error: {e}',
                           action=action, uri=uri, e=e)
-            returnValue({'allow': False, 'disclose': False, 'cache': False})
+            return {'allow': False, 'disclose': False, 'cache': False}
 
     def _decide(self, session_id, uri, action, options):
         return rules.decide(self.regs, session_id, uri, action, options,

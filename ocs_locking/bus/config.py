@@ -18,7 +18,7 @@ import json
 from . import rules
 
 __all__ = ['ConfigError', 'COMPONENT_CLASS', 'COMPONENT_ROLE', 'parse', 'rewrite',
-           'add_pythonpath', 'dumps', 'uses_component']
+           'add_pythonpath', 'dumps', 'uses_component', 'summary']
 
 COMPONENT_CLASS = 'ocs_locking.bus.authorizer.BusAuthorizer'
 COMPONENT_ROLE = 'ocs_locking_bus'
@@ -197,6 +197,20 @@ def rewrite(cfg, address_root='observatory', registry='lock-registry', realm=Non
     else:
         components.append(component)
     return cfg
+
+
+def summary(cfg):
+    """One line: which realm runs the component, which roles it authorizes."""
+    for worker in cfg.get('workers') or []:
+        if not uses_component(worker):
+            continue
+        for realm in worker.get('realms') or []:
+            roles = [r.get('name') for r in realm.get('roles') or []
+                     if isinstance(r, dict) and r.get('authorizer') == rules.AUTHORIZE_URI]
+            if roles:
+                return (f'component ocs_locking.bus in realm {realm.get("name")!r}; '
+                        f'role(s) {", ".join(roles)} authorized by {rules.AUTHORIZE_URI}')
+    return 'no bus component'
 
 
 def uses_component(worker):
