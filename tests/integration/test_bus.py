@@ -12,9 +12,8 @@ import pytest
 from ocs.ocs_client import OCSClient
 
 from ocs_locking.wire import TABLE_KEY
-from tests.support import WAIT, WampPeer
+from tests.support import CROSSBAR_CONFIGS, WAIT, WampPeer
 from tools.devsite import Site
-from tools.siteconfig import stock_crossbar_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
@@ -221,7 +220,7 @@ def _prefix():
 @pytest.fixture(scope='module')
 def stock_site(tmp_path_factory):
     with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('stock-site'), port=0,
-              crossbar_config=stock_crossbar_config()) as s:
+              crossbar_config=CROSSBAR_CONFIGS['stock']) as s:
         yield _started(s)
 
 
