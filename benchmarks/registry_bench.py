@@ -78,6 +78,9 @@ generator and its 50 sessions). The bench's own reactor lag (how late the
 generator's 5 ms ticks ran) is reported so a slow bench is not mistaken for
 a slow registry.
 
+The site of (a) and (b) runs the bus component (the demo config);
+``--stock`` runs them on ocs's stock config instead.
+
 ``--quick``: (a) 20 changes, (b) 5 agents x 2 locks at 100 events/s for 5 s
 in 1-s windows, (c) 4 rounds of 50 publishes (< 60 s). ``--json PATH``
 writes the results. ``main()`` returns 0 when every target passes.
@@ -128,8 +131,9 @@ def _ms(v):
 
 # -- the site -------------------------------------------------------------------------
 
-def write_site_config(workdir):
-    """The bench site config (crossbar config beside it, as Site expects)."""
+def write_site_config(workdir, stock=False):
+    """The bench site config (crossbar config beside it, as Site expects);
+    ``stock``: ocs's stock crossbar config instead of the bus component."""
     with open(SITE_TEMPLATE) as f:
         data = yaml.safe_load(f)
     host = data['hosts'][HOST]
@@ -143,6 +147,8 @@ def write_site_config(workdir):
     cfgdir = os.path.join(workdir, 'site-config')
     shutil.copytree(os.path.join(REPO, 'site-config', 'crossbar'),
                     os.path.join(cfgdir, 'crossbar'))
+    if stock:
+        shutil.copy(stock_crossbar_config(), os.path.join(cfgdir, 'crossbar', 'config.json'))
     path = os.path.join(cfgdir, 'bench.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)
@@ -887,11 +893,12 @@ def targets(a, b, c=None):
     ])
 
 
-def run(quick, keep=False):
+def run(quick, keep=False, stock=False):
     workdir = tempfile.mkdtemp(prefix='registry-bench-')
     rt = site = wamp = None
     try:
-        site = Site(write_site_config(workdir), HOST, os.path.join(workdir, 'run'), port=0)
+        site = Site(write_site_config(workdir, stock), HOST, os.path.join(workdir, 'run'),
+                    port=0)
         site.start()
         rt = Reactor()
         wamp = Wamp(rt, site)
@@ -922,10 +929,12 @@ def main(args=None):
                    help='(a) 20 changes, (b) 5 agents x 2 locks, 100 events/s, 5 s (< 60 s)')
     p.add_argument('--json', metavar='PATH', help='write the results dict here')
     p.add_argument('--keep', action='store_true', help='keep the site work dir (logs)')
+    p.add_argument('--stock', action='store_true',
+                   help="run (a) and (b) on ocs's stock crossbar config (no bus component)")
     opts = p.parse_args(args)
     start = time.perf_counter()
     try:
-        a, b, c, workdir = run(opts.quick, opts.keep)
+        a, b, c, workdir = run(opts.quick, opts.keep, opts.stock)
     except (SiteError, RuntimeError, concurrent.futures.TimeoutError) as e:
         print(f'registry_bench: {type(e).__name__}: {e}', file=sys.stderr)
         return 1
