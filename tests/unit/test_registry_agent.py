@@ -15,6 +15,10 @@ class FakeAgent:
     def __init__(self):
         self.feeds, self.published, self.subs = {}, [], []
         self.log = mock.MagicMock()
+        self.handlers = {}
+
+    def on(self, event, handler):
+        self.handlers.setdefault(event, []).append(handler)
 
     def register_feed(self, name, **kw):
         self.feeds[name] = kw
