@@ -119,7 +119,8 @@ def test_LockRegistryAgent_status_returns_the_sorted_table(reg):
         reg._on_locks([lock_msg(1), info(inst)], details=topic(inst))
     session = SimpleNamespace(data=None)
     ok, msg = reg.status(session, {})
-    assert (ok, msg) == (True, '2 lock(s) from 2 agent(s).')
+    assert (ok, msg) == (True, '2 lock(s) from 2 agent(s). Bus not verified: the registry '
+                               'is not joined to the router.')
     assert [r['lock'] for r in session.data['locks']] == ['a/hw', 'b/hw']
 
 
