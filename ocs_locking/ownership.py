@@ -30,7 +30,8 @@ Two things the messages alone do not say:
   ``boot`` starts a new sequence space; within one, the table keeps the
   last ``seq`` of the few most recent streams it saw (:data:`SEQ_HEADS`)
   and accepts a message that moves one of them forward by at most
-  :data:`SEQ_JUMP`. A forged message with a huge ``seq`` is dropped (it
+  :data:`SEQ_JUMP`; a seq seen lately is dropped only as an exact
+  duplicate. A forged message with a huge ``seq`` is dropped (it
   starts a stream of its own, which a second consecutive message would
   continue); a forged message just ahead of the agent adds a stream beside
   the agent's and never moves the agent's own.
@@ -67,6 +68,9 @@ MAX_TIME = 1e10
 SEQ_JUMP = 10000
 #: How many recent streams per agent process the table follows.
 SEQ_HEADS = 4
+#: How many recent seq numbers per agent it remembers (to tell a duplicate
+#: from a different message with the same seq).
+SEQ_RECENT = 64
 
 #: The default caps (registry arguments ``--max-agents``,
 #: ``--max-locks-per-agent``, ``--max-rows``).
@@ -142,32 +146,42 @@ def parse_lock_message(msg):
 
 
 class _Agent:
-    __slots__ = ('instance_id', 'last_seen', 'alive', 'heads', 'boot', 'locks')
+    __slots__ = ('instance_id', 'last_seen', 'alive', 'heads', 'recent', 'boot', 'locks')
 
     def __init__(self, instance_id, now):
         self.instance_id = instance_id
         self.last_seen = now
         self.alive = True
         self.heads = []         # last seq of each recent stream, most recent last
+        self.recent = {}        # seq -> digests of the messages taken with it (the latest)
         self.boot = None
         self.locks = 0          # rows of this agent
 
-    def accept_seq(self, seq):
-        """True if ``seq`` moves one of the recent streams forward by at most
-        SEQ_JUMP (that stream moves on; a jump of more than one also keeps
-        the old head, so one message ahead of the agent's own stream never
-        hides it). A message that continues none is dropped; one too far
-        ahead of every stream starts a stream of its own."""
-        heads = self.heads
-        if not heads:
-            heads.append(seq)
+    def accept_seq(self, seq, digest):
+        """True if the message (``seq``, and ``digest`` of its fields) is
+        taken. A seq seen lately is dropped only as an exact duplicate (a
+        forged message that took a genuine seq first never hides the
+        genuine one); otherwise a message must move one of the recent
+        streams forward by at most SEQ_JUMP (that stream moves on; a jump
+        of more than one also keeps the old head, so a message ahead of the
+        agent's own stream never hides it). One too far ahead of every
+        stream is dropped but starts a stream of its own (a real gap
+        resyncs on the next message); one behind every stream is dropped."""
+        seen = self.recent.get(seq)
+        if seen is not None:
+            if digest in seen:
+                return False
+            seen.add(digest)
             return True
+        heads = self.heads
         below = [h for h in heads if h < seq <= h + SEQ_JUMP]
-        if below:
-            h = max(below)
-            if seq == h + 1:
-                heads.remove(h)
+        if below or not heads:
+            if below and seq == max(below) + 1:
+                heads.remove(max(below))
             self._push(seq)
+            self.recent[seq] = {digest}
+            if len(self.recent) > SEQ_RECENT:
+                del self.recent[next(iter(self.recent))]
             return True
         if seq > max(heads) + SEQ_JUMP:
             self._push(seq)
@@ -320,7 +334,8 @@ class OwnershipTable:
         self._seen(agent, now, changed)
         if m['boot'] is not None and m['boot'] != agent.boot:
             agent.boot, agent.heads = m['boot'], []     # a new process: new seq space
-        if not agent.accept_seq(m['seq']):
+            agent.recent = {}
+        if not agent.accept_seq(m['seq'], hash(tuple(m.values()))):
             self._dropped += 1
             self.out_of_sequence += 1
             return self._changes(changed)

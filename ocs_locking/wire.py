@@ -133,12 +133,19 @@ def json_size(value):
     return len(json.dumps(value, separators=(',', ':'), default=str))
 
 
+#: Octets :func:`split_rows` leaves in each part for the message around the
+#: rows (kind, seq, part numbers, ocs's feed info or session fields).
+ENVELOPE = 8192
+
+
 def split_rows(rows, budget=MESSAGE_BUDGET, most=None):
-    """``rows`` cut into consecutive parts, each at most ``budget`` octets of
-    JSON and ``most`` rows (None: no count bound); always at least one part
+    """``rows`` cut into consecutive parts, each at most ``budget -
+    ENVELOPE`` octets of JSON and ``most`` rows (None: no count bound),
+    so that the message around each part stays within ``budget``; always at least one part
     (empty for no rows). A single row over the budget still gets a part of
     its own (rows are bounded by the table's field checks)."""
     parts, part, size = [], [], 2
+    budget -= ENVELOPE
     for row in rows:
         n = json_size(row) + 1
         if part and (size + n > budget or (most is not None and len(part) >= most)):
