@@ -33,7 +33,7 @@ STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
 
 #: Rows kept in the ``monitor`` session.data (the rest: ``status`` pages),
 #: and the most rows one ``status`` page returns.
-SESSION_ROWS = PAGE_ROWS = 500
+SESSION_ROWS = PAGE_ROWS = 1000
 #: Removed keys per ownership message (a key is at most ~130 octets).
 REMOVED_PER_MESSAGE = 2000
 #: A dropped message's reason is logged at most once per this many seconds
@@ -396,8 +396,8 @@ class LockRegistryAgent:
                          'dropped': {"locks: published by a session that is not "
                                      "the agent's": 3},
                          'limits': {'max_agents': 1000, 'max_locks_per_agent': 64,
-                                    'max_rows': 10000, 'session_rows': 500,
-                                    'page_rows': 500, 'message_budget': 1048576,
+                                    'max_rows': 10000, 'session_rows': 1000,
+                                    'page_rows': 1000, 'message_budget': 1048576,
                                     'payload_limit': 16777216}},
                  'lease_health': {'storage': {'ok': True, 'error': None},
                                   'procedures': {'registered': True, 'missing': []}}}
@@ -449,7 +449,7 @@ class LockRegistryAgent:
     @ocs_agent.param('offset', default=0, type=int, check=lambda n: 0 <= n <= 10 ** 9)
     @ocs_agent.param('limit', default=PAGE_ROWS, type=int, check=lambda n: 1 <= n <= 10 ** 6)
     def status(self, session, params):
-        """status(offset=0, limit=500)
+        """status(offset=0, limit=1000)
 
         **Task** - Return one page of the lock table now (rows sorted by
         lock), with the total, so that a client can read every page.

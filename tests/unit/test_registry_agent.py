@@ -305,7 +305,7 @@ def test_LockRegistryAgent_10000_rows_fit_the_payload_limit_everywhere():
     session.data = {TABLE_KEY: reg.session_table()}
     reg._update_session()
     assert json_size(session.data) < MESSAGE_BUDGET < PAYLOAD_LIMIT
-    assert session.data['total'] == 10000 and len(session.data[TABLE_KEY]) == 500
+    assert session.data['total'] == 10000 and 0 < len(session.data[TABLE_KEY]) <= reg.session_rows
     reg.agent.published.clear()
     reg._publish_snapshot()
     parts = [m for n, m in reg.agent.published if n == OWNERSHIP_FEED]
