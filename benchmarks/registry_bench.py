@@ -61,14 +61,26 @@ reactor in one background thread, and with ocs's ``OCSClient`` (HTTP).
     registry dropped 0 messages, and all 500 load locks (50 agents x 10) are
     in its table; a further target: no event missing.
 
-Both parts share one site and one reactor thread (the subscriber, the load
+(c) **The bus component's publish cost.** Two routers only (no agents), one
+    with ocs's stock crossbar config (``site-config/crossbar/stock.json``,
+    the baseline) and one with the bus component (``config.json``). On each,
+    a publisher session registers ``observatory.bench-pub.ops`` (so the
+    component lets it publish on its feeds) and a subscriber subscribes to
+    ``observatory.bench-pub.feeds.bench``. Rounds alternate between the two
+    routers (stock first in even rounds, bus first in odd ones); in a round,
+    publishes go one after another, each acknowledged: *ack latency* =
+    publish -> acknowledgement, *event latency* = publish -> the subscriber's
+    handler (one reactor thread, one clock). Target: the component adds
+    less than 0.5 ms to both medians.
+
+Parts (a) and (b) share one site and one reactor thread (the subscriber, the load
 generator and its 50 sessions). The bench's own reactor lag (how late the
 generator's 5 ms ticks ran) is reported so a slow bench is not mistaken for
 a slow registry.
 
 ``--quick``: (a) 20 changes, (b) 5 agents x 2 locks at 100 events/s for 5 s
-in 1-s windows (< 60 s). ``--json PATH`` writes the results. ``main()``
-returns 0 when every target passes.
+in 1-s windows, (c) 4 rounds of 50 publishes (< 60 s). ``--json PATH``
+writes the results. ``main()`` returns 0 when every target passes.
 """
 import argparse
 import concurrent.futures
@@ -91,6 +103,7 @@ import yaml  # noqa: E402
 
 from ocs_locking.testing import ReactorThread  # noqa: E402
 from tools.devsite import Site, SiteError  # noqa: E402
+from tools.siteconfig import stock_crossbar_config  # noqa: E402
 
 OCS = f"ocs {importlib.metadata.version('ocs')} RegistryAgent"
 SITE_TEMPLATE = os.path.join(REPO, 'site-config', 'default.yaml')
@@ -440,6 +453,10 @@ class LoadGenerator:
         for a in range(self.n_agents):
             iid = f'load-{a:02d}'
             session = self.wamp.join(name=iid)
+            # an agent registers <root>.<id>.ops first: under the bus component only
+            # that session may publish on the agent's feeds
+            self.rt.call(session.register, lambda *a, **k: None, f'{self.root}.{iid}.ops',
+                         timeout=BOUND)
             sid = str(time.time())
             self.agents.append({
                 'id': iid, 'session': session, 'seq': 0, 'boot': time.time(),
@@ -722,7 +739,123 @@ def print_b(b):
     print()
 
 
-def targets(a, b):
+# -- (c) the bus component's publish cost ------------------------------------------------
+
+BUS_CONFIGS = (('stock', 'stock ocs config (baseline)'), ('bus', 'bus component'))
+
+
+def _router_site(workdir, name, crossbar_config):
+    """A site of just a router (no agents) on a free port."""
+    with open(SITE_TEMPLATE) as f:
+        data = yaml.safe_load(f)
+    data['hosts'] = {'router': {'agent-instances': []}}
+    path = os.path.join(workdir, f'{name}.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    site = Site(path, 'router', os.path.join(workdir, name), port=0,
+                crossbar_config=crossbar_config)
+    site.start_router()
+    return site
+
+
+class PublishProbe:
+    """On one router: a publisher session holding ``<root>.bench-pub.ops`` (an
+    agent, for the bus component) and a subscriber on its feed. Each trial
+    is one acknowledged publish: ack latency (publish -> ack) and event
+    latency (publish -> the subscriber's handler), both perf_counter on the
+    reactor thread."""
+
+    def __init__(self, rt, site):
+        self.rt = rt
+        self.wamp = Wamp(rt, site)
+        self.topic = f'{site.address_root}.bench-pub.feeds.bench'
+        self.waiting = {}
+        self.sub = self.wamp.join([(self.topic, self._on_event, None)], name='bench-sub')
+        self.pub = self.wamp.join(name='bench-pub')
+        rt.call(self.pub.register, lambda *a, **k: None,
+                f'{site.address_root}.bench-pub.ops', timeout=BOUND)
+
+    def _on_event(self, i):
+        d = self.waiting.pop(i, None)
+        if d is not None:
+            d.callback(time.perf_counter())
+
+    def trials(self, n):
+        """n publishes one after another; ([ack s], [event s])."""
+        from autobahn.wamp.types import PublishOptions
+        from twisted.internet import defer
+
+        @defer.inlineCallbacks
+        def run():
+            acks, events = [], []
+            for i in range(n):
+                got = self.waiting[i] = defer.Deferred()
+                t0 = time.perf_counter()
+                yield self.pub.publish(self.topic, i, options=PublishOptions(acknowledge=True))
+                acks.append(time.perf_counter() - t0)
+                t1 = yield got
+                events.append(t1 - t0)
+            return acks, events
+        return self.rt.call(run, timeout=BOUND + n * 0.1)
+
+    def close(self):
+        self.wamp.close()
+
+
+def run_bus_cost(rt, workdir, quick):
+    """Interleaved rounds on two routers, stock config and bus component."""
+    rounds, per_round = (4, 50) if quick else (10, 300)
+    sites, probes = {}, {}
+    try:
+        sites['stock'] = _router_site(workdir, 'router-stock', stock_crossbar_config())
+        sites['bus'] = _router_site(workdir, 'router-bus',
+                                    os.path.join(REPO, 'site-config', 'crossbar', 'config.json'))
+        for name, site in sites.items():
+            probes[name] = PublishProbe(rt, site)
+            probes[name].trials(20)      # warm-up, not counted
+        acks = {name: [] for name in sites}
+        events = {name: [] for name in sites}
+        for r in range(rounds):
+            order = ('stock', 'bus') if r % 2 == 0 else ('bus', 'stock')
+            for name in order:
+                a, e = probes[name].trials(per_round)
+                acks[name] += a
+                events[name] += e
+    finally:
+        for probe in probes.values():
+            probe.close()
+        for site in sites.values():
+            site.stop()
+    out = {}
+    for name in sites:
+        out[name] = dict(publishes=len(acks[name]),
+                         ack_median_ms=_ms(statistics.median(acks[name])),
+                         ack_p99_ms=_ms(_p99(acks[name])),
+                         event_median_ms=_ms(statistics.median(events[name])),
+                         event_p99_ms=_ms(_p99(events[name])))
+    out['rounds'], out['per_round'] = rounds, per_round
+    out['ack_added_ms'] = out['bus']['ack_median_ms'] - out['stock']['ack_median_ms']
+    out['event_added_ms'] = out['bus']['event_median_ms'] - out['stock']['event_median_ms']
+    return out
+
+
+def print_c(c):
+    print(f"\n(c) publish cost of the bus component: one publisher (holding its agent's ops) "
+          f"and one subscriber on loopback, {c['rounds']} interleaved rounds of "
+          f"{c['per_round']} acknowledged publishes on each router\n")
+    print('| router config | publishes | ack median (ms) | ack p99 (ms) | '
+          'event median (ms) | event p99 (ms) |')
+    print('|---|---|---|---|---|---|')
+    for name, label in BUS_CONFIGS:
+        r = c[name]
+        print(f"| {label} | {r['publishes']} | {_f(r['ack_median_ms'], '{:.3f}')} | "
+              f"{_f(r['ack_p99_ms'], '{:.3f}')} | {_f(r['event_median_ms'], '{:.3f}')} | "
+              f"{_f(r['event_p99_ms'], '{:.3f}')} |")
+    print(f"| added by the component (median) | | {c['ack_added_ms']:+.3f} | | "
+          f"{c['event_added_ms']:+.3f} | |")
+
+
+def targets(a, b, c=None):
     o = a['free']['ours']
     s = b['summary']
     first, last = b['windows'][0]['p99_ms'], b['windows'][-1]['p99_ms']
@@ -746,7 +879,12 @@ def targets(a, b):
              and s['table_load_agents'] == b['agents']),
         dict(name='(b) no event missing', detail=f"{s['missing']} of {s['published']}",
              passed=s['missing'] == 0 and s['published'] == s['expected']),
-    ]
+    ] + ([] if c is None else [
+        dict(name='(c) bus component adds < 0.5 ms to the median event latency',
+             detail=f"{c['event_added_ms']:+.3f} ms", passed=c['event_added_ms'] < 0.5),
+        dict(name='(c) bus component adds < 0.5 ms to the median acknowledged publish',
+             detail=f"{c['ack_added_ms']:+.3f} ms", passed=c['ack_added_ms'] < 0.5),
+    ])
 
 
 def run(quick, keep=False):
@@ -762,7 +900,11 @@ def run(quick, keep=False):
         a = {'free': run_propagation(site, watch, n, acq=False),
              'acq': run_propagation(site, watch, n, acq=True)}
         b = run_scale(site, rt, wamp, quick)
-        return a, b, workdir
+        wamp.close()
+        site.stop()
+        site = None
+        c = run_bus_cost(rt, workdir, quick)
+        return a, b, c, workdir
     finally:
         if wamp is not None:
             wamp.close()
@@ -783,13 +925,14 @@ def main(args=None):
     opts = p.parse_args(args)
     start = time.perf_counter()
     try:
-        a, b, workdir = run(opts.quick, opts.keep)
+        a, b, c, workdir = run(opts.quick, opts.keep)
     except (SiteError, RuntimeError, concurrent.futures.TimeoutError) as e:
         print(f'registry_bench: {type(e).__name__}: {e}', file=sys.stderr)
         return 1
     print_a(a)
     print_b(b)
-    tg = targets(a, b)
+    print_c(c)
+    tg = targets(a, b, c)
     for t in tg:
         print(f"{'PASS' if t['passed'] else 'FAIL'}: {t['name']} ({t['detail']})")
     elapsed = time.perf_counter() - start
@@ -798,7 +941,7 @@ def main(args=None):
           + (f'; site logs in {workdir}' if opts.keep else ''))
     if opts.json:
         with open(opts.json, 'w') as fh:
-            json.dump(dict(results={'a': a, 'b': b}, targets=tg, baseline=OCS,
+            json.dump(dict(results={'a': a, 'b': b, 'c': c}, targets=tg, baseline=OCS,
                            quick=opts.quick, elapsed_s=elapsed), fh, indent=2)
     return 0 if all(t['passed'] for t in tg) else 1
 

@@ -92,3 +92,74 @@ class ReactorActor:
 
     def close(self):
         pass
+
+
+class WampPeer:
+    """A raw WAMP session on a test router (whatever role its websocket
+    gives: ``iocs_agent`` on the demo config), driven from the test thread.
+    Every method waits at most ``WAIT`` s.
+
+    ``error(method, *args)`` runs ``session.<method>(*args)`` and returns
+    the WAMP error URI it failed with, or None if it succeeded.
+    """
+
+    def __init__(self, rt, url, realm):
+        import queue
+
+        from autobahn.twisted.wamp import ApplicationRunner, ApplicationSession
+        from twisted.internet import defer
+        self.rt = rt
+        self.events = queue.Queue()     # (topic, args, details) of subscribed events
+        joined = defer.Deferred()
+
+        class Session(ApplicationSession):
+            def onJoin(self, details):
+                joined.callback(self)
+
+            def onDisconnect(self):
+                if not joined.called:
+                    joined.errback(ConnectionError(f'could not join {realm} at {url}'))
+
+        def start():
+            runner = ApplicationRunner(url, realm)
+            d = runner.run(Session, start_reactor=False, auto_reconnect=False)
+            d.addErrback(lambda f: joined.called or joined.errback(f))
+            return joined
+        self.session = rt.call(start, timeout=WAIT)
+        self.id = self.session._session_id
+
+    def run(self, method, *args, **kwargs):
+        return self.rt.call(getattr(self.session, method), *args, timeout=WAIT, **kwargs)
+
+    def error(self, method, *args, **kwargs):
+        from autobahn.wamp.exception import ApplicationError
+        try:
+            self.run(method, *args, **kwargs)
+        except ApplicationError as e:
+            return e.error
+        return None
+
+    def publish(self, topic, *args):
+        """An acknowledged publish; the error URI or None."""
+        from autobahn.wamp.types import PublishOptions
+        return self.error('publish', topic, *args, options=PublishOptions(acknowledge=True))
+
+    def subscribe(self, topic, match='exact'):
+        """Subscribe; events (with the router's details) go to ``self.events``."""
+        from autobahn.wamp.types import SubscribeOptions
+
+        def handler(*args, details=None):
+            self.events.put((details.topic or topic, args, details))
+        return self.run('subscribe', handler, topic,
+                        options=SubscribeOptions(match=match, details_arg='details'))
+
+    def register(self, uri):
+        """Register a procedure that answers 'squatted'; the error URI or None."""
+        return self.error('register', lambda *a, **k: 'squatted', uri)
+
+    def close(self):
+        if self.session.is_attached():
+            try:
+                self.rt.call(self.session.leave, timeout=WAIT)
+            except Exception:       # already gone
+                pass

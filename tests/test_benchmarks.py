@@ -161,7 +161,15 @@ def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(site_be
     assert len(b['windows']) == 5
     assert s['expected_rows'] == 10
     assert {t['name'] for t in data['targets']} >= {
-        '(a) ours median < 10 ms (lock free)', '(b) registry dropped 0 messages'}
+        '(a) ours median < 10 ms (lock free)', '(b) registry dropped 0 messages',
+        '(c) bus component adds < 0.5 ms to the median event latency'}
+    assert ('| router config | publishes | ack median (ms) | ack p99 (ms) | event median (ms) '
+            '| event p99 (ms) |') in printed
+    assert '| stock ocs config (baseline) | 200 |' in printed
+    c = data['results']['c']
+    for name in ('stock', 'bus'):
+        assert c[name]['publishes'] == 200, name
+        assert 0 < c[name]['ack_median_ms'] and 0 < c[name]['event_median_ms'], name
 
 
 @pytest.mark.integration

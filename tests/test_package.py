@@ -126,11 +126,12 @@ def test_readme_layout_names_what_is_in_the_repository():
 PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.wire', 'ocs_locking.errors',
                 'ocs_locking.leases.paths', 'ocs_locking.leases.state',
                 'ocs_locking.leases.holder', 'ocs_locking.leases.audit',
+                'ocs_locking.bus.rules', 'ocs_locking.bus.config',
                 'ocs_locking.agents.lock_registry.sessions')
 _BARE_IMPORT = """
 import importlib, sys, types
 for name, path in (('ocs_locking', 'ocs_locking'), ('ocs_locking.leases', 'ocs_locking/leases'),
-                   ('ocs_locking.agents', 'agents'),
+                   ('ocs_locking.bus', 'ocs_locking/bus'), ('ocs_locking.agents', 'agents'),
                    ('ocs_locking.agents.lock_registry', 'agents/lock_registry')):
     pkg = types.ModuleType(name)
     pkg.__path__ = [path]
@@ -153,3 +154,55 @@ def test_pure_module_imports_neither_ocs_twisted_autobahn_nor_the_network(module
                           text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[]', module
+
+
+_CROSSBAR_IMPORT = """
+import sys
+sys.path.insert(0, %r)
+import autobahn.twisted.wamp, twisted.internet.defer, txaio
+before = set(sys.modules)
+import ocs_locking.bus.authorizer, ocs_locking.bus.rules, ocs_locking.bus.config
+loaded = {m.split('.')[0] for m in set(sys.modules) - before}
+print(sorted(loaded - set(sys.stdlib_module_names) - {'ocs_locking'}))
+"""
+
+
+def test_bus_component_imports_in_crossbars_python_with_nothing_beyond_its_libraries():
+    """When the bus component's modules are imported by crossbar's own
+    python (what the router worker does with the config's pythonpath), they
+    import and load nothing beyond the standard library, autobahn, twisted
+    and txaio (loaded first: crossbar has them)."""
+    from tools.devsite import find_crossbar
+    python = os.path.join(os.path.dirname(find_crossbar()), 'python')
+    proc = subprocess.run([python, '-c', _CROSSBAR_IMPORT % REPO], capture_output=True,
+                          text=True, timeout=120, cwd='/')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]'
+
+
+def test_bus_package_imports_only_stdlib_autobahn_twisted_txaio_in_its_source():
+    """When ocs_locking/bus/*.py are parsed, every import names the standard
+    library, autobahn, twisted, txaio or the package itself (relative, or
+    ocs_locking's own version)."""
+    import ast
+    allowed = set(sys.stdlib_module_names) | {'autobahn', 'twisted', 'txaio'}
+    bus = os.path.join(REPO, 'ocs_locking', 'bus')
+    bad = []
+    for name in sorted(os.listdir(bus)):
+        if not name.endswith('.py'):
+            continue
+        with open(os.path.join(bus, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split('.')[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    continue
+                tops = [node.module.split('.')[0]]
+                if node.module == 'ocs_locking' and [a.name for a in node.names] == ['__version__']:
+                    continue
+            else:
+                continue
+            bad += [f'{name}: {t}' for t in tops if t not in allowed]
+    assert not bad

@@ -195,6 +195,7 @@ class Site:
             raise SiteError(f'cannot read crossbar config {template}: {e}') from None
         cfg = siteconfig.crossbar_config(cfg, self.port, where=f'crossbar config {template}')
         os.makedirs(self.cbdir, exist_ok=True)
+        siteconfig.link_code(self.cbdir)    # the bus component's code (pythonpath 'code')
         with open(os.path.join(self.cbdir, 'config.json'), 'w') as f:
             json.dump(cfg, f, indent=2)
 

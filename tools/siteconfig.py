@@ -9,7 +9,11 @@ entry and what was wrong, before anything is started.
   and which agent classes the installed OCS plugins provide;
 * the host's ``simulated-devices``;
 * the crossbar config template, which must carry no port and listen on
-  loopback only: :func:`crossbar_config` fills in the port.
+  loopback only: :func:`crossbar_config` fills in the port and, for a router
+  running the bus component, puts this checkout's ``ocs_locking`` on the
+  worker's python path (nothing is installed in crossbar's environment);
+  :func:`stock_crossbar_config` is ocs's stock config (no component), for
+  the tests of that path.
 """
 import copy
 import ipaddress
@@ -17,9 +21,42 @@ import os
 
 import yaml
 
+import ocs_locking
+from ocs_locking.bus import config as bus_config
+
 __all__ = ['SiteError', 'load_site', 'url_port', 'check_port', 'instance_specs',
            'device_specs', 'rewrite_device_ports', 'crossbar_config', 'plugin_agents',
-           'unknown_agent_class']
+           'unknown_agent_class', 'stock_crossbar_config', 'link_code', 'CROSSBAR_DIR']
+
+CROSSBAR_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            'site-config', 'crossbar')
+#: where, relative to crossbar's node directory, the router worker finds
+#: ``ocs_locking`` (a directory holding only a link to this checkout's package:
+#: the repository root would put tools/, tests/ ... on crossbar's path too)
+CODE_DIR = 'code'
+
+
+def link_code(cbdir):
+    """Make ``<cbdir>/code/ocs_locking`` a link to the ``ocs_locking``
+    package this process imports (from ``ocs_locking.__file__``), so that the
+    router runs this checkout's component."""
+    code = os.path.join(cbdir, CODE_DIR)
+    os.makedirs(code, exist_ok=True)
+    link = os.path.join(code, 'ocs_locking')
+    target = os.path.dirname(os.path.abspath(ocs_locking.__file__))
+    if os.path.islink(link) and os.readlink(link) == target:
+        return link
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(target, link)
+    return link
+
+
+def stock_crossbar_config():
+    """The path of ocs's stock crossbar config template (ocs's generated
+    config: static roles, no bus component, no disclosure), for
+    ``Site(..., crossbar_config=stock_crossbar_config())``."""
+    return os.path.join(CROSSBAR_DIR, 'stock.json')
 
 
 class SiteError(RuntimeError):
@@ -91,7 +128,7 @@ def crossbar_config(cfg, port, where='crossbar config'):
                                 f'the devsite serves 127.0.0.1 only')
             endpoint['port'] = port
             endpoint['interface'] = '127.0.0.1'
-    return cfg
+    return bus_config.add_pythonpath(cfg, CODE_DIR)
 
 
 _PLUGIN_AGENTS = None

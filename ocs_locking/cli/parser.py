@@ -127,4 +127,13 @@ def make_parser():
     h.add_argument('--limit', type=int, default=None,
                    help='at most this many rows, 1..1000 (default 20)')
     h.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
+                                    '(--address-root default observatory, --registry)')
+    cb.add_argument('input', metavar='IN.json', help="crossbar config to read (e.g. ocs's)")
+    cb.add_argument('output', metavar='OUT.json', help='where to write the result')
+    cb.add_argument('--realm', default=None,
+                    help='the realm to secure (default: the only one in the config)')
+    cb.add_argument('--pythonpath', default=None, metavar='DIR',
+                    help="add DIR (holding ocs_locking/) to the router worker's python "
+                         "path, instead of installing ocs-locking in crossbar's environment")
     return parser

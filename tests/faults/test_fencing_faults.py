@@ -160,7 +160,9 @@ def healed(site):
 class Squatter:
     """A plain WAMP session that registers the registry's lease procedure
     URIs itself (what an old registration left in the router looks like to
-    the registry), until :meth:`leave`."""
+    the registry), until :meth:`leave`. Under the bus component only the
+    holder of the registry's ops may register them: it registers that first
+    (the registry is down) and drops it again, keeping the lease procedures."""
 
     def __init__(self, reactor_thread, site):
         from autobahn.twisted.component import Component
@@ -180,8 +182,11 @@ class Squatter:
             def on_join(session, details):
                 self.session = session
                 try:
+                    ops = yield session.register(
+                        lambda *a, **kw: 'squatter', f'{site.address_root}.lock-registry.ops')
                     for uri in uris:
                         yield session.register(lambda *a, **kw: 'squatter', uri)
+                    yield ops.unregister()
                 except Exception as e:
                     joined.set_exception(e)
                 else:
