@@ -21,7 +21,7 @@ ends (on_leave, or its ``.ops`` registration deleted or unregistered);
 ``on_lost(registration_id)`` when one of the registry's own registrations
 is unregistered or deleted by the router. Reactor thread only.
 """
-from autobahn.wamp.types import SubscribeOptions
+from autobahn.twisted.wamp import ApplicationSession
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.wire import BUS_INFO, error_reason, one_line
@@ -101,7 +101,11 @@ class BusWatch:
         try:
             for topic in META_TOPICS:
                 handler = getattr(self, '_' + topic.rsplit('.', 1)[-1])
-                yield session.subscribe(handler, topic, options=SubscribeOptions())
+                # autobahn's own subscribe: ocs's refuses a topic subscribed
+                # before (a re-join) and wants options as a dict
+                subscribe = ApplicationSession.subscribe \
+                    if isinstance(session, ApplicationSession) else type(session).subscribe
+                yield subscribe(session, handler, topic)
             loaded = yield self._load(session)
         except Exception as e:
             if this == self._round:
