@@ -17,7 +17,7 @@ from autobahn.wamp.types import PublishOptions
 from ocs_locking.wire import (BUS_KEY, HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, TABLE_KEY,
                               feed_topic)
 from tests.integration.test_registry import (SITE_FILE, end_of, ocs_locks, start_watch, table,
-                                             wait_table)
+                                             wait_table, wait_table_bus)
 from tests.support import WampPeer
 from tools.devsite import Site
 from tools.siteconfig import stock_crossbar_config
@@ -49,16 +49,8 @@ def monitor_data(registry):
 
 
 def bus_of(registry):
-    """The registry's bus block once it has checked the bus (bounded poll:
-    HTTP state cannot be pushed to us)."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        bus = monitor_data(registry).get(BUS_KEY) or {}
-        if bus.get('verified') is True or bus.get('reason') not in (
-                None, 'being checked', 'the registry is not joined to the router'):
-            return bus
-        assert time.monotonic() < deadline, f'the registry never checked the bus: {bus}'
-        time.sleep(0.1)
+    """The registry's bus block once it has checked the bus."""
+    return wait_table_bus(registry, timeout=WAIT)
 
 
 @pytest.fixture
