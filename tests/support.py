@@ -7,8 +7,15 @@ from twisted.internet import task
 
 from ocs_locking import Cancel
 from ocs_locking.testing import ReactorThread  # noqa: F401  (re-exported for the tests)
+from tools.siteconfig import stock_crossbar_config
 
 WAIT = 10.0  # bound on every wait in the tests, in seconds
+
+#: ``Site(..., crossbar_config=CROSSBAR_CONFIGS[name])``: ``'bus'`` the demo
+#: config with the bus component (Site's default), ``'stock'`` ocs's stock
+#: config (no component; tools.siteconfig.stock_crossbar_config). For
+#: ``@pytest.mark.parametrize('router', sorted(CROSSBAR_CONFIGS))``.
+CROSSBAR_CONFIGS = {'bus': None, 'stock': stock_crossbar_config()}
 
 
 class FakeReactor(task.Clock):

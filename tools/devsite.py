@@ -193,7 +193,8 @@ class Site:
                 cfg = json.load(f)
         except (OSError, ValueError) as e:
             raise SiteError(f'cannot read crossbar config {template}: {e}') from None
-        cfg = siteconfig.crossbar_config(cfg, self.port, where=f'crossbar config {template}')
+        cfg = siteconfig.crossbar_config(cfg, self.port, where=f'crossbar config {template}',
+                                         address_root=self.address_root)
         os.makedirs(self.cbdir, exist_ok=True)
         siteconfig.link_code(self.cbdir)    # the bus component's code (pythonpath 'code')
         with open(os.path.join(self.cbdir, 'config.json'), 'w') as f:

@@ -106,10 +106,12 @@ def is_loopback(interface):
         return False
 
 
-def crossbar_config(cfg, port, where='crossbar config'):
+def crossbar_config(cfg, port, where='crossbar config', address_root=None):
     """A copy of the crossbar config ``cfg`` (a dict) with every transport's
     endpoint on 127.0.0.1:``port``. Refuses a template that sets a port (it
-    would be overwritten silently) or a non-loopback interface."""
+    would be overwritten silently) or a non-loopback interface. A router
+    running the bus component gets :data:`CODE_DIR` on its python path and,
+    with ``address_root``, the site's address root in the component's extra."""
     cfg = copy.deepcopy(cfg)
     workers = cfg.get('workers') if isinstance(cfg, dict) else None
     if not isinstance(workers, list):
@@ -128,6 +130,11 @@ def crossbar_config(cfg, port, where='crossbar config'):
                                 f'the devsite serves 127.0.0.1 only')
             endpoint['port'] = port
             endpoint['interface'] = '127.0.0.1'
+    if address_root is not None:
+        for worker in filter(bus_config.uses_component, workers):
+            for c in worker['components']:
+                if isinstance(c, dict) and c.get('classname') == bus_config.COMPONENT_CLASS:
+                    c.setdefault('extra', {})['address_root'] = address_root
     return bus_config.add_pythonpath(cfg, CODE_DIR)
 
 

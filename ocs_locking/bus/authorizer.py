@@ -105,13 +105,19 @@ class BusAuthorizer(ApplicationSession):
         if reg.get('match', 'exact') == 'exact' and self._tracked(reg['uri']):
             self.regs.created(session_id, reg['id'], reg['uri'])
 
+    # crossbar sends (None, registration id) when a leaving session's
+    # registrations are removed (its session id is already cleared)
+
     def _on_unregister(self, *args, **kwargs):
-        if len(args) != 2 or not _is_id(args[0]) or not _is_id(args[1]):
+        if len(args) != 2 or not (args[0] is None or _is_id(args[0])) or not _is_id(args[1]):
             return self._drop('on_unregister', f'malformed event {args!r:.150}')
-        self.regs.unregistered(args[0], args[1])
+        if args[0] is None:     # a session detached: whoever it was, look it up next time
+            self.regs.deleted(args[1])
+        else:
+            self.regs.unregistered(args[0], args[1])
 
     def _on_delete(self, *args, **kwargs):
-        if len(args) != 2 or not _is_id(args[0]) or not _is_id(args[1]):
+        if len(args) != 2 or not (args[0] is None or _is_id(args[0])) or not _is_id(args[1]):
             return self._drop('on_delete', f'malformed event {args!r:.150}')
         self.regs.deleted(args[1])
 

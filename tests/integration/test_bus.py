@@ -12,9 +12,8 @@ import pytest
 from ocs.ocs_client import OCSClient
 
 from ocs_locking.wire import TABLE_KEY
-from tests.support import WAIT, WampPeer
+from tests.support import CROSSBAR_CONFIGS, WAIT, WampPeer
 from tools.devsite import Site
-from tools.siteconfig import stock_crossbar_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
@@ -191,6 +190,26 @@ def test_while_the_registry_is_down_its_procedures_stay_its_own(site, reactor_th
     site.wait_agent('lock-registry')
 
 
+def test_every_meta_event_crossbar_sent_the_component_was_understood(site, reactor_thread):
+    """After sessions registered, unregistered and left (the tests above, and
+    one more here), the component logged no dropped meta event: it reads
+    crossbar's real argument shapes (e.g. on_delete with no session id when
+    a session detaches)."""
+    p = WampPeer(reactor_thread, f'ws://127.0.0.1:{site.port}/ws', site.realm)
+    assert p.register('observatory.leaver.ops') is None
+    p.close()
+    again = WampPeer(reactor_thread, f'ws://127.0.0.1:{site.port}/ws', site.realm)
+    try:    # the leave was seen (or looked up): the new session holds it
+        assert again.register('observatory.leaver.ops') is None
+        assert again.publish('observatory.leaver.feeds.locks', 1) is None
+    finally:
+        again.close()
+    with open(site.log_path('crossbar')) as f:
+        log = f.read()
+    assert 'ocs_locking.bus: dropped' not in log
+    assert 'ocs_locking.bus: refused' not in log       # no error inside the component
+
+
 def _prefix():
     from autobahn.wamp.types import SubscribeOptions
     return SubscribeOptions(match='prefix')
@@ -201,7 +220,7 @@ def _prefix():
 @pytest.fixture(scope='module')
 def stock_site(tmp_path_factory):
     with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('stock-site'), port=0,
-              crossbar_config=stock_crossbar_config()) as s:
+              crossbar_config=CROSSBAR_CONFIGS['stock']) as s:
         yield _started(s)
 
 

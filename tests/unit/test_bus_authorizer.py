@@ -103,6 +103,16 @@ def test_delete_unregister_and_leave_end_a_holding(bus):
     assert len(bus.regs) == 0 and sum(bus.dropped.values()) == 0
 
 
+def test_a_detached_sessions_events_without_session_id_end_its_holding(bus):
+    """crossbar sends on_unregister / on_delete (None, registration id) when a
+    leaving session's registrations go: not malformed."""
+    bus._on_create(AGENT, {'id': 1, 'uri': OPS})
+    bus._on_create(OTHER, {'id': 2, 'uri': 'observatory.b.ops'})
+    bus._on_unregister(None, 1)
+    bus._on_delete(None, 2)
+    assert len(bus.regs) == 0 and sum(bus.dropped.values()) == 0
+
+
 def test_untracked_registrations_are_not_kept(bus):
     bus._on_create(AGENT, {'id': 1, 'uri': 'observatory.a.lease.acquire'})
     bus._on_create(AGENT, {'id': 2, 'uri': 'observatory.a.ops', 'match': 'prefix'})
@@ -115,6 +125,7 @@ def test_untracked_registrations_are_not_kept(bus):
     ('_on_create', (AGENT, {'id': 'one', 'uri': OPS})), ('_on_create', (AGENT, {'id': 1})),
     ('_on_create', (AGENT, [1, OPS])), ('_on_create', (True, {'id': 1, 'uri': OPS})),
     ('_on_delete', (AGENT,)), ('_on_delete', (AGENT, None)), ('_on_delete', (1, 2, 3)),
+    ('_on_delete', ('x', 9)), ('_on_unregister', (None, 'nine')),
     ('_on_unregister', ('a', 1)), ('_on_leave', ()), ('_on_leave', ('101',)),
     ('_on_leave', (1, 2)), ('_on_leave', (None,))])
 def test_malformed_meta_events_are_counted_logged_and_change_nothing(bus, handler, args):

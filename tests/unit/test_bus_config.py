@@ -207,3 +207,28 @@ def test_command_unwritable_output_is_one_line_error(tmp_path, capsys):
     assert main(['crossbar-config', str(src), str(tmp_path / 'no' / 'out.json')]) == 1
     err = capsys.readouterr().err
     assert err.startswith('ocs-locks: cannot write') and err.count('\n') == 1
+
+
+# -- the devsite's config generator (tools.siteconfig) ----------------------------------
+
+def test_devsite_config_puts_the_checkouts_package_on_the_routers_path_only_for_the_bus(
+        tmp_path):
+    from tools import siteconfig
+    bus = siteconfig.crossbar_config(load(DEMO), 18011)
+    assert bus['workers'][0]['options']['pythonpath'] == [siteconfig.CODE_DIR]
+    stock = siteconfig.crossbar_config(load(siteconfig.stock_crossbar_config()), 18011)
+    assert 'options' not in stock['workers'][0]
+    assert 'components' not in stock['workers'][0]
+    link = siteconfig.link_code(str(tmp_path))
+    import ocs_locking
+    assert os.path.realpath(link) == os.path.dirname(os.path.realpath(ocs_locking.__file__))
+    assert os.listdir(os.path.dirname(link)) == ['ocs_locking']
+    assert siteconfig.link_code(str(tmp_path)) == link      # again: unchanged
+
+
+def test_devsite_config_gives_the_component_the_sites_address_root():
+    from tools import siteconfig
+    cfg = siteconfig.crossbar_config(load(DEMO), 18011, address_root='site')
+    assert cfg['workers'][0]['components'][0]['extra'] == {'address_root': 'site',
+                                                          'registry': 'lock-registry'}
+    assert load(DEMO)['workers'][0]['components'][0]['extra']['address_root'] == 'observatory'
