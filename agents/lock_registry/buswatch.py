@@ -18,8 +18,9 @@ the registry's session, :class:`BusWatch`:
 ``state`` is ``'pending'`` (joined, not checked yet), ``'verified'`` or
 ``'unverified'``. ``on_gone(instance_id)`` is called when an agent's session
 ends (on_leave, or its ``.ops`` registration deleted or unregistered);
-``on_lost(registration_id)`` when one of the registry's own registrations
-is unregistered or deleted by the router. Reactor thread only.
+``on_lost(registration_id)`` when a registration of the registry's session
+(or of a session crossbar does not name: ``None`` at a detach) is
+unregistered or deleted; the registrar ignores one that is not its own. Reactor thread only.
 """
 from autobahn.twisted.wamp import ApplicationSession
 from twisted.internet.defer import inlineCallbacks
@@ -173,13 +174,13 @@ class BusWatch:
         self.sessions.registered(*(args if len(args) == 2 else (None, None)))
 
     def _on_unregister(self, *args, **kw):
-        args = args if len(args) == 2 else (None, None)
+        args = args if len(args) == 2 else ('malformed', None)
         self._gone(self.sessions.unregistered(*args))
-        if args[0] is not None and args[0] == self.session:
-            self.on_lost(args[1])
+        if args[1] is not None and args[0] in (None, self.session):
+            self.on_lost(args[1])       # ignored unless it is one of ours
 
     def _on_delete(self, *args, **kw):
-        args = args if len(args) == 2 else (None, None)
+        args = args if len(args) == 2 else ('malformed', None)
         self._gone(self.sessions.deleted(*args))
-        if args[0] is not None and args[0] == self.session:
-            self.on_lost(args[1])
+        if args[1] is not None and args[0] in (None, self.session):
+            self.on_lost(args[1])       # ignored unless it is one of ours

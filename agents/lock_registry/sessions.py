@@ -87,16 +87,19 @@ class SessionMap:
 
     def unregistered(self, session_id, registration_id):
         """``wamp.registration.on_unregister``: that session no longer holds
-        it. Returns the instance ids that lost their session."""
-        if not _is_id(session_id) or not _is_id(registration_id):
+        it (crossbar sends ``None`` for the session when the callee's
+        session detached: then whoever held it). Returns the instance ids
+        that lost their session."""
+        if (session_id is not None and not _is_id(session_id)) or not _is_id(registration_id):
             self._bad('on_unregister: not (session id, registration id)')
             return []
-        if self._callee.get(registration_id) != session_id:
+        if session_id is not None and self._callee.get(registration_id) != session_id:
             return []
         return self._release(registration_id)
 
     def deleted(self, session_id, registration_id):
-        """``wamp.registration.on_delete``: the registration is gone. Returns
+        """``wamp.registration.on_delete``: the registration is gone (the
+        session may be ``None``: crossbar's at a callee's detach). Returns
         the instance ids that lost their session."""
         if not _is_id(registration_id):
             self._bad('on_delete: not (session id, registration id)')

@@ -108,3 +108,16 @@ def test_BusWatch_leave_forgets_the_map_and_says_not_joined():
     w.joined(s)
     w.left()
     assert (w.verified, w.session, w.sessions.agents()) == (False, None, {})
+
+
+def test_BusWatch_detach_events_without_a_session_reach_the_map_and_the_registrar():
+    """When crossbar names no session in on_unregister/on_delete (a detach),
+    the agent holding it is gone and the registrar is asked (it ignores an
+    id that is not its own)."""
+    s = Session()
+    w, gone, lost = watch(s)
+    w.joined(s)
+    w._on_unregister(None, 101)
+    w._on_delete(None, 101)
+    w._on_delete(99, 7)                 # another session's: not the registrar's business
+    assert gone == ['dev-1'] and lost == [101, 101]

@@ -91,3 +91,14 @@ def test_SessionMap_clear_forgets_everything(smap):
     smap.created(11, {'id': 101, 'uri': ops('dev-1')})
     smap.clear()
     assert smap.agents() == {} and smap.agent_of(11) is None
+
+
+def test_SessionMap_crossbar_detach_events_without_a_session_end_the_holder(smap):
+    """When crossbar sends on_unregister/on_delete with session None (the
+    callee's session detached), the holder of that registration loses it;
+    nothing is counted as malformed."""
+    smap.created(11, {'id': 101, 'uri': ops('dev-1')})
+    smap.created(12, {'id': 102, 'uri': ops('dev-2')})
+    assert smap.unregistered(None, 101) == ['dev-1']
+    assert smap.deleted(None, 101) == [] and smap.deleted(None, 102) == ['dev-2']
+    assert smap.agents() == {} and smap.bad == {}
