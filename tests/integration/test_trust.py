@@ -263,3 +263,34 @@ def test_stock_config_one_forged_huge_seq_does_not_block_the_agent(stock, reacto
     while bus_of(registry)['dropped'].get('locks: out of sequence', 0) < 1:
         assert time.monotonic() < deadline, f'no out-of-sequence drop: {bus_of(registry)}'
         time.sleep(0.1)
+
+
+def test_stock_config_a_squatter_is_outlasted_by_the_registrar(stock, reactor_thread):
+    """When, under the stock config, a client registers the registry's lease
+    procedure while the registry restarts, the registry's status says it is
+    missing (procedure_already_exists) and retries; once the squatter leaves
+    the registry holds it again, without a restart."""
+    site, _ = stock
+    uri = f'{site.address_root}.lock-registry.lease.renew'
+    site.stop_agent('lock-registry')
+    squatter = WampPeer(reactor_thread, f'ws://127.0.0.1:{site.port}/ws', site.realm)
+    try:
+        assert squatter.register(uri) is None
+        site.start_agent('lock-registry')
+        registry = site.wait_agent('lock-registry')
+        deadline = time.monotonic() + WAIT
+        while True:
+            procs = registry.status().session['data']['lease_procedures']
+            if procs['missing'] == ['renew'] and 'already' in procs['errors']['renew']:
+                break
+            assert time.monotonic() < deadline, f'never reported the squatted renew: {procs}'
+            time.sleep(0.2)
+        messages = [m for _, m in registry.status().session['messages']]
+        assert any('Lease procedures not registered: renew (retrying until held).' in m
+                   for m in messages), messages
+    finally:
+        squatter.close()
+    deadline = time.monotonic() + WAIT
+    while not registry.status().session['data']['lease_procedures']['registered']:
+        assert time.monotonic() < deadline, 'the registry never registered renew again'
+        time.sleep(0.2)
