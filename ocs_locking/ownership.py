@@ -25,6 +25,23 @@ Two things the messages alone do not say:
   once; the rows of a stale agent that still holds a lock (a crash, a cut
   link) stay, marked stale, for ``forget`` seconds of silence
   (:meth:`OwnershipTable.forget_silent`).
+* ``seq`` orders one agent process's messages (``boot`` names the process),
+  but no single message may make the table drop later genuine ones: a new
+  ``boot`` starts a new sequence space; within one, the table keeps the
+  last ``seq`` of the few most recent streams it saw (:data:`SEQ_HEADS`)
+  and accepts a message that moves one of them forward by at most
+  :data:`SEQ_JUMP`; a seq seen lately is dropped only as an exact
+  duplicate. A forged message with a huge ``seq`` is dropped (it
+  starts a stream of its own, which a second consecutive message would
+  continue); a forged message just ahead of the agent adds a stream beside
+  the agent's and never moves the agent's own.
+* Caps: at most ``max_agents`` agents (heartbeats of made-up ids too),
+  ``max_locks_per_agent`` locks per agent and ``max_rows`` rows in all; a
+  message or heartbeat beyond a cap is refused (:class:`Refused`) and
+  counted in :attr:`OwnershipTable.refused` by cap.
+* :meth:`OwnershipTable.gone`: the bus says an agent's session ended
+  (kill -9, crash): its locks are not alive at once, without waiting for
+  heartbeats to stop.
 """
 import math
 import re
@@ -32,7 +49,8 @@ import re
 from .errors import BadLockMessage
 from .wire import EVENTS, ROW_KEYS
 
-__all__ = ['OwnershipTable', 'BadLockMessage', 'EVENTS', 'ROW_KEYS']
+__all__ = ['OwnershipTable', 'BadLockMessage', 'Refused', 'EVENTS', 'ROW_KEYS', 'SEQ_JUMP',
+           'SEQ_HEADS', 'LIMITS']
 
 
 _NAME = re.compile(r'^[A-Za-z0-9_.:-]{1,64}$')
@@ -44,6 +62,28 @@ _MAX_TEXT = 200
 MAX_COUNT = 2 ** 53 - 1
 MAX_WAITERS = 10 ** 6
 MAX_TIME = 1e10
+
+#: A message may move a stream's ``seq`` forward by at most this much (the
+#: messages the registry missed in between); more starts a stream of its own.
+SEQ_JUMP = 10000
+#: How many recent streams per agent process the table follows.
+SEQ_HEADS = 4
+#: How many recent seq numbers per agent it remembers (to tell a duplicate
+#: from a different message with the same seq).
+SEQ_RECENT = 64
+
+#: The default caps (registry arguments ``--max-agents``,
+#: ``--max-locks-per-agent``, ``--max-rows``).
+LIMITS = {'max_agents': 1000, 'max_locks_per_agent': 64, 'max_rows': 10000}
+
+
+class Refused(BadLockMessage):
+    """A message or heartbeat beyond one of the table's caps (``cause``:
+    ``max_agents``, ``max_locks_per_agent`` or ``max_rows``)."""
+
+    def __init__(self, cause, text):
+        super().__init__(text)
+        self.cause = cause
 
 
 def _opt_text(msg, key):
@@ -106,14 +146,52 @@ def parse_lock_message(msg):
 
 
 class _Agent:
-    __slots__ = ('instance_id', 'last_seen', 'alive', 'seq', 'boot')
+    __slots__ = ('instance_id', 'last_seen', 'alive', 'heads', 'recent', 'boot', 'locks')
 
     def __init__(self, instance_id, now):
         self.instance_id = instance_id
         self.last_seen = now
         self.alive = True
-        self.seq = -1
+        self.heads = []         # last seq of each recent stream, most recent last
+        self.recent = {}        # seq -> digests of the messages taken with it (the latest)
         self.boot = None
+        self.locks = 0          # rows of this agent
+
+    def accept_seq(self, seq, digest):
+        """True if the message (``seq``, and ``digest`` of its fields) is
+        taken. A seq seen lately is dropped only as an exact duplicate (a
+        forged message that took a genuine seq first never hides the
+        genuine one); otherwise a message must move one of the recent
+        streams forward by at most SEQ_JUMP (that stream moves on; a jump
+        of more than one also keeps the old head, so a message ahead of the
+        agent's own stream never hides it). One too far ahead of every
+        stream is dropped but starts a stream of its own (a real gap
+        resyncs on the next message); one behind every stream is dropped."""
+        seen = self.recent.get(seq)
+        if seen is not None:
+            if digest in seen:
+                return False
+            seen.add(digest)
+            return True
+        heads = self.heads
+        below = [h for h in heads if h < seq <= h + SEQ_JUMP]
+        if below or not heads:
+            if below and seq == max(below) + 1:
+                heads.remove(max(below))
+            self._push(seq)
+            self.recent[seq] = {digest}
+            if len(self.recent) > SEQ_RECENT:
+                del self.recent[next(iter(self.recent))]
+            return True
+        if seq > max(heads) + SEQ_JUMP:
+            self._push(seq)
+        return False
+
+    def _push(self, seq):
+        if seq in self.heads:
+            self.heads.remove(seq)
+        self.heads.append(seq)
+        del self.heads[:-SEQ_HEADS]
 
 
 def _holder(row_or_msg):
@@ -138,7 +216,15 @@ class OwnershipTable:
     with :meth:`count_dropped`.
     """
 
-    def __init__(self, expiry=5.0, forget=600.0):
+    def __init__(self, expiry=5.0, forget=600.0, max_agents=LIMITS['max_agents'],
+                 max_locks_per_agent=LIMITS['max_locks_per_agent'], max_rows=LIMITS['max_rows']):
+        for name, v in (('max_agents', max_agents), ('max_rows', max_rows),
+                        ('max_locks_per_agent', max_locks_per_agent)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 10 ** 7:
+                raise ValueError(f'{name} must be an integer 1..10000000, not {v!r}')
+        self.limits = {'max_agents': max_agents, 'max_locks_per_agent': max_locks_per_agent,
+                       'max_rows': max_rows}
+        self.refused = {}       # cap -> messages refused by it
         if not isinstance(expiry, (int, float)) or not 0 < expiry <= 3600:
             raise ValueError(f'expiry must be seconds in (0, 3600], not {expiry!r}')
         if not isinstance(forget, (int, float)) or not expiry <= forget <= 30 * 86400:
@@ -156,6 +242,7 @@ class OwnershipTable:
         # table is given (``now``), from each message's ``age``.
         self._local = {}
         self._now = None        # the latest ``now`` given
+        self.out_of_sequence = 0    # messages dropped for their seq
 
     @property
     def dropped(self):
@@ -169,11 +256,35 @@ class OwnershipTable:
 
     # -- inputs -------------------------------------------------------------------
 
+    def _refuse(self, cause, text):
+        self.refused[cause] = self.refused.get(cause, 0) + 1
+        raise Refused(cause, text)
+
     def _agent(self, instance_id, now):
         a = self.agents.get(instance_id)
         if a is None:
+            if len(self.agents) >= self.limits['max_agents']:
+                self._refuse('max_agents', f"{len(self.agents)} agents tracked already "
+                             f"(--max-agents {self.limits['max_agents']}): "
+                             f"{instance_id!r:.60} refused")
             a = self.agents[instance_id] = _Agent(instance_id, now)
         return a
+
+    def gone(self, instance_id, now):
+        """The bus says ``instance_id``'s session ended: its locks are not
+        alive at once (they come alive again with its next heartbeat or
+        message, from a new session). Returns the rows that changed."""
+        self._now = now
+        agent = self.agents.get(instance_id)
+        if agent is None or not agent.alive:
+            return []
+        agent.alive = False
+        changed = []
+        for row in self._rows_of(instance_id):
+            row['alive'] = False
+            row['updated'] = now
+            changed.append(row)
+        return self._changes(changed)
 
     def _seen(self, agent, now, changed):
         agent.last_seen = now
@@ -196,7 +307,10 @@ class OwnershipTable:
 
         Returns the rows that changed. Raises BadLockMessage for a message
         that breaks the contract (the table is left as it was, but the
-        message is counted in :attr:`dropped`).
+        message is counted in :attr:`dropped`), :class:`Refused` (a
+        BadLockMessage) for one beyond a cap (counted in :attr:`refused`).
+        A message out of sequence is dropped (counted in :attr:`dropped`,
+        and in :attr:`out_of_sequence`).
         """
         try:
             m = parse_lock_message(msg)
@@ -204,18 +318,29 @@ class OwnershipTable:
             self._dropped += 1
             raise
         self._now = now
+        key = f"{instance_id}/{m['lock']}"
+        row = self.rows.get(key)
+        agent = self.agents.get(instance_id)
+        if row is None:
+            if agent is not None and agent.locks >= self.limits['max_locks_per_agent']:
+                self._refuse('max_locks_per_agent', f"{instance_id!r:.60} has "
+                             f"{agent.locks} locks already (--max-locks-per-agent "
+                             f"{self.limits['max_locks_per_agent']}): {m['lock']!r} refused")
+            if len(self.rows) >= self.limits['max_rows']:
+                self._refuse('max_rows', f"the table has {len(self.rows)} rows already "
+                             f"(--max-rows {self.limits['max_rows']}): {key!r:.80} refused")
         agent = self._agent(instance_id, now)
         changed = []
         self._seen(agent, now, changed)
         if m['boot'] is not None and m['boot'] != agent.boot:
-            agent.boot, agent.seq = m['boot'], -1      # a new process: new seq space
-        if m['seq'] <= agent.seq:
+            agent.boot, agent.heads = m['boot'], []     # a new process: new seq space
+            agent.recent = {}
+        if not agent.accept_seq(m['seq'], hash(tuple(m.values()))):
             self._dropped += 1
+            self.out_of_sequence += 1
             return self._changes(changed)
-        agent.seq = m['seq']
-        key = f"{instance_id}/{m['lock']}"
-        row = self.rows.get(key)
         if row is None:
+            agent.locks += 1
             row = self.rows[key] = {
                 'lock': key, 'agent': instance_id, 'name': m['lock'], 'job': None,
                 'op': None, 'session_id': None, 'since': None, 'held_since': None,

@@ -4,10 +4,12 @@ Everything that crosses the router between agents, the LockRegistryAgent,
 the lease clients and ``ocs-locks`` is named here once (pure: no OCS, no
 Twisted, no network). See the Events page of the docs for the message shapes.
 """
+import json
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
            'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
-           'feed_topic', 'lease_uri', 'error_reason', 'one_line']
+           'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
+           'error_reason', 'one_line', 'json_size', 'split_rows']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
 LOCKS_FEED = 'locks'
@@ -40,6 +42,31 @@ TABLE_KEY = 'locks'
 #: session.data: ``{'storage': {'ok', 'error'}, 'procedures': {'registered',
 #: 'missing'}}`` (``ocs-locks status`` prints a line when something is wrong).
 HEALTH_KEY = 'lease_health'
+
+#: The key of the bus's trust in the registry's ``monitor`` and ``status``
+#: session.data: ``{'verified': bool, 'reason': str|None (why not verified),
+#: 'session': int|None (the registry's own WAMP session id: the only
+#: publisher of its ownership feed), 'dropped': {reason: count}, 'limits':
+#: {name: value}}``. ``ocs-locks status`` and ``watch`` print
+#: ``bus not verified: <reason>`` when ``verified`` is False.
+BUS_KEY = 'bus'
+
+#: The procedure of the router component (``ocs_locking.bus``) that says the
+#: bus is ours: the registry calls it after each join. An answer means the
+#: router enforces who may publish on each agent's feeds; an error
+#: (``not_authorized`` under ocs's stock config, ``no_such_procedure``) means
+#: it does not.
+BUS_INFO = 'ocs_locking.bus.info'
+
+#: crossbar's limit on one WAMP message (``DEFAULT_MAX_MESSAGE_SIZE`` in
+#: crossbar/router/protocol.py, 26.10.1: 2**24 octets, on both WebSocket and
+#: RawSocket; the largest a RawSocket can negotiate). A message over it ends
+#: the sender's connection (``PayloadExceededError``).
+PAYLOAD_LIMIT = 2 ** 24
+#: What the registry lets one message, reply or session.data copy grow to
+#: (JSON octets): 1/16 of the limit, room for the envelope and ocs's own
+#: session fields.
+MESSAGE_BUDGET = 2 ** 20
 
 #: The kinds of message on the registry's ownership feed: ``snapshot`` (every
 #: row) and ``change`` (the rows that changed, and the keys ``removed``).
@@ -99,3 +126,32 @@ def error_reason(exc, not_running='it is not running (no such agent on the route
     if isinstance(uri, str) and not arg:
         return one_line(uri)
     return one_line(str(arg if isinstance(arg, str) else exc) or type(exc).__name__)
+
+
+def json_size(value):
+    """Octets of ``value`` as compact JSON (what it costs on the wire)."""
+    return len(json.dumps(value, separators=(',', ':'), default=str))
+
+
+#: Octets :func:`split_rows` leaves in each part for the message around the
+#: rows (kind, seq, part numbers, ocs's feed info or session fields).
+ENVELOPE = 8192
+
+
+def split_rows(rows, budget=MESSAGE_BUDGET, most=None):
+    """``rows`` cut into consecutive parts, each at most ``budget -
+    ENVELOPE`` octets of JSON and ``most`` rows (None: no count bound),
+    so that the message around each part stays within ``budget``; always at least one part
+    (empty for no rows). A single row over the budget still gets a part of
+    its own (rows are bounded by the table's field checks)."""
+    parts, part, size = [], [], 2
+    budget -= ENVELOPE
+    for row in rows:
+        n = json_size(row) + 1
+        if part and (size + n > budget or (most is not None and len(part) >= most)):
+            parts.append(part)
+            part, size = [], 2
+        part.append(row)
+        size += n
+    parts.append(part)
+    return parts

@@ -75,7 +75,7 @@ def site_benches(tmp_path_factory):
     """Both site benchmarks, started together when the module's first test
     asks for them; killed at the end of the module if still running."""
     benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
-               for name in ('registry_bench', 'site_lock_bench')}
+               for name in ('registry_bench', 'site_lock_bench', 'liveness_bench')}
     yield benches
     for bench in benches.values():
         bench.stop()
@@ -194,3 +194,15 @@ def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_b
     assert {t['name'] for t in data['targets']} == {
         '(a) median < 5 ms from an agent (WAMP)',
         'every round trip granted and released (ours and baseline)'}
+
+
+def test_liveness_bench_quick_prints_both_registries_for_every_kill(site_benches):
+    """When liveness_bench runs in quick mode (a real site: kill -9 of an
+    agent, twice), it prints the table with ocs's RegistryAgent as the
+    baseline, and both registries marked the agent dead in every trial."""
+    _, printed, _, out = site_benches['liveness_bench'].result()
+    result = json.loads(out.read_text())
+    assert 'RegistryAgent (baseline)' in printed and 'lock-registry: table' in printed
+    trials = result['results']['trials']
+    assert len(trials) == 2
+    assert all(t['ours'] >= 0 and t['ocs'] > 0 for t in trials)

@@ -7,6 +7,7 @@ table's changes on its ``ownership`` feed, per-lock figures on the recorded
 process's session.data. Everything runs on the reactor thread.
 """
 import argparse
+import inspect
 import os
 import re
 import time
@@ -16,16 +17,31 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
+from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
                                                      site_dir)
+from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
-from ocs_locking.ownership import BadLockMessage, OwnershipTable
+from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
 from ocs_locking.wamp import JoinEdge
-from ocs_locking.wire import (HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED,
-                              TABLE_KEY, feed_topic)
+from ocs_locking.wire import (BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
+                              OWNERSHIP_FEED, PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic,
+                              split_rows)
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
+
+#: Rows kept in the ``monitor`` session.data (the rest: ``status`` pages),
+#: and the most rows one ``status`` page returns.
+SESSION_ROWS = PAGE_ROWS = 1000
+#: Removed keys per ownership message (a key is at most ~130 octets).
+REMOVED_PER_MESSAGE = 2000
+#: A dropped message's reason is logged at most once per this many seconds
+#: (with how many were dropped for it meanwhile).
+DROP_LOG_EVERY = 10.0
+#: The reason a message is dropped while the bus is being checked (the
+#: first milliseconds after a join; the agents' next snapshot covers it).
+PENDING = 'bus not checked yet'
 
 
 def _slug(key):
@@ -45,17 +61,35 @@ class LockRegistryAgent:
         snapshot_every (float): seconds between full snapshots on ``ownership``.
         stats_every (float): seconds between ``lock_stats`` records.
         reactor: the Twisted reactor (default: the global one).
+        limits (dict): the table's caps (``max_agents``,
+            ``max_locks_per_agent``, ``max_rows``; default
+            :data:`ocs_locking.ownership.LIMITS`).
+        session_rows (int): rows kept in the ``monitor`` session.data.
+        page_rows (int): the most rows of one ``status`` page.
+        budget (int): octets of JSON one message, page or session.data
+            table may take (default :data:`ocs_locking.wire.MESSAGE_BUDGET`).
     """
 
     def __init__(self, agent, address_root='observatory', expiry=5.0,
-                 snapshot_every=5.0, stats_every=10.0, reactor=None, forget=600.0):
+                 snapshot_every=5.0, stats_every=10.0, reactor=None, forget=600.0,
+                 limits=None, session_rows=SESSION_ROWS, page_rows=PAGE_ROWS,
+                 budget=MESSAGE_BUDGET):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.agent = agent
         self.log = agent.log
         self.root = address_root
-        self.table = OwnershipTable(expiry=expiry, forget=forget)
+        self.table = OwnershipTable(expiry=expiry, forget=forget, **dict(LIMITS, **(limits or {})))
+        self.session_rows, self.page_rows, self.budget = session_rows, page_rows, budget
+        self.drops = {}             # reason -> messages dropped for it
+        self._drop_log = {}         # reason -> [time logged, dropped since]
+        self._refusal_logged = set()    # caps whose refusal was logged
+        address = getattr(agent, 'agent_address', None) or f'{address_root}.lock-registry'
+        self.instance_id = address.split('.', 1)[-1]
+        self.sessions = SessionMap(address_root)
+        self.bus = BusWatch(agent, self.sessions, address_root, self.instance_id,
+                            on_gone=self._on_gone, on_lost=self._on_lost)
         self.snapshot_every = snapshot_every
         self.stats_every = stats_every
         self._pending = []          # changed rows (copies) not yet published
@@ -95,24 +129,74 @@ class LockRegistryAgent:
             raise BadLockMessage('a feed message must be [message, feed_info]')
         return data
 
+    def _unattributed(self, instance_id, details):
+        """Why a message on ``instance_id``'s feed cannot be taken as its
+        own (None: it can). Only a verified bus can say who published."""
+        state = self.bus.state
+        if state == 'pending':
+            return PENDING
+        if state != 'verified':
+            return None
+        holder = self.sessions.session_of(instance_id)
+        if holder is None:
+            return 'no session holds the agent\'s ops registration'
+        publisher = getattr(details, 'publisher', None)
+        if publisher is None:
+            return 'publisher not disclosed'
+        if publisher != holder:
+            return 'published by a session that is not the agent\'s'
+        return None
+
     def _on_locks(self, data, details=None):
         try:
             message, feed_info = self._unpack(data)
             instance_id = self._instance(details, feed_info, LOCKS_FEED)
+            why = self._unattributed(instance_id, details)
+            if why is not None:
+                self._count_drop(f'{LOCKS_FEED}: {why}', details)
+                raise BadLockMessage(why)
         except BadLockMessage as e:
             self.table.count_dropped()      # refused here, before the table saw it
             self._dropped(details, e)
             return
+        out_of_sequence = self.table.out_of_sequence
         try:
             changes = self.table.lock_message(instance_id, message, time.time())
+        except Refused as e:                # counted by the table
+            self._refused(e)
+            return
         except BadLockMessage as e:         # counted by the table
+            self._count_drop(f'{LOCKS_FEED}: malformed', None)
             self._dropped(details, e)
             return
+        if self.table.out_of_sequence != out_of_sequence:
+            self._count_drop(f'{LOCKS_FEED}: out of sequence', details)
         self._publish(changes)
 
     def _dropped(self, details, err):
-        self.log.warn('dropped lock message on {topic}: {err}',
-                      topic=getattr(details, 'topic', '?'), err=str(err))
+        """One log line per dropped lock message, rate-limited per reason."""
+        reason = str(err)
+        now = self.reactor.seconds() if hasattr(self.reactor, 'seconds') else time.monotonic()
+        entry = self._drop_log.get(reason)
+        if entry is not None and now - entry[0] < DROP_LOG_EVERY:
+            entry[1] += 1
+            return
+        since = entry[1] if entry is not None else 0
+        self._drop_log[reason] = [now, 0]
+        if len(self._drop_log) > 1000:          # reasons name topics: keep it bounded
+            self._drop_log = {reason: self._drop_log[reason]}
+        more = f' ({since} more dropped for it in the last {DROP_LOG_EVERY:g} s)' if since else ''
+        self.log.warn('dropped lock message on {topic}: {err}{more}',
+                      topic=getattr(details, 'topic', '?'), err=reason, more=more)
+
+    def _count_drop(self, reason, details):
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def _refused(self, err):
+        if err.cause not in self._refusal_logged:
+            self._refusal_logged.add(err.cause)
+            self.log.warn('refused: {err} (logged once per cap; counts in the bus status)',
+                          err=str(err))
 
     def _on_heartbeat(self, data, details=None):
         try:
@@ -120,7 +204,45 @@ class LockRegistryAgent:
             instance_id = self._instance(details, feed_info, HEARTBEAT_FEED)
         except BadLockMessage:
             return          # not ours to judge: the ocs registry watches heartbeats
-        self._publish(self.table.heartbeat(instance_id, time.time()))
+        why = self._unattributed(instance_id, details)
+        if why is not None:
+            self._count_drop(f'{HEARTBEAT_FEED}: {why}', details)
+            self._dropped(details, BadLockMessage(f'heartbeat: {why}'))
+            return
+        try:
+            self._publish(self.table.heartbeat(instance_id, time.time()))
+        except Refused as e:
+            self._refused(e)
+
+    def _on_gone(self, instance_id):
+        """The bus says the agent's session ended: its locks are not alive
+        now, on the table, the ownership feed and the monitor's data."""
+        changes = self.table.gone(instance_id, time.time())
+        if changes:
+            self.log.info('{agent} left the bus: its {n} lock(s) marked not alive',
+                          agent=instance_id, n=len(changes))
+            self._publish(changes)
+
+    def _on_lost(self, registration_id):
+        """The router dropped one of the registry's registrations: the
+        registrar registers it again."""
+        registrar = getattr(self.leases, '_registrar', None) if self.leases else None
+        if registrar is not None:
+            registrar.lost(registration_id)
+
+    def bus_status(self):
+        """The ``bus`` block of the session data (:data:`ocs_locking.wire.BUS_KEY`)."""
+        dropped = dict(self.drops)
+        for cause, n in self.table.refused.items():
+            dropped[f'refused: {cause}'] = n
+        for reason, n in self.sessions.bad.items():
+            dropped[f'meta: {reason}'] = n
+        return dict(self.bus.summary(), dropped=dropped, limits=self.limits())
+
+    def limits(self):
+        return dict(self.table.limits, session_rows=self.session_rows,
+                    page_rows=self.page_rows, message_budget=self.budget,
+                    payload_limit=PAYLOAD_LIMIT)
 
     # -- output -------------------------------------------------------------------
 
@@ -146,22 +268,42 @@ class LockRegistryAgent:
         self._flush_call = None
         rows, self._pending = self._pending, []
         removed, self._removed = sorted(self._removed), []
-        self.agent.publish_to_feed(OWNERSHIP_FEED, {
-            'kind': 'change', 'seq': self.table.seq, 'timestamp': time.time(),
-            'rows': rows, 'removed': removed})
+        # one change set may be cut in parts, each within the budget
+        parts = split_rows(rows, self.budget)
+        gone = [removed[i:i + REMOVED_PER_MESSAGE]
+                for i in range(0, len(removed), REMOVED_PER_MESSAGE)] or [[]]
+        n = max(len(parts), len(gone))
+        now = time.time()
+        for i in range(n):
+            message = {'kind': 'change', 'seq': self.table.seq, 'timestamp': now,
+                       'rows': parts[i] if i < len(parts) else [],
+                       'removed': gone[i] if i < len(gone) else []}
+            if n > 1:
+                message.update(part=i, parts=n)
+            self.agent.publish_to_feed(OWNERSHIP_FEED, message)
         session = self._session
         if session is not None:
             locks = session.data.setdefault(TABLE_KEY, {})
             for key in removed:
                 locks.pop(key, None)
             for row in rows:
-                locks[row['lock']] = dict(row)
-            session.data.update(seq=self.table.seq, dropped=self.table.dropped)
+                if row['lock'] in locks or len(locks) < self.session_rows:
+                    locks[row['lock']] = dict(row)
+            session.data.update(seq=self.table.seq, dropped=self.table.dropped,
+                                total=len(self.table.rows))
 
     def _publish_snapshot(self):
-        self.agent.publish_to_feed(OWNERSHIP_FEED, {
-            'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': time.time(),
-            'rows': self.table.snapshot(time.time())})
+        """The whole table on ``ownership``, in parts within the budget:
+        ``{'kind': 'snapshot', 'seq', 'part': i, 'parts': n, 'total',
+        'rows'}`` (a watch replaces its table once it has every part of one
+        ``seq``)."""
+        now = time.time()
+        rows = self.table.snapshot(now)
+        parts = split_rows(rows, self.budget)
+        for i, part in enumerate(parts):
+            self.agent.publish_to_feed(OWNERSHIP_FEED, {
+                'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': now,
+                'part': i, 'parts': len(parts), 'total': len(rows), 'rows': part})
 
     def _publish_stats(self, part=0, parts=1):
         """Record figures for one slice of the locks (all when parts == 1), so
@@ -193,14 +335,31 @@ class LockRegistryAgent:
         # held_for counts on in the copy read over HTTP (ocs-locks status),
         # to within one tick
         held = self.table.held_for(now)
-        for key, row in session.data.get(TABLE_KEY, {}).items():
+        locks = session.data.get(TABLE_KEY, {})
+        total = len(self.table.rows)
+        if len(locks) < min(total, self.session_rows):
+            # rows left the table while it was bigger than the session's copy:
+            # fill the copy again (the first rows by key)
+            session.data[TABLE_KEY] = locks = self.session_table(now)
+        for key, row in locks.items():
             if key in held:
                 row['held_for'] = held[key]
+        agents = self.table.agents_seen()
+        if len(agents) > self.session_rows:
+            agents = {k: agents[k] for k in sorted(agents)[:self.session_rows]}
         session.data.update({
             'seq': self.table.seq, 'dropped': self.table.dropped, 'timestamp': now,
-            'agents': self.table.agents_seen()})
+            'agents': agents, 'total': total, 'agents_total': len(self.table.agents),
+            BUS_KEY: self.bus_status()})
         if self.leases is not None:
             session.data[HEALTH_KEY] = self.leases.health()
+
+    def session_table(self, now=None):
+        """The rows the monitor's session.data keeps: the first
+        ``session_rows`` by key, within the budget (``total`` says how many
+        there are; ``status`` pages through them all)."""
+        rows = split_rows(self.table.snapshot(now)[:self.session_rows], self.budget)[0]
+        return {r['lock']: r for r in rows}
 
     # -- operations -----------------------------------------------------------------
 
@@ -209,7 +368,8 @@ class LockRegistryAgent:
         """monitor()
 
         **Process** - Keep the site's lock table: mark the locks of agents
-        whose heartbeats stopped as stale, remove the rows of agents that
+        whose session left the bus (at once) or whose heartbeats stopped
+        as stale, remove the rows of agents that
         went away (at once when they hold none of their locks, else after
         ``--forget`` seconds of silence), publish snapshots on ``ownership``
         and figures on ``lock_stats``. Started at startup.
@@ -231,8 +391,25 @@ class LockRegistryAgent:
                     'longest_hold': 0.12, 'updated': 1700000100.0}},
                  'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
                  'seq': 1234, 'dropped': 0, 'timestamp': 1700000100.2,
+                 'total': 1, 'agents_total': 1,
+                 'bus': {'verified': True, 'reason': None, 'session': 7215,
+                         'dropped': {"locks: published by a session that is not "
+                                     "the agent's": 3},
+                         'limits': {'max_agents': 1000, 'max_locks_per_agent': 64,
+                                    'max_rows': 10000, 'session_rows': 1000,
+                                    'page_rows': 1000, 'message_budget': 1048576,
+                                    'payload_limit': 16777216}},
                  'lease_health': {'storage': {'ok': True, 'error': None},
                                   'procedures': {'registered': True, 'missing': []}}}
+
+            ``locks`` keeps at most ``--session-rows`` rows (the first by
+            key; ``total`` is the table's size: ``status`` pages through
+            every row). ``bus``: whether the router is verified to enforce
+            who publishes on each agent's feeds (``reason`` when not: then
+            forged events cannot be told apart and liveness comes from
+            heartbeats only), the registry's own WAMP session (the only
+            publisher of ``ownership``), messages dropped by reason, and the
+            caps.
 
             ``lease_health`` (refreshed every tick, when the registry serves
             site-wide leases) is what ``ocs-locks status`` warns about: lease
@@ -240,7 +417,7 @@ class LockRegistryAgent:
 
         """
         session.set_status('running')
-        session.data = {TABLE_KEY: self.table.rows_by_key(time.time())}
+        session.data = {TABLE_KEY: self.session_table(time.time())}
         self._session = session
         self._update_session()
         last_snapshot = 0.0
@@ -269,30 +446,50 @@ class LockRegistryAgent:
             return True, 'Stopping the monitor.'
         return False, 'The monitor is not running.'
 
+    @ocs_agent.param('offset', default=0, type=int, check=lambda n: 0 <= n <= 10 ** 9)
+    @ocs_agent.param('limit', default=PAGE_ROWS, type=int, check=lambda n: 1 <= n <= 10 ** 6)
     def status(self, session, params):
-        """status()
+        """status(offset=0, limit=1000)
 
-        **Task** - Return the whole lock table now.
+        **Task** - Return one page of the lock table now (rows sorted by
+        lock), with the total, so that a client can read every page.
+
+        Parameters:
+            offset (int): the first row (0-based) of the page.
+            limit (int): the most rows of the page (at most the registry's
+                ``--page-rows``; fewer when the rows would take more than
+                its message budget).
 
         Notes:
-            session.data holds the rows, sorted by lock::
+            session.data holds the page::
 
                 >>> response.session['data']
                 {'locks': [{'lock': 'sim-device-1/hw', 'agent': 'sim-device-1',
                             'job': 'acq', 'session_id': 0, 'since': 1700000000.0,
                             'waiters': 0, 'alive': True, ...}],
-                 'seq': 1234, 'dropped': 0,
+                 'total': 1, 'offset': 0, 'seq': 1234, 'dropped': 0,
+                 'bus': {'verified': True, 'reason': None, 'session': 7215,
+                         'dropped': {}, 'limits': {'max_agents': 1000, ...}},
                  'leases': {'grants': [...], 'waiting': [...], 'counters': {...},
                             'storage': {'ok': True, 'error': None, 'path': ..., ...}},
                  'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
 
-            ``lease_procedures`` says whether the lease procedures are
-            registered on the router now (``missing`` names the others,
-            ``errors`` why each failed last; they are retried until held).
+            ``total`` is the number of rows in the table: the page is
+            ``locks[offset:offset + len(locks)]`` of it. ``bus`` says
+            whether the bus is verified (see the monitor). ``lease_procedures``
+            says whether the lease procedures are registered on the router
+            now (``missing`` names the others, ``errors`` why each failed
+            last; they are retried until held).
 
         """
         rows = self.table.snapshot(time.time())
-        session.data = {TABLE_KEY: rows, 'seq': self.table.seq, 'dropped': self.table.dropped}
+        params = params or {}
+        offset = params.get('offset', 0)
+        limit = min(params.get('limit', PAGE_ROWS), self.page_rows)
+        page = split_rows(rows[offset:offset + limit], self.budget)[0]
+        bus = self.bus_status()
+        session.data = {TABLE_KEY: page, 'total': len(rows), 'offset': offset,
+                        'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
         if self.leases is not None:
             session.data['leases'] = dict(self.leases.state.snapshot(),
                                           storage=self.leases.storage())
@@ -300,8 +497,14 @@ class LockRegistryAgent:
             session.data[HEALTH_KEY] = self.leases.health()
         agents = {r['agent'] for r in rows}
         text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
+        if len(page) < len(rows):
+            text += f' Rows {offset}..{offset + len(page) - 1} of {len(rows)} here.' \
+                if page else f' No rows from {offset} (of {len(rows)}).'
+        if not bus['verified']:
+            text += f" Bus not verified: {bus['reason']}."
         if self.leases is not None and not procs['registered']:
-            text += f" Lease procedures not registered: {', '.join(procs['missing'])}."
+            text += f" Lease procedures not registered: {', '.join(procs['missing'])}" \
+                    f" (retrying until held)."
         return True, text
 
 
@@ -318,6 +521,18 @@ def make_parser(parser=None):
                         help='Seconds between full snapshots on the ownership feed.')
     pgroup.add_argument('--stats-every', type=float, default=10.0,
                         help='Seconds between lock_stats records.')
+    pgroup.add_argument('--max-agents', type=int, default=LIMITS['max_agents'],
+                        help='Most agents tracked (heartbeats of more are refused, counted).')
+    pgroup.add_argument('--max-locks-per-agent', type=int,
+                        default=LIMITS['max_locks_per_agent'],
+                        help="Most locks in the table per agent (more are refused, counted).")
+    pgroup.add_argument('--max-rows', type=int, default=LIMITS['max_rows'],
+                        help='Most rows in the table (more are refused, counted).')
+    pgroup.add_argument('--session-rows', type=int, default=SESSION_ROWS,
+                        help="Rows kept in the monitor's session data (status pages "
+                             "through the rest).")
+    pgroup.add_argument('--page-rows', type=int, default=PAGE_ROWS,
+                        help='Most rows in one page of the status task.')
     add_arguments(pgroup)       # --db and the audit retention (leases.py)
     return parser
 
@@ -330,6 +545,10 @@ def main(args=None):
         value = getattr(args, name)
         if not 0 < value <= 3600:
             parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, not {value}")
+    for name in ('max_agents', 'max_locks_per_agent', 'max_rows', 'session_rows', 'page_rows'):
+        value = getattr(args, name)
+        if not 1 <= value <= 10 ** 7:
+            parser.error(f"--{name.replace('_', '-')} must be in 1..10000000, not {value}")
     complaint = check_arguments(args)
     if complaint:
         parser.error(complaint)
@@ -338,16 +557,23 @@ def main(args=None):
     agent, runner = ocs_agent.init_site_agent(args)
     registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
                                  snapshot_every=args.snapshot_every,
-                                 stats_every=args.stats_every, forget=args.forget)
+                                 stats_every=args.stats_every, forget=args.forget,
+                                 limits={'max_agents': args.max_agents,
+                                         'max_locks_per_agent': args.max_locks_per_agent,
+                                         'max_rows': args.max_rows},
+                                 session_rows=args.session_rows, page_rows=args.page_rows)
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
+    # caps' LeaseOps records the agent whose session made a lease call
+    extra = {'identify': registry.sessions.agent_of} \
+        if 'identify' in inspect.signature(LeaseOps).parameters else {}
     try:
         leases = registry.leases = LeaseOps(
             agent, args.db, audit_days=args.audit_days, audit_rows=args.audit_rows,
             new_database=args.new_database, base=site_dir(args),
             max_waiting_per_owner=args.max_waiting_per_owner,
-            max_waiting_per_client=args.max_waiting_per_client)
+            max_waiting_per_client=args.max_waiting_per_client, **extra)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,

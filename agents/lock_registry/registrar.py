@@ -5,14 +5,18 @@ router restart or a reconnect takes them away, and a registration can fail
 (an old registration of this same registry still in the router after a
 reconnect: ``wamp.error.procedure_already_exists``; the router going away
 meanwhile). :class:`Registrar` registers every procedure at each join and
-retries the missing ones, with a bounded backoff, until it holds them all;
-:meth:`Registrar.status` says which are missing and why.
+retries the missing ones, with a bounded backoff, until it holds them all
+(it never gives up: a squatter that holds a URI, ``procedure_already_exists``,
+is outlasted); a registration the router takes away while the session
+stays (``wamp.registration.on_unregister/on_delete`` of one of ours:
+:meth:`Registrar.lost`) is registered again the same way.
+:meth:`Registrar.status` says which are missing, why, and that it retries.
 """
 from twisted.internet import defer
 
 from ocs_locking.wire import error_reason
 
-__all__ = ['Registrar', 'REGISTER_RETRY', 'REGISTER_RETRY_MAX', 'NOT_JOINED']
+__all__ = ['Registrar', 'REGISTER_RETRY', 'REGISTER_RETRY_MAX', 'NOT_JOINED', 'LOST']
 
 #: A failed registration is tried again after this many seconds, the delay
 #: doubling up to REGISTER_RETRY_MAX, until it is held.
@@ -20,6 +24,8 @@ REGISTER_RETRY, REGISTER_RETRY_MAX = 0.5, 2.0
 #: The reason shown for every procedure while the session is not joined.
 NOT_JOINED = 'not joined to the router'
 _PENDING = 'being registered'
+#: The reason shown for a registration the router took away.
+LOST = 'lost: unregistered by the router; registering it again'
 
 
 class Registrar:
@@ -34,6 +40,8 @@ class Registrar:
     * :meth:`left` (the session left the router) stops the retries until
       the next join; a round still in flight for an old session is ignored
       when it comes back.
+    * :meth:`lost` (the router dropped one of ours, by registration id)
+      makes it missing again and retries it as above.
     * A failure is logged once per procedure and reason; once all are held
       after a failure, one info line says so.
     * Reactor thread only.
@@ -65,13 +73,31 @@ class Registrar:
         """The session left: nothing is registered until the next join."""
         self._restart(NOT_JOINED)
 
+    def lost(self, registration_id):
+        """The router dropped the registration ``registration_id`` (meta
+        ``on_unregister``/``on_delete`` of ours): register it again. Returns
+        the URI, or None when it is not one of ours."""
+        for uri, reg in list(self.registered.items()):
+            if getattr(reg, 'id', None) == registration_id:
+                del self.registered[uri]
+                self.errors[uri] = LOST
+                self._failed = True
+                self.log.error('{uri}: registration lost (unregistered by the router); '
+                               'registering it again', uri=uri)
+                if not self.retrying:
+                    self._retry = self.reactor.callLater(0, self._round, self._session,
+                                                         REGISTER_RETRY)
+                return uri
+        return None
+
     @property
     def retrying(self):
         return self._retry is not None and self._retry.active()
 
     def status(self):
         """``{'registered': bool, 'missing': [name, ...], 'errors': {name: reason}}``
-        (names are the last part of each URI)."""
+        (names are the last part of each URI; the missing ones are always
+        being retried: :attr:`retrying`)."""
         missing = [u for u in self.procedures if u not in self.registered]
         return {'registered': not missing, 'missing': [_name(u) for u in missing],
                 'errors': {_name(u): self.errors.get(u, _PENDING) for u in missing}}

@@ -4,7 +4,7 @@ import time
 from ..wire import one_line
 
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
-           'format_history', 'history_rows', 'clock', 'health_lines']
+           'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -32,6 +32,12 @@ def clock(t):
 
 def _free(row):
     return row.get('job') is None and row.get('since') is None
+
+
+def _text(value, most=80):
+    """A field of a row as display text: one line, bounded (a malformed
+    row still prints)."""
+    return one_line(value if isinstance(value, str) else repr(value), most)
 
 
 #: The key under which ``ocs-locks`` notes when it received a row (its own
@@ -67,17 +73,28 @@ def format_table(rows, now=None):
         if _free(r):
             holder = '(free)'
         else:
-            holder = r.get('job') or '(unnamed)'
+            holder = _text(r.get('job')) if r.get('job') else '(unnamed)'
             if r.get('session_id') is not None:
-                holder += f" (session {r['session_id']})"
-        lines.append((str(r.get('lock', '?')), holder, _held_for(r, now),
-                      str(r.get('waiters', 0)), 'alive' if r.get('alive') else 'STALE'))
+                holder += f" (session {_text(r['session_id'], 20)})"
+        lines.append((_text(r.get('lock', '?'), 130), holder, _held_for(r, now),
+                      _text(r.get('waiters', 0), 20),
+                      'alive' if r.get('alive') is True else 'STALE'))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths)
     out = [fmt.format(*header)] + [fmt.format(*line) for line in lines]
     if not lines:
         out.append('(no locks reported yet)')
     return '\n'.join(out)
+
+
+def bus_lines(bus):
+    """``['bus not verified: <reason>']`` when the registry's ``bus`` block
+    says the router does not enforce who publishes (ocs's stock config, or
+    no router component); [] when it is verified or unknown (an older
+    registry)."""
+    if not isinstance(bus, dict) or bus.get('verified') is not False:
+        return []
+    return [f"bus not verified: {one_line(bus.get('reason') or 'no reason given', 200)}"]
 
 
 def health_lines(health):

@@ -1,44 +1,91 @@
-"""``ocs-locks status``: the registry's table over HTTP."""
+"""``ocs-locks status``: the registry's table over HTTP.
+
+The monitor's session.data keeps at most ``--session-rows`` rows and says
+the table's ``total``; when the table is bigger (or the monitor is not
+running) the rows come from the registry's ``status`` task, page by page
+(``offset``/``limit``), until every row is read (a bounded number of pages).
+"""
 import json
 import sys
 
-from ..wire import HEALTH_KEY, TABLE_KEY
-from .formatters import format_table, health_lines, json_rows
+from ..wire import BUS_KEY, HEALTH_KEY, TABLE_KEY
+from .formatters import bus_lines, format_table, health_lines, json_rows
 from .site import load_site, unreachable
 
-__all__ = ['fetch_rows', 'fetch_table', 'cmd_status']
+__all__ = ['fetch_rows', 'fetch_table', 'fetch_view', 'read_pages', 'cmd_status']
+
+#: The most status pages one command reads (a table can change while it is
+#: read: pages are read until ``total`` rows came or a page is empty).
+MAX_PAGES = 1000
 
 
 def fetch_rows(args, site=None):
     """The registry's table over HTTP (its monitor's session.data, or its
-    ``status`` task when the monitor is not running), sorted by lock."""
-    return fetch_table(args, site)[0]
+    ``status`` task's pages when the monitor keeps only part of the table
+    or is not running), sorted by lock."""
+    return fetch_view(args, site)['rows']
 
 
 def fetch_table(args, site=None):
     """``(rows, health)``: the table as :func:`fetch_rows` and the registry's
     ``lease_health`` (None when it has none to say)."""
+    view = fetch_view(args, site)
+    return view['rows'], view['health']
+
+
+def _rows(locks):
+    rows = list(locks.values()) if isinstance(locks, dict) else \
+        list(locks) if isinstance(locks, list) else []
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def read_pages(call, first=None):
+    """Every row of the registry's table from its ``status`` pages:
+    ``call(offset)`` returns one page's session.data. ``first``: a page
+    already read (offset 0). Returns ``(rows, last page's data)``."""
+    rows, data = [], first
+    for _ in range(MAX_PAGES):
+        if data is None:
+            data = call(len(rows)) or {}
+        page = _rows(data.get(TABLE_KEY))
+        rows.extend(page)
+        total = data.get('total')
+        if not page or not isinstance(total, int) or len(rows) >= total:
+            break
+        data = None
+    return rows, data or {}
+
+
+def fetch_view(args, site=None):
+    """``{'rows', 'health', 'bus'}``: the whole table (sorted by lock), the
+    registry's ``lease_health`` and its ``bus`` block (None when it has
+    none to say)."""
     from ocs.ocs_client import OCSClient
     site = load_site(args) if site is None else site
     try:
         client = OCSClient(args.registry, args=args)
         data = client.monitor.status().session.get('data') or {}
-        if TABLE_KEY not in data:                 # monitor not running: ask directly
-            data = client.status().session.get('data') or {}
+        rows = _rows(data.get(TABLE_KEY))
+        total = data.get('total')
+        if TABLE_KEY not in data or (isinstance(total, int) and total > len(rows)):
+            # monitor not running, or it keeps part of the table: read the pages
+            def page(offset):
+                return client.status(offset=offset).session.get('data') or {}
+            rows, last = read_pages(page)
+            data = dict(last, **{k: data[k] for k in (HEALTH_KEY, BUS_KEY) if k in data})
     except Exception as e:
         raise unreachable(args, site, e) from None
-    locks = data.get(TABLE_KEY) or {}
-    rows = list(locks.values()) if isinstance(locks, dict) else list(locks)
-    rows = sorted((r for r in rows if isinstance(r, dict)), key=lambda r: str(r.get('lock')))
-    return rows, data.get(HEALTH_KEY)
+    rows = sorted(rows, key=lambda r: str(r.get('lock')))
+    return {'rows': rows, 'health': data.get(HEALTH_KEY), 'bus': data.get(BUS_KEY)}
 
 
 def cmd_status(args):
-    rows, health = fetch_table(args)
+    view = fetch_view(args)
+    rows, notes = view['rows'], bus_lines(view['bus']) + health_lines(view['health'])
     if args.json:
         sys.stdout.write(json.dumps(json_rows(rows), indent=1) + '\n')
-        for line in health_lines(health):       # stdout stays the rows only
+        for line in notes:          # stdout stays the rows only
             sys.stderr.write(line + '\n')
     else:
-        sys.stdout.write('\n'.join([format_table(rows)] + health_lines(health)) + '\n')
+        sys.stdout.write('\n'.join([format_table(rows)] + notes) + '\n')
     return 0

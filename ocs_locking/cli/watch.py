@@ -1,7 +1,13 @@
 """``ocs-locks watch``: a live table from the registry's ownership feed.
 
 The table starts from an HTTP snapshot, then follows the ``ownership``
-feed over WAMP. How it ends:
+feed over WAMP. When the registry says the bus is verified, only messages
+whose disclosed publisher is the registry's own session (``bus['session']``)
+are drawn; others are ignored and counted (a forged empty snapshot cannot
+wipe the table). When it is not, one line ``bus not verified: <reason>``
+heads the table. A snapshot may come in parts (``part``/``parts``): the table
+is replaced once every part of one snapshot has come. A malformed message
+or row is ignored and counted, never a traceback. How it ends:
 
 * Ctrl-C, SIGTERM, SIGHUP, or ``--count`` updates: exit 0, nothing on stderr;
 * the router unreachable or lost: one line on stderr, exit 1;
@@ -23,12 +29,18 @@ import time
 from ..errors import CliError
 from ..wamp import set_nodelay
 from ..wire import OWNERSHIP_FEED, OWNERSHIP_KINDS, error_reason, feed_topic, one_line
-from .formatters import RECEIVED, format_table
+from .formatters import RECEIVED, bus_lines, format_table
 from .signals import Interrupter, on_ending
 from .site import load_site
-from .status import fetch_rows
+from .status import fetch_view
 
-__all__ = ['cmd_watch', 'apply_message', 'Watch']
+__all__ = ['cmd_watch', 'apply_message', 'Watch', 'OwnershipReader']
+
+#: Most parts of one snapshot (a 10,000-row table takes about 5).
+MAX_PARTS = 10000
+#: The publisher is looked up again (the registry may have restarted) at
+#: most once per this many seconds.
+REFRESH_EVERY = 5.0
 
 #: True once a watch has run the (global, not restartable) reactor.
 reactor_ran = False
@@ -43,13 +55,10 @@ def apply_message(rows, message, received=None):
     "held for" counts on. Returns False (``rows`` untouched) for anything
     that is not an ownership message.
     """
-    if not isinstance(message, dict) or message.get('kind') not in OWNERSHIP_KINDS:
+    if _malformed(message):
         return False
     new = message.get('rows', [])
     removed = message.get('removed', [])
-    if not isinstance(new, list) or not isinstance(removed, list) or \
-            not all(isinstance(r, dict) and isinstance(r.get('lock'), str) for r in new):
-        return False
     if message['kind'] == 'snapshot':
         rows.clear()
     for key in removed:
@@ -60,14 +69,101 @@ def apply_message(rows, message, received=None):
     return True
 
 
+def _malformed(message):
+    """Why ``message`` is not an ownership message (None: it is one)."""
+    if not isinstance(message, dict) or message.get('kind') not in OWNERSHIP_KINDS:
+        return 'not an ownership message'
+    new = message.get('rows', [])
+    removed = message.get('removed', [])
+    if not isinstance(new, list) or not isinstance(removed, list):
+        return 'rows or removed not a list'
+    if not all(isinstance(r, dict) and isinstance(r.get('lock'), str) for r in new):
+        return 'a row without a lock name'
+    if not all(isinstance(k, str) for k in removed):
+        return 'a removed key not a string'
+    part, parts = message.get('part', 0), message.get('parts', 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (part, parts)) \
+            or not 0 <= part < parts <= MAX_PARTS:
+        return 'part/parts out of range'
+    return None
+
+
+class OwnershipReader:
+    """Turns ownership-feed messages into changes of ``rows`` (pure).
+
+    Args:
+        rows (dict): lock -> row, updated in place.
+        publisher (int or None): the registry's WAMP session id; when set,
+            a message published by any other session is ignored.
+
+    :attr:`ignored` counts the messages ignored, by reason. A snapshot in
+    parts replaces the table only once all its parts (same ``seq``) have
+    come; changes that come meanwhile are applied again on top of it.
+    """
+
+    def __init__(self, rows, publisher=None):
+        self.rows = rows
+        self.publisher = publisher
+        self.ignored = {}
+        self._parts = None          # (seq, parts, {part: rows}, [changes meanwhile])
+
+    def _ignore(self, reason):
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+        return False
+
+    def feed(self, message, publisher=None, received=None):
+        """One message as it came, with its disclosed ``publisher``. Returns
+        True if the table changed."""
+        if self.publisher is not None and publisher != self.publisher:
+            return self._ignore("not published by the registry's session")
+        why = _malformed(message)
+        if why is not None:
+            return self._ignore(f'malformed: {why}')
+        parts = message.get('parts', 1)
+        if message['kind'] == 'change':
+            if self._parts is not None:
+                self._parts[3].append(message)
+            return apply_message(self.rows, message, received)
+        if parts == 1:
+            self._parts = None
+            return apply_message(self.rows, message, received)
+        seq = message.get('seq')
+        if self._parts is None or self._parts[0] != seq or self._parts[1] != parts:
+            self._parts = (seq, parts, {}, [])      # a newer snapshot: start again
+        self._parts[2][message['part']] = message['rows']
+        if len(self._parts[2]) < parts:
+            return False
+        _, _, got, meanwhile = self._parts
+        self._parts = None
+        whole = {'kind': 'snapshot', 'rows': [r for i in range(parts) for r in got[i]]}
+        apply_message(self.rows, whole, received)
+        for change in meanwhile:
+            apply_message(self.rows, change, received)
+        return True
+
+    def ignored_line(self):
+        """One line saying what was ignored ('' when nothing was)."""
+        if not self.ignored:
+            return ''
+        n = sum(self.ignored.values())
+        return f"ignored {n} ownership message(s): " + ', '.join(
+            f'{k} ({v})' for k, v in sorted(self.ignored.items()))
+
+
 class Watch:
     """One run of the watch on ``reactor``: draws ``rows`` to ``out``."""
 
     def __init__(self, reactor, url, realm, topic, rows, out, count=None, clear=True,
-                 header=None):
+                 header=None, bus=None, refresh=None, err=None):
         self.reactor = reactor
         self.url, self.realm, self.topic = url, realm, topic
         self.rows = rows
+        self.err = sys.stderr if err is None else err
+        self.refresh = refresh      # () -> the registry's bus block (a blocking call)
+        self._refreshed = None      # monotonic time of the last refresh
+        self.bus = None
+        self.reader = OwnershipReader(rows)
+        self.set_bus(bus)
         self.out = out
         self.count, self.clear, self.header = count, clear, header
         self.updates = 0
@@ -76,6 +172,14 @@ class Watch:
         self._stopping = False
         self._ticker = None
         self._connect_error = None
+
+    def set_bus(self, bus):
+        """The registry's ``bus`` block: draw only its session's messages
+        when verified."""
+        self.bus = bus if isinstance(bus, dict) else None
+        verified = self.bus is not None and self.bus.get('verified') is True
+        session = self.bus.get('session') if verified else None
+        self.reader.publisher = session if isinstance(session, int) else None
 
     def end(self, code, error=None):
         """Decide the outcome (the first decision wins) and stop the reactor once."""
@@ -96,27 +200,61 @@ class Watch:
         if self._stopping:
             return
         text = format_table(sorted(self.rows.values(), key=lambda r: r['lock']))
-        header = f'{self.header}\n' if self.header else ''
+        notes = ([self.header] if self.header else []) + bus_lines(self.bus)
+        ignored = self.reader.ignored_line()
+        header = ''.join(f'{n}\n' for n in notes)
+        tail = f'\n{ignored}' if ignored else ''
         try:
             if self.clear:
                 self.out.write('\x1b[H\x1b[2J')
             self.out.write(f'{header}ocs-locks watch  {self.topic}  '
-                           f'{time.strftime("%H:%M:%S")}\n{text}\n\n')
+                           f'{time.strftime("%H:%M:%S")}\n{text}{tail}\n\n')
             self.out.flush()
         except OSError:         # stdout closed (| head, terminal gone): end quietly
             self.end(0)
 
-    def on_message(self, *args):
-        if not args or not isinstance(args[0], list) or not args[0] or \
-                not apply_message(self.rows, args[0][0]):
-            return          # not an ownership message; keep the table as it is
+    def on_message(self, *args, details=None):
+        publisher = getattr(details, 'publisher', None)
+        try:
+            message = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] \
+                else None
+            changed = self.reader.feed(message, publisher)
+        except Exception as e:      # a row no check foresaw: one line, go on
+            self.reader._ignore('malformed')
+            self._warn(f'ignored a malformed ownership message: {e!r}')
+            return
+        if not changed:
+            if self.reader.publisher is not None and publisher != self.reader.publisher:
+                self._maybe_refresh()
+            return          # not drawn; keep the table as it is
         self.updates += 1
         self.draw()
         if self.count is not None and self.updates >= self.count:
             self.end(0)
 
+    def _warn(self, line):
+        try:
+            self.err.write(f'ocs-locks watch: {one_line(line, 200)}\n')
+            self.err.flush()
+        except OSError:
+            pass
+
+    def _maybe_refresh(self):
+        """A message from another session: if the registry restarted (a new
+        session), learn its session again (over HTTP, in a thread; at most
+        once per REFRESH_EVERY s)."""
+        now = time.monotonic()
+        if self.refresh is None or (self._refreshed is not None
+                                    and now - self._refreshed < REFRESH_EVERY):
+            return
+        self._refreshed = now
+        from twisted.internet import threads
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.refresh)
+        d.addCallbacks(self.set_bus, lambda f: None)
+
     def start(self):
         from autobahn.twisted.component import Component
+        from autobahn.wamp.types import SubscribeOptions
         from twisted.internet import task
         comp = Component(transports=[{'url': self.url, 'max_retries': 0}], realm=self.realm)
 
@@ -129,7 +267,8 @@ class Watch:
                 self._ticker = task.LoopingCall(self.draw)
                 self._ticker.clock = self.reactor
                 self._ticker.start(1.0, now=False)
-            return session.subscribe(self.on_message, self.topic)
+            return session.subscribe(self.on_message, self.topic,
+                                     options=SubscribeOptions(details_arg='details'))
 
         @comp.on_disconnect
         def lost(session, was_clean):
@@ -165,10 +304,12 @@ def cmd_watch(args):
         raise CliError(f'--count must be at least 1, not {args.count}')
     Interrupter().install()     # until the reactor runs: end at once (main says 0)
     site = load_site(args)
-    rows = {r['lock']: r for r in fetch_rows(args, site) if isinstance(r.get('lock'), str)}
+    view = fetch_view(args, site)
+    rows = {r['lock']: r for r in view['rows'] if isinstance(r.get('lock'), str)}
     hub = site.hub.data
     from twisted.internet import reactor
     return Watch(reactor, hub['wamp_server'], hub['wamp_realm'],
                  feed_topic(hub['address_root'], args.registry, OWNERSHIP_FEED), rows,
                  sys.stdout, count=args.count, clear=not args.no_clear,
-                 header=args.header).run()
+                 header=args.header, bus=view['bus'],
+                 refresh=lambda: fetch_view(args, site)['bus']).run()

@@ -338,3 +338,32 @@ def test_router_restart_everyone_rejoins_and_the_table_converges(site):
                timeout=60)
     dev = site.wait_agent('sim-device-1')
     assert dev.set_heater(value=9).session['success'] is True
+    # the registry checked the new router's bus again and follows its meta
+    # events again: a killed agent is seen at once (long before --expiry)
+    bus = wait_table_bus(registry)
+    assert bus['verified'] is True, bus
+    proc = site.agents.pop('sim-device-2')
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_table(registry, lambda t: t['sim-device-2/hw']['alive'] is False, 'not alive',
+               timeout=EXPIRY - 1)
+    assert time.monotonic() - t0 < EXPIRY - 1
+    site.start_agent('sim-device-2')
+    site.wait_agent('sim-device-2')
+    wait_table(registry, lambda t: t['sim-device-2/hw']['alive'] is True, 'the agent back')
+
+
+def wait_table_bus(registry, timeout=30):
+    """The registry's bus block once it has checked the bus (bounded poll)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            bus = (registry.monitor.status().session.get('data') or {}).get('bus') or {}
+        except Exception:       # the registry re-joining
+            bus = {}
+        if bus.get('verified') is True or bus.get('reason') not in (
+                None, 'being checked', 'the registry is not joined to the router'):
+            return bus
+        assert time.monotonic() < deadline, f'the registry never checked the bus: {bus}'
+        time.sleep(0.1)

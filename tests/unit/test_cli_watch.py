@@ -113,3 +113,93 @@ def test_Interrupter_raises_once_then_ignores(monkeypatch):
     handler(signal.SIGTERM, None)
     handler(signal.SIGINT, None)
     assert handler.signum == signal.SIGHUP
+
+
+# -- trust: only the registry's session, parts, malformed messages --------------------
+
+from ocs_locking.cli.watch import OwnershipReader  # noqa: E402
+
+
+def test_OwnershipReader_draws_only_the_registry_sessions_messages():
+    """When the publisher is known (bus verified), a message from any other
+    session, a forged empty snapshot too, is ignored and counted: the table
+    stays."""
+    rows = {'a/hw': row('a/hw')}
+    reader = OwnershipReader(rows, publisher=7)
+    assert reader.feed({'kind': 'snapshot', 'rows': []}, publisher=99) is False
+    assert reader.feed({'kind': 'change', 'rows': [row('a/hw', 'forged')]}, publisher=None) \
+        is False
+    assert list(rows) == ['a/hw'] and rows['a/hw']['job'] is None
+    assert reader.ignored == {"not published by the registry's session": 2}
+    assert reader.ignored_line() == \
+        "ignored 2 ownership message(s): not published by the registry's session (2)"
+    assert reader.feed({'kind': 'change', 'rows': [row('a/hw', 'acq')]}, publisher=7)
+    assert rows['a/hw']['job'] == 'acq'
+
+
+def test_OwnershipReader_replaces_the_table_once_every_snapshot_part_came():
+    """When a snapshot comes in parts, the table is replaced only once all
+    parts of one seq came; a change meanwhile is applied on top of it; a part
+    of a newer snapshot starts again."""
+    rows = {'old/hw': row('old/hw')}
+    reader = OwnershipReader(rows)
+    part = {'kind': 'snapshot', 'seq': 5, 'parts': 3}
+    assert reader.feed(dict(part, part=0, rows=[row('a/hw')])) is False
+    assert reader.feed(dict(part, part=1, rows=[row('b/hw')])) is False
+    assert reader.feed({'kind': 'change', 'seq': 6, 'rows': [row('b/hw', 'acq')]})
+    assert 'old/hw' in rows
+    assert reader.feed(dict(part, part=2, rows=[row('c/hw')])) is True
+    assert sorted(rows) == ['a/hw', 'b/hw', 'c/hw'] and rows['b/hw']['job'] == 'acq'
+    reader.feed(dict(part, seq=7, part=0, rows=[]))
+    reader.feed(dict(part, seq=8, part=1, rows=[]))
+    reader.feed(dict(part, seq=8, part=2, rows=[]))
+    assert sorted(rows) == ['a/hw', 'b/hw', 'c/hw']     # seq 8 misses its part 0
+
+
+@pytest.mark.parametrize('message', [
+    {'kind': 'snapshot', 'part': 3, 'parts': 2, 'rows': []},
+    {'kind': 'snapshot', 'part': 0, 'parts': 10 ** 9, 'rows': []},
+    {'kind': 'change', 'rows': [], 'removed': [1, 2]},
+    {'kind': 'change', 'rows': [{'lock': 5}]}])
+def test_OwnershipReader_ignores_malformed_messages(message):
+    """When a message is malformed (part numbers out of range, keys not
+    strings), it is ignored and counted as malformed."""
+    rows = {'a/hw': row('a/hw')}
+    reader = OwnershipReader(rows)
+    assert reader.feed(message) is False and list(rows) == ['a/hw']
+    assert list(reader.ignored) and all(k.startswith('malformed: ') for k in reader.ignored)
+
+
+def test_Watch_draws_a_malformed_row_in_one_line_and_goes_on():
+    """When a row has fields of the wrong types, the watch draws it (text
+    shown as repr) without a traceback, and the next message is drawn too."""
+    out, err = io.StringIO(), io.StringIO()
+    w = Watch(FakeReactor(), 'ws://x/ws', 'realm', 'topic', {}, out, clear=False, err=err)
+    bad = {'lock': 'x/hw', 'job': {'a': [1]}, 'session_id': [1], 'waiters': None,
+           'since': 'yesterday', 'held_for': 'long', 'alive': 'yes'}
+    w.on_message([{'kind': 'change', 'rows': [bad]}, {}], details=None)
+    w.on_message([{'kind': 'change', 'rows': [row('y/hw', 'acq')]}, {}], details=None)
+    assert w.updates == 2 and err.getvalue() == ''
+    text = out.getvalue()
+    assert "x/hw  {'a': [1]} (session [1])" in text and 'y/hw' in text
+
+
+def test_Watch_with_an_unverified_bus_heads_the_table_with_one_line():
+    """When the registry says the bus is not verified, each drawing starts
+    with 'bus not verified: <reason>'."""
+    out = io.StringIO()
+    w = Watch(FakeReactor(), 'ws://x/ws', 'realm', 'topic', {}, out, clear=False,
+              bus={'verified': False, 'reason': 'no router component'})
+    w.draw()
+    assert out.getvalue().startswith('bus not verified: no router component\nocs-locks watch')
+    assert w.reader.publisher is None
+
+
+def test_Watch_with_a_verified_bus_follows_only_the_registry_session():
+    """When the bus is verified, the watch takes the registry's session as
+    the only publisher it draws."""
+    w = Watch(FakeReactor(), 'ws://x/ws', 'realm', 'topic', {}, io.StringIO(), clear=False,
+              bus={'verified': True, 'reason': None, 'session': 42})
+    w.on_message([{'kind': 'snapshot', 'rows': []}, {}],
+                 details=type('D', (), {'publisher': 41})())
+    assert w.updates == 0 and w.reader.publisher == 42

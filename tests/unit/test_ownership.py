@@ -1,7 +1,8 @@
 """The ownership table (pure): applying lock messages and heartbeats."""
 import pytest
 
-from ocs_locking.ownership import MAX_COUNT, MAX_TIME, MAX_WAITERS, BadLockMessage, OwnershipTable
+from ocs_locking.ownership import (MAX_COUNT, MAX_TIME, MAX_WAITERS, SEQ_JUMP, BadLockMessage,
+                                    OwnershipTable, Refused)
 from ocs_locking.wire import ROW_KEYS
 
 
@@ -280,3 +281,107 @@ def test_OwnershipTable_refuses_a_bad_age(table):
             table.lock_message('d', msg('acquired', 1, job='acq', token=1, since=1.0,
                                         age=bad), 2.0)
     assert table.snapshot() == [] and table.dropped == 5
+
+
+# -- seq streams: no single message makes later genuine ones be dropped ------------
+
+def genuine(table, first, n, boot=1.0):
+    """n genuine messages seq first..first+n-1; how many the table took."""
+    taken = 0
+    for seq in range(first, first + n):
+        before = table.dropped
+        table.lock_message('dev-1', msg('acquired', seq, job='acq', token=seq, boot=boot), 1.0)
+        taken += table.dropped == before
+    return taken
+
+
+@pytest.mark.parametrize('forged_seq', [10 ** 15, 3 + SEQ_JUMP, 3 + 5, 4, 1])
+def test_OwnershipTable_one_forged_seq_never_drops_later_genuine_messages(table, forged_seq):
+    """When one forged message with any seq (huge, just past the jump bound,
+    a few ahead, the next one, an old one) comes between genuine messages
+    of the same boot, every later genuine message is still taken."""
+    assert genuine(table, 1, 3) == 3
+    table.lock_message('dev-1', msg('acquired', forged_seq, job='forged', token=99), 1.0)
+    assert genuine(table, 4, 20) == 20
+    assert table.rows['dev-1/hw']['job'] == 'acq'
+
+
+def test_OwnershipTable_a_huge_seq_jump_is_dropped_and_counted(table):
+    """When a message moves seq further than SEQ_JUMP past every stream, it
+    is dropped and counted as out of sequence; the row is unchanged."""
+    genuine(table, 1, 2)
+    table.lock_message('dev-1', msg('acquired', 2 ** 50, job='forged', token=9), 1.0)
+    assert table.rows['dev-1/hw']['job'] == 'acq' and table.out_of_sequence == 1
+
+
+def test_OwnershipTable_a_replayed_message_is_dropped(table):
+    """When an earlier message of the same process comes again, the very
+    same (a duplicate), it is dropped."""
+    genuine(table, 1, 5)
+    table.lock_message('dev-1', msg('released', 6, token=6), 1.0)
+    table.lock_message('dev-1', msg('acquired', 3, job='acq', token=3), 1.0)
+    assert table.rows['dev-1/hw']['job'] is None and table.out_of_sequence == 1
+
+
+def test_OwnershipTable_a_new_boot_starts_a_new_seq_space(table):
+    """When an agent restarts (a new boot), its low seq is taken; a forged
+    boot does not block the genuine one either."""
+    genuine(table, 1000, 3, boot=1.0)
+    assert genuine(table, 1, 2, boot=2.0) == 2
+    table.lock_message('dev-1', msg('acquired', 10 ** 12, job='forged', boot=3.0), 1.0)
+    assert genuine(table, 3, 2, boot=2.0) == 2
+    assert table.rows['dev-1/hw']['job'] == 'acq'
+
+
+def test_OwnershipTable_a_real_gap_resyncs_on_the_second_message(table):
+    """When the registry missed more than SEQ_JUMP messages of a live agent,
+    the first message after the gap is dropped and the next one taken."""
+    genuine(table, 1, 2)
+    assert genuine(table, 3 + 2 * SEQ_JUMP, 3) == 2
+
+
+# -- caps -----------------------------------------------------------------------------
+
+def test_OwnershipTable_caps_locks_per_agent_rows_and_agents():
+    """When an agent reports more locks than max_locks_per_agent, the table
+    more rows than max_rows, or heartbeats come from more agents than
+    max_agents, the extra is refused (Refused, by cause) and counted;
+    what is held stays."""
+    t = OwnershipTable(max_agents=3, max_locks_per_agent=2, max_rows=3)
+    for i, lock in enumerate(('a', 'b')):
+        t.lock_message('d1', msg('snapshot', i + 1, lock=lock), 1.0)
+    with pytest.raises(Refused, match=r"^'d1' has 2 locks already \(--max-locks-per-agent 2\)"):
+        t.lock_message('d1', msg('snapshot', 3, lock='c'), 1.0)
+    t.lock_message('d1', msg('acquired', 4, lock='a', job='acq', token=1), 1.0)   # known row
+    t.lock_message('d2', msg('snapshot', 1, lock='a'), 1.0)
+    with pytest.raises(Refused, match=r'^the table has 3 rows already \(--max-rows 3\)'):
+        t.lock_message('d2', msg('snapshot', 2, lock='b'), 1.0)
+    t.heartbeat('d3', 1.0)
+    with pytest.raises(Refused, match=r"^3 agents tracked already \(--max-agents 3\)"):
+        t.heartbeat('made-up', 1.0)
+    assert t.refused == {'max_locks_per_agent': 1, 'max_rows': 1, 'max_agents': 1}
+    assert sorted(t.rows) == ['d1/a', 'd1/b', 'd2/a'] and t.rows['d1/a']['job'] == 'acq'
+    assert sorted(t.agents) == ['d1', 'd2', 'd3']
+
+
+@pytest.mark.parametrize('bad', [0, -1, 1.5, True, 10 ** 8])
+def test_OwnershipTable_refuses_a_bad_cap(bad):
+    """When a cap is not an integer 1..10**7, the table is not built."""
+    with pytest.raises(ValueError, match='^max_rows must be an integer 1..10000000'):
+        OwnershipTable(max_rows=bad)
+
+
+# -- liveness from the bus -------------------------------------------------------------
+
+def test_OwnershipTable_gone_marks_the_agents_locks_not_alive_at_once(table):
+    """When the bus says an agent's session ended, its rows are not alive
+    at once (no heartbeat expiry), others untouched; its next heartbeat
+    (a new process) makes them alive again."""
+    table.lock_message('d1', msg('acquired', 1, job='acq', token=1, since=1.0), 1.0)
+    table.lock_message('d2', msg('acquired', 1, job='acq', token=1, since=1.0), 1.0)
+    [row] = table.gone('d1', 1.1)
+    assert (row['lock'], row['alive'], row['job']) == ('d1/hw', False, 'acq')
+    assert table.rows['d2/hw']['alive'] is True
+    assert table.gone('d1', 1.2) == [] and table.gone('unknown', 1.2) == []
+    [row] = table.heartbeat('d1', 2.0)
+    assert row['alive'] is True

@@ -144,3 +144,31 @@ def test_LeaseOps_procedures_says_when_they_are_not_registered(tmp_path):
     for leave in [c.args[1] for c in agent.on.call_args_list if c.args[0] == 'leave']:
         leave(agent, None)          # (LeaseOps also withdraws its waiters on leave)
     assert ops.procedures()['missing'] == ['acquire', 'renew', 'release']
+
+
+class Registration:
+    def __init__(self, uri, id):
+        self.uri, self.id = uri, id
+
+
+def test_Registrar_registers_a_lost_registration_again_until_held(fake):
+    """When the router takes one of ours away (meta on_unregister/on_delete,
+    by registration id), it is missing with the reason, retried (also past a
+    squatter's procedure_already_exists) until held again."""
+    session, reactor, log, reg = fake
+    ids = iter(range(1, 100))
+    session.register = lambda fn, uri: (session.calls.append(uri) or defer.succeed(
+        Registration(uri, next(ids))) if uri not in session.taken else defer.fail(
+        ApplicationError(EXISTS, 'taken')))
+    reg.joined()
+    assert reg.status()['registered'] is True
+    lost = reg.registered[URIS[1]].id
+    session.taken.add(URIS[1])              # a squatter got it meanwhile
+    assert reg.lost(lost) == URIS[1]
+    assert reg.status()['missing'] == ['renew'] and reg.lost(12345) is None
+    for _ in range(10):
+        reactor.advance(REGISTER_RETRY_MAX)
+    assert reg.status()['missing'] == ['renew'] and reg.retrying
+    session.taken.clear()                   # the squatter left
+    reactor.advance(REGISTER_RETRY_MAX)
+    assert reg.status() == {'registered': True, 'missing': [], 'errors': {}}

@@ -7,14 +7,18 @@ import pytest
 from ocs.ocs_feed import Feed
 
 from ocs_locking.agents.lock_registry.agent import STATS_FIELDS, LockRegistryAgent
-from ocs_locking.wire import (HEARTBEAT_FEED, LOCKS_FEED, OWNERSHIP_FEED, STATS_FEED, TABLE_KEY,
-                              feed_topic)
+from ocs_locking.wire import (HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET, OWNERSHIP_FEED,
+                              PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic, json_size)
 
 
 class FakeAgent:
     def __init__(self):
         self.feeds, self.published, self.subs = {}, [], []
         self.log = mock.MagicMock()
+        self.handlers = {}
+
+    def on(self, event, handler):
+        self.handlers.setdefault(event, []).append(handler)
 
     def register_feed(self, name, **kw):
         self.feeds[name] = kw
@@ -31,6 +35,9 @@ class NowReactor:
 
     def callLater(self, delay, fn, *args):
         fn(*args)
+
+    def seconds(self):
+        return 0.0
 
 
 @pytest.fixture
@@ -115,7 +122,8 @@ def test_LockRegistryAgent_status_returns_the_sorted_table(reg):
         reg._on_locks([lock_msg(1), info(inst)], details=topic(inst))
     session = SimpleNamespace(data=None)
     ok, msg = reg.status(session, {})
-    assert (ok, msg) == (True, '2 lock(s) from 2 agent(s).')
+    assert (ok, msg) == (True, '2 lock(s) from 2 agent(s). Bus not verified: the registry '
+                               'is not joined to the router.')
     assert [r['lock'] for r in session.data['locks']] == ['a/hw', 'b/hw']
 
 
@@ -161,3 +169,169 @@ def test_LockRegistryAgent_counts_a_malformed_message_once(reg):
     assert reg.table.dropped == 1 and reg.table.rows == {}
     [call] = reg.agent.log.warn.call_args_list
     assert call.kwargs['err'].startswith('waiters must be an integer 0..1000000, not 1000')
+
+
+# -- trust: attribution, liveness, caps, paging ------------------------------------
+
+def verified(reg, agents=None):
+    """The bus as verified, with ``agents`` {instance_id: session id} on it."""
+    reg.bus.state, reg.bus.session = 'verified', 500
+    for i, (instance, session) in enumerate((agents or {}).items()):
+        reg.sessions.created(session, {'id': 1000 + i, 'uri': f'observatory.{instance}.ops'})
+    return reg
+
+
+def by(instance, publisher, feed=LOCKS_FEED):
+    return SimpleNamespace(topic=feed_topic('observatory', instance, feed), publisher=publisher)
+
+
+def test_LockRegistryAgent_verified_bus_takes_only_the_agents_own_session(reg):
+    """When the bus is verified, a lock event is taken only from the session
+    holding that agent's ops registration; one from another session, with no
+    publisher, or for an agent not on the bus is dropped and counted by reason."""
+    verified(reg, {'dev-1': 11})
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', 11))
+    reg._on_locks([lock_msg(2, job='forged'), info('dev-1')], details=by('dev-1', 99))
+    reg._on_locks([lock_msg(3, job='forged'), info('dev-1')], details=by('dev-1', None))
+    reg._on_locks([lock_msg(1), info('ghost-agent')], details=by('ghost-agent', 99))
+    assert list(reg.table.rows) == ['dev-1/hw'] and reg.table.rows['dev-1/hw']['job'] == 'acq'
+    assert reg.bus_status()['dropped'] == {
+        "locks: published by a session that is not the agent's": 1,
+        'locks: publisher not disclosed': 1,
+        "locks: no session holds the agent's ops registration": 1}
+    assert reg.table.dropped == 3
+
+
+def test_LockRegistryAgent_verified_bus_drops_forged_heartbeats(reg):
+    """When the bus is verified, a heartbeat from another session does not
+    keep an agent alive, nor make up a new one; it is counted."""
+    verified(reg, {'dev-1': 11})
+    reg._on_heartbeat([{}, info('dev-1', HEARTBEAT_FEED)], details=by('dev-1', 11, HEARTBEAT_FEED))
+    reg._on_heartbeat([{}, info('made-up', HEARTBEAT_FEED)],
+                      details=by('made-up', 99, HEARTBEAT_FEED))
+    reg._on_heartbeat([{}, info('dev-1', HEARTBEAT_FEED)], details=by('dev-1', 99, HEARTBEAT_FEED))
+    assert list(reg.table.agents) == ['dev-1']
+    assert sum(reg.bus_status()['dropped'].values()) == 2
+
+
+def test_LockRegistryAgent_drops_while_the_bus_is_checked(reg):
+    """When the registry has just joined and the bus is not checked yet, a
+    lock event is dropped (the agents' next snapshot covers it)."""
+    reg.bus.state = 'pending'
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', 11))
+    assert reg.table.rows == {} and reg.drops == {'locks: bus not checked yet': 1}
+
+
+def test_LockRegistryAgent_unverified_bus_takes_messages_as_before(reg):
+    """When the bus is not verified (stock config), messages are taken
+    without attribution and the bus block says why."""
+    reg.bus._unverified('ocs_locking.bus.info: not authorized')
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', None))
+    assert 'dev-1/hw' in reg.table.rows
+    bus = reg.bus_status()
+    assert (bus['verified'], bus['reason']) == (False, 'ocs_locking.bus.info: not authorized')
+    assert reg.agent.log.warn.call_args.kwargs['reason'] == 'ocs_locking.bus.info: not authorized'
+
+
+def test_LockRegistryAgent_drop_log_lines_are_rate_limited(reg):
+    """When many forged messages come for one reason, one log line says so
+    (per DROP_LOG_EVERY s), with the count of the others."""
+    verified(reg, {'dev-1': 11})
+    for seq in range(50):
+        reg._on_locks([lock_msg(seq), info('dev-1')], details=by('dev-1', 99))
+    assert reg.agent.log.warn.call_count == 1
+    assert reg.drops == {"locks: published by a session that is not the agent's": 50}
+
+
+def test_LockRegistryAgent_agent_session_end_marks_its_locks_not_alive_at_once(reg):
+    """When the agent's session leaves the bus (on_leave), its rows are not
+    alive at once: on the ownership feed and in the monitor's session data."""
+    verified(reg, {'dev-1': 11})
+    session = monitoring(reg)
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', 11))
+    reg.bus._on_leave(11)
+    name, message = reg.agent.published[-1]
+    [row] = message['rows']
+    assert (row['lock'], row['alive']) == ('dev-1/hw', False)
+    assert session.data[TABLE_KEY]['dev-1/hw']['alive'] is False
+    assert reg.sessions.session_of('dev-1') is None
+
+
+def test_LockRegistryAgent_ops_registration_deleted_marks_locks_not_alive(reg):
+    """When the agent's ops registration is deleted (on_delete), its locks
+    are not alive."""
+    verified(reg, {'dev-1': 11})
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', 11))
+    reg.bus._on_delete(11, 1000)
+    assert reg.table.rows['dev-1/hw']['alive'] is False
+
+
+def test_LockRegistryAgent_caps_refuse_counted_and_logged_once():
+    """When an agent reports more locks than its cap, the extra ones are
+    refused, counted in the bus block, and logged once for the cap."""
+    reg = LockRegistryAgent(FakeAgent(), reactor=NowReactor(),
+                            limits={'max_locks_per_agent': 2})
+    for seq, lock in enumerate('abcdef'):
+        reg._on_locks([dict(lock_msg(seq + 1), lock=lock), info('dev-1')],
+                      details=topic('dev-1'))
+    assert sorted(reg.table.rows) == ['dev-1/a', 'dev-1/b']
+    bus = reg.bus_status()
+    assert bus['dropped'] == {'refused: max_locks_per_agent': 4}
+    assert bus['limits']['max_locks_per_agent'] == 2 and bus['limits']['max_rows'] == 10000
+    assert reg.agent.log.warn.call_count == 1
+
+
+def big(n=10000):
+    """A registry with an n-row table (100 agents with n/100 locks each)."""
+    reg = LockRegistryAgent(FakeAgent(), reactor=NowReactor(),
+                            limits={'max_rows': n, 'max_locks_per_agent': n})
+    per = n // 100
+    for a in range(100):
+        for i in range(per):
+            reg.table.lock_message(f'agent-{a:03d}', dict(lock_msg(i + 1, job='a' * 200),
+                                                           lock=f'lock-{i:04d}'), 1.0)
+    assert len(reg.table.rows) == n
+    return reg
+
+
+def test_LockRegistryAgent_10000_rows_fit_the_payload_limit_everywhere():
+    """When the table has 10,000 rows, the monitor's session data, each
+    status page and each part of the ownership snapshot stay under the
+    message budget (far under crossbar's payload limit), and the parts and
+    pages hold every row."""
+    reg = big()
+    session = SimpleNamespace(data={})
+    reg._session = session
+    session.data = {TABLE_KEY: reg.session_table()}
+    reg._update_session()
+    assert json_size(session.data) < MESSAGE_BUDGET < PAYLOAD_LIMIT
+    assert session.data['total'] == 10000 and 0 < len(session.data[TABLE_KEY]) <= reg.session_rows
+    reg.agent.published.clear()
+    reg._publish_snapshot()
+    parts = [m for n, m in reg.agent.published if n == OWNERSHIP_FEED]
+    assert len(parts) > 1 and all(json_size(m) < MESSAGE_BUDGET for m in parts)
+    assert [m['part'] for m in parts] == list(range(len(parts)))
+    assert {m['parts'] for m in parts} == {len(parts)} and parts[0]['total'] == 10000
+    assert sum(len(m['rows']) for m in parts) == 10000
+    seen, offset = [], 0
+    while offset < 10000:
+        page = SimpleNamespace(data=None)
+        reg.status(page, {'offset': offset, 'limit': 10 ** 6})
+        assert json_size(page.data) < MESSAGE_BUDGET and page.data['total'] == 10000
+        assert page.data['offset'] == offset and page.data[TABLE_KEY]
+        seen += [r['lock'] for r in page.data[TABLE_KEY]]
+        offset += len(page.data[TABLE_KEY])
+    assert seen == sorted(reg.table.rows)
+
+
+def test_LockRegistryAgent_a_big_change_set_goes_out_in_parts():
+    """When one reactor turn changes every row of a 10,000-row table (its
+    agents all left), the change is published in parts under the budget."""
+    reg = big()
+    reg.agent.published.clear()
+    for a in range(100):
+        reg._publish(reg.table.gone(f'agent-{a:03d}', 2.0))
+    reg._flush()
+    parts = [m for n, m in reg.agent.published if n == OWNERSHIP_FEED]
+    assert len(parts) > 1 and all(json_size(m) < MESSAGE_BUDGET for m in parts)
+    assert sum(len(m['rows']) for m in parts) == 10000
