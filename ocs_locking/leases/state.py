@@ -726,7 +726,7 @@ class LeaseState:
             return g
         ended = self._ended.get(resource)
         if ended and ended[5] is not None and key_matches(ended[5], lease_id):
-            raise LeaseError(_ended_why(resource, *ended[1:5]) + f' (token {ended[0]})')
+            raise LeaseError(_ended_why(resource, *ended[1:5]))
         if g is not None and g.request_id not in self._keys:
             raise LeaseError(f'the lease on {resource!r} (token {g.token}, {g.owner!r:.40}) '
                              f'was granted before lease ids: nobody can renew or release it; '
