@@ -3,8 +3,8 @@
 :class:`KeyedState` is the real LeaseState; only, when a test renews or
 releases with an ``int`` (a token, as those tests were written), it looks up
 the lease id the registry gave the grant ``(resource, token)`` (heard from
-the grant Outcomes) and makes the real call with it; a token never granted
-becomes a lease id never issued. Tests of the lease id rules themselves pass
+the grant Outcomes, also those of grants the call itself makes first) and
+checks that one; a token never granted becomes a lease id never issued. Tests of the lease id rules themselves pass
 lease ids (``out.lease_id``).
 """
 from ocs_locking.leases.state import LeaseState
@@ -30,13 +30,29 @@ class KeyedState(LeaseState):
     def lease_id(self, resource, token):
         return self.lease_ids.get((resource, token), UNISSUED)
 
-    def _id(self, resource, key):
-        if isinstance(key, int) and not isinstance(key, bool):
-            return self.lease_id(resource, key)
-        return key
+    # A token is turned into its lease id where the real call checks the
+    # lease id (after the expiries and grants the call applies first, whose
+    # Outcomes listeners hear only after the call).
+    _token = None
+
+    def _holding(self, resource, lease_id):
+        if self._token is not None:
+            for action, item in self._batch.notices:
+                self._heard(action, item)
+            lease_id = self.lease_id(resource, self._token)
+        return super()._holding(resource, lease_id)
+
+    def _by_token(self, method, resource, key, *args, **kwargs):
+        if not isinstance(key, int) or isinstance(key, bool):
+            return method(resource, key, *args, **kwargs)
+        self._token = key
+        try:
+            return method(resource, UNISSUED, *args, **kwargs)
+        finally:
+            self._token = None
 
     def renew(self, resource, lease_id, *args, **kwargs):
-        return super().renew(resource, self._id(resource, lease_id), *args, **kwargs)
+        return self._by_token(super().renew, resource, lease_id, *args, **kwargs)
 
     def release(self, resource, lease_id, *args, **kwargs):
-        return super().release(resource, self._id(resource, lease_id), *args, **kwargs)
+        return self._by_token(super().release, resource, lease_id, *args, **kwargs)
