@@ -600,12 +600,15 @@ class LeaseOps:
             return out
         grants = [g.as_dict() for g in outcome.grants]
         first = grants[0]
-        return {'resource': first['resource'] if len(grants) == 1 else
+        out = {'resource': first['resource'] if len(grants) == 1 else
                 [g['resource'] for g in grants],
                 'owner': first['owner'], 'token': first['token'],
                 'expires': first['expires'], 'request_id': outcome.request_id,
                 'lease': lease, 'queued_for': round(outcome.queued_for, 6),
                 'grants': grants}
+        if secret:
+            out['lease_id'] = outcome.lease_id
+        return out
 
     def _refused(self, session, e):
         ok, msg, session.data = self._refusal(e)
