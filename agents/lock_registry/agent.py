@@ -347,7 +347,8 @@ def main(args=None):
             agent, args.db, audit_days=args.audit_days, audit_rows=args.audit_rows,
             new_database=args.new_database, base=site_dir(args),
             max_waiting_per_owner=args.max_waiting_per_owner,
-            max_waiting_per_client=args.max_waiting_per_client)
+            max_waiting_per_client=args.max_waiting_per_client,
+            access_file=args.access_file)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,

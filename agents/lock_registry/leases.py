@@ -30,7 +30,7 @@ from ocs import ocs_agent
 from twisted.internet import defer
 
 from ocs_locking.leases.holder import describe_holders
-from ocs_locking.leases.keys import check_lease_id
+from ocs_locking.leases.keys import NotHolder, check_lease_id
 from ocs_locking.leases.paths import check_resource, check_text, when
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
@@ -798,11 +798,14 @@ class LeaseOps:
         try:
             check_lease_id(lease_id)
             return None
-        except LeaseError as e:
+        except NotHolder as e:
             return self._lease_id_refused(call, resource, client, caller, e)
 
     def _lease_id_refused(self, call, resource, client, caller, e):
-        self.refused_lease_ids[call] += 1
+        """A refused renew or release: audited; counted when refused for its
+        lease id (NotHolder), not for a bad argument or failing storage."""
+        if isinstance(e, NotHolder):
+            self.refused_lease_ids[call] += 1
         self._audit_refusal(call, resource, '', client, e, caller)
         return self._refusal(e)
 

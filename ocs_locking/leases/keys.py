@@ -16,11 +16,17 @@ import secrets
 
 from ..errors import LeaseError
 
-__all__ = ['new_lease_id', 'lease_key', 'check_lease_id', 'key_matches', 'LEASE_ID_DIGITS']
+__all__ = ['new_lease_id', 'lease_key', 'check_lease_id', 'key_matches', 'LEASE_ID_DIGITS',
+           'NotHolder']
 
 #: A lease id is this many hex digits (128 bits).
 LEASE_ID_DIGITS = 32
 _HEX = frozenset('0123456789abcdef')
+
+
+class NotHolder(LeaseError):
+    """A renew or release refused for its lease id: missing, malformed, or
+    not the one of the grant it names (the registry counts these)."""
 
 
 def new_lease_id():
@@ -32,14 +38,14 @@ def check_lease_id(value):
     """``value`` if it is a well-formed lease id, else LeaseError (one line,
     without the value: a near-miss of a secret is still half a secret)."""
     if value is None:
-        raise LeaseError('lease_id is required: renew and release need the lease_id '
+        raise NotHolder('lease_id is required: renew and release need the lease_id '
                          'acquire returned to the requester (the public token is not '
                          "enough); force_release ends someone else's lease")
     if not isinstance(value, str):
-        raise LeaseError(f'lease_id must be a string of {LEASE_ID_DIGITS} hex digits, '
+        raise NotHolder(f'lease_id must be a string of {LEASE_ID_DIGITS} hex digits, '
                          f'not a {type(value).__name__}')
     if len(value) != LEASE_ID_DIGITS or not _HEX.issuperset(value):
-        raise LeaseError(f'lease_id must be {LEASE_ID_DIGITS} lower-case hex digits, not '
+        raise NotHolder(f'lease_id must be {LEASE_ID_DIGITS} lower-case hex digits, not '
                          f'{len(value)} character(s) of something else')
     return value
 

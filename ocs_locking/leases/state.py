@@ -11,7 +11,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
-from .keys import check_lease_id, key_matches, lease_key, new_lease_id
+from .keys import NotHolder, check_lease_id, key_matches, lease_key, new_lease_id
 from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive_int,
                     check_resource, check_resources, check_seconds, check_text, check_time,
                     conflicts, overlap, when)
@@ -726,15 +726,15 @@ class LeaseState:
             return g
         ended = self._ended.get(resource)
         if ended and ended[5] is not None and key_matches(ended[5], lease_id):
-            raise LeaseError(_ended_why(resource, *ended[1:5]))
+            raise NotHolder(_ended_why(resource, *ended[1:5]))
         if g is not None and g.request_id not in self._keys:
-            raise LeaseError(f'the lease on {resource!r} (token {g.token}, {g.owner!r:.40}) '
+            raise NotHolder(f'the lease on {resource!r} (token {g.token}, {g.owner!r:.40}) '
                              f'was granted before lease ids: nobody can renew or release it; '
                              f'it ends at its expiry, {when(g.expires)}, or by force_release')
         if g is None:
-            raise LeaseError(f'that lease_id holds nothing on {resource!r}: nothing is held '
+            raise NotHolder(f'that lease_id holds nothing on {resource!r}: nothing is held '
                              f'there')
-        raise LeaseError(f"that lease_id does not hold {resource!r} (held by {g.owner!r:.40}, "
+        raise NotHolder(f"that lease_id does not hold {resource!r} (held by {g.owner!r:.40}, "
                          f"token {g.token}): only its holder may renew or release it; "
                          f"force_release revokes someone else's lease")
 

@@ -100,6 +100,118 @@ def test_lease_acquire_busy_renew_release(site, registry):
     assert answer(registry.release(resource='it/acq', lease_id=data['lease_id']))[0]
 
 
+#: A subscriber in its own process: prints every message on the registry's
+#: feeds (prefix match) as one JSON line, after a first line "subscribed".
+FEED_LISTENER = """
+import json, os, sys
+OUT = os.fdopen(os.dup(1), 'w', buffering=1)     # autobahn logs to stdout: to stderr
+sys.stdout = sys.stderr
+from autobahn.twisted.wamp import ApplicationRunner, ApplicationSession
+from autobahn.wamp.types import SubscribeOptions
+from twisted.internet.defer import inlineCallbacks
+
+class Listener(ApplicationSession):
+    @inlineCallbacks
+    def onJoin(self, details):
+        def on(*args, **kwargs):
+            OUT.write(json.dumps([args, kwargs], default=str) + '\\n')
+        yield self.subscribe(on, sys.argv[3], options=SubscribeOptions(match='prefix'))
+        OUT.write('subscribed\\n')
+
+ApplicationRunner(sys.argv[1], sys.argv[2]).run(Listener)
+"""
+
+
+def test_lease_id_appears_nowhere_public(site, registry, tmp_path):
+    """When a lease is taken (through the procedure), renewed, refused to a
+    third party and released, its lease_id is in no task result (status,
+    leases, history, renew, release), no message on the registry's feeds,
+    no line of the registry's log and no byte of its SQLite files."""
+    errors = open(tmp_path / 'listener.log', 'w')
+    listener = subprocess.Popen(
+        [sys.executable, '-c', FEED_LISTENER, f'ws://127.0.0.1:{site.port}/ws', site.realm,
+         'observatory.lock-registry.feeds'], stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        first = listener.stdout.readline()      # '' if it died
+        assert first.strip() == 'subscribed', (tmp_path / 'listener.log').read_text()
+        ok, msg, g = take(registry, resource='it/secret', owner='ivy', lease=30, note='s')
+        assert ok, msg
+        lid = g['lease_id']
+        public = [answer(registry.renew(resource='it/secret', lease_id=lid, lease=30)),
+                  answer(registry.renew(resource='it/secret', lease_id=lid[::-1])),
+                  leases(registry), registry.status().session,
+                  answer(registry.release(resource='it/secret', lease_id=lid)),
+                  answer(registry.history(resource='it/secret', limit=50))]
+        # The registry's feeds: wait for the heartbeat that follows all this.
+        feed = []
+        for _ in range(200):
+            line = listener.stdout.readline()
+            assert line, (tmp_path / 'listener.log').read_text()
+            feed.append(line)
+            if 'heartbeat' in line and len(feed) > 2:
+                break
+    finally:
+        listener.kill()
+        listener.wait(10)
+        errors.close()
+    history = public[-1][2]['history']
+    assert {r['action'] for r in history} >= {'grant', 'renew', 'release', 'refuse'}
+    with open(site.log_path('lock-registry')) as f:
+        log = f.read()
+    assert "it/secret" in log or 'lease' in log
+    raw = b''
+    for name in os.listdir(site.workdir):
+        if name.startswith('lock-registry.db'):
+            with open(os.path.join(site.workdir, name), 'rb') as f:
+                raw += f.read()
+    assert raw
+    for secret in (lid, lid[::-1]):
+        assert secret not in repr(public) and secret not in ''.join(feed)
+        assert secret not in log and secret.encode() not in raw
+
+
+def test_lease_acquire_task_grants_without_a_lease_id_and_says_why(site, registry):
+    """When a script uses the OCS acquire task (whose session ocs shows to
+    anyone), the grant has no lease id, its message says so and names the
+    lease procedure, and neither renew nor release by its token works: the
+    lease runs to its expiry."""
+    ok, msg, data = answer(registry.acquire(resource='it/task', owner='jo', lease=1.5))
+    assert ok and 'lease_id' not in data
+    assert not __import__('re').search(r'[0-9a-f]{32}', repr(registry.acquire.status()))
+    assert 'No lease_id (task results are public)' in msg
+    assert 'observatory.lock-registry.lease.acquire' in msg
+    ok, msg, _ = answer(registry.release(resource='it/task', lease_id=data['token']))
+    assert not ok and msg == 'Refused: lease_id must be a string of 32 hex digits, not a int'
+    poll(lambda: 'it/task' not in grants(registry), 'the lease expire', timeout=10)
+
+
+def test_lease_third_party_cannot_renew_or_release_with_the_token(site, registry):
+    """When another script calls the lease procedures with only the holder's
+    public token, or a lease id of its own, it is refused in one line, the
+    holder's lease keeps its expiry, and the refusals are in the history."""
+    from ocs_locking.leases.bridge import OCSClientTransport
+    ok, _, g = take(registry, resource='it/third', owner='kim', lease=60)
+    assert ok
+    before = grants(registry)['it/third']
+    other = OCSClientTransport(ocs_client(site))
+    _, _, mine = take(registry, resource='it/third-own', owner='mallory', lease=60)
+    answers = [other.lease_call('renew', {'resource': 'it/third', 'token': g['token'],
+                                          'lease': 3600}),
+               other.lease_call('release', {'resource': 'it/third', 'token': g['token']}),
+               other.lease_call('release', {'resource': 'it/third',
+                                            'lease_id': mine['lease_id']})]
+    assert [a.ok for a in answers] == [False, False, False]
+    assert answers[0].message.startswith('Refused: lease_id is required: ')
+    assert answers[2].message.startswith("Refused: that lease_id does not hold 'it/third' "
+                                         "(held by 'kim'")
+    assert grants(registry)['it/third'] == before
+    rows = answer(registry.history(resource='it/third', action='refuse', limit=10))[2]
+    assert {r['detail']['call'] for r in rows['history']} == {'renew', 'release'}
+    for lease in (g, mine):
+        assert answer(registry.release(resource=lease['resource'],
+                                       lease_id=lease['lease_id']))[0]
+
+
 def test_lease_queued_acquire_is_granted_when_the_holder_releases(site, registry):
     """When bob's acquire waits in the queue (timeout 20 s, another thread) and
     alice releases, bob is granted at once."""
@@ -168,7 +280,10 @@ def test_lease_force_release_needs_privileges_and_is_audited(site, registry):
     assert row['caller'] == {'identity': 'it', 'verified': False, 'via': 'ocs-task',
                              'cred_level': 2}
     grant = next(r for r in data['history'] if r['action'] == 'grant')
-    assert grant['caller']['via'] == 'http-bridge' and grant['caller']['verified'] is False
+    # (http-bridge once the router discloses callers: the bus component)
+    assert grant['caller']['via'] in ('http-bridge', 'wamp') and \
+        grant['caller']['verified'] is False and grant['caller']['identity'].startswith(
+            'Reservation ')
 
 
 def test_lease_reservation_retries_then_gives_up(site, registry):
@@ -365,7 +480,10 @@ def test_lease_malformed_requests_are_refused_and_change_nothing(site, registry)
         assert mine['lease_id'] not in msg and old['lease_id'] not in msg
         assert 'error' in data
     after = leases(registry)
+    counted = [d.pop('refused_lease_ids') for d in (before, after)]
     assert after == before
+    # renewals and releases refused for their lease id are counted
+    assert [counted[1][c] - counted[0][c] for c in ('renew', 'release')] == [5, 4]
     assert answer(registry.release(resource="it/bad", lease_id=mine["lease_id"]))[0]
 
 
