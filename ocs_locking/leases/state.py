@@ -48,7 +48,7 @@ def _ended_why(resource, action, at, by, reason):
     """Why a token of ``resource`` no longer holds it: its grant ended."""
     at = f'{when(at)} (registry time)'
     why = {'release': f'was released at {at}', 'expire': f'expired at {at}',
-           'force_release': f'was revoked at {at} by {by!r:.40}: {reason!r:.80}'}
+           'force_release': f'was revoked at {at} by {by!r:.100}: {reason!r:.80}'}
     return f'lease on {resource!r} {why[action]}'
 
 
