@@ -234,7 +234,11 @@ class Reservation:
         sleep (callable): how retry delays are waited (tests record them).
 
     Attributes:
-        tokens (dict): ``{resource: fencing token}`` of the current grant.
+        tokens (dict): ``{resource: fencing token}`` of the current grant
+            (public: pass them on to devices that fence their calls).
+        lease_id (str or None): the grant's secret, which renews and
+            releases it (the registry gives it to this process alone; never
+            logged, never shown in a repr).
         expires (float): the registry's expiry (its clock; for display).
         lost (str or None): why the lease was lost, or None.
         attempts (int): acquire attempts made by the last :meth:`acquire`.
