@@ -130,6 +130,8 @@ def write_site_config(workdir):
     cfgdir = os.path.join(workdir, 'site-config')
     shutil.copytree(os.path.join(REPO, 'site-config', 'crossbar'),
                     os.path.join(cfgdir, 'crossbar'))
+    # the registry's --access-file (its passwords), beside the site file
+    shutil.copy(os.path.join(REPO, 'site-config', 'lock-registry-access.yaml'), cfgdir)
     path = os.path.join(cfgdir, 'bench.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)
