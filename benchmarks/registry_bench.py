@@ -149,6 +149,8 @@ def write_site_config(workdir, stock=False):
                     os.path.join(cfgdir, 'crossbar'))
     if stock:
         shutil.copy(stock_crossbar_config(), os.path.join(cfgdir, 'crossbar', 'config.json'))
+    # the registry's --access-file (its passwords), beside the site file
+    shutil.copy(os.path.join(REPO, 'site-config', 'lock-registry-access.yaml'), cfgdir)
     path = os.path.join(cfgdir, 'bench.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)

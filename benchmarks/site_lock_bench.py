@@ -20,7 +20,8 @@ Timed, one call after another (``time.perf_counter``):
     :func:`ocs_locking.wamp.set_nodelay` on join), as an agent's reactor
     code would call it: ``observatory.lock-registry.lease.acquire(resource,
     owner, lease=30, timeout=0)`` on a fresh resource path each time
-    (``bench/wamp/rN``), then ``.lease.release(resource, token)``. One
+    (``bench/wamp/rN``), then ``.lease.release(resource, lease_id)`` (the
+    grant's secret, returned in the acquire's reply). One
     round trip = both calls (2 WAMP calls), timed on the reactor thread.
     The registry commits each grant, release and audit record to SQLite
     (WAL) before it replies, so every grant survives a registry kill -9;
@@ -213,7 +214,7 @@ def wait_procedures(rt, agent, timeout=60):
     from autobahn.wamp.exception import ApplicationError
     root, s = agent.root, agent.session
     probes = [
-        lambda: s.call(f'{root}.{REGISTRY}.lease.release', 'bench/probe', 1),
+        lambda: s.call(f'{root}.{REGISTRY}.lease.release', 'bench/probe', 'f' * 32),
         lambda: s.call(f'{root}.{DIRECTOR}.request_exclusive', grant_name='no-such-grant')]
     deadline = time.monotonic() + timeout
     for probe in probes:
@@ -249,7 +250,7 @@ def run_wamp(rt, agent, kind, n, tag, first=0):
                                   client='site_lock_bench')
                 t1 = time.perf_counter()
                 ok1 = isinstance(r1, dict) and r1.get('ok') is True
-                r2 = yield s.call(rel_uri, res, r1['data']['token'] if ok1 else -1,
+                r2 = yield s.call(rel_uri, res, r1['data']['lease_id'] if ok1 else 'f' * 32,
                                   client='site_lock_bench')
                 ok2 = isinstance(r2, dict) and r2.get('ok') is True
             else:

@@ -172,6 +172,7 @@ class Site:
             if not os.path.exists(crossbar_config):
                 crossbar_config = _CROSSBAR_TEMPLATE
         os.makedirs(os.path.join(self.workdir, 'logs'), exist_ok=True)
+        copy_access_files(self.instances, site_dir, self.workdir, site_file)
         self.site_file = os.path.join(self.workdir, 'site.yaml')
         with open(self.site_file, 'w') as f:
             yaml.safe_dump(data, f, sort_keys=False)
@@ -353,6 +354,35 @@ class Site:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def copy_access_files(instances, site_dir, workdir, site_file):
+    """Copy each agent's relative ``--access-file`` (the registry's
+    passwords) from the site config's directory into ``workdir``, mode 0600:
+    the agent resolves it against its site file, which is the copy there.
+    An absolute path is left as it is. Raises SiteError in one line for a
+    file that is missing or unreadable."""
+    for inst in instances:
+        for arg in inst.get('arguments') or []:
+            if not (isinstance(arg, (list, tuple)) and len(arg) == 2
+                    and arg[0] == '--access-file' and isinstance(arg[1], str)):
+                continue
+            if os.path.isabs(arg[1]):
+                continue
+            src = os.path.normpath(os.path.join(site_dir, arg[1]))
+            dst = os.path.normpath(os.path.join(workdir, arg[1]))
+            try:
+                with open(src, 'rb') as f:
+                    text = f.read()
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, 'wb') as f:
+                    f.write(text)
+                os.chmod(dst, 0o600)
+            except OSError as e:
+                raise SiteError(f"site config {site_file}: instance {inst['instance-id']}: "
+                                f"cannot copy --access-file {arg[1]!r} ({src}): "
+                                f"{e.strerror or type(e).__name__}") from None
 
 
 def _wait_ready(proc, ready, what, timeout, log_path):

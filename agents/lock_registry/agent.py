@@ -7,7 +7,6 @@ table's changes on its ``ownership`` feed, per-lock figures on the recorded
 process's session.data. Everything runs on the reactor thread.
 """
 import argparse
-import inspect
 import os
 import re
 import time
@@ -565,15 +564,14 @@ def main(args=None):
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
-    # caps' LeaseOps records the agent whose session made a lease call
-    extra = {'identify': registry.sessions.agent_of} \
-        if 'identify' in inspect.signature(LeaseOps).parameters else {}
+    # the audit names the agent whose session made a lease call (identify)
     try:
         leases = registry.leases = LeaseOps(
             agent, args.db, audit_days=args.audit_days, audit_rows=args.audit_rows,
             new_database=args.new_database, base=site_dir(args),
             max_waiting_per_owner=args.max_waiting_per_owner,
-            max_waiting_per_client=args.max_waiting_per_client, **extra)
+            max_waiting_per_client=args.max_waiting_per_client,
+            access_file=args.access_file, identify=registry.sessions.agent_of)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,

@@ -5,15 +5,32 @@ grant (or the holders) in session.data. A queued ``acquire`` waits, within
 its timeout, for the state machine to grant it. Grants, token counters and
 the audit log live in SQLite (``--db``), committed before each reply, so a
 registry restart (even kill -9) loses no grant.
+
+**Leases are capabilities.** A grant's secret ``lease_id`` (see
+:mod:`ocs_locking.leases.keys`) renews and releases it; the fencing token is
+public. The lease *procedures* (``<registry>.lease.acquire``) return it in
+their reply, which WAMP delivers to the caller alone. The OCS ``acquire``
+task cannot: ocs publishes a task's session (``data`` and ``messages``) on
+the agent's feeds and to anyone who calls ``status``; so its grant carries
+no lease id (its message says so): it runs to its expiry or a force_release.
+
+**Who did it.** The procedures are registered with WAMP call details: when
+the router discloses the caller (``ocs_locking.bus``), an audit row names
+the caller's agent (``identify(session)``) or its WAMP session, verified.
+HTTP-bridge calls (one shared service session, role ``iocs_controller``) and
+OCS task calls record the declared ``client``/``owner`` and the ocs
+credential level, marked ``verified: False``.
 """
 import math
 import os
+import stat
 import time
 
 from ocs import ocs_agent
 from twisted.internet import defer
 
 from ocs_locking.leases.holder import describe_holders
+from ocs_locking.leases.keys import NotHolder, check_lease_id
 from ocs_locking.leases.paths import check_resource, check_text, when
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
@@ -39,6 +56,11 @@ REFUSE_AUDIT_EVERY = 10.0
 #: unlike OCS tasks, several callers may use them at once (agents' SiteLocks do).
 RPCS = LEASE_PROCEDURES
 _when = when        # the name this module used first
+#: The WAMP role of crossbar's HTTP bridge (ocs's ``iocs_controller``): one
+#: service session calls for every HTTP client, so its callers are declared.
+HTTP_BRIDGE_ROLE = 'iocs_controller'
+#: The keys an access file may have (ocs's AccessDirector config keys).
+ACCESS_FILE_KEYS = ('passwords', 'passwords_block_default_hashfunc', 'distrib_hashfunc')
 
 
 def add_arguments(parser):
@@ -63,6 +85,12 @@ def add_arguments(parser):
     parser.add_argument('--max-waiting-per-client', type=int, default=MAX_WAITING_PER_CLIENT,
                         help='At most this many lease requests of one client identity wait '
                              f'in the queue at once (default {MAX_WAITING_PER_CLIENT}).')
+    parser.add_argument('--access-file', default=None,
+                        help="The registry's passwords (YAML, ocs's AccessDirector "
+                             "'passwords' format; clear text or hashed), a file only "
+                             'operators read (mode 0600), instead of --access-policy '
+                             'override:... in the site file every client reads. A relative '
+                             'path is taken from the directory of the site config file.')
     return parser
 
 
@@ -77,7 +105,114 @@ def check_arguments(args):
         value = getattr(args, name, 1)
         if not (isinstance(value, int) and 1 <= value <= 1000):
             return f"--{name.replace('_', '-')} must be an integer in [1, 1000], not {value}"
+    access_file = getattr(args, 'access_file', None)
+    if access_file is not None:
+        if getattr(args, 'access_policy', None) not in (None, '', 'none'):
+            return '--access-file and --access-policy both set the passwords: give one'
+        try:
+            load_access_file(resolve_db(access_file, site_dir(args)))
+        except ValueError as e:
+            return str(e)
     return None
+
+
+def load_access_file(path):
+    """The ocs AccessRules of the access file ``path`` (ocs's AccessDirector
+    ``passwords`` entries, parsed by ``ocs.access.director_parse_config``),
+    after a free level-1 rule (as ocs's ``override`` policy has); raises
+    ValueError in one line for a file that is missing, unreadable, not
+    YAML, or not of that form. Never shows a password."""
+    import yaml
+    from ocs import access
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f'cannot read the access file {path!r}: '
+                         f'{e.strerror or type(e).__name__}') from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f' (line {mark.line + 1})' if mark is not None else ''
+        raise ValueError(f'the access file {path!r} is not YAML{where}') from None
+    if not isinstance(config, dict) or not isinstance(config.get('passwords'), list) \
+            or not config['passwords']:
+        raise ValueError(f"the access file {path!r} must be a mapping with 'passwords': "
+                         f"a list of ocs password entries")
+    extra = sorted(set(config) - set(ACCESS_FILE_KEYS))
+    if extra:
+        raise ValueError(f'the access file {path!r} has unknown key(s) {", ".join(extra)}; '
+                         f'known: {", ".join(ACCESS_FILE_KEYS)}')
+    for i, entry in enumerate(config['passwords']):
+        if not isinstance(entry, dict):
+            raise ValueError(f'the access file {path!r}: passwords[{i}] must be a mapping')
+        for key, value in entry.items():
+            if key.startswith('password_') and isinstance(value, dict) \
+                    and value.get('hash') not in access.HASHFUNCS:
+                raise ValueError(f'the access file {path!r}: passwords[{i}].{key} hash must '
+                                 f'be one of {", ".join(access.HASHFUNCS)}')
+    try:
+        parsed = access.director_parse_config(config)
+    except Exception as e:          # pydantic's ValidationError, TypeError...
+        first = ' '.join(str(e).split())[:120]
+        raise ValueError(f'the access file {path!r} is not an ocs password config: '
+                         f'{type(e).__name__}: {first}') from None
+    free = access.AccessRule(hashed_pass=access.HashedPass.create_free(),
+                             cred_level=access.CredLevel(1))
+    return [free] + parsed['_rules']
+
+
+def caller_of(details, client='', identify=None):
+    """Who made a lease procedure call, for the audit log: a JSON-ready
+    dict ``{'identity', 'verified', 'via', ...}``.
+
+    * The router disclosed the caller (``details.caller``, a session id):
+      ``identify(session)`` names its agent instance, else ``wamp session
+      N``; ``verified`` True (the router says so, not the caller).
+    * The caller is crossbar's HTTP bridge (role ``iocs_controller``, one
+      service session for every HTTP client), or was not disclosed: the
+      ``client`` the call declares, ``verified`` False.
+    """
+    declared = client if isinstance(client, str) else ''
+    session = getattr(details, 'caller', None)
+    role = getattr(details, 'caller_authrole', None)
+    role = role if isinstance(role, str) else None
+    if isinstance(session, bool) or not isinstance(session, int):
+        return {'identity': declared or 'unknown', 'verified': False, 'via': 'wamp',
+                'note': 'caller not disclosed by the router'}
+    if role == HTTP_BRIDGE_ROLE:
+        return {'identity': declared or 'unknown', 'verified': False, 'via': 'http-bridge',
+                'session': session, 'role': role}
+    agent = None
+    if identify is not None:
+        try:
+            agent = identify(session)
+        except Exception:           # an identify that fails names nobody
+            agent = None
+    out = {'identity': agent if isinstance(agent, str) and agent else f'wamp session {session}',
+           'verified': True, 'via': 'wamp', 'session': session, 'role': role}
+    if declared and declared != out['identity']:
+        out['declared'] = declared
+    return out
+
+
+def task_caller(session, declared):
+    """Who started an OCS task: the declared name and the ocs credential
+    level of the session (ocs passes no WAMP caller to operations)."""
+    level = getattr(session, 'cred_level', None)
+    return {'identity': declared or 'unknown', 'verified': False, 'via': 'ocs-task',
+            'cred_level': level if isinstance(level, int) else None}
+
+
+class _DetailsRegistrar:
+    """The agent, as the Registrar sees it: registers each procedure with
+    ``details_arg='details'`` so it learns the (disclosed) caller."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def register(self, fn, uri):
+        from autobahn.wamp.types import RegisterOptions
+        return self.agent.register(fn, uri, options=RegisterOptions(details_arg='details'))
 
 
 def site_dir(args):
@@ -130,6 +265,12 @@ class LeaseOps:
             site's, see :func:`site_dir`; default the working directory).
         max_waiting_per_owner (int): waiting requests of one owner at most.
         max_waiting_per_client (int): waiting requests of one client at most.
+        identify (callable): ``identify(wamp_session_id) -> agent instance id
+            or None``, for the audit's verified identities (the registry's
+            session map); None: a disclosed caller is named by its session.
+        access_file (str): the registry's passwords (see
+            :func:`load_access_file`; a relative path is taken from
+            ``base``): replaces the agent's ocs access rules.
 
     The expiry timer runs every EXPIRE_EVERY seconds whatever happens: each
     tick catches and logs (once per kind) anything that goes wrong, and
@@ -146,7 +287,8 @@ class LeaseOps:
     def __init__(self, agent, db, reactor=None, clock=time.time, audit_days=AUDIT_DAYS,
                  audit_rows=AUDIT_ROWS, new_database=False, base=None,
                  max_waiting_per_owner=MAX_WAITING_PER_OWNER,
-                 max_waiting_per_client=MAX_WAITING_PER_CLIENT):
+                 max_waiting_per_client=MAX_WAITING_PER_CLIENT, identify=None,
+                 access_file=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -154,7 +296,13 @@ class LeaseOps:
         self.log = agent.log
         self.clock = clock
         self.audit_days, self.audit_rows = audit_days, audit_rows
-        db = resolve_db(db, os.getcwd() if base is None else base)
+        self.identify = identify
+        #: lease calls refused for a missing or wrong lease_id, per call name
+        self.refused_lease_ids = {'renew': 0, 'release': 0}
+        base = os.getcwd() if base is None else base
+        if access_file is not None:
+            self._use_access_file(resolve_db(access_file, base))
+        db = resolve_db(db, base)
         try:
             self.store = LeaseStore(db, new_database=new_database, rid_block=RID_BLOCK)
             self.state = LeaseState(store=self.store,
@@ -189,6 +337,29 @@ class LeaseOps:
         # every waiting request is withdrawn (they ask again).
         agent.on('leave', lambda session, details=None: self.withdraw_all(
             'the registry lost its router connection'))
+
+    def _use_access_file(self, path):
+        """Serve ocs's access control from the access file ``path``
+        (raises LeaseStoreError in one line if it cannot be used)."""
+        from ocs import access
+        try:
+            rules = load_access_file(path)
+        except ValueError as e:
+            raise LeaseStoreError(str(e)) from None
+        agent = self.agent
+        agent.access_config = access.AgentAccessRules(
+            policy='override', rules=rules,
+            agent=access.AgentSpec(instance_id=getattr(agent, 'instance_id', None),
+                                   agent_class=getattr(agent, 'class_name', None),
+                                   superuser_key=agent))
+        data = getattr(agent, 'access_data', None)
+        if isinstance(data, dict):
+            data['policy'] = 'override'
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            self.log.warn('access file {path} is readable by others (mode {mode:o}): '
+                          'chmod 600 it', path=path, mode=mode)
+        self.log.info('access rules from {path} ({n} rule(s))', path=path, n=len(rules))
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -288,7 +459,7 @@ class LeaseOps:
         registrar = self.__dict__.get('_registrar')
         if registrar is None:
             registrar = self._registrar = Registrar(
-                self.agent, self.reactor, self.log,
+                _DetailsRegistrar(self.agent), self.reactor, self.log,
                 {lease_uri(self.agent.agent_address, n): getattr(self, f'_rpc_{n}')
                  for n in RPCS})
             self.agent.on('leave', lambda session, details=None: registrar.left())
@@ -308,19 +479,28 @@ class LeaseOps:
     # data is compact (what a holder needs: it crosses the router on every
     # call), the OCS tasks' session.data keeps every field.
 
+    # A grant's reply carries the secret ``lease_id``: a WAMP RESULT goes to
+    # the caller alone (over the HTTP bridge: to the one HTTP client).
+    # ``token`` (keyword) is accepted so that an old caller renewing or
+    # releasing by token hears why it is refused instead of a TypeError.
+
     def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
-                     client=''):
+                     client='', details=None):
         d = self.do_acquire(resource, owner, lease, timeout, tree, note, client,
-                            compact=True)
+                            compact=True, secret=True,
+                            caller=caller_of(details, client, self.identify))
         return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
 
-    def _rpc_renew(self, resource, token, lease=30.0, client=''):
-        ok, msg, data = self.do_renew(resource, token, lease, client)
+    def _rpc_renew(self, resource, lease_id=None, lease=30.0, client='', details=None,
+                   token=None):
+        ok, msg, data = self.do_renew(resource, lease_id, lease, client,
+                                      caller=caller_of(details, client, self.identify))
         return {'ok': ok, 'message': msg,
                 'data': {k: data[k] for k in _RENEW_KEYS} if ok else data}
 
-    def _rpc_release(self, resource, token, client=''):
-        ok, msg, data = self.do_release(resource, token, client)
+    def _rpc_release(self, resource, lease_id=None, client='', details=None, token=None):
+        ok, msg, data = self.do_release(resource, lease_id, client,
+                                        caller=caller_of(details, client, self.identify))
         return {'ok': ok, 'message': msg, 'data': data}
 
     def _on_change(self, action, item):
@@ -377,7 +557,7 @@ class LeaseOps:
         if out is not None and out.grants:
             g = out.grants[0]
             try:
-                self.state.release(g.resource, g.token, self.clock(),
+                self.state.release(g.resource, out.lease_id, self.clock(),
                                    client='registry: caller gone before its grant arrived')
             except Exception as e:
                 self.log.error('could not give back the undelivered grant {rid}: {e}',
@@ -403,7 +583,9 @@ class LeaseOps:
                                                           deadline)
 
     @staticmethod
-    def _grant_data(outcome, lease, compact=False):
+    def _grant_data(outcome, lease, compact=False, secret=False):
+        """A grant's data; with ``secret`` (the lease procedures' reply
+        only, never session.data) its ``lease_id``."""
         if compact:         # = _compact(_grant_data(...)), built directly (the hot path)
             gs = outcome.grants
             first = gs[0]
@@ -413,15 +595,20 @@ class LeaseOps:
                    'queued_for': round(outcome.queued_for, 6)}
             if len(gs) > 1:
                 out['grants'] = [{'resource': g.resource, 'token': g.token} for g in gs]
+            if secret:
+                out['lease_id'] = outcome.lease_id
             return out
         grants = [g.as_dict() for g in outcome.grants]
         first = grants[0]
-        return {'resource': first['resource'] if len(grants) == 1 else
+        out = {'resource': first['resource'] if len(grants) == 1 else
                 [g['resource'] for g in grants],
                 'owner': first['owner'], 'token': first['token'],
                 'expires': first['expires'], 'request_id': outcome.request_id,
                 'lease': lease, 'queued_for': round(outcome.queued_for, 6),
                 'grants': grants}
+        if secret:
+            out['lease_id'] = outcome.lease_id
+        return out
 
     def _refused(self, session, e):
         ok, msg, session.data = self._refusal(e)
@@ -431,13 +618,15 @@ class LeaseOps:
     def _refusal(e):
         return False, f'Refused: {e}', {'error': str(e)}
 
-    def _audit_refusal(self, call, resource, owner, client, reason):
+    def _audit_refusal(self, call, resource, owner, client, reason, caller=None):
         """One ``refuse`` row (ok false) for a refused lease call, at most one
-        per resource, owner and call every REFUSE_AUDIT_EVERY seconds."""
+        per resource, owner, call and caller identity every
+        REFUSE_AUDIT_EVERY seconds. (Reasons never hold a lease id.)"""
         now = self.clock()
         if self.store.error is not None:
             return                  # nothing is written meanwhile (the tick logs why)
-        key = (str(resource)[:200], str(owner)[:128], call)
+        who = str((caller or {}).get('identity', ''))[:200]
+        key = (str(resource)[:200], str(owner)[:128], call, who)
         last = self._refusals.get(key)
         if last is not None and now - last < REFUSE_AUDIT_EVERY:
             return
@@ -446,7 +635,8 @@ class LeaseOps:
         self._refusals[key] = now
         try:
             self.store.record(now, 'refuse', key[0], owner=key[1], client=str(client)[:200],
-                              detail={'call': call, 'reason': str(reason)[:300]}, ok=False)
+                              detail={'call': call, 'reason': str(reason)[:300]}, ok=False,
+                              caller=caller)
         except Exception as e:       # never let the audit trail break a reply
             self.log.error('could not record a refusal: {e}', e=e)
 
@@ -473,11 +663,18 @@ class LeaseOps:
                 registry answers (``timed_out``) at this deadline itself.
             tree (bool): also exclude everything below the path(s).
             note (str): why, shown to others and kept in the audit log.
-            client (str): the caller's identity, kept in the audit log.
+            client (str): the caller's identity, kept in the audit log
+                (marked as declared).
 
         Notes:
             On success session.data holds the grant; each resource has its
-            own fencing token, strictly increasing per resource::
+            own fencing token, strictly increasing per resource. It holds
+            no ``lease_id``: ocs shows every task's session data and
+            messages to anyone, so this grant cannot be renewed or
+            released; it ends at its expiry (or by ``force_release``). For
+            a lease you can renew and release, call the procedure
+            ``<registry>.lease.acquire`` (``Reservation``, ``SiteLock``,
+            ``ocs-locks reserve`` do), whose reply goes to you alone::
 
                 >>> response.session['data']
                 {'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7,
@@ -497,8 +694,15 @@ class LeaseOps:
             session.data = {'queue_position': out.queue_position,
                             'request_id': out.request_id,
                             'holders': [g.as_dict() for g in out.holders]}
-        ok, msg, data = yield self.do_acquire(**params, on_queued=queued)
+        ok, msg, data = yield self.do_acquire(
+            **params, on_queued=queued,
+            caller=task_caller(session, params['client'] or params['owner']))
         session.data = data
+        if ok:
+            msg += (f' No lease_id (task results are public): this lease ends at its expiry '
+                    f'or by force_release; to renew or release one, acquire through the '
+                    f'procedure {lease_uri(self.agent.agent_address, "acquire")} '
+                    f'(Reservation, ocs-locks reserve).')
         return ok, msg
 
     def abort_acquire(self, session, params):
@@ -509,18 +713,20 @@ class LeaseOps:
         return defer.succeed((True, f'Withdrew request {rid}.'))
 
     def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
-                   client='', on_queued=None, compact=False):
+                   client='', on_queued=None, compact=False, secret=False, caller=None):
         """The acquire itself: a Deferred firing ``(ok, message, data)``
         (already fired unless the request queues); ``on_queued(outcome)`` is
         called if the request has to wait. The grant is committed to the
         store before the Deferred fires. ``compact``: a grant's data as the
-        lease procedures return it (see :func:`_compact`)."""
+        lease procedures return it (see :func:`_compact`); ``secret``: with
+        its ``lease_id`` (for a reply that goes to the caller alone);
+        ``caller``: who asks, for the audit (see :func:`caller_of`)."""
         now = self.clock()
         try:
             out = self.state.acquire(resource, owner, lease, now, timeout=timeout,
-                                     tree=tree, note=note, client=client)
+                                     tree=tree, note=note, client=client, caller=caller)
         except LeaseError as e:
-            self._audit_refusal('acquire', resource, owner, client, e)
+            self._audit_refusal('acquire', resource, owner, client, e, caller)
             return defer.succeed(self._refusal(e))
         if out.status == 'queued':
             rid = out.request_id
@@ -533,16 +739,19 @@ class LeaseOps:
                                                           now + timeout)
             if on_queued is not None:
                 on_queued(out)
-            return d.addCallback(self._acquired, resource, owner, lease, client, compact)
-        return defer.succeed(self._acquired(out, resource, owner, lease, client, compact))
+            return d.addCallback(self._acquired, resource, owner, lease, client, compact,
+                                 secret, caller)
+        return defer.succeed(self._acquired(out, resource, owner, lease, client, compact,
+                                            secret, caller))
 
-    def _acquired(self, out, resource, owner, lease, client, compact=False):
+    def _acquired(self, out, resource, owner, lease, client, compact=False, secret=False,
+                  caller=None):
         if out.status == 'granted':
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)
             return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
                           f"{when(out.grants[0].expires)}.",
-                    self._grant_data(out, lease, compact))
+                    self._grant_data(out, lease, compact, secret))
         wanted = resource if isinstance(resource, list) else [resource]
         if out.status == 'cancelled':
             return (False, f'Withdrawn: the request for {", ".join(wanted)} was cancelled '
@@ -552,44 +761,80 @@ class LeaseOps:
             [g.as_dict() for g in self.state.holders() if g.resource in wanted]
         why = describe_holders(holders) or 'earlier requests are waiting'
         self._audit_refusal('acquire', wanted[0] if len(wanted) == 1 else ','.join(wanted),
-                            owner, client, f'{out.status}: {why}')
+                            owner, client, f'{out.status}: {why}', caller)
         return (False, f'Busy ({out.status}): {why}.',
                 {'holders': holders, 'queue_position': out.queue_position,
                  'status': out.status})
 
     @ocs_agent.param('resource', type=str)
-    @ocs_agent.param('token', type=int)
+    @ocs_agent.param('lease_id', default=None)
     @ocs_agent.param('lease', default=30.0, type=float)
     @ocs_agent.param('client', default='', type=str)
     def renew(self, session, params):
-        """renew(resource, token, lease=30., client='')
+        """renew(resource, lease_id, lease=30., client='')
 
         **Task** - Extend a lease you hold (all resources of its request).
 
+        Parameters:
+            resource (str): one resource of the lease.
+            lease_id (str): the secret the lease procedure ``acquire``
+                returned to you (the public token is not enough).
+            lease (float): seconds from now until the lease ends.
+            client (str): your identity (declared), kept in the audit log.
+
         Notes:
+            A missing or wrong ``lease_id`` is refused in one line, changes
+            nothing, and is audited as a refusal (without the lease id).
             session.data holds the renewed grant (``resource``, ``owner``,
-            ``token``, ``expires``).
+            ``token``, ``expires``), never the lease id.
         """
-        ok, msg, session.data = self.do_renew(**params)
+        ok, msg, session.data = self.do_renew(
+            **params, caller=task_caller(session, params['client']))
         return ok, msg
 
-    def do_renew(self, resource, token, lease=30.0, client=''):
-        """The renewal itself: ``(ok, message, data)``."""
+    def _check_holder(self, call, resource, lease_id, client, caller):
+        """None, or the refusal ``(False, message, data)`` of a renew or
+        release whose lease_id is missing or malformed (counted, audited)."""
         try:
-            g = self.state.renew(resource, token, lease, self.clock(), client=client)
+            check_lease_id(lease_id)
+            return None
+        except NotHolder as e:
+            return self._lease_id_refused(call, resource, client, caller, e)
+
+    def _lease_id_refused(self, call, resource, client, caller, e):
+        """A refused renew or release: audited; counted when refused for its
+        lease id (NotHolder), not for a bad argument or failing storage."""
+        if isinstance(e, NotHolder):
+            self.refused_lease_ids[call] += 1
+        self._audit_refusal(call, resource, '', client, e, caller)
+        return self._refusal(e)
+
+    def do_renew(self, resource, lease_id, lease=30.0, client='', caller=None):
+        """The renewal itself: ``(ok, message, data)``."""
+        refused = self._check_holder('renew', resource, lease_id, client, caller)
+        if refused is not None:
+            return refused
+        try:
+            g = self.state.renew(resource, lease_id, lease, self.clock(), client=client,
+                                 caller=caller)
         except LeaseError as e:
-            self._audit_refusal('renew', resource, '', client, e)
-            return self._refusal(e)
+            return self._lease_id_refused('renew', resource, client, caller, e)
         return (True, f'Renewed {g.resource} (token {g.token}) until {when(g.expires)}.',
                 dict(g.as_dict(), lease=lease))
 
     @ocs_agent.param('resource', type=str)
-    @ocs_agent.param('token', type=int)
+    @ocs_agent.param('lease_id', default=None)
     @ocs_agent.param('client', default='', type=str)
     def release(self, session, params):
-        """release(resource, token, client='')
+        """release(resource, lease_id, client='')
 
         **Task** - Release a lease you hold (all resources of its request).
+
+        Parameters:
+            resource (str): one resource of the lease.
+            lease_id (str): the secret the lease procedure ``acquire``
+                returned to you. Someone else's lease: ``force_release``.
+            client (str): your identity (declared), kept in the audit log.
 
         Notes:
             session.data lists the requests granted as a result::
@@ -597,16 +842,20 @@ class LeaseOps:
                 >>> response.session['data']
                 {'released': 'satp1/hwp', 'granted': [{'resource': ..., 'token': 8}]}
         """
-        ok, msg, session.data = self.do_release(**params)
+        ok, msg, session.data = self.do_release(
+            **params, caller=task_caller(session, params['client']))
         return ok, msg
 
-    def do_release(self, resource, token, client=''):
+    def do_release(self, resource, lease_id, client='', caller=None):
         """The release itself: ``(ok, message, data)``."""
+        refused = self._check_holder('release', resource, lease_id, client, caller)
+        if refused is not None:
+            return refused
         try:
-            granted = self.state.release(resource, token, self.clock(), client=client)
+            granted = self.state.release(resource, lease_id, self.clock(), client=client,
+                                         caller=caller)
         except LeaseError as e:
-            self._audit_refusal('release', resource, '', client, e)
-            return self._refusal(e)
+            return self._lease_id_refused('release', resource, client, caller, e)
         return (True, f'Released {resource}.',
                 {'released': resource,
                  'granted': [g.as_dict() for o in granted for g in o.grants]})
@@ -621,16 +870,27 @@ class LeaseOps:
         advanced credential through ocs's access control. The holder's
         ``SiteLock`` learns of it on its next renewal.
 
+        Parameters:
+            resource (str): the resource whose lease is revoked.
+            reason (str): why (required, kept in the audit log).
+            client (str): who you are (declared), kept in the audit log
+                with your ocs credential level.
+
         Notes:
+            The ``force_release`` audit row's ``owner`` is who did it
+            (``"<client> (declared, cred_level 2)"``), its ``detail`` the
+            holder and the reason, its ``caller`` the identity.
             session.data holds the revoked grants and who was granted next.
         """
-        by = f"cred_level {getattr(session, 'cred_level', '?')}"
+        caller = task_caller(session, params['client'])
+        by = f"{caller['identity']} (declared, cred_level {caller['cred_level']})"[:128]
         try:
             revoked, granted = self.state.force_release(
                 params['resource'], params['reason'], by, self.clock(),
-                client=params['client'])
+                client=params['client'], caller=caller)
         except LeaseError as e:
-            self._audit_refusal('force_release', params['resource'], by, params['client'], e)
+            self._audit_refusal('force_release', params['resource'], by, params['client'], e,
+                                caller)
             return self._refused(session, e)
         session.data = {'revoked': [g.as_dict() for g in revoked],
                         'granted': [g.as_dict() for o in granted for g in o.grants]}
@@ -666,7 +926,16 @@ class LeaseOps:
                 >>> response.session['data']
                 {'history': [{'at': 1700000000.0, 'action': 'grant',
                               'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7,
-                              'client': 'ocs-locks', 'detail': {...}, 'ok': True}]}
+                              'client': 'ocs-locks', 'detail': {...}, 'ok': True,
+                              'caller': {'identity': 'sim-device-1', 'verified': True,
+                                         'via': 'wamp', 'session': 123, ...}}]}
+
+            ``caller`` says who made the call: ``verified`` when the router
+            disclosed the caller's session (its agent, or ``wamp session
+            N``); else declared (HTTP bridge, OCS tasks: the ``client`` or
+            owner given, with ``cred_level`` for tasks). None on rows the
+            registry's timer wrote (expiries, timeouts) and on rows older
+            than store schema 4.
         """
         try:
             query = self.history_query(**params)
@@ -711,16 +980,19 @@ class LeaseOps:
         **Task** - All current leases and waiting requests.
 
         Notes:
-            session.data holds ``grants``, ``waiting``, token ``counters``
-            and ``storage`` (see :meth:`storage`; ``ok`` false and
-            ``error`` when nothing can be granted)::
+            session.data holds ``grants``, ``waiting``, token ``counters``,
+            ``refused_lease_ids`` (renewals and releases refused for a
+            missing or wrong lease_id, per call) and ``storage`` (see
+            :meth:`storage`; ``ok`` false and ``error`` when nothing can be
+            granted). No lease id, nor its hash, is ever in it::
 
                 >>> response.session['data']['storage']
                 {'ok': True, 'error': None, 'path': '/site/lock-registry.db',
                  'epoch': 2, 'db_id': 81985529216486895,
                  'epoch_file': '/site/.lock-registry.db.epoch'}
         """
-        session.data = dict(self.state.snapshot(), storage=self.storage())
+        session.data = dict(self.state.snapshot(), storage=self.storage(),
+                            refused_lease_ids=dict(self.refused_lease_ids))
         n = len(session.data['grants'])
         msg = f"{n} lease(s), {len(session.data['waiting'])} waiting."
         if self.store.error is not None:

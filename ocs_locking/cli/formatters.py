@@ -10,8 +10,10 @@ __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
 #: seconds the hold had lasted when the registry sent the row (None: free).
 JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive', 'held_for')
 
-#: The keys of every ``ocs-locks history --json`` row (contract).
-HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
+#: The keys of every ``ocs-locks history --json`` row (contract). ``caller``:
+#: who made the call (``{'identity', 'verified', 'via', ...}``) or None.
+HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok',
+                'caller')
 
 
 def json_rows(rows):
@@ -136,15 +138,26 @@ def _when(at):
     return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at)) + f'.{int(at % 1 * 10)}'
 
 
+def caller_text(caller):
+    """Who made an audited call: ``sim-device-1``, ``alice@host (declared)``,
+    ``-`` when unknown (the registry's timer, rows older than schema 4)."""
+    if not isinstance(caller, dict):
+        return '-'
+    who = ' '.join(str(caller.get('identity') or '?').split())[:60]
+    return who if caller.get('verified') is True else f'{who} (declared)'
+
+
 def format_history(rows):
-    """The audit log as text: time, action, resource, owner, token, client, detail."""
-    header = ('TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT', 'DETAIL')
+    """The audit log as text: time, action, resource, owner, token, client,
+    by (the caller: verified, or marked declared), detail."""
+    header = ('TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT', 'BY', 'DETAIL')
     lines = []
     for r in rows:
         lines.append((_when(r.get('at')), str(r.get('action', '?')),
                       str(r.get('resource', '?')), str(r.get('owner', '')),
                       '-' if r.get('token') is None else str(r['token']),
-                      str(r.get('client') or '-'), _detail_text(r.get('detail'))))
+                      str(r.get('client') or '-'), caller_text(r.get('caller')),
+                      _detail_text(r.get('detail'))))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths[:-1]) + '  {}'
     out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]

@@ -115,11 +115,32 @@ def cmd_reserve(args):
         res.release()       # nothing left running (a no-op once released)
 
 
+#: Where ``ocs-locks release`` finds the lease id when --lease-id is not given.
+LEASE_ID_ENV = 'OCS_LOCKS_LEASE_ID'
+
+
 def cmd_release(args):
+    """Release a lease by its secret lease_id (given to its holder alone);
+    without one, or with only a token, refused with a pointer to
+    force-release (the token is public: anyone could end anyone's lease)."""
+    from ..errors import LeaseError
+    from ..leases.keys import check_lease_id
     _check_resource(args.resource)
-    if args.token < 1:
-        raise CliError(f'--token must be a positive integer, not {args.token}')
-    message, _ = _run_task(args, 'release', {'resource': args.resource, 'token': args.token,
+    lease_id = args.lease_id if args.lease_id is not None else \
+        os.environ.get(LEASE_ID_ENV) or None
+    if lease_id is None:
+        token = '' if getattr(args, 'token', None) is None else \
+            ' (a token no longer releases a lease: tokens are public)'
+        raise CliError(f'release {args.resource}: releasing needs the lease_id its holder '
+                       f'was given{token}; pass --lease-id or set ${LEASE_ID_ENV}; to end '
+                       f'someone else\'s lease: ocs-locks force-release {args.resource} '
+                       f'--reason TEXT (credential level 2)')
+    try:
+        check_lease_id(lease_id.strip())
+    except LeaseError as e:
+        raise CliError(f'--lease-id: {e}') from None
+    message, _ = _run_task(args, 'release', {'resource': args.resource,
+                                             'lease_id': lease_id.strip(),
                                              'client': _client_id('release')})
     _say(message)
     return 0

@@ -105,9 +105,12 @@ def make_parser():
     r.add_argument('--timeout', type=float, default=0.0,
                    help="seconds to wait in the registry's queue if busy (default 0)")
     r.add_argument('--owner', default=None, help='owner name (default: user@host)')
-    rel = command('release', 'release a lease by its token')
+    rel = command('release', 'release a lease you hold, by its secret lease id')
     rel.add_argument('resource', metavar='RESOURCE')
-    rel.add_argument('--token', type=int, required=True, help='the fencing token of the grant')
+    rel.add_argument('--lease-id', default=None,
+                     help='the lease_id the registry gave the holder (default: '
+                          '$OCS_LOCKS_LEASE_ID); someone else\'s lease: force-release')
+    rel.add_argument('--token', type=int, default=None, help=argparse.SUPPRESS)
     fr = command('force-release', "revoke whoever holds a resource (needs the registry's "
                                   'level-2 password)')
     fr.add_argument('resource', metavar='RESOURCE')

@@ -137,6 +137,9 @@ class LeaseHolder:
         self.tree = tree
         self.clock = clock
         self.tokens = {}
+        # The grant's secret (renews and releases it); never logged, never
+        # in a message or a repr. The tokens are public.
+        self.lease_id = None
         self.deadline = None        # local monotonic time the lease surely ends by
         self.expires = None         # the registry's expiry (its clock): for display
         self.request_id = None
@@ -170,6 +173,8 @@ class LeaseHolder:
         """The registry granted the request sent at ``sent`` (clock time)."""
         grants = data.get('grants') or [data]
         self.tokens = {g['resource']: g['token'] for g in grants}
+        lease_id = data.get('lease_id')
+        self.lease_id = lease_id if isinstance(lease_id, str) else None
         self.expires = data.get('expires')
         self.request_id = data.get('request_id')
         # Never later than now + lease, whatever the registry reports.
@@ -199,6 +204,7 @@ class LeaseHolder:
     def released(self):
         """Forget the grant (given back, or abandoned after a loss)."""
         self.tokens = {}
+        self.lease_id = None
         self.deadline = None
 
     def lose(self, reason):

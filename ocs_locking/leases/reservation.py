@@ -234,7 +234,11 @@ class Reservation:
         sleep (callable): how retry delays are waited (tests record them).
 
     Attributes:
-        tokens (dict): ``{resource: fencing token}`` of the current grant.
+        tokens (dict): ``{resource: fencing token}`` of the current grant
+            (public: pass them on to devices that fence their calls).
+        lease_id (str or None): the grant's secret, which renews and
+            releases it (the registry gives it to this process alone; never
+            logged, never shown in a repr).
         expires (float): the registry's expiry (its clock; for display).
         lost (str or None): why the lease was lost, or None.
         attempts (int): acquire attempts made by the last :meth:`acquire`.
@@ -265,6 +269,8 @@ class Reservation:
     # -- state (kept by the core) ---------------------------------------------------
 
     tokens = property(lambda self: self._core.tokens)
+    #: The grant's secret: renews and releases it (for this process only).
+    lease_id = property(lambda self: self._core.lease_id)
     expires = property(lambda self: self._core.expires)
     lost = property(lambda self: self._core.lost)
     request_id = property(lambda self: self._core.request_id)
@@ -396,8 +402,8 @@ class Reservation:
         if not self.renewing or core.lost is not None or not core.tokens:
             return None
         sent = self._clock()
-        ans = self._call('renew', resource=core.first, token=core.token, lease=self.lease,
-                         client=self.client_id)
+        ans = self._call('renew', resource=core.first, lease_id=core.lease_id,
+                         lease=self.lease, client=self.client_id)
         with self._lock:
             if not self.renewing:
                 return None         # released meanwhile: not a loss
@@ -426,11 +432,11 @@ class Reservation:
         self._stop_renewing()
         with self._lock:
             core = self._core
-            token, lost, first = core.token, core.lost, core.first
+            token, lost, first, lease_id = core.token, core.lost, core.first, core.lease_id
             core.released()
         if token is None or lost is not None:
             return None
-        ans = self._call('release', resource=first, token=token, client=self.client_id)
+        ans = self._call('release', resource=first, lease_id=lease_id, client=self.client_id)
         if not ans.ok:
             if ans.answered:        # already expired or revoked: nothing left to do
                 log.info('release of %s: %s', first, ans.message)

@@ -25,6 +25,10 @@ holder frozen by SIGSTOP is refused when it wakes, before its next renewal
 is even tried), or unrenewable because the registry stayed unreachable until
 the deadline (a failed renewal is retried every 0.5 s).
 
+The grant's secret ``lease_id`` (returned by the registry to this agent's
+session alone) renews and releases the lease; the public token only fences
+the hardware. The lease_id is kept in memory, never logged.
+
 Busy or refused acquires raise (:class:`LeaseBusy`, naming the holders, or
 :class:`LeaseUnavailable`), exactly as entering a Reservation does: a lease
 is never a bool to remember to check.
@@ -254,7 +258,7 @@ class SiteLock:
             return
         sent = self.clock()
         try:
-            reply = yield self.agent.call(self._uri('renew'), self.resource, core.token,
+            reply = yield self.agent.call(self._uri('renew'), self.resource, core.lease_id,
                                           self.lease, self.agent.agent_address)
             ans = Answer.from_reply(reply)
         except Exception as e:       # registry or router unreachable: keep trying
@@ -277,13 +281,13 @@ class SiteLock:
         if the registry took it back; False if it was lost or unreachable
         (the lease then runs out by itself)."""
         self._stop_renewing()
-        token = self._core.token
+        token, lease_id = self._core.token, self._core.lease_id
         lost = self._core.lost
         self._core.released()
         if token is None or lost is not None:
             return False
         try:
-            reply = yield self.agent.call(self._uri('release'), self.resource, token,
+            reply = yield self.agent.call(self._uri('release'), self.resource, lease_id,
                                           self.agent.agent_address)
         except Exception:
             return False

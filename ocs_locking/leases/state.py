@@ -8,9 +8,10 @@ Persistence and the audit trail go through a store (see ``store.py``).
 """
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
+from .keys import NotHolder, check_lease_id, key_matches, lease_key, new_lease_id
 from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive_int,
                     check_resource, check_resources, check_seconds, check_text, check_time,
                     conflicts, overlap, when)
@@ -47,7 +48,7 @@ def _ended_why(resource, action, at, by, reason):
     """Why a token of ``resource`` no longer holds it: its grant ended."""
     at = f'{when(at)} (registry time)'
     why = {'release': f'was released at {at}', 'expire': f'expired at {at}',
-           'force_release': f'was revoked at {at} by {by!r:.40}: {reason!r:.80}'}
+           'force_release': f'was revoked at {at} by {by!r:.100}: {reason!r:.80}'}
     return f'lease on {resource!r} {why[action]}'
 
 
@@ -85,6 +86,8 @@ class Request:
     client: str
     queued_at: float
     deadline: float
+    #: who asked (see LeaseState's contract, *Who*), kept in its audit rows
+    caller: Optional[dict] = None
 
     def as_dict(self):
         return dict(asdict(self), resources=list(self.resources))
@@ -109,6 +112,9 @@ class Outcome:
     #: granted: seconds the request waited in the queue before its grant
     #: (a duration on the caller's clock; 0.0 when granted at once).
     queued_for: float = 0.0
+    #: granted: the secret that renews and releases the grant, for its
+    #: requester only (never in as_dict(), a repr, a table or the store).
+    lease_id: Optional[str] = field(default=None, repr=False, compare=False)
 
     def as_dict(self):
         return {'status': self.status, 'request_id': self.request_id,
@@ -151,6 +157,7 @@ class _Batch:
     def __init__(self):
         self.counters, self.grants, self.audit, self.notices = {}, {}, [], []
         self.folds = []         # updates of the newest ``regrant`` row of a resource
+        self.caller = None      # who made this call (its audit rows' ``caller``)
         self.undo = []          # (dict, key, old value or _MISSING), newest last
 
 
@@ -189,6 +196,17 @@ class LeaseState:
       request's grants are renewed and released together, through any one of
       its resources and its token. Only the token's grant may be renewed or
       released; :meth:`force_release` is the privileged way round it.
+    * **Capabilities.** Each granted request gets a secret ``lease_id``
+      (:mod:`.keys`), returned once, in its Outcome (``lease_id``, left
+      out of ``as_dict``), to the requester; only its SHA-256 is kept
+      (memory, store). :meth:`renew` and :meth:`release` need it: a
+      token alone, or another request's lease id, is refused. A grant
+      loaded without a key (granted before lease ids) can be neither
+      renewed nor released: it runs to its expiry (or a force_release).
+    * **Who.** Calls take ``caller`` (a JSON-ready dict saying who made
+      the call, e.g. ``{'identity': 'sim-device-1', 'verified': True,
+      'via': 'wamp'}``); it goes into the ``caller`` of the audit rows the
+      call writes (a grant's: its request's caller; the timer's: None).
     * **Tokens** strictly increase per resource, forever (counters persist),
       and along a path: a grant's token exceeds every token ever issued on a
       path it covers or that covers it, so a device sees growing tokens from
@@ -239,9 +257,15 @@ class LeaseState:
         self._runs = {}       # resource -> run: its holder's re-grants being folded
         self._runs_bound = 64   # prune idle runs when there are more than this
         self._renewed = {}    # request id -> time of its last renew audit row
+        self._keys = {}       # request id -> lease_key(lease_id) of each current grant;
+        #                       absent for grants stored before lease ids (never renewable)
         loaded = self._store.load()
         for row in loaded['grants']:
-            self._grants[row['resource']] = Grant(**row)
+            row = dict(row)
+            key = row.pop('lease_key', None)
+            self._grants[row['resource']] = g = Grant(**row)
+            if key is not None:
+                self._keys[g.request_id] = key
         self._counters.update(loaded['counters'])
         self._last_rid = max([loaded['last_request_id']] +
                              [g.request_id for g in self._grants.values()])
@@ -253,11 +277,13 @@ class LeaseState:
     # -- requests -----------------------------------------------------------------
 
     def acquire(self, resources, owner, lease, now, timeout=0.0, tree=False, note='',
-                client=''):
+                client='', caller=None):
         """Ask for ``resources`` (a path or a list) for ``lease`` seconds.
 
-        Returns an Outcome: ``granted``, ``queued`` (poll its ``request_id``)
-        or ``busy``. Raises LeaseError for a bad argument or a full queue.
+        Returns an Outcome: ``granted`` (with the secret ``lease_id``),
+        ``queued`` (poll its ``request_id``; the Outcome of its grant, given
+        to listeners, carries the lease id) or ``busy``. Raises LeaseError
+        for a bad argument or a full queue.
         """
         if not isinstance(tree, bool):
             raise bad_value('tree', 'True or False', tree)
@@ -267,9 +293,9 @@ class LeaseState:
         timeout = check_seconds('timeout', timeout, self.max_timeout, zero_ok=True)
         note, client = check_text('note', note, MAX_NOTE), check_text('client', client, MAX_CLIENT)
         now = check_time(now)
-        with self._op(now):
+        with self._op(now, caller):
             req = Request(self._last_rid + 1, names, owner, lease, tree, note, client, now,
-                          now + timeout)
+                          now + timeout, caller)
             holders = self._conflicting(names, tree)
             ahead = sum(overlap(w.resources, w.tree, names, tree) for w in self._waiting)
             if not holders and not ahead:
@@ -286,16 +312,17 @@ class LeaseState:
             self._batch.notices.append(('queue', out))
             return out
 
-    def renew(self, resource, token, lease, now, client=''):
-        """Extend the lease of the request holding ``resource`` with ``token``
-        to ``now + lease`` (all its resources); returns the new Grant."""
+    def renew(self, resource, lease_id, lease, now, client='', caller=None):
+        """Extend the lease of the request holding ``resource`` whose secret
+        is ``lease_id`` to ``now + lease`` (all its resources); returns the
+        new Grant."""
         check_resource(resource)
-        check_positive_int('token', token)
+        check_lease_id(lease_id)
         lease = check_lease(lease, self.max_lease)
         client = check_text('client', client, MAX_CLIENT)
         now = check_time(now)
-        with self._op(now):
-            held = self._holding(resource, token)
+        with self._op(now, caller):
+            held = self._holding(resource, lease_id)
             last = self._renewed.get(held.request_id)
             write = last is None or now - last >= self.renew_audit_every
             if write:
@@ -308,19 +335,20 @@ class LeaseState:
                 self._batch.notices.append(('renew', g))
             return self._grants[resource]
 
-    def release(self, resource, token, now, client=''):
-        """Release the request holding ``resource`` with ``token`` (all of its
-        resources); returns the Outcomes granted to waiters as a result."""
+    def release(self, resource, lease_id, now, client='', caller=None):
+        """Release the request holding ``resource`` whose secret is
+        ``lease_id`` (all of its resources); returns the Outcomes granted to
+        waiters as a result."""
         check_resource(resource)
-        check_positive_int('token', token)
+        check_lease_id(lease_id)
         client = check_text('client', client, MAX_CLIENT)
         now = check_time(now)
-        with self._op(now):
-            held = self._holding(resource, token)
+        with self._op(now, caller):
+            held = self._holding(resource, lease_id)
             self._end(held.request_id, 'release', now, client=client)
             return self._serve(now)
 
-    def force_release(self, resource, reason, by, now, client=''):
+    def force_release(self, resource, reason, by, now, client='', caller=None):
         """Revoke the request holding ``resource`` (privileged: the caller checks
         who may), for ``reason``, done by ``by`` from ``client``. Returns
         (revoked grants, Outcomes granted as a result)."""
@@ -329,7 +357,7 @@ class LeaseState:
         by = check_text('by', by, MAX_OWNER, required=True)
         client = check_text('client', client, MAX_CLIENT)
         now = check_time(now)
-        with self._op(now):
+        with self._op(now, caller):
             held = self._grants.get(resource)
             if held is None:
                 cover = [g.resource for g in self._conflicting((resource,), False)]
@@ -396,8 +424,12 @@ class LeaseState:
 
     # -- internals ----------------------------------------------------------------
 
+    def _stored(self, g):
+        """A grant as the store keeps it: its fields and its request's key."""
+        return dict(g.as_dict(), lease_key=self._keys.get(g.request_id))
+
     @contextlib.contextmanager
-    def _op(self, now):
+    def _op(self, now, caller=None):
         # A store that refuses writes (a failed write, a read-only, deleted or
         # replaced file): no operation, until resync() has written the state.
         # Leases still end meanwhile: the registry calls expire_unstored().
@@ -409,12 +441,14 @@ class LeaseState:
                  '_last_rid': self._last_rid}         # _STATE, copied
         batch = self._batch = _Batch()
         try:
-            yield self._expire(now)
+            due = self._expire(now)         # (the timer's doing: no caller)
+            batch.caller = caller
+            yield due
             if batch.counters or batch.grants or batch.audit or batch.folds \
                     or self._last_rid != saved['_last_rid']:     # a queued request's id
                 changes = dict(
                     counters=batch.counters, audit=batch.audit, last_request_id=self._last_rid,
-                    grants={r: g and g.as_dict() for r, g in batch.grants.items()})
+                    grants={r: g and self._stored(g) for r, g in batch.grants.items()})
                 if batch.folds:
                     changes['folds'] = batch.folds
                 self._store.apply(**changes)
@@ -470,7 +504,7 @@ class LeaseState:
         meanwhile), then serve the waiters; returns the Outcomes granted.
         Raises LeaseStoreError (nothing changed) if the store fails again."""
         now = check_time(now)
-        self._store.rewrite([g.as_dict() for g in self.holders()], dict(self._counters),
+        self._store.rewrite([self._stored(g) for g in self.holders()], dict(self._counters),
                             getattr(self, '_unwritten', []), self._last_rid)
         self._unwritten = []
         with self._op(now) as due:
@@ -510,6 +544,8 @@ class LeaseState:
         return granted
 
     def _grant(self, req, now):
+        lease_id = new_lease_id()
+        self._set(self._keys, req.request_id, lease_key(lease_id))
         grants = []
         for r in req.resources:
             covering = (r,) + ancestors(r)
@@ -525,9 +561,10 @@ class LeaseState:
             g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,
                       now, req.request_id)
             self._grants[r] = self._batch.grants[r] = g
-            self._audit_grant(g, now, now - req.queued_at)
+            self._audit_grant(g, now, now - req.queued_at, req.caller)
             grants.append(g)
-        out = Outcome('granted', req.request_id, tuple(grants), queued_for=now - req.queued_at)
+        out = Outcome('granted', req.request_id, tuple(grants), queued_for=now - req.queued_at,
+                      lease_id=lease_id)
         self._batch.notices.append(('grant', out))
         return out
 
@@ -538,7 +575,8 @@ class LeaseState:
             self._batch.grants[g.resource] = None
             # (its message is written only if a stale call asks: _ended_why)
             self._set(self._ended, g.resource, (g.token, action, g.expires if
-                                                action == 'expire' else now, by, reason))
+                                                action == 'expire' else now, by, reason,
+                                                self._keys.get(rid)))
             detail = {'holder': g.owner, 'reason': reason} if by else \
                 {'expires': g.expires} if action == 'expire' else {}
             if not self._fold_release(g, action, now, client):
@@ -547,6 +585,8 @@ class LeaseState:
             self._batch.notices.append((action, g))
         if self._renewed.get(rid) is not None:
             self._set(self._renewed, rid, _MISSING)
+        if rid in self._keys:
+            self._set(self._keys, rid, _MISSING)
         self._remember(Outcome(_ENDED_AS[action], rid, grants))
         return list(grants)
 
@@ -580,16 +620,19 @@ class LeaseState:
     def _record_request(self, action, req, now, out, **detail):
         for r in req.resources:
             self._audit(action, now, None, resource=r, owner=req.owner, client=req.client,
-                        request=req.request_id, tree=req.tree, note=req.note, **detail)
+                        caller=req.caller, request=req.request_id, tree=req.tree,
+                        note=req.note, **detail)
         self._batch.notices.append((action, out))
 
-    def _audit(self, action, now, grant, resource=None, owner=None, client=None, **detail):
+    def _audit(self, action, now, grant, resource=None, owner=None, client=None,
+               caller=_MISSING, **detail):
         if grant is not None:
             detail.setdefault('request', grant.request_id)
         self._batch.audit.append({
             'at': now, 'action': action, 'resource': resource or grant.resource,
             'owner': owner or grant.owner, 'token': grant and grant.token,
-            'client': grant.client if client is None else client, 'detail': detail, 'ok': True})
+            'client': grant.client if client is None else client, 'detail': detail, 'ok': True,
+            'caller': self._batch.caller if caller is _MISSING else caller})
 
     def _remember(self, outcome):
         self._set(self._done, outcome.request_id, outcome)
@@ -617,7 +660,7 @@ class LeaseState:
     # its release): the holds it folds are of this one path, one after the
     # other, and anything that could conflict with them ends the fold.
 
-    def _audit_grant(self, g, now, queued_for=0.0):
+    def _audit_grant(self, g, now, queued_for=0.0, caller=None):
         run = self._runs.get(g.resource)
         extra = {'queued_for': round(queued_for, 6)} if queued_for > 0 else {}
         if run is not None and not run['open'] and run['tree'] == g.tree \
@@ -632,7 +675,7 @@ class LeaseState:
                       'last_at': now, 'released': False, 'tree': g.tree, 'note': g.note,
                       'request': g.request_id, 'expires': g.expires}
             if run['count'] == 1:
-                self._audit('regrant', now, g, **detail)
+                self._audit('regrant', now, g, caller=caller, **detail)
             else:
                 self._batch.folds.append({'resource': g.resource, 'token': g.token,
                                           'owner': g.owner, 'at': now, 'detail': detail})
@@ -648,7 +691,8 @@ class LeaseState:
             self._runs_bound = max(64, 2 * (len(self._runs) - len(ended)))
         for r in set(ended):
             self._set(self._runs, r, _MISSING)
-        self._audit('grant', now, g, tree=g.tree, expires=g.expires, note=g.note, **extra)
+        self._audit('grant', now, g, caller=caller, tree=g.tree, expires=g.expires, note=g.note,
+                    **extra)
 
     def _fold_release(self, g, action, now, client):
         """Fold the release of a folded re-grant; start a run at a plain
@@ -674,18 +718,25 @@ class LeaseState:
                 'token': g.token, 'since': now, 'owners': {}})
         return False
 
-    def _holding(self, resource, token):
+    def _holding(self, resource, lease_id):
+        """The grant on ``resource`` that ``lease_id`` holds, else LeaseError
+        (one line; never the lease id)."""
         g = self._grants.get(resource)
-        if g is not None and g.token == token:
+        if g is not None and key_matches(self._keys.get(g.request_id), lease_id):
             return g
         ended = self._ended.get(resource)
-        if ended and ended[0] == token:
-            raise LeaseError(_ended_why(resource, *ended[1:]))
-        if token > self._counters.get(resource, 0):
-            raise LeaseError(f'token {token} was never issued for {resource!r}')
+        if ended and ended[5] is not None and key_matches(ended[5], lease_id):
+            raise NotHolder(_ended_why(resource, *ended[1:5]))
+        if g is not None and g.request_id not in self._keys:
+            raise NotHolder(f'the lease on {resource!r} (token {g.token}, {g.owner!r:.40}) '
+                             f'was granted before lease ids: nobody can renew or release it; '
+                             f'it ends at its expiry, {when(g.expires)}, or by force_release')
         if g is None:
-            raise LeaseError(f'token {token} is stale: nothing is held on {resource!r}')
-        raise LeaseError(f'token {token} is stale: {resource!r} is held by {g.owner!r:.40}')
+            raise NotHolder(f'that lease_id holds nothing on {resource!r}: nothing is held '
+                             f'there')
+        raise NotHolder(f"that lease_id does not hold {resource!r} (held by {g.owner!r:.40}, "
+                         f"token {g.token}): only its holder may renew or release it; "
+                         f"force_release revokes someone else's lease")
 
     def _request_grants(self, rid):
         return tuple(sorted((g for g in self._grants.values() if g.request_id == rid),

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 EPOCH_BITS = 32
 MAX_EPOCH = 2 ** (53 - EPOCH_BITS) - 1
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
@@ -68,31 +68,44 @@ PAGE_SIZE = 1024
 # Version 3: audit ids without AUTOINCREMENT (no sqlite_sequence page written
 # in every commit: one page of the 4-5 a grant or release writes); ids still
 # never repeat: prune() always keeps the newest row, so max(id) never drops.
-_AUDIT = ('id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, '
-          'resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT, '
-          'ok INTEGER NOT NULL DEFAULT 1')
+# Version 4: leases are capabilities and the audit says who. ``grants`` gets
+# ``lease_key`` (the SHA-256 of the grant's secret lease id; NULL for a grant
+# made before: it cannot be renewed or released and runs to its expiry) and
+# ``audit`` gets ``caller`` (JSON: who made the call, verified or declared;
+# NULL in older rows). Both added in place (ALTER TABLE ... ADD COLUMN).
+_AUDIT_V3 = ('id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, '
+             'resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT, '
+             'ok INTEGER NOT NULL DEFAULT 1')
+_AUDIT = _AUDIT_V3 + ', caller TEXT'
 _AUDIT_INDEX = 'CREATE INDEX audit_by_resource ON audit (resource, id)'
-_KEYED = {
+_KEYED_V3 = {
     'counters': 'resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL',
     'grants': 'resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL, '
               'expires REAL NOT NULL, tree INTEGER NOT NULL, note TEXT NOT NULL, '
               'client TEXT NOT NULL, granted_at REAL NOT NULL, request_id INTEGER NOT NULL',
     'meta': 'key TEXT PRIMARY KEY, value INTEGER NOT NULL',
 }
+_KEYED = dict(_KEYED_V3, grants=_KEYED_V3['grants'] + ', lease_key TEXT')
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE audit (""" + _AUDIT + """);
 """ + _AUDIT_INDEX + """;
 """ + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items())
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
-               'granted_at', 'request_id')
-_AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok')
-_INSERT_AUDIT = ('INSERT INTO audit (at, action, resource, owner, token, client, detail, ok) '
-                 'VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+               'granted_at', 'request_id', 'lease_key')
+_AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok',
+               'caller')
+_INSERT_AUDIT = ('INSERT INTO audit (at, action, resource, owner, token, client, detail, ok, '
+                 'caller) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
 _INSERT_GRANT = f'INSERT OR REPLACE INTO grants VALUES ({", ".join("?" * len(_GRANT_KEYS))})'
 _UPSERT_COUNTER = ('INSERT INTO counters VALUES (?, ?) ON CONFLICT (resource) DO UPDATE '
                    'SET last_token = max(last_token, excluded.last_token)')
-_grant_row = operator.itemgetter(*_GRANT_KEYS)
+_grant_row = operator.itemgetter(*_GRANT_KEYS[:-1])
+
+
+def _grant_values(g):
+    """A grant dict as its row (``lease_key`` may be absent: NULL)."""
+    return _grant_row(g) + (g.get('lease_key'),)
 #: One encoder for audit details (json.dumps with options builds one per call).
 _detail_json = json.JSONEncoder(sort_keys=True, separators=(',', ':')).encode
 
@@ -388,6 +401,8 @@ class LeaseStore:
             self._migrate_v1(db)
         if row[0] in (1, 2):
             self._migrate_v2(db)
+        if row[0] in (1, 2, 3):
+            self._migrate_v3(db)
             log.info('lease store %s: schema migrated from version %d to %d', self.path,
                      row[0], SCHEMA_VERSION)
             return
@@ -399,7 +414,7 @@ class LeaseStore:
     def _migrate_v1(self, db):
         """Version 1 to 2, in the opening transaction: each text-keyed table
         copied into its WITHOUT ROWID form."""
-        for name, cols in _KEYED.items():
+        for name, cols in _KEYED_V3.items():
             db.execute(f'CREATE TABLE {name}_v2 ({cols}) WITHOUT ROWID')
             db.execute(f'INSERT INTO {name}_v2 SELECT * FROM {name}')
             db.execute(f'DROP TABLE {name}')
@@ -408,12 +423,25 @@ class LeaseStore:
     def _migrate_v2(self, db):
         """Version 2 to 3, in the opening transaction: the audit table copied
         (ids kept) into its form without AUTOINCREMENT."""
-        db.execute(f'CREATE TABLE audit_v3 ({_AUDIT})')
+        db.execute(f'CREATE TABLE audit_v3 ({_AUDIT_V3})')
         db.execute('INSERT INTO audit_v3 SELECT * FROM audit')
         db.execute('DROP TABLE audit')
         db.execute('ALTER TABLE audit_v3 RENAME TO audit')
         db.execute(_AUDIT_INDEX)
         db.execute("DELETE FROM sqlite_sequence WHERE name = 'audit'")
+
+    def _migrate_v3(self, db):
+        """Version 3 to 4, in the opening transaction: ``grants.lease_key``
+        and ``audit.caller`` added (NULL in the rows already there). The
+        grants already held keep running to their expiry, unrenewable:
+        their holders never got a lease id (a force_release also ends them)."""
+        db.execute('ALTER TABLE grants ADD COLUMN lease_key TEXT')
+        db.execute('ALTER TABLE audit ADD COLUMN caller TEXT')
+        n = db.execute('SELECT count(*) FROM grants').fetchone()[0]
+        if n:
+            log.warning('lease store %s: %d lease(s) granted before lease ids run to their '
+                        'expiry and cannot be renewed or released (force_release ends them)',
+                        self.path, n)
         db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
 
     def _transaction(self, work, checked=True):
@@ -484,7 +512,7 @@ class LeaseStore:
             if g is None:
                 db.execute('DELETE FROM grants WHERE resource = ?', (resource,))
             else:
-                db.execute(_INSERT_GRANT, _grant_row(g))
+                db.execute(_INSERT_GRANT, _grant_values(g))
         self._insert_audit(db, audit)
         for f in folds:
             db.execute(
@@ -504,7 +532,9 @@ class LeaseStore:
             return
         values = [(r['at'], r['action'], r.get('resource'), r.get('owner'), r.get('token'),
                    r.get('client'), _detail_json(r.get('detail') or {}),
-                   int(bool(r.get('ok', True)))) for r in rows]
+                   int(bool(r.get('ok', True))),
+                   None if r.get('caller') is None else _detail_json(r['caller']))
+                  for r in rows]
         if len(values) == 1:
             db.execute(_INSERT_AUDIT, values[0])
         else:
@@ -513,11 +543,12 @@ class LeaseStore:
     # -- for the agent and ocs-locks -----------------------------------------------
 
     def record(self, at, action, resource=None, owner=None, token=None, client=None,
-               detail=None, ok=True):
+               detail=None, ok=True, caller=None):
         """Append one audit row on its own, e.g. a refused privileged request
         (``ok=False``) that changed no state."""
         row = {'at': at, 'action': action, 'resource': resource, 'owner': owner,
-               'token': token, 'client': client, 'detail': detail, 'ok': ok}
+               'token': token, 'client': client, 'detail': detail, 'ok': ok,
+               'caller': caller}
         self._transaction(lambda db: self._insert_audit(db, [row]))
 
     def history(self, resource=None, limit=100, owner=None, actions=None, since=None):
@@ -566,6 +597,7 @@ class LeaseStore:
         for r in rows:
             r['detail'] = json.loads(r['detail']) if r['detail'] else {}
             r['ok'] = bool(r['ok'])
+            r['caller'] = json.loads(r['caller']) if r['caller'] else None
         return rows
 
     def prune(self, before=None, keep_rows=None):

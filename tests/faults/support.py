@@ -72,11 +72,55 @@ def lease_rpc(site, name, *args, **kwargs):
 def wait_lease_rpcs(site, timeout=BACK):
     """Wait until the registry's lease procedures are registered on the router
     (the registry registers them after joining, so they lag behind its OCS
-    operations). Probes with a renewal of a token never issued: refused,
+    operations). Probes with a renewal by a lease id never issued: refused,
     changes nothing."""
-    wait_for(lambda: isinstance(lease_rpc(site, 'renew', resource='probe/never', token=10 ** 9,
-                                          lease=1.0), dict),
+    wait_for(lambda: isinstance(lease_rpc(site, 'renew', resource='probe/never',
+                                          lease_id=UNISSUED, lease=1.0), dict),
              'the lease procedures registered', timeout)
+
+
+#: A well-formed lease id no grant ever had.
+UNISSUED = 'f' * 32
+#: (resource, token) -> lease id of the grants take_lease made (their holder's secret).
+LEASE_IDS = {}
+
+
+def _as_session(reply):
+    """A lease procedure's reply in the shape of an OCS task's session."""
+    if not isinstance(reply, dict):
+        return {'success': False, 'data': {}, 'messages': [[0.0, str(reply)]]}
+    return {'success': bool(reply['ok']), 'data': reply.get('data') or {},
+            'messages': [[0.0, reply.get('message', '')]]}
+
+
+def take_lease(site, resource, owner='tester', lease=30.0, timeout=0.0, tree=False):
+    """Acquire through the lease procedure (as holders do), keeping the lease
+    id in LEASE_IDS; the reply shaped as a task session ('success', 'data')."""
+    reply = lease_rpc(site, 'acquire', resource=resource, owner=owner, lease=lease,
+                      timeout=timeout, tree=tree, client='fault-test')
+    s = _as_session(reply)
+    if s['success']:
+        LEASE_IDS[(resource, s['data']['token'])] = s['data']['lease_id']
+    return s
+
+
+def give_back(site, resource, token):
+    """Release the grant (resource, token) take_lease made, with its lease id."""
+    lease_id = LEASE_IDS.pop((resource, token), UNISSUED)
+    return _as_session(lease_rpc(site, 'release', resource=resource, lease_id=lease_id,
+                                 client='fault-test'))
+
+
+def end_lease(site, grant):
+    """End a grant left behind: with its lease id if take_lease made it,
+    else (an agent's, or lost with a test) by a force_release at level 2."""
+    if (grant['resource'], grant['token']) in LEASE_IDS:
+        return give_back(site, grant['resource'], grant['token'])
+    from ocs.ocs_client import OCSClient
+    admin = OCSClient(REGISTRY, privs='demo-operator', args=site.client_args)
+    reply = admin.force_release(resource=grant['resource'], reason='fault test cleanup',
+                                client='fault-test')
+    return reply.session or {'success': False, 'data': {}, 'messages': [[0.0, reply.msg]]}
 
 
 def client(site, instance_id):

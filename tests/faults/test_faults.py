@@ -35,6 +35,7 @@ from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from .support import (client, device_stats, drop, grant_of, history, kill_all, leases,
                       messages, retry, take, wait_for, wait_lease_rpcs)
+from .support import end_lease, give_back, take_lease
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +176,9 @@ def healed(site):
     wait_lease_rpcs(site)
     for name in AGENTS:
         drop(site, name)        # 'Not holding the site lock.' when there is nothing to drop
-    registry = client(site, 'lock-registry')
     for g in leases(site)['grants']:
         if g['owner'] == 'tester':
-            registry.release(resource=g['resource'], token=g['token'])
+            end_lease(site, g)
     wait_for(lambda: not leases(site)['grants'], 'no grant left', BACK)
 
 
@@ -214,10 +214,9 @@ def test_kill9_of_holder_lease_expires_and_next_token_is_larger(site):
         # The lease still runs: the grant is there and a try-once acquire is refused.
         g = grant_of(site, RESOURCE)
         assert g is not None and (g['owner'], g['token']) == ('a-1', t1), g
-        busy = client(site, 'lock-registry').acquire(resource=RESOURCE, owner='tester',
-                                                     lease=5, timeout=0)
-        assert busy.session['success'] is False
-        assert [h['owner'] for h in busy.session['data']['holders']] == ['a-1']
+        busy = take_lease(site, RESOURCE, lease=5)
+        assert busy['success'] is False
+        assert [h['owner'] for h in busy['data']['holders']] == ['a-1']
 
         wait_for(lambda: grant_of(site, RESOURCE) is None, 'the dead holder\'s lease expire',
                  timeout=LEASE + BACK)
@@ -357,7 +356,7 @@ def test_registry_kill9_restart_keeps_grants_and_token_counters(slow_site):
     held = take(site, 'a-1')
     assert held['success'] is True, messages(held)
     t1 = held['data']['token']
-    other = registry.acquire(resource='lab/other', owner='tester', lease=60).session
+    other = take_lease(site, 'lab/other', lease=60)
     assert other['success'] is True, messages(other)
     t_other = other['data']['token']
     before = leases(site)
@@ -402,17 +401,15 @@ def test_registry_kill9_restart_keeps_grants_and_token_counters(slow_site):
     assert ok['success'] is True, messages(ok)
     assert device_stats(site)['commands'] == stats['commands'] + 1
 
-    registry = client(site, 'lock-registry')
-    assert registry.release(resource='lab/other', token=t_other).session['success'] is True
-    again = registry.acquire(resource='lab/other', owner='tester', lease=5).session
+    assert give_back(site, 'lab/other', t_other)['success'] is True
+    again = take_lease(site, 'lab/other', lease=5)
     assert again['success'] is True and again['data']['token'] > t_other
-    assert registry.release(resource='lab/other',
-                            token=again['data']['token']).session['success'] is True
+    assert give_back(site, 'lab/other', again['data']['token'])['success'] is True
     assert drop(site, 'a-1')['success'] is True
     # A tree lease on 'lab' covers both paths: its token exceeds every token so far.
-    tree = registry.acquire(resource='lab', owner='tester', lease=5, tree=True).session
+    tree = take_lease(site, 'lab', lease=5, tree=True)
     assert tree['success'] is True, messages(tree)
     assert tree['data']['token'] > max(leases(site)['counters'][r]
                                        for r in (RESOURCE, 'lab/other'))
     assert tree['data']['token'] > max(before['counters'].values())
-    assert registry.release(resource='lab', token=tree['data']['token']).session['success']
+    assert give_back(site, 'lab', tree['data']['token'])['success']

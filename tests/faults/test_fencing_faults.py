@@ -29,6 +29,7 @@ from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from .support import (client, drop, grant_of, history, kill_all, lease_rpc, leases, messages,
                       retry, take, wait_for, wait_lease_rpcs)
+from .support import UNISSUED, end_lease
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +154,7 @@ def healed(site):
     registry = client(site, 'lock-registry')
     for g in leases(site)['grants']:
         if g['owner'] == 'tester':
-            registry.release(resource=g['resource'], token=g['token'])
+            end_lease(site, g)
     wait_for(lambda: not leases(site)['grants'], 'no grant left', BACK)
 
 
@@ -217,7 +218,7 @@ def test_squatted_lease_procedures_are_retried_until_the_registry_holds_them(
     proc.wait(10)
     squatter = retry(lambda: Squatter(reactor_thread, site), 'squatting the procedures')
     try:
-        assert lease_rpc(site, 'renew', RESOURCE, 10 ** 9, 1.0) == 'squatter'
+        assert lease_rpc(site, 'renew', RESOURCE, UNISSUED, 1.0) == 'squatter'
         site.start_agent('lock-registry')
         st = wait_for(lambda: (lambda p: p if p['missing'] else None)(procedures(site)),
                       'the status naming the procedures it could not register', BACK)
@@ -232,7 +233,7 @@ def test_squatted_lease_procedures_are_retried_until_the_registry_holds_them(
     assert procedures(site) == {'registered': True, 'missing': [], 'errors': {}}
     got = lease_rpc(site, 'acquire', RESOURCE, 'tester', 5.0, 0.0, False, '', 'fault-test')
     assert got['ok'] is True, got
-    assert lease_rpc(site, 'release', RESOURCE, got['data']['token'], 'fault-test')['ok']
+    assert lease_rpc(site, 'release', RESOURCE, got['data']['lease_id'], 'fault-test')['ok']
 
 
 def test_router_restart_lease_procedures_come_back_and_status_says_so(site):

@@ -30,6 +30,7 @@ from tools.processes import spawn
 from ocs_locking.leases.audit import check_audit
 from .support import (client, grant_of, history, leases, messages, retry, wait_for,
                       wait_lease_rpcs)
+from .support import give_back, take_lease
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +117,11 @@ STORAGE_WARNING = 'WARNING: lease storage is failing, so no lease is granted'
 
 
 def acquire(site, res, lease=30.0):
-    return client(site, REGISTRY).acquire(resource=res, owner='tester', lease=lease).session
+    return take_lease(site, res, lease=lease)
 
 
 def release(site, res, token):
-    return client(site, REGISTRY).release(resource=res, token=token).session
+    return give_back(site, res, token)
 
 
 def start_registry(site, *extra, cwd=None):

@@ -36,7 +36,8 @@ from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.bridge import BridgeClient
 from ocs_locking.wire import ANSWER_MARGIN
-from .support import history, leases, wait_for, wait_lease_rpcs
+from .support import (_as_session, end_lease, give_back, history, lease_rpc, leases, take_lease,
+                      wait_for, wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
@@ -102,13 +103,18 @@ def registry(site):
 
 
 def hold(site, resource, owner='tester', lease=120):
-    s = registry(site).acquire(resource=resource, owner=owner, lease=lease).session
+    s = take_lease(site, resource, owner=owner, lease=lease)
     assert s['success'] is True, s['messages']
     return s['data']['token']
 
 
 def release(site, resource, token):
-    s = registry(site).release(resource=resource, token=token).session
+    """Release a grant by its token (one hold() made) or by a lease id
+    (one a WAMP caller was given)."""
+    if isinstance(token, str):
+        s = _as_session(lease_rpc(site, 'release', resource=resource, lease_id=token))
+    else:
+        s = give_back(site, resource, token)
     assert s['success'] is True, s['messages']
 
 
@@ -125,7 +131,7 @@ def clean(site):
     """Nothing held, nothing waiting (an earlier test may have failed half-way)."""
     wait_lease_rpcs(site)
     for g in leases(site)['grants']:
-        registry(site).release(resource=g['resource'], token=g['token'])
+        end_lease(site, g)
     wait_for(lambda: not leases(site)['grants'] and not leases(site)['waiting'],
              'nothing held or waiting', BACK)
 
@@ -283,7 +289,7 @@ def test_wamp_caller_gone_while_queued_is_withdrawn_and_never_granted(site, call
     got = stays.next('answer')
     assert got['reply']['ok'] is True, got
     assert holder(site, 'w/gone') == f'stays-{how}'
-    release(site, 'w/gone', got['reply']['data']['token'])
+    release(site, 'w/gone', got['reply']['data']['lease_id'])
     assert holder(site, 'w/gone') is None and waiting(site) == []
     assert rows(site, 'grant', f'gone-{how}') == [] and rows(site, 'regrant', f'gone-{how}') == []
 
@@ -381,8 +387,9 @@ def test_one_clients_flood_does_not_refuse_another_owners_request(site, callers)
     release(site, 'w/other', other)
     reply = client.acquire.wait(timeout=BACK)
     assert reply.session['success'] is True, reply.session['messages']
-    release(site, 'w/other', reply.session['data']['token'])
-    free = client.acquire(resource='w/free', owner='alice', lease=5).session
+    # (an OCS task's grant carries no lease id: it runs to its 5 s expiry)
+    wait_for(lambda: holder(site, 'w/other') is None, "alice's task lease expire", BACK)
+    free = take_lease(site, 'w/free', owner='alice', lease=5)
     assert free['success'] is True, free['messages']
     release(site, 'w/free', free['data']['token'])
     flood.say('leave')

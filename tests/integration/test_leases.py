@@ -47,6 +47,16 @@ def grants(registry):
     return {g['resource']: g for g in leases(registry)['grants']}
 
 
+def take(client, **params):
+    """Acquire through the lease procedure (over the client's HTTP bridge, as
+    Reservation does): (ok, message, data), data with the secret lease_id."""
+    from ocs_locking.leases.bridge import OCSClientTransport
+    ans = OCSClientTransport(client).lease_call('acquire', params,
+                                                wait=params.get('timeout', 0))
+    assert ans.answered, ans.message
+    return ans.ok, ans.message, ans.data
+
+
 def answer(reply):
     """(success, the task's own message, data) of a finished task."""
     s = reply.session
@@ -71,70 +81,184 @@ def ocs_locks(site, *args, timeout=60, env=None):
 
 def test_lease_acquire_busy_renew_release(site, registry):
     """When alice acquires a resource, bob is refused with a message naming
-    alice; alice renews and releases; the next grant has a larger token."""
-    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='alice', lease=30))
+    alice; alice renews and releases with her lease id; the next grant has
+    a larger token."""
+    ok, msg, data = take(registry, resource='it/acq', owner='alice', lease=30)
     assert ok, msg
-    token = data['token']
+    token, lease_id = data['token'], data['lease_id']
     assert data['owner'] == 'alice' and data['resource'] == 'it/acq'
-    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='bob', lease=30))
+    ok, msg, data = take(registry, resource='it/acq', owner='bob', lease=30)
     assert not ok and "held by 'alice'" in msg and msg.count('\n') == 0
     assert [h['owner'] for h in data['holders']] == ['alice']
     before = grants(registry)['it/acq']['expires']
-    ok, msg, data = answer(registry.renew(resource='it/acq', token=token, lease=60))
+    ok, msg, data = answer(registry.renew(resource='it/acq', lease_id=lease_id, lease=60))
     assert ok and data['expires'] > before
-    ok, msg, _ = answer(registry.release(resource='it/acq', token=token))
+    ok, msg, _ = answer(registry.release(resource='it/acq', lease_id=lease_id))
     assert ok and 'it/acq' not in grants(registry)
-    ok, msg, data = answer(registry.acquire(resource='it/acq', owner='bob', lease=30))
+    ok, msg, data = take(registry, resource='it/acq', owner='bob', lease=30)
     assert ok and data['token'] > token
-    assert answer(registry.release(resource='it/acq', token=data['token']))[0]
+    assert answer(registry.release(resource='it/acq', lease_id=data['lease_id']))[0]
+
+
+#: A subscriber in its own process: prints every message on the registry's
+#: feeds (prefix match) as one JSON line, after a first line "subscribed".
+FEED_LISTENER = """
+import json, os, sys
+OUT = os.fdopen(os.dup(1), 'w', buffering=1)     # autobahn logs to stdout: to stderr
+sys.stdout = sys.stderr
+from autobahn.twisted.wamp import ApplicationRunner, ApplicationSession
+from autobahn.wamp.types import SubscribeOptions
+from twisted.internet.defer import inlineCallbacks
+
+class Listener(ApplicationSession):
+    @inlineCallbacks
+    def onJoin(self, details):
+        def on(*args, **kwargs):
+            OUT.write(json.dumps([args, kwargs], default=str) + '\\n')
+        yield self.subscribe(on, sys.argv[3], options=SubscribeOptions(match='prefix'))
+        OUT.write('subscribed\\n')
+
+ApplicationRunner(sys.argv[1], sys.argv[2]).run(Listener)
+"""
+
+
+def test_lease_id_appears_nowhere_public(site, registry, tmp_path):
+    """When a lease is taken (through the procedure), renewed, refused to a
+    third party and released, its lease_id is in no task result (status,
+    leases, history, renew, release), no message on the registry's feeds,
+    no line of the registry's log and no byte of its SQLite files."""
+    errors = open(tmp_path / 'listener.log', 'w')
+    listener = subprocess.Popen(
+        [sys.executable, '-c', FEED_LISTENER, f'ws://127.0.0.1:{site.port}/ws', site.realm,
+         'observatory.lock-registry.feeds'], stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        first = listener.stdout.readline()      # '' if it died
+        assert first.strip() == 'subscribed', (tmp_path / 'listener.log').read_text()
+        ok, msg, g = take(registry, resource='it/secret', owner='ivy', lease=30, note='s')
+        assert ok, msg
+        lid = g['lease_id']
+        public = [answer(registry.renew(resource='it/secret', lease_id=lid, lease=30)),
+                  answer(registry.renew(resource='it/secret', lease_id=lid[::-1])),
+                  leases(registry), registry.status().session,
+                  answer(registry.release(resource='it/secret', lease_id=lid)),
+                  answer(registry.history(resource='it/secret', limit=50))]
+        # The registry's feeds: wait for the heartbeat that follows all this.
+        feed = []
+        for _ in range(200):
+            line = listener.stdout.readline()
+            assert line, (tmp_path / 'listener.log').read_text()
+            feed.append(line)
+            if 'heartbeat' in line and len(feed) > 2:
+                break
+    finally:
+        listener.kill()
+        listener.wait(10)
+        errors.close()
+    history = public[-1][2]['history']
+    assert {r['action'] for r in history} >= {'grant', 'renew', 'release', 'refuse'}
+    with open(site.log_path('lock-registry')) as f:
+        log = f.read()
+    assert "it/secret" in log or 'lease' in log
+    raw = b''
+    for name in os.listdir(site.workdir):
+        if name.startswith('lock-registry.db'):
+            with open(os.path.join(site.workdir, name), 'rb') as f:
+                raw += f.read()
+    assert raw
+    for secret in (lid, lid[::-1]):
+        assert secret not in repr(public) and secret not in ''.join(feed)
+        assert secret not in log and secret.encode() not in raw
+
+
+def test_lease_acquire_task_grants_without_a_lease_id_and_says_why(site, registry):
+    """When a script uses the OCS acquire task (whose session ocs shows to
+    anyone), the grant has no lease id, its message says so and names the
+    lease procedure, and neither renew nor release by its token works: the
+    lease runs to its expiry."""
+    ok, msg, data = answer(registry.acquire(resource='it/task', owner='jo', lease=1.5))
+    assert ok and 'lease_id' not in data
+    assert not __import__('re').search(r'[0-9a-f]{32}', repr(registry.acquire.status()))
+    assert 'No lease_id (task results are public)' in msg
+    assert 'observatory.lock-registry.lease.acquire' in msg
+    ok, msg, _ = answer(registry.release(resource='it/task', lease_id=data['token']))
+    assert not ok and msg == 'Refused: lease_id must be a string of 32 hex digits, not a int'
+    poll(lambda: 'it/task' not in grants(registry), 'the lease expire', timeout=10)
+
+
+def test_lease_third_party_cannot_renew_or_release_with_the_token(site, registry):
+    """When another script calls the lease procedures with only the holder's
+    public token, or a lease id of its own, it is refused in one line, the
+    holder's lease keeps its expiry, and the refusals are in the history."""
+    from ocs_locking.leases.bridge import OCSClientTransport
+    ok, _, g = take(registry, resource='it/third', owner='kim', lease=60)
+    assert ok
+    before = grants(registry)['it/third']
+    other = OCSClientTransport(ocs_client(site))
+    _, _, mine = take(registry, resource='it/third-own', owner='mallory', lease=60)
+    answers = [other.lease_call('renew', {'resource': 'it/third', 'token': g['token'],
+                                          'lease': 3600}),
+               other.lease_call('release', {'resource': 'it/third', 'token': g['token']}),
+               other.lease_call('release', {'resource': 'it/third',
+                                            'lease_id': mine['lease_id']})]
+    assert [a.ok for a in answers] == [False, False, False]
+    assert answers[0].message.startswith('Refused: lease_id is required: ')
+    assert answers[2].message.startswith("Refused: that lease_id does not hold 'it/third' "
+                                         "(held by 'kim'")
+    assert grants(registry)['it/third'] == before
+    rows = answer(registry.history(resource='it/third', action='refuse', limit=10))[2]
+    assert {r['detail']['call'] for r in rows['history']} == {'renew', 'release'}
+    for lease in (g, mine):
+        assert answer(registry.release(resource=lease['resource'],
+                                       lease_id=lease['lease_id']))[0]
 
 
 def test_lease_queued_acquire_is_granted_when_the_holder_releases(site, registry):
     """When bob's acquire waits in the queue (timeout 20 s, another thread) and
     alice releases, bob is granted at once."""
-    ok, _, data = answer(registry.acquire(resource='it/queue', owner='alice', lease=30))
+    ok, _, data = take(registry, resource='it/queue', owner='alice', lease=30)
     assert ok
     result = {}
     bob = ocs_client(site)
     t = threading.Thread(target=lambda: result.update(
-        r=answer(bob.acquire(resource='it/queue', owner='bob', lease=30, timeout=20))))
+        r=take(bob, resource='it/queue', owner='bob', lease=30, timeout=20)))
     t.start()
     poll(lambda: leases(registry)['waiting'], 'bob waiting')
-    assert answer(registry.release(resource='it/queue', token=data['token']))[0]
+    assert answer(registry.release(resource='it/queue', lease_id=data['lease_id']))[0]
     t.join(20)
     assert not t.is_alive()
     ok, msg, got = result['r']
     assert ok, msg
     assert got['owner'] == 'bob' and got['token'] > data['token']
-    assert answer(registry.release(resource='it/queue', token=got['token']))[0]
+    assert answer(registry.release(resource='it/queue', lease_id=got['lease_id']))[0]
 
 
 def test_lease_tree_exclusion_both_ways(site, registry):
     """When a tree lease holds it/tree, it/tree/hwp is busy; when it/tree/hwp
     is held, a tree lease on it/tree is busy; a plain lease on it/tree
     coexists with it/tree/hwp."""
-    ok, _, top = answer(registry.acquire(resource='it/tree', owner='sched', lease=30,
-                                         tree=True))
+    ok, _, top = take(registry, resource='it/tree', owner='sched', lease=30,
+                                         tree=True)
     assert ok
-    ok, msg, _ = answer(registry.acquire(resource='it/tree/hwp', owner='op', lease=30))
+    ok, msg, _ = take(registry, resource='it/tree/hwp', owner='op', lease=30)
     assert not ok and "it/tree held by 'sched'" in msg
-    assert answer(registry.release(resource='it/tree', token=top['token']))[0]
-    ok, _, low = answer(registry.acquire(resource='it/tree/hwp', owner='op', lease=30))
+    assert answer(registry.release(resource='it/tree', lease_id=top['lease_id']))[0]
+    ok, _, low = take(registry, resource='it/tree/hwp', owner='op', lease=30)
     assert ok
-    ok, msg, _ = answer(registry.acquire(resource='it/tree', owner='sched', lease=30,
-                                         tree=True))
+    ok, msg, _ = take(registry, resource='it/tree', owner='sched', lease=30,
+                                         tree=True)
     assert not ok and "it/tree/hwp held by 'op'" in msg
-    ok, _, plain = answer(registry.acquire(resource='it/tree', owner='sched', lease=30))
+    ok, _, plain = take(registry, resource='it/tree', owner='sched', lease=30)
     assert ok
     for g in (low, plain):
-        assert answer(registry.release(resource=g['resource'], token=g['token']))[0]
+        assert answer(registry.release(resource=g['resource'], lease_id=g['lease_id']))[0]
 
 
 def test_lease_force_release_needs_privileges_and_is_audited(site, registry):
     """When force_release comes without privileges it is refused, saying the
     credential level needed, and the lease stays; with privs='demo-operator'
     it revokes the lease, the holder's Reservation is lost at its next
-    renewal, and the history records it with the credential level."""
+    renewal, and the history records who (declared, with the credential
+    level) and why; the grant's caller, an HTTP script, is marked declared."""
     res = Reservation('it/force', 'alice', lease=1.5, note='bench work',
                       args=site.client_args, retry=RetryPolicy(attempts=1))
     with res:
@@ -151,21 +275,28 @@ def test_lease_force_release_needs_privileges_and_is_audited(site, registry):
             res.check()
     ok, _, data = answer(registry.history(resource='it/force', limit=5))
     row = next(r for r in data['history'] if r['action'] == 'force_release')
-    assert row['owner'] == 'cred_level 2' and row['client'] == 'it'
+    assert row['owner'] == 'it (declared, cred_level 2)' and row['client'] == 'it'
     assert row['detail']['holder'] == 'alice' and row['detail']['reason'] == 'cryostat service'
+    assert row['caller'] == {'identity': 'it', 'verified': False, 'via': 'ocs-task',
+                             'cred_level': 2}
+    grant = next(r for r in data['history'] if r['action'] == 'grant')
+    # (http-bridge once the router discloses callers: the bus component)
+    assert grant['caller']['via'] in ('http-bridge', 'wamp') and \
+        grant['caller']['verified'] is False and grant['caller']['identity'].startswith(
+            'Reservation ')
 
 
 def test_lease_reservation_retries_then_gives_up(site, registry):
     """When a Reservation meets a held resource it retries by its policy and
     raises ReservationBusy naming the holder; once free, it is granted."""
     from ocs_locking.leases.reservation import ReservationBusy
-    ok, _, held = answer(registry.acquire(resource='it/retry', owner='bob', lease=30))
+    ok, _, held = take(registry, resource='it/retry', owner='bob', lease=30)
     res = Reservation('it/retry', 'alice', lease=10, args=site.client_args,
                       retry=RetryPolicy(attempts=3, first=0.1, factor=2, deadline=10))
     with pytest.raises(ReservationBusy, match="it/retry held by 'bob'") as info:
         res.acquire()
     assert info.value.attempts == 3
-    assert answer(registry.release(resource='it/retry', token=held['token']))[0]
+    assert answer(registry.release(resource='it/retry', lease_id=held['lease_id']))[0]
     with res:
         assert res.tokens['it/retry'] > held['token']
         assert grants(registry)['it/retry']['owner'] == 'alice'
@@ -178,7 +309,7 @@ def test_reservation_that_queued_longer_than_its_lease_holds_a_whole_lease(site,
     expiry and holds: check() passes right after the grant and the lease is
     renewed from there on (regression: LeaseLost right after the grant, the
     resource then blocked for a whole lease)."""
-    ok, _, bob = answer(registry.acquire(resource='it/longq', owner='bob', lease=7))
+    ok, _, bob = take(registry, resource='it/longq', owner='bob', lease=7)
     assert ok
     res = Reservation('it/longq', 'alice', lease=4, timeout=20, args=site.client_args,
                       retry=RetryPolicy(attempts=1, deadline=None))
@@ -258,39 +389,46 @@ def test_ocs_locks_reserve_holds_until_ctrl_c(site, registry, sig):
 
 
 def test_ocs_locks_release_force_release_and_history(site, registry):
-    """When ocs-locks releases by token, refuses a bad token in one line,
-    force-releases only with the password, and prints the history as a table
-    and as JSON."""
-    ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
-    bad_token = g['token'] + 100
-    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(bad_token))
-    assert p.returncode == 1 and p.stderr.strip() == (
-        f"ocs-locks: release it/cmd: Refused: token {g['token'] + 100} was never issued "
-        "for 'it/cmd'")
+    """When ocs-locks is asked to release dave's lease by its token it
+    refuses (pointing to force-release), a wrong lease id is refused in one
+    line, force-release works only with the password, dave's own lease id
+    releases, and the history (table and JSON) says who did each."""
+    ok, _, g = take(registry, resource='it/cmd', owner='dave', lease=30)
+    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token']))
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1
+    assert 'ocs-locks force-release it/cmd --reason TEXT' in p.stderr
+    p = ocs_locks(site, 'release', 'it/cmd', '--lease-id', 'f' * 32)
+    assert p.returncode == 1 and p.stderr.startswith(
+        "ocs-locks: release it/cmd: Refused: that lease_id does not hold 'it/cmd' (held by "
+        f"'dave', token {g['token']})") and len(p.stderr.splitlines()) == 1
+    assert 'it/cmd' in grants(registry)
     p = ocs_locks(site, 'force-release', 'it/cmd', '--reason', 'test')
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1
     assert 'requires credential level 2' in p.stderr
     env = dict(os.environ, OCS_LOCKS_PASSWORD='demo-operator')
     p = ocs_locks(site, 'force-release', 'it/cmd', '--reason', 'test', env=env)
     assert (p.returncode, p.stdout.strip()) == (0, 'Revoked it/cmd from dave: test')
-    ok, _, g = answer(registry.acquire(resource='it/cmd', owner='dave', lease=30))
-    p = ocs_locks(site, 'release', 'it/cmd', '--token', str(g['token']))
+    ok, _, g = take(registry, resource='it/cmd', owner='dave', lease=30)
+    p = ocs_locks(site, 'release', 'it/cmd', env=dict(os.environ,
+                                                      OCS_LOCKS_LEASE_ID=g['lease_id']))
     assert (p.returncode, p.stdout.strip()) == (0, 'Released it/cmd.')
     p = ocs_locks(site, 'history', 'it/cmd', '--limit', '10')
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].split() == ['TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT',
-                                'DETAIL']
+                                'BY', 'DETAIL']
     assert lines[1].split()[2:4] == ['release', 'it/cmd']
     p = ocs_locks(site, 'history', 'it/cmd', '--json')
     rows = json.loads(p.stdout)
     assert [r['action'] for r in rows[:5]] == ['release', 'grant', 'force_release', 'refuse',
                                                'grant']
-    assert rows[2]['owner'] == 'cred_level 2' and rows[2]['detail']['reason'] == 'test'
-    assert rows[3]['ok'] is False and rows[3]['detail'] == {
-        'call': 'release', 'reason': f"token {bad_token} was never issued for 'it/cmd'"}
+    assert rows[2]['owner'].startswith('ocs-locks force-release (') and \
+        rows[2]['owner'].endswith(') (declared, cred_level 2)')
+    assert rows[2]['detail']['reason'] == 'test' and rows[2]['caller']['via'] == 'ocs-task'
+    assert rows[3]['ok'] is False and rows[3]['detail']['call'] == 'release'
+    assert rows[3]['detail']['reason'].startswith("that lease_id does not hold 'it/cmd'")
     assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
-                          'ok'} for r in rows)
+                          'ok', 'caller'} for r in rows)
     for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be 0.5..3600 s'),
                       (['reserve', 'Bad'], 'segment'),
                       (['history', '--limit', '0'], '--limit must be 1..1000')):
@@ -299,14 +437,15 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
 
 
 def test_lease_malformed_requests_are_refused_and_change_nothing(site, registry):
-    """When malformed requests arrive over OCS (bad names, bad leases, unknown
-    or foreign tokens, renew after expiry), each gets success False and one
-    'Refused: ...' line, and the registry's leases stay as they were."""
-    ok, _, old = answer(registry.acquire(resource='it/bad', owner='olga', lease=60))
-    assert answer(registry.release(resource='it/bad', token=old['token']))[0]
-    ok, _, mine = answer(registry.acquire(resource='it/bad', owner='erin', lease=60))
+    """When malformed requests arrive over OCS (bad names, bad leases, unknown,
+    foreign or malformed lease ids, the token instead of a lease id, renew
+    after expiry), each gets success False and one 'Refused: ...' line
+    without the lease id, and the registry's leases stay as they were."""
+    ok, _, old = take(registry, resource='it/bad', owner='olga', lease=60)
+    assert answer(registry.release(resource='it/bad', lease_id=old['lease_id']))[0]
+    ok, _, mine = take(registry, resource='it/bad', owner='erin', lease=60)
     assert ok and mine['token'] > old['token']
-    ok, _, short = answer(registry.acquire(resource='it/short', owner='erin', lease=0.5))
+    ok, _, short = take(registry, resource='it/short', owner='erin', lease=0.5)
     assert ok
     poll(lambda: 'it/short' not in grants(registry), 'the 0.5 s lease expire', timeout=10)
     before = leases(registry)
@@ -322,40 +461,48 @@ def test_lease_malformed_requests_are_refused_and_change_nothing(site, registry)
         ('acquire', dict(resource='it/new', owner='x', lease=1e9)),
         ('acquire', dict(resource='it/new', owner='', lease=5)),
         ('acquire', dict(resource='it/new', owner='x', lease=5, timeout=-3)),
-        ('renew', dict(resource='it/bad', token=t + 1000, lease=5)),
-        ('renew', dict(resource='it/bad', token=t, lease=-5)),
-        ('renew', dict(resource='it/short', token=short['token'], lease=5)),
-        ('release', dict(resource='it/bad', token=t + 1000)),
-        ('release', dict(resource='it/bad', token=old['token'])),   # olga's, not erin's
-        ('renew', dict(resource='it/bad', token=old['token'], lease=5)),
-        ('release', dict(resource='it/nothing', token=1)),
-        ('release', dict(resource='bad name', token=t)),
+        ('renew', dict(resource='it/bad', lease_id='f' * 32, lease=5)),
+        ('renew', dict(resource='it/bad', lease_id=t, lease=5)),       # the public token
+        ('renew', dict(resource='it/bad', lease_id=mine['lease_id'], lease=-5)),
+        ('renew', dict(resource='it/short', lease_id=short['lease_id'], lease=5)),
+        ('release', dict(resource='it/bad', lease_id=mine['lease_id'][:-1])),
+        ('release', dict(resource='it/bad', lease_id=old['lease_id'])),   # olga's, not erin's
+        ('renew', dict(resource='it/bad', lease_id=old['lease_id'], lease=5)),
+        ('release', dict(resource='it/nothing', lease_id=mine['lease_id'])),
+        ('release', dict(resource='bad name', lease_id=mine['lease_id'])),
+        ('release', dict(resource='it/bad')),
+        ('renew', dict(resource='it/bad', lease_id=[mine['lease_id']])),
     ]
     for name, params in requests:
         ok, msg, data = answer(getattr(registry, name)(**params))
         assert ok is False, (name, params, msg)
         assert msg.startswith('Refused: ') and '\n' not in msg, (name, params, msg)
+        assert mine['lease_id'] not in msg and old['lease_id'] not in msg
         assert 'error' in data
     after = leases(registry)
+    counted = [d.pop('refused_lease_ids') for d in (before, after)]
     assert after == before
-    assert answer(registry.release(resource='it/bad', token=t))[0]
+    # renewals and releases refused for their lease id are counted
+    assert [counted[1][c] - counted[0][c] for c in ('renew', 'release')] == [5, 4]
+    assert answer(registry.release(resource="it/bad", lease_id=mine["lease_id"]))[0]
 
 
 def test_lease_registry_restart_keeps_grants_and_tokens_grow(site, registry):
     """When the registry is stopped and started again, a grant made before is
-    still there with its token, renewable, and the next token is larger."""
-    ok, _, g = answer(registry.acquire(resource='it/restart', owner='frank', lease=120))
+    still there with its token, renewable and releasable with its lease id
+    (only its hash was stored), and the next token is larger."""
+    ok, _, g = take(registry, resource='it/restart', owner='frank', lease=120)
     assert ok
     site.stop_agent('lock-registry')
     site.start_agent('lock-registry')
     reg = site.wait_agent('lock-registry')
     kept = grants(reg)['it/restart']
     assert (kept['owner'], kept['token']) == ('frank', g['token'])
-    assert answer(reg.renew(resource='it/restart', token=g['token'], lease=30))[0]
-    assert answer(reg.release(resource='it/restart', token=g['token']))[0]
-    ok, _, again = answer(reg.acquire(resource='it/restart', owner='gina', lease=30))
+    assert answer(reg.renew(resource='it/restart', lease_id=g['lease_id'], lease=30))[0]
+    assert answer(reg.release(resource='it/restart', lease_id=g['lease_id']))[0]
+    ok, _, again = take(reg, resource='it/restart', owner='gina', lease=30)
     assert ok and again['token'] > g['token']
-    assert answer(reg.release(resource='it/restart', token=again['token']))[0]
+    assert answer(reg.release(resource='it/restart', lease_id=again['lease_id']))[0]
 
 
 def test_the_reservation_example_in_the_docs_runs(site, registry):

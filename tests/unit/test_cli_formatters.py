@@ -50,7 +50,7 @@ def test_format_history_prints_each_row_and_says_when_there_is_none():
                              'owner': 'alice', 'token': 7, 'client': None,
                              'detail': {'note': 'cal', 'request': 3, 'tree': False}}])
     assert lines.splitlines()[1].split() == ['2026-12-01', '22:00:05.9', 'grant', 'satp1/hwp',
-                                             'alice', '7', '-', 'note=cal', 'tree=False']
+                                             'alice', '7', '-', '-', 'note=cal', 'tree=False']
     assert format_history([]).splitlines()[-1] == '(no audit records)'
 
 

@@ -168,3 +168,66 @@ def test_ocs_locks_reserve_argument_the_registry_refuses_is_one_line(argv, messa
     assert cli.main(['reserve', 'x', '--lease', '10'] + argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f'ocs-locks: {message}') and err.count('\n') == 1, err
+
+
+LEASE_ID = '0123456789abcdef' * 2
+
+
+def test_ocs_locks_release_without_a_lease_id_is_refused_with_a_pointer_to_force_release(
+        registry, capsys, monkeypatch):
+    """When release is given no lease id (someone else's lease; or only the
+    public token), one line says a lease id is needed and points to
+    force-release, and nothing is asked of the registry."""
+    monkeypatch.delenv('OCS_LOCKS_LEASE_ID', raising=False)
+    assert cli.main(['release', 'satp1/hwp']) == 1
+    assert cli.main(['release', 'satp1/hwp', '--token', '7']) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and registry.release.calls == []
+    assert err[0] == ("ocs-locks: release satp1/hwp: releasing needs the lease_id its holder "
+                      "was given; pass --lease-id or set $OCS_LOCKS_LEASE_ID; to end someone "
+                      "else's lease: ocs-locks force-release satp1/hwp --reason TEXT "
+                      "(credential level 2)")
+    assert '(a token no longer releases a lease: tokens are public)' in err[1]
+
+
+@pytest.mark.parametrize('lease_id, message', [
+    ('abc', r'not 3 character\(s\) of something else$'),
+    ('G' * 32, r'not 32 character\(s\) of something else$'),
+])
+def test_ocs_locks_release_bad_lease_id_is_one_line_without_it(registry, capsys, lease_id,
+                                                                message):
+    """When --lease-id is malformed, one line says how (never echoing it)
+    and nothing is asked of the registry."""
+    assert cli.main(['release', 'satp1/hwp', '--lease-id', lease_id]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and __import__('re').search(message, err.strip())
+    assert lease_id not in err and registry.release.calls == []
+
+
+def test_ocs_locks_release_sends_the_lease_id_from_the_environment(registry, capsys,
+                                                                   monkeypatch):
+    """When $OCS_LOCKS_LEASE_ID holds the lease id, release sends it (not
+    printed) and prints the registry's message."""
+    monkeypatch.setenv('OCS_LOCKS_LEASE_ID', LEASE_ID)
+    registry.release.message = 'Released satp1/hwp.'
+    assert cli.main(['release', 'satp1/hwp']) == 0
+    out = capsys.readouterr()
+    assert out.out == 'Released satp1/hwp.\n' and LEASE_ID not in out.out + out.err
+    [params] = registry.release.calls
+    assert params['lease_id'] == LEASE_ID and params['resource'] == 'satp1/hwp'
+
+
+def test_ocs_locks_history_shows_who_verified_or_declared(registry, capsys):
+    """When audit rows carry a caller, history prints it in the BY column
+    (declared ones marked) and --json has the caller key."""
+    registry.history.data = {'history': [
+        dict(ROW, caller={'identity': 'sim-device-1', 'verified': True, 'via': 'wamp'}),
+        dict(ROW, action='force_release', caller={'identity': 'ocs-locks force-release (al@h)',
+                                                  'verified': False, 'via': 'ocs-task'})]}
+    assert cli.main(['history']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert 'BY' in lines[0].split() and lines[1].split()[7] == 'sim-device-1'
+    assert 'ocs-locks force-release (al@h) (declared)' in lines[2]
+    assert cli.main(['history', '--json']) == 0
+    rows = __import__('json').loads(capsys.readouterr().out)
+    assert rows[0]['caller']['identity'] == 'sim-device-1'

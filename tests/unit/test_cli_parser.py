@@ -9,7 +9,7 @@ SITE = ['--site-file', 'site.yaml', '--site-host', 'demo', '--registry', 'reg-2'
 
 
 @pytest.mark.parametrize('command', [['status'], ['watch'], ['reserve', 'a/b'],
-                                     ['release', 'a/b', '--token', '1'],
+                                     ['release', 'a/b', '--lease-id', '0' * 32],
                                      ['force-release', 'a/b', '--reason', 'r'], ['history']])
 def test_make_parser_site_options_after_the_command_mean_the_same(command):
     """When the site options come after the command instead of before it,

@@ -2,6 +2,7 @@
 checks, the port's one place, own agent files, the command line."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from tools.devsite import Site, SiteError
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, 'site-config', 'default.yaml')
 TEMPLATE = os.path.join(REPO, 'site-config', 'crossbar', 'config.json')
+ACCESS = os.path.join(REPO, 'site-config', 'lock-registry-access.yaml')
 
 
 def site(tmp_path, data=None, **kwargs):
@@ -22,6 +24,7 @@ def site(tmp_path, data=None, **kwargs):
     if data is not None:
         path = tmp_path / 'site.yaml'
         path.write_text(yaml.safe_dump(data))
+        shutil.copy(ACCESS, tmp_path)       # the registry's --access-file, beside it
     return Site(str(path), 'demo', str(tmp_path / 'run'), crossbar=sys.executable, **kwargs)
 
 
@@ -223,3 +226,27 @@ def test_free_port_is_below_the_ephemeral_range_and_free():
         assert 20000 <= port < low
         with socket.socket() as s:
             s.bind(('127.0.0.1', port))
+
+
+def test_demo_site_file_holds_no_password_and_the_access_file_is_copied_mode_0600(tmp_path):
+    """When the demo site is set up, its site file (read by every client)
+    holds no password and no override policy; the registry's access file is
+    copied beside the work directory's site file, readable by its owner only;
+    a missing access file is one line naming it."""
+    s = site(tmp_path)
+    for path in (DEMO, s.site_file):
+        with open(path) as f:
+            text = f.read()
+        assert 'demo-operator' not in text and 'override:' not in text
+        assert '--access-file' in text
+    copy = os.path.join(s.workdir, 'lock-registry-access.yaml')
+    assert os.stat(copy).st_mode & 0o777 == 0o600
+    with open(copy) as f, open(ACCESS) as g:
+        assert f.read() == g.read()
+    data = demo_data()
+    (tmp_path / 'other').mkdir()
+    (tmp_path / 'other' / 'site.yaml').write_text(yaml.safe_dump(data))
+    with pytest.raises(SiteError, match=r"instance lock-registry: cannot copy --access-file "
+                                        r"'lock-registry-access\.yaml' \(.*\): No such file"):
+        Site(str(tmp_path / 'other' / 'site.yaml'), 'demo', str(tmp_path / 'run2'),
+             crossbar=sys.executable)

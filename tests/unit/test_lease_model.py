@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.state import LeaseError, LeaseState
+from .lease_keys import UNISSUED, KeyedState
 from ocs_locking.leases.store import LeaseStore
 
 PATHS = ('a', 'a/b', 'a/c', 'd')
@@ -102,7 +103,7 @@ class LeaseModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.store = LeaseStore(':memory:')
-        self.state = LeaseState(store=self.store)
+        self.state = KeyedState(store=self.store)
         self.model = Model()
         self.now = 0.0
         self.owners = (f'o{i}' for i in itertools.count())
@@ -245,7 +246,7 @@ class LeaseModel(RuleBasedStateMachine):
     def restart(self):
         """The registry restarts on the same store: grants, counters and the
         last request id survive; waiting requests and old outcomes do not."""
-        self.state = LeaseState(store=self.store)
+        self.state = KeyedState(store=self.store, lease_ids=self.state.lease_ids)
         m = self.model
         m.waiting = []
         m.status = {rid: 'granted' for rid in m.grants}

@@ -37,6 +37,15 @@ def run(ops, name, **params):
     return result, session.data
 
 
+def hold(ops, resource, owner, **params):
+    """Acquire through the lease procedure (as holders do): the grant's data,
+    with its lease_id."""
+    out = []
+    ops._rpc_acquire(resource, owner, **params).addBoth(out.append)
+    assert out and out[0]['ok'], out
+    return out[0]['data']
+
+
 def test_LeaseOps_acquire_grants_with_a_fencing_token(ops):
     """When a free resource is acquired, the grant and its token are returned."""
     (ok, msg), data = run(ops, 'acquire', resource='satp1/hwp', owner='alice', lease=30)
@@ -58,14 +67,14 @@ def test_LeaseOps_busy_acquire_names_the_holder(ops):
 def test_LeaseOps_queued_acquire_is_granted_when_the_holder_releases(ops):
     """When an acquire waits in the queue, releasing the holder's lease grants
     it, with a larger token."""
-    (_, _), first = run(ops, 'acquire', resource='hwp', owner='a')
+    first = hold(ops, 'hwp', 'a')
     session = FakeSession('acquire')
     d = ops.acquire(session, _params(ops.acquire, {'resource': 'hwp', 'owner': 'b',
                                                    'timeout': 10}))
     out = []
     d.addBoth(out.append)
     assert out == [] and session.data['queue_position'] == 1
-    (ok, _), _ = run(ops, 'release', resource='hwp', token=first['token'])
+    (ok, _), _ = run(ops, 'release', resource='hwp', lease_id=first['lease_id'])
     assert ok
     ops.reactor.advance(0)
     assert out[0][0] is True and session.data['token'] == 2
@@ -92,8 +101,16 @@ def test_LeaseOps_queued_acquire_times_out(ops):
     ('acquire', {'resource': 'hwp', 'owner': ''}, r'^Refused: owner '),
     ('acquire', {'resource': 'hwp', 'owner': 'a', 'lease': -1}, r'^Refused: lease '),
     ('acquire', {'resource': 'hwp', 'owner': 'a', 'lease': 1e9}, r'^Refused: lease '),
-    ('renew', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
-    ('release', {'resource': 'hwp', 'token': 99}, r'^Refused: '),
+    ('renew', {'resource': 'hwp', 'lease_id': 'f' * 32}, r'^Refused: that lease_id holds '),
+    ('release', {'resource': 'hwp', 'lease_id': 'f' * 32}, r'^Refused: that lease_id holds '),
+    ('renew', {'resource': 'other', 'lease_id': 99},
+     r'^Refused: lease_id must be a string of 32 hex digits, not a int$'),
+    ('release', {'resource': 'other', 'lease_id': 'x' * 5000},
+     r'^Refused: lease_id must be 32 lower-case hex digits, not 5000 character'),
+    ('release', {'resource': 'other'}, r'^Refused: lease_id is required: '),
+    ('renew', {'resource': 'other', 'lease_id': ['f' * 32]},
+     r'^Refused: lease_id must be a string of 32 hex digits, not a list$'),
+    ('force_release', {'resource': 'other', 'reason': ' '}, r'^Refused: reason must not be '),
     ('force_release', {'resource': 'hwp', 'reason': 'x'}, r"^Refused: nothing is held on 'hwp'"),
     ('acquire', {'resource': 'hwp', 'owner': 'a', 'lease': 1e-9},
      r'^Refused: lease must be in \[0\.5, 3600\] seconds, not 1e-09$'),
@@ -122,8 +139,8 @@ def test_LeaseOps_bad_requests_are_refused_and_change_nothing(ops, name, params,
 def test_LeaseOps_history_and_leases_report_the_state(ops):
     """When leases change, history lists the audit rows newest first and
     leases lists the current grants."""
-    (_, _), g = run(ops, 'acquire', resource='hwp', owner='a', note='why')
-    run(ops, 'release', resource='hwp', token=g['token'])
+    g = hold(ops, 'hwp', 'a', note='why')
+    run(ops, 'release', resource='hwp', lease_id=g['lease_id'])
     (ok, msg), data = run(ops, 'history', limit=5)
     assert ok and [r['action'] for r in data['history']][:2] == ['release', 'grant']
     (ok, msg), data = run(ops, 'leases')
@@ -152,13 +169,13 @@ def test_LeaseOps_acquire_reply_says_how_long_it_queued(timed):
     """When an acquire waits 12.5 s in the queue, its reply carries
     queued_for=12.5 (a duration on the registry's clock) and the lease; an
     acquire granted at once says 0."""
-    _, first = run(timed, 'acquire', resource='hwp', owner='a', lease=20)
+    first = hold(timed, 'hwp', 'a', lease=20)
     assert first['queued_for'] == 0.0 and first['lease'] == 20.0
     d = timed.do_acquire('hwp', 'b', lease=5, timeout=60)
     out = []
     d.addBoth(out.append)
     timed.clock_.t += 12.5
-    run(timed, 'release', resource='hwp', token=first['token'])
+    run(timed, 'release', resource='hwp', lease_id=first['lease_id'])
     timed.reactor.advance(0)
     ok, msg, data = out[0]
     assert ok and data['queued_for'] == 12.5 and data['token'] == 2
@@ -194,13 +211,14 @@ def test_LeaseOps_refusals_are_audited_with_their_reason_at_a_bounded_rate(timed
     _, g = run(timed, 'acquire', resource='hwp', owner='a')
     for _ in range(20):
         run(timed, 'acquire', resource='hwp', owner='b')
-    run(timed, 'renew', resource='hwp', token=99)
+    run(timed, 'renew', resource='hwp', lease_id='f' * 32)
     (ok, _), data = run(timed, 'history', action='refuse')
     rows = data['history']
     assert ok and [(r['owner'], r['detail']['call'], r['ok']) for r in rows] == [
         ('', 'renew', False), ('b', 'acquire', False)]
     assert rows[1]['detail']['reason'].startswith("busy: hwp held by 'a' (token 1) until ")
-    assert rows[0]['detail']['reason'] == "token 99 was never issued for 'hwp'"
+    assert rows[0]['detail']['reason'].startswith("that lease_id does not hold 'hwp' "
+                                                  "(held by 'a', token 1)")
     timed.clock_.t += 10
     run(timed, 'acquire', resource='hwp', owner='b')
     assert len(run(timed, 'history', action='refuse')[1]['history']) == 3
@@ -247,16 +265,16 @@ def test_LeaseOps_procedures_answer_compact_grants(timed):
     timed._rpc_acquire('hwp', 'a', lease=9).addBoth(out.append)
     data = out[0]['data']
     assert out[0]['ok'] and set(data) == {'resource', 'owner', 'token', 'expires',
-                                          'request_id', 'lease', 'queued_for'}
+                                          'request_id', 'lease', 'queued_for', 'lease_id'}
     timed._rpc_acquire(['x', 'y'], 'a', lease=9).addBoth(out.append)
     assert out[1]['data']['grants'] == [{'resource': 'x', 'token': 1},
                                         {'resource': 'y', 'token': 1}]
-    renewed = timed._rpc_renew('hwp', data['token'], lease=9)
+    renewed = timed._rpc_renew('hwp', data['lease_id'], lease=9)
     assert renewed['data'] == {'resource': 'hwp', 'token': 1,
                                'expires': timed.clock_() + 9, 'lease': 9}
-    refused = timed._rpc_release('hwp', 99)
-    assert refused['ok'] is False and refused['data'] == {
-        'error': "token 99 was never issued for 'hwp'"}
+    refused = timed._rpc_release('hwp', 'f' * 32)
+    assert refused['ok'] is False and refused['data']['error'].startswith(
+        "that lease_id does not hold 'hwp'")
 
 
 class TestStorageFaults:
@@ -335,7 +353,7 @@ class TestStorageFaults:
         on time in memory and its waiter is not granted; once writes work the
         state is written whole, the waiter gets it, and disk equals memory."""
         ops = self.make(tmp_path)
-        _, g = run(ops, 'acquire', resource='hwp', owner='a', lease=1)
+        g = hold(ops, 'hwp', 'a', lease=1)
         d = ops.do_acquire('hwp', 'b', lease=5, timeout=30)
         answer = []
         d.addBoth(answer.append)
@@ -345,7 +363,7 @@ class TestStorageFaults:
         assert not ok and msg == (
             "Refused: lease storage is failing, so nothing is granted, renewed or released: "
             f"write to lease database {ops.store.path!r} failed: database or disk is full")
-        (ok, msg), _ = run(ops, 'renew', resource='hwp', token=g['token'])
+        (ok, msg), _ = run(ops, 'renew', resource='hwp', lease_id=g['lease_id'])
         assert not ok and 'lease storage is failing' in msg
         (ok, msg), data = run(ops, 'leases')
         assert ok and data['storage']['ok'] is False and 'disk is full' in data['storage']['error']
@@ -398,9 +416,9 @@ class TestStorageFaults:
             monkeypatch.chdir(tmp_path / cwd)
             ops = LeaseOps(mock.MagicMock(name='agent'), 'leases.db', reactor=Reactor(),
                            base=site_dir(args))
-            (ok, _), data = run(ops, 'acquire', resource='hwp', owner=cwd)
-            assert ok and data['token'] == {'a': 1, 'b': 2}[cwd]
-            run(ops, 'release', resource='hwp', token=data['token'])
+            data = hold(ops, 'hwp', cwd)
+            assert data['token'] == {'a': 1, 'b': 2}[cwd]
+            run(ops, 'release', resource='hwp', lease_id=data['lease_id'])
             assert run(ops, 'leases')[1]['storage']['path'] == str(site / 'leases.db')
             ops.close()
         assert sorted(os.listdir(tmp_path / 'a') + os.listdir(tmp_path / 'b')) == []

@@ -35,9 +35,10 @@ def fired(d):
 
 
 def hold(ops, resource='hwp', owner='a', lease=600):
-    ok, msg, data = fired(ops.do_acquire(resource, owner, lease=lease))[0]
+    """A held lease: its lease_id (what renews and releases it)."""
+    ok, msg, data = fired(ops.do_acquire(resource, owner, lease=lease, secret=True))[0]
     assert ok, msg
-    return data['token']
+    return data['lease_id']
 
 
 def rows(ops, action):
@@ -67,7 +68,7 @@ def test_LeaseOps_cancelled_wamp_call_withdraws_the_request_and_it_is_never_gran
     cancelled: autobahn cancels the handler's Deferred), the request is
     withdrawn with a cancel audit row naming why; the holder's release then
     grants nobody."""
-    token = hold(ops)
+    lease_id = hold(ops)
     d = ops._rpc_acquire('hwp', 'gone', lease=5, timeout=60)
     out = fired(d)
     d.cancel()
@@ -75,7 +76,7 @@ def test_LeaseOps_cancelled_wamp_call_withdraws_the_request_and_it_is_never_gran
     assert ops.state.waiting() == ()
     [row] = rows(ops, 'cancel')
     assert row['owner'] == 'gone' and 'left' in row['detail']['reason']
-    ok, _, data = ops.do_release('hwp', token)
+    ok, _, data = ops.do_release('hwp', lease_id)
     assert ok and data['granted'] == []
     ops.reactor.advance(1)
     assert ops.state.holders() == () and not ops._waiters and not ops._deadlines
@@ -85,12 +86,12 @@ def test_LeaseOps_cancelled_wamp_call_withdraws_the_request_and_it_is_never_gran
 def test_LeaseOps_cancelled_call_only_withdraws_its_own_request(ops):
     """When one of two queued callers is interrupted, the other one is
     granted at the holder's release."""
-    token = hold(ops)
+    lease_id = hold(ops)
     gone = ops._rpc_acquire('hwp', 'gone', lease=5, timeout=60)
     fired(gone)
     stays = fired(ops._rpc_acquire('hwp', 'stays', lease=5, timeout=60))
     gone.cancel()
-    ops.do_release('hwp', token)
+    ops.do_release('hwp', lease_id)
     ops.reactor.advance(0)
     assert stays[0]['ok'] is True and stays[0]['data']['owner'] == 'stays'
     assert [g.owner for g in ops.state.holders()] == ['stays']
@@ -99,10 +100,10 @@ def test_LeaseOps_cancelled_call_only_withdraws_its_own_request(ops):
 def test_LeaseOps_call_cancelled_after_its_grant_but_before_delivery_gives_it_back(ops):
     """When a request is granted and its caller's call is interrupted before
     the answer left, the grant is given back at once, not left to its lease."""
-    token = hold(ops)
+    lease_id = hold(ops)
     d = ops._rpc_acquire('hwp', 'gone', lease=600, timeout=60)
     fired(d)
-    ops.do_release('hwp', token)
+    ops.do_release('hwp', lease_id)
     assert [g.owner for g in ops.state.holders()] == ['gone']
     d.cancel()
     assert ops.state.holders() == ()
@@ -115,7 +116,7 @@ def test_LeaseOps_aborting_the_acquire_task_withdraws_its_request(ops):
     """When a queued acquire task is aborted, its request is withdrawn and
     the task ends with a one-line 'Withdrawn' refusal; the holder's release
     grants nobody."""
-    token = hold(ops)
+    lease_id = hold(ops)
     session = FakeSession('acquire')
     out = fired(ops.acquire(session, _params(ops.acquire, {
         'resource': 'hwp', 'owner': 'b', 'timeout': 60})))
@@ -126,7 +127,7 @@ def test_LeaseOps_aborting_the_acquire_task_withdraws_its_request(ops):
     assert ok is False and msg.startswith('Withdrawn: the request for hwp was cancelled')
     assert session.data['status'] == 'cancelled'
     assert rows(ops, 'cancel')[0]['detail']['reason'] == 'the acquire task was aborted'
-    ops.do_release('hwp', token)
+    ops.do_release('hwp', lease_id)
     assert ops.state.holders() == ()
     assert fired(ops.abort_acquire(session, {}))[0][0] is False
 
@@ -135,7 +136,7 @@ def test_LeaseOps_registry_leaving_the_router_withdraws_every_waiter(ops):
     """When the registry's session leaves the router (router restart), every
     waiting request is withdrawn: no caller can hear an answer, and none is
     granted after the registry re-joins."""
-    token = hold(ops)
+    lease_id = hold(ops)
     task = fired(ops.do_acquire('hwp', 'task-caller', lease=5, timeout=60))
     rpc = fired(ops._rpc_acquire('hwp', 'rpc-caller', lease=5, timeout=60))
     [leave] = [c.args[1] for c in ops.agent.on.call_args_list if c.args[0] == 'leave']
@@ -144,7 +145,7 @@ def test_LeaseOps_registry_leaving_the_router_withdraws_every_waiter(ops):
     assert task[0][0] is False and rpc[0]['ok'] is False
     assert ops.state.waiting() == ()
     assert {r['owner'] for r in rows(ops, 'cancel')} == {'task-caller', 'rpc-caller'}
-    ops.do_release('hwp', token)
+    ops.do_release('hwp', lease_id)
     assert ops.state.holders() == ()
     audit_ok(ops)
 

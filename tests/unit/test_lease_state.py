@@ -11,6 +11,7 @@ import pytest
 
 from ocs_locking.leases import state as state_module
 from ocs_locking.leases.state import Grant, LeaseError, LeaseState, Outcome
+from .lease_keys import UNISSUED, KeyedState
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.paths import when
 from ocs_locking.leases.store import LeaseStore
@@ -30,7 +31,7 @@ def store():
 
 @pytest.fixture
 def state(store):
-    return LeaseState(store=store)
+    return KeyedState(store=store)
 
 
 def tokens(outcome):
@@ -215,16 +216,18 @@ def test_LeaseState_renew_extends_the_whole_request(state, store):
     assert store.history(limit=1)[0]['client'] == 'c2'
 
 
-def test_LeaseState_renew_with_a_wrong_token_is_refused(state):
-    """When renew names a stale or never-issued token, LeaseError says so."""
-    t = state.acquire('a', 'o', 10, 0).grants[0].token
-    state.release('a', t, 1)
+def test_LeaseState_renew_with_a_wrong_lease_id_is_refused(state):
+    """When renew names the lease id of an ended grant, LeaseError says how
+    it ended; a lease id never issued is told it does not hold the lease."""
+    first = state.acquire('a', 'o', 10, 0)
+    state.release('a', first.lease_id, 1)
     state.acquire('a', 'p', 10, 2)
     state.acquire('a', 'q', 10, 2, timeout=60)
     with pytest.raises(LeaseError, match=rf"^lease on 'a' was released at {at(1)}$"):
-        state.renew('a', t, 10, 3)
-    with pytest.raises(LeaseError, match=r"^token 7 was never issued for 'a'$"):
-        state.renew('a', 7, 10, 3)
+        state.renew('a', first.lease_id, 10, 3)
+    with pytest.raises(LeaseError, match=r"^that lease_id does not hold 'a' \(held by 'p', "
+                                         r"token 2\)"):
+        state.renew('a', UNISSUED, 10, 3)
 
 
 def test_LeaseState_renew_after_expiry_is_refused(state):
@@ -241,7 +244,8 @@ def test_LeaseState_release_hands_over_to_waiters_and_refuses_wrong_tokens(state
     release returns the outcome granted to the waiter."""
     t = state.acquire('a', 'o', 10, 0).grants[0].token
     w = state.acquire('a', 'w', 10, 1, timeout=60)
-    with pytest.raises(LeaseError, match=r"^token 2 was never issued for 'a'$"):
+    with pytest.raises(LeaseError, match=r"^that lease_id does not hold 'a' \(held by 'o', "
+                                         r"token 1\)"):
         state.release('a', t + 1, 2)
     assert [o.request_id for o in state.release('a', t, 2)] == [w.request_id]
     with pytest.raises(LeaseError, match=rf"^lease on 'a' was released at {at(2)}$"):
@@ -351,7 +355,7 @@ def test_LeaseState_audits_every_change(store):
     one audit row per resource: who, what, token, when, why, client; a
     request that queued adds no row of its own, its grant says how long it
     waited."""
-    state = LeaseState(store=store, fold_window=0)
+    state = KeyedState(store=store, fold_window=0)
     out = state.acquire(['a', 'b'], 'alice', 10, 1, note='cooldown', client='sched')
     state.acquire('a', 'bob', 10, 2, timeout=1, client='cli')
     state.renew('a', 1, 10, 2.5)
@@ -397,7 +401,7 @@ class BrokenStore:
 def test_LeaseState_failed_write_changes_nothing():
     """When the store cannot write, the call raises and the state is as
     before: no grant, no counter, no request id used."""
-    state = LeaseState(store=BrokenStore())
+    state = KeyedState(store=BrokenStore())
     with pytest.raises(OSError, match='disk full'):
         state.acquire('a', 'o', 10, 0)
     assert state.snapshot() == {'grants': [], 'waiting': [], 'counters': {}}
@@ -406,15 +410,15 @@ def test_LeaseState_failed_write_changes_nothing():
 
 def test_LeaseState_without_store_keeps_state_in_memory():
     """When no store is given, leases work the same and nothing persists."""
-    state = LeaseState()
+    state = KeyedState()
     assert state.acquire('a', 'o', 10, 0).grants[0].token == 1
-    assert LeaseState().holders() == ()
+    assert KeyedState().holders() == ()
 
 
 def test_LeaseState_queue_full_is_refused(store):
     """When max_waiting requests already wait, another that would wait is
     refused with LeaseError; one that can be granted still is."""
-    state = LeaseState(store=store, max_waiting=1)
+    state = KeyedState(store=store, max_waiting=1)
     state.acquire('a', 'x', 10, 0)
     state.acquire('a', 'w', 10, 0, timeout=5)
     with pytest.raises(LeaseError, match=r"^queue is full \(max_waiting=1; most waiting: "
@@ -436,7 +440,7 @@ def test_LeaseState_queue_full_is_refused(store):
 def test_LeaseState_bad_limits_are_refused(kwargs, message):
     """When a limit is out of range, the constructor raises LeaseError."""
     with pytest.raises(LeaseError, match=message):
-        LeaseState(**kwargs)
+        KeyedState(**kwargs)
 
 
 # -- malformed requests: a clear error, and nothing changes ---------------------------
@@ -445,7 +449,7 @@ def test_LeaseState_bad_limits_are_refused(kwargs, message):
 def busy(store):
     """A state with history: 'a' held by bob (token 2, after alice's 1, until
     10), 'b/c' by carol as a tree, 'd' by gina (token 3), erin waiting for 'a'."""
-    state = LeaseState(store=store, max_waiting=1)
+    state = KeyedState(store=store, max_waiting=1)
     state.release('a', state.acquire('a', 'alice', 10, 0).grants[0].token, 0)
     state.acquire('a', 'bob', 10, 0)
     state.acquire('b/c', 'carol', 100, 0, tree=True)
@@ -521,27 +525,34 @@ MALFORMED = [
     ('now string', acquire(now='1'), r"^now must be a finite time in seconds, not '1'$"),
     ('queue full', acquire('a', timeout=5), r"^queue is full \(max_waiting=1; most waiting: "
                                             r"'erin' 1\)$"),
-    ('renew token never issued', lambda s: s.renew('a', 99, 10, 1),
-     r"^token 99 was never issued for 'a'$"),
-    ('renew token string', lambda s: s.renew('a', '2', 10, 1),
-     r"^token must be a positive integer, not '2'$"),
-    ('renew token huge', lambda s: s.renew('a', 2 ** 63, 10, 1),
-     r"^token must be a positive integer, not 9223372036854775808$"),
-    ('renew token zero', lambda s: s.renew('a', 0, 10, 1),
-     r"^token must be a positive integer, not 0$"),
+    ('renew lease_id never issued', lambda s: s.renew('a', UNISSUED, 10, 1),
+     r"^that lease_id does not hold 'a' \(held by 'bob', token 2\): only its holder may "
+     r"renew or release it; force_release revokes someone else's lease$"),
+    ('renew lease_id short', lambda s: s.renew('a', 'abc', 10, 1),
+     r"^lease_id must be 32 lower-case hex digits, not 3 character\(s\) of something else$"),
+    ('renew lease_id upper case', lambda s: s.renew('a', 'F' * 32, 10, 1),
+     r"^lease_id must be 32 lower-case hex digits, not 32 character\(s\)"),
+    ('renew lease_id an int', lambda s: LeaseState.renew(s, 'a', 2, 10, 1),
+     r"^lease_id must be a string of 32 hex digits, not a int$"),
+    ('renew lease_id None', lambda s: s.renew('a', None, 10, 1),
+     r"^lease_id is required: renew and release need the lease_id acquire returned"),
+    ('renew lease_id bytes', lambda s: s.renew('a', b'f' * 32, 10, 1),
+     r"^lease_id must be a string of 32 hex digits, not a bytes$"),
     ('renew lease negative', lambda s: s.renew('a', 2, -5, 1),
      r"^lease must be in \[0\.5, 3600\] seconds, not -5$"),
     ('renew unknown resource', lambda s: s.renew('zz', 1, 10, 1),
-     r"^token 1 was never issued for 'zz'$"),
+     r"^that lease_id holds nothing on 'zz': nothing is held there$"),
     ('renew after expiry', lambda s: s.renew('a', 2, 10, 10),
      rf"^lease on 'a' expired at {at(10)}$"),
     ('renew bad resource', lambda s: s.renew('a/', 2, 10, 1), r"^resource segment ''"),
     ('release released token', lambda s: s.release('a', 1, 1),
      rf"^lease on 'a' was released at {at(0)}$"),
     ('release by non-owner', lambda s: s.release('d', 1, 1),
-     r"^token 1 is stale: 'd' is held by 'gina'$"),
-    ('release token of other resource', lambda s: s.release('a', 3, 1),
-     r"^token 3 was never issued for 'a'$"),
+     r"^that lease_id does not hold 'd' \(held by 'gina', token 3\)"),
+    ('release lease_id of other resource', lambda s: s.release('a', s.lease_id('d', 3), 1),
+     r"^that lease_id does not hold 'a' \(held by 'bob', token 2\)"),
+    ('release lease_id of a token, as text', lambda s: s.release('a', '2', 1),
+     r"^lease_id must be 32 lower-case hex digits, not 1 character\(s\)"),
     ('release empty resource', lambda s: s.release('', 2, 1), r"^resource must not be empty$"),
     ('release client not str', lambda s: s.release('a', 2, 1, client=7),
      r"^client must be a string, not 7$"),
@@ -680,7 +691,7 @@ def test_LeaseState_one_owners_flood_does_not_refuse_another_owner(store):
     request is refused naming it and the limit, while another owner's request
     for an unrelated busy resource still queues, and one for a free resource
     is granted."""
-    state = LeaseState(store=store, max_waiting_per_owner=3, max_waiting=5)
+    state = KeyedState(store=store, max_waiting_per_owner=3, max_waiting=5)
     state.acquire('a', 'holder', 60, 0)
     state.acquire('b', 'holder', 60, 0)
     for i in range(3):
@@ -698,7 +709,7 @@ def test_LeaseState_one_clients_flood_under_many_owners_is_limited_per_client(st
     """When one client queues requests under many owner names, its requests
     are limited per client; another client and requests without a client
     still queue."""
-    state = LeaseState(store=store, max_waiting_per_client=2)
+    state = KeyedState(store=store, max_waiting_per_client=2)
     state.acquire('a', 'holder', 60, 0)
     for owner in ('o1', 'o2'):
         state.acquire('a', owner, 10, 1, timeout=30, client='script-7')
@@ -713,7 +724,7 @@ def test_LeaseState_one_clients_flood_under_many_owners_is_limited_per_client(st
 def test_LeaseState_full_queue_message_names_who_fills_it(store):
     """When the global limit is reached, the refusal names the owners with
     the most waiting requests, most first, at most three."""
-    state = LeaseState(store=store, max_waiting=6, max_waiting_per_owner=6)
+    state = KeyedState(store=store, max_waiting=6, max_waiting_per_owner=6)
     state.acquire('a', 'holder', 60, 0)
     for owner, n in (('bob', 1), ('flood', 3), ('carl', 1), ('dan', 1)):
         for _ in range(n):
@@ -727,7 +738,7 @@ def test_LeaseState_cancel_records_its_reason_and_the_request_is_never_granted(s
     """When a waiting request is cancelled with a reason, its cancel audit
     row carries the reason, the holder's release grants nobody (or the next
     real waiter), and the cancelled request stays cancelled."""
-    state = LeaseState(store=store)
+    state = KeyedState(store=store)
     held = state.acquire('a', 'x', 10, 0)
     gone = state.acquire('a', 'gone', 10, 1, timeout=60)
     stays = state.acquire('a', 'stays', 10, 2, timeout=60)

@@ -10,6 +10,7 @@ import pytest
 
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.state import LeaseError, LeaseState
+from .lease_keys import UNISSUED, KeyedState
 from ocs_locking.leases.store import (PAGE_SIZE, SCHEMA_VERSION, LeaseStore, LeaseStoreError,
                                       epoch_file)
 
@@ -25,10 +26,15 @@ def sql(path, statement, *args):
         return db.execute(statement, args).fetchall()
 
 
+#: path -> the lease ids its grants were given (what their holders keep)
+_LEASE_IDS = {}
+
+
 def reopen(path):
-    """A registry restart: a new store and a new state on the same file."""
+    """A registry restart: a new store and a new state on the same file
+    (the holders keep their lease ids across it)."""
     store = LeaseStore(path)
-    return store, LeaseState(store=store)
+    return store, KeyedState(store=store, lease_ids=_LEASE_IDS.setdefault(path, {}))
 
 
 def test_LeaseStore_restart_loses_no_grant_counter_or_history(path):
@@ -130,7 +136,7 @@ def test_LeaseStore_history_is_newest_first_and_filters_by_path():
     """When history is asked for a resource it returns the rows about it and
     the paths below it (not 'satp10'), newest first, at most ``limit``."""
     store = LeaseStore(':memory:')
-    state = LeaseState(store=store)
+    state = KeyedState(store=store)
     for i, path in enumerate(('satp1', 'satp1/hwp', 'satp10', 'satp1/hwp/motor', 'd')):
         state.acquire(path, f'o{i}', 10, i)
     assert [r['resource'] for r in store.history('satp1')] == \
@@ -369,7 +375,7 @@ def test_LeaseStore_missing_database_refuses_until_new_database(path):
     assert not os.path.exists(path) and store.history() == []
     store.close()
     store = LeaseStore(path, new_database=True)
-    state = LeaseState(store=store)
+    state = KeyedState(store=store)
     assert store.error is None and store.epoch == 1
     assert state.acquire('a', 'y', 10, 1).grants[0].token == 2 ** 32 + 1
     store.close()
@@ -444,13 +450,13 @@ INSERT INTO meta VALUES ('last_request_id', 5);
 
 def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     """When a store written by schema version 1 is opened, its text-keyed
-    tables become WITHOUT ROWID (version 2, then 3) with every grant,
+    tables become WITHOUT ROWID (version 2, then 3, then 4) with every grant,
     counter, audit row and request id kept; being an unknown stop, the
     epoch rises, so new tokens exceed the old ones."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(V1_SCHEMA)
     store, state = reopen(path)
-    assert SCHEMA_VERSION == 3 and store.epoch == 1
+    assert SCHEMA_VERSION == 4 and store.epoch == 1
     assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
     assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
     assert [r['action'] for r in store.history()] == ['grant']
@@ -460,7 +466,7 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
     assert 'AUTOINCREMENT' not in tables['audit']
-    assert sql(path, 'SELECT version FROM schema_version') == [(3,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
     assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
 
 
@@ -484,7 +490,46 @@ def test_LeaseStore_migrates_a_version_2_file_to_audit_ids_without_autoincrement
     assert 'AUTOINCREMENT' not in tables['audit']
     assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
         == [(1,)]
-    assert sql(path, 'SELECT version FROM schema_version') == [(3,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
+
+
+def v3_file(path):
+    """A store as schema version 3 wrote it: one grant (``a``, token 7,
+    until 100.0), its audit row."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA)
+    LeaseStore(path).close()            # (this release's own migration: undone below)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute('ALTER TABLE grants DROP COLUMN lease_key')
+        db.execute('ALTER TABLE audit DROP COLUMN caller')
+        db.execute('UPDATE schema_version SET version = 3')
+
+
+def test_LeaseStore_migrates_a_version_3_file_whose_leases_run_to_their_expiry(path):
+    """When a store written by schema version 3 (no lease ids) is opened,
+    it becomes version 4; the grant it held stays held, can be neither
+    renewed nor released (its holder never got a lease id: refused in one
+    line naming its expiry), ends at its expiry; a new grant has a lease id
+    whose hash, not the id, is in the file."""
+    v3_file(path)
+    store, state = reopen(path)
+    assert [(g.resource, g.token) for g in state.holders()] == [('a', 7)]
+    for call in (lambda: state.renew('a', UNISSUED, 10, 1),
+                 lambda: state.release('a', UNISSUED, 1)):
+        with pytest.raises(LeaseError, match=r"^the lease on 'a' \(token 7, 'alice'\) was "
+                                             r"granted before lease ids: nobody can renew or "
+                                             r"release it; it ends at its expiry, "):
+            call()
+    assert state.expire(100.0)['expired'][0].token == 7
+    out = state.acquire('a', 'bob', 10, 101.0)
+    assert out.lease_id is not None and state.renew('a', out.lease_id, 10, 102.0).token > 7
+    raw = open(path, 'rb').read() + b''.join(
+        open(f, 'rb').read() for f in (path + '-wal',) if os.path.exists(f))
+    assert out.lease_id.encode() not in raw
+    store.close()
+    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
+    [(key,)] = sql(path, 'SELECT lease_key FROM grants')
+    assert len(key) == 64 and key != out.lease_id
 
 
 def test_LeaseStore_prune_keeps_the_newest_row_so_ids_never_repeat(path):
@@ -506,12 +551,12 @@ def test_LeaseStore_reserves_request_ids_in_blocks(path):
     written once per block, not per acquire, and after a restart new ids go
     on above the block (never reused)."""
     store = LeaseStore(path, rid_block=100)
-    state = LeaseState(store=store)
+    state = KeyedState(store=store)
     ids = [state.acquire(f'r{i}', 'x', 10, 0).request_id for i in range(5)]
     assert ids == [1, 2, 3, 4, 5] and store.load()['last_request_id'] == 100
     store.close()
     store = LeaseStore(path, rid_block=100)
-    state = LeaseState(store=store)
+    state = KeyedState(store=store)
     assert state.acquire('s', 'x', 10, 1).request_id == 101
     assert store.load()['last_request_id'] == 200
     store.close()

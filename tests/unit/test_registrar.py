@@ -127,7 +127,7 @@ def test_LeaseOps_procedures_says_when_they_are_not_registered(tmp_path):
     agent.agent_address = 'obs.reg'
     fails = [1]
 
-    def register(fn, uri):
+    def register(fn, uri, options=None):
         if uri.endswith('.renew') and fails:
             fails.pop()
             return defer.fail(ApplicationError(EXISTS, 'already registered'))

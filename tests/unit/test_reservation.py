@@ -352,3 +352,31 @@ def test_Reservation_call_task_that_gives_up_aborts_the_task(reg):
     assert not ans.answered
     assert ans.message == (f"the registry task 'acquire' did not end within "
                            f"{3.0 + ANSWER_MARGIN:g} s (aborted it)")
+
+
+def test_Reservation_renews_and_releases_with_its_lease_id_never_the_token(caplog):
+    """When a Reservation holds a lease, each renewal and its release send
+    the lease id its grant returned (no token), and neither its repr nor
+    its log lines show the lease id."""
+    from ocs_locking.leases.holder import Answer
+    from ocs_locking.leases.renewer import Renewer
+    lease_id = '0123456789abcdef' * 2
+    sent = []
+
+    class Transport:
+        def lease_call(self, name, params, wait=0.0):
+            sent.append((name, dict(params)))
+            return Answer(True, 'ok', {'resource': 'hwp', 'token': 3, 'expires': 1.7e9,
+                                       'queued_for': 0.0, 'lease_id': lease_id})
+    clock = Clock()
+    renewer = Renewer(clock, thread=False)
+    res = Reservation('hwp', 'alice', lease=3, client=Transport(), clock=clock,
+                      renewer=renewer)
+    res.acquire()
+    assert res.lease_id == lease_id
+    clock.t += 1.0
+    assert renewer.run_due() == 1
+    res.release()
+    assert [(n, p.get('lease_id'), 'token' in p) for n, p in sent[1:]] == [
+        ('renew', lease_id, False), ('release', lease_id, False)]
+    assert lease_id not in repr(res) + caplog.text and res.lease_id is None

@@ -164,3 +164,34 @@ def test_SiteLock_acquire_gives_up_at_its_timeout_plus_the_stated_margin():
     assert agent.cancelled == ['observatory.lock-registry.lease.acquire']
     assert isinstance(out[0].value, LeaseUnavailable)
     assert str(out[0].value).endswith(f'did not answer within {3 + ANSWER_MARGIN:g} s')
+
+
+class KeyedAgent:
+    """A registry that grants with a lease id and records every call's arguments."""
+    agent_address = 'observatory.dev-1'
+    LEASE_ID = '0123456789abcdef' * 2
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, uri, *args):
+        self.calls.append((uri.rsplit('.', 1)[-1], args))
+        return defer.succeed({'ok': True, 'message': '', 'data': {
+            'resource': 'bridge', 'token': 4, 'expires': 1.7e9, 'queued_for': 0.0,
+            'lease_id': self.LEASE_ID}})
+
+
+def test_SiteLock_renews_and_releases_with_its_lease_id_never_the_token(caplog):
+    """When a SiteLock holds a lease, its renewals and its release send the
+    lease id the grant returned (the token only fences the hardware), and no
+    log line or attribute repr shows the lease id."""
+    clock, reactor, agent = Clock(), FakeReactor(), KeyedAgent()
+    lock = SiteLock(agent, 'bridge', lease=9, clock=clock, reactor=reactor)
+    lock.acquire_deferred()
+    clock.t += 3.0
+    reactor.advance(3.0)
+    lock.release_deferred()
+    assert [(name, args[:2]) for name, args in agent.calls[1:]] == [
+        ('renew', ('bridge', KeyedAgent.LEASE_ID)), ('release', ('bridge', KeyedAgent.LEASE_ID))]
+    assert lock.token is None and lock._core.lease_id is None
+    assert KeyedAgent.LEASE_ID not in caplog.text + repr(vars(lock))
