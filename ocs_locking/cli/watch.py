@@ -215,6 +215,8 @@ class Watch:
 
     def on_message(self, *args, details=None):
         publisher = getattr(details, 'publisher', None)
+        if not (self.bus is not None and self.bus.get('verified') is True):
+            self._maybe_refresh()   # 'being checked' at start, a registry restart...
         try:
             message = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] \
                 else None
@@ -240,9 +242,11 @@ class Watch:
             pass
 
     def _maybe_refresh(self):
-        """A message from another session: if the registry restarted (a new
-        session), learn its session again (over HTTP, in a thread; at most
-        once per REFRESH_EVERY s)."""
+        """Ask the registry for its bus block again (over HTTP, in a thread;
+        at most once per REFRESH_EVERY s): on a message from another session
+        (the registry restarted: a new session), and on every message while
+        the bus is not verified (the registry may still be checking it, as
+        right after it joined), then draw with what it says."""
         now = time.monotonic()
         if self.refresh is None or (self._refreshed is not None
                                     and now - self._refreshed < REFRESH_EVERY):
@@ -250,7 +254,13 @@ class Watch:
         self._refreshed = now
         from twisted.internet import threads
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.refresh)
-        d.addCallbacks(self.set_bus, lambda f: None)
+        d.addCallbacks(self._refreshed_bus, lambda f: None)
+
+    def _refreshed_bus(self, bus):
+        before = self.bus
+        self.set_bus(bus)
+        if self.bus != before:
+            self.draw()
 
     def start(self):
         from autobahn.twisted.component import Component

@@ -203,3 +203,37 @@ def test_Watch_with_a_verified_bus_follows_only_the_registry_session():
     w.on_message([{'kind': 'snapshot', 'rows': []}, {}],
                  details=type('D', (), {'publisher': 41})())
     assert w.updates == 0 and w.reader.publisher == 42
+
+
+class ThreadReactor(FakeReactor):
+    """A FakeReactor whose thread pool runs calls at once (for refresh)."""
+
+    def getThreadPool(self):
+        return None
+
+
+def test_Watch_while_the_bus_is_being_checked_asks_again_and_draws_it_verified(monkeypatch):
+    """A watch started while the registry was still checking the bus
+    ('being checked') asks the registry again on the next message and, once
+    it says verified, draws without the 'bus not verified' line and follows
+    only the registry's session."""
+    from twisted.internet import defer, threads
+    monkeypatch.setattr(threads, 'deferToThreadPool',
+                        lambda reactor, pool, f: defer.succeed(f()))
+    asked = []
+
+    def refresh():
+        asked.append(1)
+        return {'verified': True, 'reason': None, 'session': 7}
+
+    out = io.StringIO()
+    w = Watch(ThreadReactor(), 'ws://x/ws', 'realm', 'topic', {}, out, clear=False,
+              bus={'verified': False, 'reason': 'being checked'}, refresh=refresh)
+    w.draw()
+    assert 'bus not verified: being checked' in out.getvalue()
+    out.seek(0), out.truncate()
+    w.on_message([{'kind': 'snapshot', 'rows': []}, {}],
+                 details=type('D', (), {'publisher': 7})())
+    assert asked == [1]
+    assert w.reader.publisher == 7
+    assert out.getvalue() and 'bus not verified' not in out.getvalue()
