@@ -34,6 +34,9 @@ STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
 #: Rows kept in the ``monitor`` session.data (the rest: ``status`` pages),
 #: and the most rows one ``status`` page returns.
 SESSION_ROWS = PAGE_ROWS = 1000
+#: The most rows of the lease tables in the ``status`` task's ``leases``
+#: block (the ``leases`` task pages through them all).
+STATUS_LEASE_ROWS = 100
 #: Removed keys per ownership message (a key is at most ~130 octets).
 REMOVED_PER_MESSAGE = 2000
 #: A dropped message's reason is logged at most once per this many seconds
@@ -505,12 +508,18 @@ class LockRegistryAgent:
                  'bus': {'verified': True, 'reason': None, 'session': 7215,
                          'dropped': {}, 'limits': {'max_agents': 1000, ...}},
                  'leases': {'grants': [...], 'waiting': [...], 'counters': {...},
+                            'offset': 0, 'total': 3, 'grants_total': 1,
+                            'waiting_total': 0, 'counters_total': 2,
                             'storage': {'ok': True, 'error': None, 'path': ..., ...}},
                  'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
 
             ``total`` is the number of rows in the table: the page is
             ``locks[offset:offset + len(locks)]`` of it. ``bus`` says
-            whether the bus is verified (see the monitor). ``lease_procedures``
+            whether the bus is verified (see the monitor). ``leases`` holds
+            the first rows (at most 100, within a quarter of the message
+            budget) of the lease tables, as the ``leases`` task's first page
+            does, with its totals: the ``leases`` task pages through the
+            rest. ``lease_procedures``
             says whether the lease procedures are registered on the router
             now (``missing`` names the others, ``errors`` why each failed
             last; they are retried until held).
@@ -520,15 +529,21 @@ class LockRegistryAgent:
         params = params or {}
         offset = params.get('offset', 0)
         limit = min(params.get('limit', PAGE_ROWS), self.page_rows)
-        page = split_rows(rows[offset:offset + limit], self.budget)[0]
         bus = self.bus_status()
-        session.data = {TABLE_KEY: page, 'total': len(rows), 'offset': offset,
-                        'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
+        data = {'total': len(rows), 'offset': offset,
+                'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
         if self.leases is not None:
-            session.data['leases'] = dict(self.leases.state.snapshot(),
-                                          storage=self.leases.storage())
-            session.data['lease_procedures'] = procs = self.leases.procedures()
-            session.data[HEALTH_KEY] = self.leases.health()
+            # the first rows of the lease tables, in a quarter of the budget
+            # (the totals say how many; the leases task pages through them)
+            storage = self.leases.storage()
+            block = self.leases.lease_page(0, STATUS_LEASE_ROWS,
+                                           self.budget // 4 - json_size(storage))
+            data['leases'] = dict(block, storage=storage)
+            data['lease_procedures'] = procs = self.leases.procedures()
+            data[HEALTH_KEY] = self.leases.health()
+        # the lock rows in what is left of the budget
+        page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
+        session.data = dict({TABLE_KEY: page}, **data)
         agents = {r['agent'] for r in rows}
         text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
         if len(page) < len(rows):
