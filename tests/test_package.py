@@ -128,7 +128,8 @@ PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.wire', 'ocs_locking.errors
                 'ocs_locking.leases.holder', 'ocs_locking.leases.audit',
                 'ocs_locking.leases.keys',
                 'ocs_locking.bus.rules', 'ocs_locking.bus.config',
-                'ocs_locking.agents.lock_registry.sessions')
+                'ocs_locking.agents.lock_registry.sessions',
+                'ocs_locking.agents.lock_registry.lease_pages')
 _BARE_IMPORT = """
 import importlib, sys, types
 for name, path in (('ocs_locking', 'ocs_locking'), ('ocs_locking.leases', 'ocs_locking/leases'),

@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import time
+from collections import deque
 
 import txaio
 from autobahn.twisted.util import sleep as dsleep
@@ -25,7 +26,7 @@ from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refuse
 from ocs_locking.wamp import JoinEdge
 from ocs_locking.wire import (BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
                               OWNERSHIP_FEED, PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic,
-                              split_rows)
+                              json_size, split_rows)
 
 #: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
 STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
@@ -33,14 +34,21 @@ STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
 #: Rows kept in the ``monitor`` session.data (the rest: ``status`` pages),
 #: and the most rows one ``status`` page returns.
 SESSION_ROWS = PAGE_ROWS = 1000
+#: The most rows of the lease tables in the ``status`` task's ``leases``
+#: block (the ``leases`` task pages through them all).
+STATUS_LEASE_ROWS = 100
 #: Removed keys per ownership message (a key is at most ~130 octets).
 REMOVED_PER_MESSAGE = 2000
 #: A dropped message's reason is logged at most once per this many seconds
 #: (with how many were dropped for it meanwhile).
 DROP_LOG_EVERY = 10.0
-#: The reason a message is dropped while the bus is being checked (the
-#: first milliseconds after a join; the agents' next snapshot covers it).
-PENDING = 'bus not checked yet'
+#: While the bus is being checked (the first milliseconds after a join),
+#: lock events and heartbeats are held, in arrival order, and judged when the
+#: check ends: at most HOLD_MESSAGES messages and HOLD_BYTES octets of JSON.
+HOLD_MESSAGES = 1000
+HOLD_BYTES = 4 * MESSAGE_BUDGET
+#: The reason a message is dropped when the held messages are at a bound.
+OVERFLOW = 'pending overflow'
 
 
 def _slug(key):
@@ -87,8 +95,11 @@ class LockRegistryAgent:
         address = getattr(agent, 'agent_address', None) or f'{address_root}.lock-registry'
         self.instance_id = address.split('.', 1)[-1]
         self.sessions = SessionMap(address_root)
+        self._held = deque()        # (handler, data, details) while the bus is checked
+        self._held_bytes = 0
         self.bus = BusWatch(agent, self.sessions, address_root, self.instance_id,
-                            on_gone=self._on_gone, on_lost=self._on_lost)
+                            on_gone=self._on_gone, on_lost=self._on_lost,
+                            on_settled=self._judge_held, reactor=reactor)
         self.snapshot_every = snapshot_every
         self.stats_every = stats_every
         self._pending = []          # changed rows (copies) not yet published
@@ -131,10 +142,7 @@ class LockRegistryAgent:
     def _unattributed(self, instance_id, details):
         """Why a message on ``instance_id``'s feed cannot be taken as its
         own (None: it can). Only a verified bus can say who published."""
-        state = self.bus.state
-        if state == 'pending':
-            return PENDING
-        if state != 'verified':
+        if self.bus.state != 'verified':
             return None
         holder = self.sessions.session_of(instance_id)
         if holder is None:
@@ -146,7 +154,34 @@ class LockRegistryAgent:
             return 'published by a session that is not the agent\'s'
         return None
 
+    def _hold(self, handler, feed, data, details):
+        """Keep a message that came while the bus is checked (True), or drop
+        and count it when the held messages are at a bound."""
+        size = json_size(data)
+        if len(self._held) >= HOLD_MESSAGES or self._held_bytes + size > HOLD_BYTES:
+            self._count_drop(f'{feed}: {OVERFLOW}', details)
+            if feed == LOCKS_FEED:
+                self.table.count_dropped()
+            self._dropped(details, BadLockMessage(
+                f'{feed}: {OVERFLOW} (more than {HOLD_MESSAGES} messages or '
+                f'{HOLD_BYTES} octets came while the bus was checked)'))
+            return
+        self._held.append((handler, data, details))
+        self._held_bytes += size
+
+    def _judge_held(self):
+        """The bus check ended (verified or not, or timed out) or the
+        session left: judge the held messages, in arrival order, by the
+        rule of the bus as it is now."""
+        held, self._held, self._held_bytes = self._held, deque(), 0
+        while held:
+            handler, data, details = held.popleft()
+            handler(data, details)
+
     def _on_locks(self, data, details=None):
+        if self.bus.state == 'pending':
+            self._hold(self._on_locks, LOCKS_FEED, data, details)
+            return
         try:
             message, feed_info = self._unpack(data)
             instance_id = self._instance(details, feed_info, LOCKS_FEED)
@@ -198,6 +233,9 @@ class LockRegistryAgent:
                           err=str(err))
 
     def _on_heartbeat(self, data, details=None):
+        if self.bus.state == 'pending':
+            self._hold(self._on_heartbeat, HEARTBEAT_FEED, data, details)
+            return
         try:
             _, feed_info = self._unpack(data)
             instance_id = self._instance(details, feed_info, HEARTBEAT_FEED)
@@ -470,12 +508,18 @@ class LockRegistryAgent:
                  'bus': {'verified': True, 'reason': None, 'session': 7215,
                          'dropped': {}, 'limits': {'max_agents': 1000, ...}},
                  'leases': {'grants': [...], 'waiting': [...], 'counters': {...},
+                            'offset': 0, 'total': 3, 'grants_total': 1,
+                            'waiting_total': 0, 'counters_total': 2,
                             'storage': {'ok': True, 'error': None, 'path': ..., ...}},
                  'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
 
             ``total`` is the number of rows in the table: the page is
             ``locks[offset:offset + len(locks)]`` of it. ``bus`` says
-            whether the bus is verified (see the monitor). ``lease_procedures``
+            whether the bus is verified (see the monitor). ``leases`` holds
+            the first rows (at most 100, within a quarter of the message
+            budget) of the lease tables, as the ``leases`` task's first page
+            does, with its totals: the ``leases`` task pages through the
+            rest. ``lease_procedures``
             says whether the lease procedures are registered on the router
             now (``missing`` names the others, ``errors`` why each failed
             last; they are retried until held).
@@ -485,15 +529,21 @@ class LockRegistryAgent:
         params = params or {}
         offset = params.get('offset', 0)
         limit = min(params.get('limit', PAGE_ROWS), self.page_rows)
-        page = split_rows(rows[offset:offset + limit], self.budget)[0]
         bus = self.bus_status()
-        session.data = {TABLE_KEY: page, 'total': len(rows), 'offset': offset,
-                        'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
+        data = {'total': len(rows), 'offset': offset,
+                'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
         if self.leases is not None:
-            session.data['leases'] = dict(self.leases.state.snapshot(),
-                                          storage=self.leases.storage())
-            session.data['lease_procedures'] = procs = self.leases.procedures()
-            session.data[HEALTH_KEY] = self.leases.health()
+            # the first rows of the lease tables, in a quarter of the budget
+            # (the totals say how many; the leases task pages through them)
+            storage = self.leases.storage()
+            block = self.leases.lease_page(0, STATUS_LEASE_ROWS,
+                                           self.budget // 4 - json_size(storage))
+            data['leases'] = dict(block, storage=storage)
+            data['lease_procedures'] = procs = self.leases.procedures()
+            data[HEALTH_KEY] = self.leases.health()
+        # the lock rows in what is left of the budget
+        page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
+        session.data = dict({TABLE_KEY: page}, **data)
         agents = {r['agent'] for r in rows}
         text = f'{len(rows)} lock(s) from {len(agents)} agent(s).'
         if len(page) < len(rows):

@@ -16,7 +16,11 @@ the registry's session, :class:`BusWatch`:
    ``get``, ``list_callees``) into the map.
 
 ``state`` is ``'pending'`` (joined, not checked yet), ``'verified'`` or
-``'unverified'``. ``on_gone(instance_id)`` is called when an agent's session
+``'unverified'``. The check ends within ``check_timeout`` seconds: when no
+answer came by then, the bus is not verified (a late answer still verifies
+it from then on). ``on_settled()`` is called once each check ends (verified,
+not verified, timed out) and when the session leaves, so that the registry
+judges the messages it held meanwhile. ``on_gone(instance_id)`` is called when an agent's session
 ends (on_leave, or its ``.ops`` registration deleted or unregistered);
 ``on_lost(registration_id)`` when a registration of the registry's session
 (or of a session crossbar does not name: ``None`` at a detach) is
@@ -37,6 +41,9 @@ META_TOPICS = ('wamp.session.on_leave', 'wamp.registration.on_create',
 NOT_JOINED = 'the registry is not joined to the router'
 PENDING = 'being checked'
 NO_COMPONENT = 'no such procedure (the router component is not running)'
+#: Seconds the check after a join may take before the bus is taken as not
+#: verified (the messages held meanwhile are then judged so).
+CHECK_TIMEOUT = 10.0
 
 
 class BusWatch:
@@ -49,9 +56,19 @@ class BusWatch:
         registry_id (str): this registry's instance id.
         on_gone (callable): ``on_gone(instance_id)``.
         on_lost (callable): ``on_lost(registration_id)``.
+        on_settled (callable): ``on_settled()``, when a check ends or the
+            session leaves.
+        reactor: the Twisted reactor (default: the global one).
+        check_timeout (float): seconds a check may take.
     """
 
-    def __init__(self, agent, sessions, root, registry_id, on_gone, on_lost=None):
+    def __init__(self, agent, sessions, root, registry_id, on_gone, on_lost=None,
+                 on_settled=None, reactor=None, check_timeout=CHECK_TIMEOUT):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor, self.check_timeout = reactor, check_timeout
+        self.on_settled = on_settled or (lambda: None)
+        self._timer = None          # the check's timeout, while pending
         self.agent, self.sessions = agent, sessions
         self.root, self.registry_id = root, registry_id
         self.log = agent.log
@@ -79,14 +96,41 @@ class BusWatch:
         self._round += 1
         self.state, self.reason, self.session = 'unverified', NOT_JOINED, None
         self.sessions.clear()
+        self._settle()
+
+    def _settle(self):
+        """The check ended (or the session left): stop its timer, tell the
+        registry."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.on_settled()
+
+    def _timed_out(self, this):
+        self._timer = None
+        if this == self._round and self.state == 'pending':
+            self._unverified(f'{BUS_INFO}: no answer in {self.check_timeout:g} s '
+                             f'(the check goes on)')
+            self._settle()
 
     @inlineCallbacks
     def joined(self, session):
+        try:
+            yield self._joined(session)
+        finally:
+            if self.state != 'pending':
+                self._settle()
+
+    @inlineCallbacks
+    def _joined(self, session):
         self._round += 1
         this = self._round
         self.session = getattr(session, '_session_id', None)
         self.state, self.reason = 'pending', PENDING
         self.sessions.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(self.check_timeout, self._timed_out, this)
         try:
             info = yield session.call(BUS_INFO)
         except Exception as e:

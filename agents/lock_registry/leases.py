@@ -35,8 +35,9 @@ from ocs_locking.leases.paths import check_resource, check_text, when
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
+from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
-from ocs_locking.wire import LEASE_PROCEDURES, lease_uri
+from ocs_locking.wire import LEASE_PROCEDURES, MESSAGE_BUDGET, json_size, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
 EXPIRE_EVERY = 0.1
@@ -271,6 +272,8 @@ class LeaseOps:
         access_file (str): the registry's passwords (see
             :func:`load_access_file`; a relative path is taken from
             ``base``): replaces the agent's ocs access rules.
+        budget (int): octets of JSON one ``leases`` page may take (default
+            :data:`ocs_locking.wire.MESSAGE_BUDGET`).
 
     The expiry timer runs every EXPIRE_EVERY seconds whatever happens: each
     tick catches and logs (once per kind) anything that goes wrong, and
@@ -288,10 +291,11 @@ class LeaseOps:
                  audit_rows=AUDIT_ROWS, new_database=False, base=None,
                  max_waiting_per_owner=MAX_WAITING_PER_OWNER,
                  max_waiting_per_client=MAX_WAITING_PER_CLIENT, identify=None,
-                 access_file=None):
+                 access_file=None, budget=MESSAGE_BUDGET):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.budget = budget
         self.agent = agent
         self.log = agent.log
         self.clock = clock
@@ -945,6 +949,12 @@ class LeaseOps:
         session.data = {'history': rows}
         return True, f'{len(rows)} audit record(s).'
 
+    def lease_page(self, offset=0, limit=LEASE_PAGE_ROWS, budget=None):
+        """One page of the lease tables (:func:`.lease_pages.lease_page`)
+        within ``budget`` octets (default: the registry's message budget)."""
+        return lease_page(self.state.snapshot(), offset, limit,
+                          self.budget if budget is None else budget)
+
     def history_query(self, resource=None, owner=None, action=None, since=None, limit=20):
         """The history task's arguments checked and turned into
         :meth:`LeaseStore.history` keywords; raises LeaseError naming the
@@ -974,27 +984,56 @@ class LeaseOps:
         return {'resource': resource, 'owner': owner, 'actions': actions, 'since': cutoff,
                 'limit': limit}
 
+    @ocs_agent.param('offset', default=0, type=int, check=lambda n: 0 <= n <= 10 ** 9)
+    @ocs_agent.param('limit', default=LEASE_PAGE_ROWS, type=int,
+                     check=lambda n: 1 <= n <= 10 ** 6)
     def leases(self, session, params):
-        """leases()
+        """leases(offset=0, limit=1000)
 
-        **Task** - All current leases and waiting requests.
+        **Task** - One page of the current leases, waiting requests and
+        token counters, with the totals, so that a client can read every page.
+
+        Parameters:
+            offset (int): the first row (0-based) of the page, in the
+                sequence grants, then waiting requests, then counters (by
+                resource).
+            limit (int): the most rows of the page (at most 1000; fewer when
+                the rows would take more than the registry's message budget,
+                1 MiB).
 
         Notes:
-            session.data holds ``grants``, ``waiting``, token ``counters``,
+            session.data holds the page's ``grants``, ``waiting`` and token
+            ``counters`` (``{resource: last token}``), the page's
+            ``offset``, the totals ``total`` (rows in the sequence),
+            ``grants_total``, ``waiting_total`` and ``counters_total``,
             ``refused_lease_ids`` (renewals and releases refused for a
             missing or wrong lease_id, per call) and ``storage`` (see
             :meth:`storage`; ``ok`` false and ``error`` when nothing can be
-            granted). No lease id, nor its hash, is ever in it::
+            granted). The next page starts at ``offset`` + the rows of this
+            one; ``ocs-locks leases`` reads them all. No lease id, nor its
+            hash, is ever in it::
 
-                >>> response.session['data']['storage']
-                {'ok': True, 'error': None, 'path': '/site/lock-registry.db',
-                 'epoch': 2, 'db_id': 81985529216486895,
-                 'epoch_file': '/site/.lock-registry.db.epoch'}
+                >>> response.session['data']
+                {'grants': [{'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7,
+                             'expires': 1700000030.0, ...}],
+                 'waiting': [], 'counters': {'satp1/hwp': 7},
+                 'offset': 0, 'total': 2, 'grants_total': 1, 'waiting_total': 0,
+                 'counters_total': 1, 'refused_lease_ids': {'renew': 0, 'release': 0},
+                 'storage': {'ok': True, 'error': None, 'path': '/site/lock-registry.db',
+                             'epoch': 2, 'db_id': 81985529216486895,
+                             'epoch_file': '/site/.lock-registry.db.epoch'}}
         """
-        session.data = dict(self.state.snapshot(), storage=self.storage(),
-                            refused_lease_ids=dict(self.refused_lease_ids))
-        n = len(session.data['grants'])
-        msg = f"{n} lease(s), {len(session.data['waiting'])} waiting."
+        params = params or {}
+        extra = {'storage': self.storage(), 'refused_lease_ids': dict(self.refused_lease_ids)}
+        page = self.lease_page(params.get('offset', 0),
+                               min(params.get('limit', LEASE_PAGE_ROWS), LEASE_PAGE_ROWS),
+                               self.budget - json_size(extra))
+        session.data = dict(page, **extra)
+        msg = f"{page['grants_total']} lease(s), {page['waiting_total']} waiting."
+        shown = len(page['grants']) + len(page['waiting']) + len(page['counters'])
+        if shown < page['total']:
+            msg += f" Rows {page['offset']}..{page['offset'] + shown - 1} of {page['total']} " \
+                   f"here." if shown else f" No rows from {page['offset']} (of {page['total']})."
         if self.store.error is not None:
             msg += f' Storage failing, nothing is granted: {self.store.error}'
         return True, msg

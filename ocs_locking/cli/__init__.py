@@ -26,7 +26,7 @@ import sys
 from ..errors import CliError
 from .crossbar import cmd_crossbar_config
 from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, json_rows
-from .leases import cmd_force_release, cmd_history, cmd_release, cmd_reserve
+from .leases import cmd_force_release, cmd_history, cmd_leases, cmd_release, cmd_reserve
 from .parser import make_parser, parse_age
 from .site import check_registry_name
 from .status import cmd_status, fetch_rows
@@ -38,7 +38,8 @@ __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
 
 COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
             'release': cmd_release, 'force-release': cmd_force_release,
-            'history': cmd_history, 'crossbar-config': cmd_crossbar_config}
+            'history': cmd_history, 'leases': cmd_leases,
+            'crossbar-config': cmd_crossbar_config}
 
 
 def _stdout_gone():

@@ -1,4 +1,4 @@
-"""``ocs-locks reserve | release | force-release | history``: site-wide leases."""
+"""``ocs-locks reserve | release | force-release | history | leases``: site-wide leases."""
 import getpass
 import json
 import logging
@@ -14,8 +14,8 @@ from .parser import parse_age
 from .signals import Interrupter
 from .site import load_site, registry_client
 
-__all__ = ['cmd_reserve', 'cmd_release', 'cmd_force_release', 'cmd_history',
-           'history_params', 'HISTORY_LIMIT']
+__all__ = ['cmd_reserve', 'cmd_release', 'cmd_force_release', 'cmd_history', 'cmd_leases',
+           'read_lease_pages', 'format_leases', 'history_params', 'HISTORY_LIMIT']
 
 #: Bounds of ``history --limit`` (the registry's too).
 HISTORY_LIMIT = (1, 1000)
@@ -221,4 +221,67 @@ def cmd_history(args):
     _, data = _run_task(args, 'history', params, refusal=_history_refusal)
     rows = [r for r in data.get('history') or [] if isinstance(r, dict)]
     _say(json.dumps(history_rows(rows), indent=1) if args.json else format_history(rows))
+    return 0
+
+
+#: The most ``leases`` pages one command reads (the tables can change while
+#: they are read: pages are read until ``total`` rows came or a page is empty).
+MAX_LEASE_PAGES = 10000
+
+
+def read_lease_pages(call, most_pages=MAX_LEASE_PAGES):
+    """Every grant, waiting request and token counter from the registry's
+    ``leases`` pages: ``call(offset)`` returns one page's session.data
+    (``grants``, ``waiting``, ``counters``, ``total``). Returns the first
+    page's data with ``grants``, ``waiting`` and ``counters`` whole. A
+    registry without pages (no ``total``) answers all in its first reply."""
+    out, offset = None, 0
+    for _ in range(most_pages):
+        data = call(offset) or {}
+        if out is None:
+            out = dict(data, grants=[], waiting=[], counters={})
+        grants = [r for r in data.get('grants') or [] if isinstance(r, dict)]
+        waiting = [r for r in data.get('waiting') or [] if isinstance(r, dict)]
+        counters = data.get('counters') if isinstance(data.get('counters'), dict) else {}
+        out['grants'] += grants
+        out['waiting'] += waiting
+        out['counters'].update(counters)
+        n = len(grants) + len(waiting) + len(counters)
+        offset += n
+        total = data.get('total')
+        if n == 0 or not isinstance(total, int) or offset >= total:
+            break
+    return out
+
+
+def format_leases(data):
+    """The grants, one line each (resource, owner, token, expiry, note),
+    then the waiting requests."""
+    lines = [f"{'RESOURCE':<32} {'OWNER':<24} {'TOKEN':>7}  EXPIRES   NOTE"]
+    for g in sorted(data['grants'], key=lambda g: str(g.get('resource'))):
+        tree = '/**' if g.get('tree') else ''
+        lines.append(f"{str(g.get('resource')) + tree:<32} {str(g.get('owner')):<24.24} "
+                     f"{str(g.get('token')):>7}  {clock(g.get('expires'))}  "
+                     f"{str(g.get('note') or '')[:60]}")
+    if not data['grants']:
+        lines.append('(no leases)')
+    for w in data['waiting']:
+        resources = ', '.join(str(r) for r in w.get('resources') or [])
+        lines.append(f"waiting: {w.get('owner')!s:.40} for {resources:.120} "
+                     f"(position {w.get('position')}, gives up {clock(w.get('deadline'))})")
+    return '\n'.join(lines)
+
+
+def cmd_leases(args):
+    """Print every lease and waiting request, reading every page of the
+    registry's ``leases`` task."""
+    def page(offset):
+        # the first page without params: a registry without pages answers it
+        _, data = _run_task(args, 'leases', {'offset': offset} if offset else {})
+        return data
+    data = read_lease_pages(page)
+    if args.json:
+        _say(json.dumps({k: data[k] for k in ('grants', 'waiting', 'counters')}, indent=1))
+    else:
+        _say(format_leases(data))
     return 0

@@ -130,6 +130,9 @@ def make_parser():
     h.add_argument('--limit', type=int, default=None,
                    help='at most this many rows, 1..1000 (default 20)')
     h.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    ls = command('leases', 'print the site-wide leases and waiting requests (every page)')
+    ls.add_argument('--json', action='store_true',
+                    help='print JSON: grants, waiting and token counters')
     cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
                                     '(--address-root default observatory, --registry)')
     cb.add_argument('input', metavar='IN.json', help="crossbar config to read (e.g. ocs's)")

@@ -436,6 +436,36 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
         assert p.returncode == 1 and what in p.stderr and len(p.stderr.splitlines()) == 1
 
 
+def test_leases_pages_over_ocs_and_ocs_locks_leases_reads_them_all(site, registry):
+    """When the registry holds several leases, its leases task pages them
+    (offset/limit over OCS, with the totals), and ``ocs-locks leases --json`` prints every lease (no
+    lease id), reading every page."""
+    names = [f'it/page-{i:02d}' for i in range(12)]
+    for k in range(0, 12, 4):
+        ok, _, _ = take(registry, resource=names[k:k + 4], owner='paula', lease=60)
+        assert ok
+    first = registry.leases(offset=0, limit=5).session['data']
+    assert len(first['grants']) + len(first['waiting']) + len(first['counters']) == 5
+    assert first['total'] == first['grants_total'] + first['waiting_total'] + \
+        first['counters_total'] and first['grants_total'] >= 12
+    seen, offset = [], 0
+    while offset < first['total']:
+        data = registry.leases(offset=offset, limit=5).session['data']
+        n = len(data['grants']) + len(data['waiting']) + len(data['counters'])
+        assert n and data['offset'] == offset
+        seen += [g['resource'] for g in data['grants']]
+        offset += n
+    assert set(names) <= set(seen)
+    p = ocs_locks(site, 'leases', '--json')
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert set(names) <= {g['resource'] for g in out['grants']}
+    assert 'lease_id' not in p.stdout
+    p = ocs_locks(site, 'leases')
+    assert p.returncode == 0 and any(line.startswith('it/page-00 ') for line in
+                                     p.stdout.splitlines())
+
+
 def test_lease_malformed_requests_are_refused_and_change_nothing(site, registry):
     """When malformed requests arrive over OCS (bad names, bad leases, unknown,
     foreign or malformed lease ids, the token instead of a lease id, renew

@@ -121,3 +121,19 @@ def test_BusWatch_detach_events_without_a_session_reach_the_map_and_the_registra
     w._on_delete(None, 101)
     w._on_delete(99, 7)                 # another session's: not the registrar's business
     assert gone == ['dev-1'] and lost == [101, 101]
+
+
+def test_BusWatch_tells_when_each_check_ends_and_leaves_no_timer():
+    """When a check ends (verified, or not) or the session leaves,
+    on_settled is called and the check's timeout is cancelled."""
+    from twisted.internet.task import Clock
+    clock, settled = Clock(), []
+    for s in (Session(), Session(error=ApplicationError('wamp.error.no_such_procedure'))):
+        s.log = mock.Mock()
+        w = BusWatch(s, SessionMap('observatory'), 'observatory', 'lock-registry',
+                     on_gone=lambda i: None, on_settled=lambda: settled.append(w.state),
+                     reactor=clock)
+        w.joined(s)
+        assert clock.getDelayedCalls() == []
+    w.left()
+    assert settled == ['verified', 'unverified', 'unverified']

@@ -4,9 +4,14 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from autobahn.wamp.exception import ApplicationError
 from ocs.ocs_feed import Feed
+from twisted.internet import defer
+from twisted.internet.task import Clock
 
-from ocs_locking.agents.lock_registry.agent import STATS_FIELDS, LockRegistryAgent
+from ocs_locking.agents.lock_registry.agent import (HOLD_BYTES, HOLD_MESSAGES, STATS_FIELDS,
+                                                   LockRegistryAgent)
+from ocs_locking.agents.lock_registry.buswatch import CHECK_TIMEOUT
 from ocs_locking.wire import (HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET, OWNERSHIP_FEED,
                               PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic, json_size)
 
@@ -214,12 +219,112 @@ def test_LockRegistryAgent_verified_bus_drops_forged_heartbeats(reg):
     assert sum(reg.bus_status()['dropped'].values()) == 2
 
 
-def test_LockRegistryAgent_drops_while_the_bus_is_checked(reg):
-    """When the registry has just joined and the bus is not checked yet, a
-    lock event is dropped (the agents' next snapshot covers it)."""
-    reg.bus.state = 'pending'
+class ClockReactor(Clock):
+    """Runs the end-of-turn flush at once; later calls when advanced."""
+
+    def callLater(self, delay, fn, *args):
+        if delay == 0:
+            return fn(*args)
+        return Clock.callLater(self, delay, fn, *args)
+
+
+class Joining:
+    """A registry session whose bus check answers when told to."""
+
+    def __init__(self):
+        self._session_id = 500
+        self.answer = defer.Deferred()
+
+    def call(self, uri, *args):
+        if uri == 'ocs_locking.bus.info':
+            return self.answer
+        if uri == 'wamp.registration.list':
+            return defer.succeed({'exact': [1000]})
+        if uri == 'wamp.registration.get':
+            return defer.succeed({'id': 1000, 'uri': 'observatory.dev-1.ops'})
+        if uri == 'wamp.registration.list_callees':
+            return defer.succeed([11])
+        raise AssertionError(uri)
+
+    def subscribe(self, handler, topic, options=None):
+        return defer.succeed(None)
+
+
+BUS_INFO_ANSWER = {'component': 'ocs_locking.bus', 'version': '1',
+                   'address_root': 'observatory', 'registry': 'lock-registry',
+                   'disclose': True}
+
+
+def joining():
+    clock = ClockReactor()
+    reg = LockRegistryAgent(FakeAgent(), reactor=clock)
+    s = Joining()
+    reg.bus.joined(s)
+    assert reg.bus.state == 'pending'
+    return reg, s, clock
+
+
+def test_LockRegistryAgent_holds_messages_while_the_bus_is_checked_then_judges_them():
+    """When lock events and heartbeats come while the bus is checked, none
+    is dropped: they are held, and once the bus is verified they are judged
+    in arrival order (the agent's own taken, a forged one dropped)."""
+    reg, s, _ = joining()
     reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', 11))
-    assert reg.table.rows == {} and reg.drops == {'locks: bus not checked yet': 1}
+    reg._on_locks([lock_msg(2, job='forged'), info('dev-1')], details=by('dev-1', 99))
+    reg._on_heartbeat([{}, info('dev-1', HEARTBEAT_FEED)], details=by('dev-1', 11, HEARTBEAT_FEED))
+    reg._on_locks([lock_msg(3, job='later'), info('dev-1')], details=by('dev-1', 11))
+    assert reg.table.rows == {} and reg.drops == {}
+    s.answer.callback(BUS_INFO_ANSWER)
+    assert reg.bus.state == 'verified'
+    assert reg.table.rows['dev-1/hw']['job'] == 'later'
+    assert 'dev-1' in reg.table.agents
+    assert reg.drops == {"locks: published by a session that is not the agent's": 1}
+    assert not reg._held
+
+
+@pytest.mark.parametrize('end', ['fails', 'times out', 'leaves'])
+def test_LockRegistryAgent_held_messages_are_judged_unverified_when_the_check_does_not_verify(end):
+    """When the bus check fails, times out, or the session leaves while it
+    runs, the held messages are judged under the not-verified rule (taken
+    without attribution), nothing waits on."""
+    reg, s, clock = joining()
+    reg._on_locks([lock_msg(1), info('dev-1')], details=by('dev-1', None))
+    if end == 'fails':
+        s.answer.errback(ApplicationError('wamp.error.no_such_procedure'))
+    elif end == 'times out':
+        clock.advance(CHECK_TIMEOUT)
+    else:
+        reg.agent.handlers['leave'][0](s)
+    assert reg.bus.state == 'unverified'
+    assert 'dev-1/hw' in reg.table.rows and not reg._held
+    assert clock.getDelayedCalls() == []
+    if end == 'times out':
+        assert 'no answer in 10 s' in reg.bus.reason
+        s.answer.callback(BUS_INFO_ANSWER)      # a late answer verifies from then on
+        assert reg.bus.state == 'verified'
+
+
+def test_LockRegistryAgent_held_messages_are_bounded_the_rest_counted_as_pending_overflow():
+    """When more than HOLD_MESSAGES messages (or HOLD_BYTES octets) come
+    while the bus is checked, the rest are dropped and counted as
+    'pending overflow'; the held ones are judged when the check ends."""
+    reg, s, _ = joining()
+    for seq in range(HOLD_MESSAGES + 5):
+        reg._on_locks([lock_msg(seq + 1, token=seq + 1), info('dev-1')],
+                      details=by('dev-1', 11))
+    reg._on_heartbeat([{}, info('dev-1', HEARTBEAT_FEED)], details=by('dev-1', 11, HEARTBEAT_FEED))
+    assert len(reg._held) == HOLD_MESSAGES
+    assert reg.drops == {'locks: pending overflow': 5, 'heartbeat: pending overflow': 1}
+    assert reg.table.dropped == 5
+    s.answer.callback(BUS_INFO_ANSWER)
+    assert reg.table.rows['dev-1/hw']['token'] == HOLD_MESSAGES and not reg._held
+    reg2, _, _ = joining()
+    huge = [dict(lock_msg(1), job='j' * 100000), info('dev-1')]
+    n = HOLD_BYTES // json_size(huge)
+    for _ in range(n + 3):
+        reg2._on_locks(huge, details=by('dev-1', 11))
+    assert len(reg2._held) == n < HOLD_MESSAGES and reg2._held_bytes <= HOLD_BYTES
+    assert reg2.drops == {'locks: pending overflow': 3}
 
 
 def test_LockRegistryAgent_unverified_bus_takes_messages_as_before(reg):
