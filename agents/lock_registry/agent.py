@@ -17,9 +17,10 @@ from autobahn.twisted.util import sleep as dsleep
 from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
+from ocs_locking.agents.lock_registry import director as access_director
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
-                                                     site_dir)
+                                                     load_access_file, resolve_db, site_dir)
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
@@ -107,6 +108,7 @@ class LockRegistryAgent:
         self._flush_call = None
         self._join = JoinEdge(agent)
         self.leases = None          # LeaseOps, when site-wide leases are served
+        self.director = None        # LeaseDirector, with --access-director
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
@@ -541,6 +543,8 @@ class LockRegistryAgent:
             data['leases'] = dict(block, storage=storage)
             data['lease_procedures'] = procs = self.leases.procedures()
             data[HEALTH_KEY] = self.leases.health()
+        if self.director is not None:
+            data['access_director'] = self.director.status()
         # the lock rows in what is left of the budget
         page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
         session.data = dict({TABLE_KEY: page}, **data)
@@ -583,6 +587,7 @@ def make_parser(parser=None):
     pgroup.add_argument('--page-rows', type=int, default=PAGE_ROWS,
                         help='Most rows in one page of the status task.')
     add_arguments(pgroup)       # --db and the audit retention (leases.py)
+    access_director.add_arguments(pgroup)   # --access-director, --access-config
     return parser
 
 
@@ -598,9 +603,27 @@ def main(args=None):
         value = getattr(args, name)
         if not 1 <= value <= 10 ** 7:
             parser.error(f"--{name.replace('_', '-')} must be in 1..10000000, not {value}")
+    serves_itself = args.access_policy == f'director:{args.instance_id}'
+    if serves_itself:
+        # the director's own controls messages never come back to it (WAMP
+        # excludes the publisher): it takes its base rules directly
+        args.access_policy, args.access_director = 'none', True
     complaint = check_arguments(args)
     if complaint:
         parser.error(complaint)
+    base = None
+    if args.access_config is not None:
+        if args.access_file is not None:
+            parser.error('--access-config and --access-file both set the passwords: give one')
+        if args.access_policy not in (None, '', 'none'):
+            parser.error('--access-config and --access-policy both set the passwords: give one')
+        try:
+            base, _blocks = access_director.load_access_config(
+                resolve_db(args.access_config, site_dir(args)))
+        except ValueError as e:
+            parser.error(str(e))
+    elif args.access_file is not None:
+        base = load_access_file(resolve_db(args.access_file, site_dir(args)))
     if not args.expiry <= args.forget <= 30 * 86400:
         parser.error(f'--forget must be in [--expiry, 30 days] seconds, not {args.forget}')
     agent, runner = ocs_agent.init_site_agent(args)
@@ -624,6 +647,12 @@ def main(args=None):
             access_file=args.access_file, identify=registry.sessions.agent_of)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
+    if args.access_config is not None:
+        access_director.serve_rules_to(agent, base)
+    if args.access_director:
+        registry.director = access_director.LeaseDirector(
+            agent, leases, base if base is not None else access_director.free_rules(),
+            getattr(leases, 'resources', None))
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
                         blocking=False)
     for name in ('renew', 'release', 'history', 'leases'):

@@ -330,6 +330,10 @@ class LeaseOps:
         self._checkpointing = False
         self._logged = set()        # kinds of tick failure logged since the last success
         self._next_tick = None
+        #: ``grant_privs(request_id) -> str or None``: hands over (once) the
+        #: access credential of a grant (the registry as access director,
+        #: :mod:`.director`); None: grants carry no credential.
+        self.grant_privs = None
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -753,9 +757,14 @@ class LeaseOps:
         if out.status == 'granted':
             names = ', '.join(g.resource for g in out.grants)
             tokens = ', '.join(str(g.token) for g in out.grants)
+            data = self._grant_data(out, lease, compact, secret)
+            # The access director's credential of this grant (handed over
+            # once): in a reply to the caller alone, never in session.data.
+            privs = self.grant_privs(out.request_id) if self.grant_privs else None
+            if secret and privs is not None:
+                data['privs'] = privs
             return (True, f"Granted {names} to {owner!r} (token {tokens}) until "
-                          f"{when(out.grants[0].expires)}.",
-                    self._grant_data(out, lease, compact, secret))
+                          f"{when(out.grants[0].expires)}.", data)
         wanted = resource if isinstance(resource, list) else [resource]
         if out.status == 'cancelled':
             return (False, f'Withdrawn: the request for {", ".join(wanted)} was cancelled '

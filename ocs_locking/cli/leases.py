@@ -100,6 +100,12 @@ def cmd_reserve(args):
         _say(f'Reserved {names} for {owner!r}: token(s) {tokens}; '
              f'expires {clock(res.expires)} unless renewed (every {args.lease / 3:.3g} s); '
              'Ctrl-C releases.')
+        privs = getattr(res, 'grant_privs', None)
+        if privs is not None:
+            # The holder's credential on the agents the resources cover
+            # (the registry as access director): shown to this terminal only.
+            _say(f'privs: {privs}  (OCSClient(..., privs=...) reaches the covered '
+                 f'agents while this reservation holds)')
         while not lost.wait(0.5):
             pass
         res.release()

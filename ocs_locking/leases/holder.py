@@ -140,6 +140,10 @@ class LeaseHolder:
         # The grant's secret (renews and releases it); never logged, never
         # in a message or a repr. The tokens are public.
         self.lease_id = None
+        # The grant's access credential on the agents its resources cover
+        # (the registry as access director), for OCSClient(..., privs=...);
+        # secret like lease_id. None when the grant carries none.
+        self.grant_privs = None
         self.deadline = None        # local monotonic time the lease surely ends by
         self.expires = None         # the registry's expiry (its clock): for display
         self.request_id = None
@@ -175,6 +179,8 @@ class LeaseHolder:
         self.tokens = {g['resource']: g['token'] for g in grants}
         lease_id = data.get('lease_id')
         self.lease_id = lease_id if isinstance(lease_id, str) else None
+        privs = data.get('privs')
+        self.grant_privs = privs if isinstance(privs, str) else None
         self.expires = data.get('expires')
         self.request_id = data.get('request_id')
         # Never later than now + lease, whatever the registry reports.
@@ -205,6 +211,7 @@ class LeaseHolder:
         """Forget the grant (given back, or abandoned after a loss)."""
         self.tokens = {}
         self.lease_id = None
+        self.grant_privs = None
         self.deadline = None
 
     def lose(self, reason):

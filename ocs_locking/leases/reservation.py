@@ -239,6 +239,10 @@ class Reservation:
         lease_id (str or None): the grant's secret, which renews and
             releases it (the registry gives it to this process alone; never
             logged, never shown in a repr).
+        grant_privs (str or None): the grant's access credential on the
+            agents its declared resources cover, when the registry is the
+            site's access director (see docs/access.rst); as secret as
+            ``lease_id``.
         expires (float): the registry's expiry (its clock; for display).
         lost (str or None): why the lease was lost, or None.
         attempts (int): acquire attempts made by the last :meth:`acquire`.
@@ -271,6 +275,12 @@ class Reservation:
     tokens = property(lambda self: self._core.tokens)
     #: The grant's secret: renews and releases it (for this process only).
     lease_id = property(lambda self: self._core.lease_id)
+    #: The grant's access credential on the agents its declared resources
+    #: cover (the registry as access director), for ``OCSClient(...,
+    #: privs=res.grant_privs)``; not :attr:`privs`, the credential this
+    #: Reservation calls the registry with. Secret; None when not held or
+    #: when the grant carries none.
+    grant_privs = property(lambda self: self._core.grant_privs)
     expires = property(lambda self: self._core.expires)
     lost = property(lambda self: self._core.lost)
     request_id = property(lambda self: self._core.request_id)

@@ -144,6 +144,14 @@ class SiteLock:
         return self._core.expires
 
     @property
+    def grant_privs(self):
+        """The grant's access credential (str) on the agents its declared
+        resource covers, when the registry is the site's access director:
+        pass it as ``OCSClient(..., privs=lock.grant_privs)``. Secret (never
+        logged); None when not held or when the grant carries none."""
+        return self._core.grant_privs
+
+    @property
     def deadline(self):
         """When the lease surely ends, on ``clock`` (None when not held)."""
         return self._core.deadline

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 EPOCH_BITS = 32
 MAX_EPOCH = 2 ** (53 - EPOCH_BITS) - 1
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
@@ -73,6 +73,11 @@ PAGE_SIZE = 1024
 # made before: it cannot be renewed or released and runs to its expiry) and
 # ``audit`` gets ``caller`` (JSON: who made the call, verified or declared;
 # NULL in older rows). Both added in place (ALTER TABLE ... ADD COLUMN).
+# Version 5: the registry as access director. ``grant_privs`` keeps, per
+# granted request, the hash (ocs's md5 HashedPass: ``hash``, ``value``) of
+# the credential its holder was given, never the credential, so the access
+# rules survive a registry restart. A row whose request holds no grant is
+# deleted at the next write of this table.
 _AUDIT_V3 = ('id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, '
              'resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT, '
              'ok INTEGER NOT NULL DEFAULT 1')
@@ -86,11 +91,14 @@ _KEYED_V3 = {
     'meta': 'key TEXT PRIMARY KEY, value INTEGER NOT NULL',
 }
 _KEYED = dict(_KEYED_V3, grants=_KEYED_V3['grants'] + ', lease_key TEXT')
+_PRIVS = ('CREATE TABLE grant_privs (request_id INTEGER PRIMARY KEY, hash TEXT NOT NULL, '
+          'value TEXT NOT NULL)')
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE audit (""" + _AUDIT + """);
 """ + _AUDIT_INDEX + """;
-""" + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items())
+""" + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items()) \
+    + _PRIVS + ';\n'
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
                'granted_at', 'request_id', 'lease_key')
 _AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok',
@@ -403,6 +411,8 @@ class LeaseStore:
             self._migrate_v2(db)
         if row[0] in (1, 2, 3):
             self._migrate_v3(db)
+        if row[0] in (1, 2, 3, 4):
+            self._migrate_v4(db)
             log.info('lease store %s: schema migrated from version %d to %d', self.path,
                      row[0], SCHEMA_VERSION)
             return
@@ -442,6 +452,13 @@ class LeaseStore:
             log.warning('lease store %s: %d lease(s) granted before lease ids run to their '
                         'expiry and cannot be renewed or released (force_release ends them)',
                         self.path, n)
+        db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
+
+    def _migrate_v4(self, db):
+        """Version 4 to 5, in the opening transaction: the ``grant_privs``
+        table (empty: the grants already held have no credential, their
+        access rules let nobody in until they end)."""
+        db.execute(_PRIVS)
         db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
 
     def _transaction(self, work, checked=True):
@@ -539,6 +556,26 @@ class LeaseStore:
             db.execute(_INSERT_AUDIT, values[0])
         else:
             db.executemany(_INSERT_AUDIT, values)
+
+    # -- the access director's credential hashes ---------------------------------
+
+    def set_privs_hash(self, request_id, hash, value):
+        """Keep the credential hash (``hash``, ``value``: an ocs HashedPass)
+        of the granted request ``request_id``, in one transaction that also
+        deletes the rows of requests that hold no grant any more."""
+        def work(db):
+            db.execute('INSERT OR REPLACE INTO grant_privs VALUES (?, ?, ?)',
+                       (int(request_id), str(hash), str(value)))
+            db.execute('DELETE FROM grant_privs WHERE request_id NOT IN '
+                       '(SELECT request_id FROM grants)')
+        self._transaction(work)
+
+    def privs_hashes(self):
+        """``{request_id: (hash, value)}`` of the requests that hold grants."""
+        with self._lock:
+            return {r: (h, v) for r, h, v in self._db.execute(
+                'SELECT request_id, hash, value FROM grant_privs WHERE request_id IN '
+                '(SELECT request_id FROM grants)')}
 
     # -- for the agent and ocs-locks -----------------------------------------------
 

@@ -456,7 +456,7 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(V1_SCHEMA)
     store, state = reopen(path)
-    assert SCHEMA_VERSION == 4 and store.epoch == 1
+    assert SCHEMA_VERSION == 5 and store.epoch == 1
     assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
     assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
     assert [r['action'] for r in store.history()] == ['grant']
@@ -466,7 +466,7 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert all(tables[t].endswith('WITHOUT ROWID') for t in ('counters', 'grants', 'meta'))
     assert 'AUTOINCREMENT' not in tables['audit']
-    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
     assert sql(path, 'SELECT count(*) FROM grants') == [(2,)]
 
 
@@ -490,7 +490,7 @@ def test_LeaseStore_migrates_a_version_2_file_to_audit_ids_without_autoincrement
     assert 'AUTOINCREMENT' not in tables['audit']
     assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
         == [(1,)]
-    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
 
 
 def v3_file(path):
@@ -500,6 +500,7 @@ def v3_file(path):
         db.executescript(V1_SCHEMA)
     LeaseStore(path).close()            # (this release's own migration: undone below)
     with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute('DROP TABLE grant_privs')
         db.execute('ALTER TABLE grants DROP COLUMN lease_key')
         db.execute('ALTER TABLE audit DROP COLUMN caller')
         db.execute('UPDATE schema_version SET version = 3')
@@ -527,9 +528,36 @@ def test_LeaseStore_migrates_a_version_3_file_whose_leases_run_to_their_expiry(p
         open(f, 'rb').read() for f in (path + '-wal',) if os.path.exists(f))
     assert out.lease_id.encode() not in raw
     store.close()
-    assert sql(path, 'SELECT version FROM schema_version') == [(4,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
     [(key,)] = sql(path, 'SELECT lease_key FROM grants')
     assert len(key) == 64 and key != out.lease_id
+
+
+def test_LeaseStore_migrates_a_version_4_file_and_keeps_credential_hashes(path):
+    """When a store written by schema version 4 (no credential hashes) is
+    opened, it becomes version 5 with an empty ``grant_privs`` table, the
+    grant it held kept; a hash set for a new grant survives a reopen, and
+    is dropped once its grant has ended."""
+    v3_file(path)
+    reopen(path)[0].close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute('DROP TABLE grant_privs')
+        db.execute('UPDATE schema_version SET version = 4')
+    store, state = reopen(path)
+    assert [(g.resource, g.token) for g in state.holders()] == [('a', 7)]
+    assert store.privs_hashes() == {}
+    out = state.acquire('b', 'bob', 10, 1.0)
+    store.set_privs_hash(out.request_id, 'md5', '0123456789abcdef')
+    store.close()
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
+    store, state = reopen(path)
+    assert store.privs_hashes() == {out.request_id: ('md5', '0123456789abcdef')}
+    state.release('b', out.lease_id, 2.0)
+    assert store.privs_hashes() == {}
+    other = state.acquire('c', 'carol', 10, 3.0)
+    store.set_privs_hash(other.request_id, 'md5', 'fedcba9876543210')
+    store.close()
+    assert sql(path, 'SELECT request_id FROM grant_privs') == [(other.request_id,)]
 
 
 def test_LeaseStore_prune_keeps_the_newest_row_so_ids_never_repeat(path):
