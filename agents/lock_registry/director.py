@@ -76,6 +76,7 @@ class LeaseDirector:
             stored = {}
         for rid, (h, v) in stored.items():
             self.hashes[rid] = access.HashedPass(hash=h, value=v)
+        self._rules = self.rules()      # published at the join
         agent.register_feed(CONTROLS_FEED, record=False)
         leases.state.add_listener(self._on_change)
         leases.grant_privs = self._hand_over
