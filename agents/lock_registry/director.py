@@ -25,7 +25,7 @@ leases as the exclusive grants:
   :class:`~.registrar.Registrar` (a router restart takes registrations away).
 * Reactor thread only.
 """
-from twisted.internet import task
+from twisted.internet import defer, task
 from ocs import access
 
 from ocs_locking.agents.lock_registry.director_rules import (DirectorRules, check_agent,
@@ -77,9 +77,11 @@ class LeaseDirector:
         for rid, (h, v) in stored.items():
             self.hashes[rid] = access.HashedPass(hash=h, value=v)
         self._rules = self.rules()      # published at the join
-        agent.register_feed(CONTROLS_FEED, record=False)
+        self._feed = agent.register_feed(CONTROLS_FEED, record=False)
+        self._pending = None    # Deferred: the last publish, until the router acks it
         leases.state.add_listener(self._on_change)
         leases.grant_privs = self._hand_over
+        leases.enforced = self.enforced
         self._registrar = Registrar(agent, reactor, self.log,
                                     {f'{agent.agent_address}.agent_poll': self.agent_poll})
         agent.on('ready', lambda session: self._joined())
@@ -109,7 +111,40 @@ class LeaseDirector:
         self._rules = rules
         self.step += 1
         self.counts['reset'] += 1
-        self.agent.publish_to_feed(CONTROLS_FEED, DirectorRules.reset(rules, self.step))
+        self._send(DirectorRules.reset(rules, self.step))
+
+    def _send(self, message):
+        """Publish on ``controls`` as ocs's Feed does (``(message,
+        feed_info)``), acknowledged: the router acks once it has sent the
+        event to every subscriber, so a reply held until then
+        (:meth:`enforced`) reaches its caller after the agents got the rules."""
+        from autobahn.wamp.types import PublishOptions
+        try:
+            d = self.agent.publish(self._feed.address, (message, self._feed.encoded()),
+                                   options=PublishOptions(acknowledge=True))
+        except Exception as e:      # TransportLost: not joined; the join resets
+            self.log.error('access director: publish failed: {e}', e=e)
+            return
+        if not isinstance(d, defer.Deferred):
+            return
+        d.addErrback(lambda f: self.log.error('access director: publish failed: {e}',
+                                              e=f.getErrorMessage()))
+        self._pending = d
+        d.addBoth(self._acked, d)
+
+    def _acked(self, result, d):
+        if self._pending is d:
+            self._pending = None
+        return result
+
+    def enforced(self):
+        """None, or a Deferred that fires once the router has passed the last
+        published rules on (LeaseOps holds a grant's reply until then)."""
+        if self._pending is None:
+            return None
+        waiter = defer.Deferred()
+        self._pending.addBoth(lambda r: (waiter.callback(None), r)[1])
+        return waiter
 
     def _on_change(self, action, item):
         """LeaseState listener: a grant gets its credential; any change that
@@ -163,7 +198,7 @@ class LeaseDirector:
         rules = self.rules()
         self.step += 1
         self.counts['target'] += 1
-        self.agent.publish_to_feed(CONTROLS_FEED, DirectorRules.target(rules, self.step, agent))
+        self._send(DirectorRules.target(rules, self.step, agent))
         return True
 
     def status(self):

@@ -334,6 +334,9 @@ class LeaseOps:
         #: access credential of a grant (the registry as access director,
         #: :mod:`.director`); None: grants carry no credential.
         self.grant_privs = None
+        #: ``enforced() -> Deferred or None``: a grant's reply waits for it
+        #: (the director's rules passed on by the router; :mod:`.director`).
+        self.enforced = None
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -497,7 +500,15 @@ class LeaseOps:
         d = self.do_acquire(resource, owner, lease, timeout, tree, note, client,
                             compact=True, secret=True,
                             caller=caller_of(details, client, self.identify))
+        if self.enforced is not None:
+            d.addCallback(self._after_enforced)
         return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
+
+    def _after_enforced(self, result):
+        """A granted reply waits until the access director's rules are on
+        their way to the agents (the router acked their publication)."""
+        wait = self.enforced() if result[0] else None
+        return result if wait is None else wait.addCallback(lambda _: result)
 
     def _rpc_renew(self, resource, lease_id=None, lease=30.0, client='', details=None,
                    token=None):

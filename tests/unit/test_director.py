@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 from ocs import access
+from twisted.internet import defer
 
 from ocs_locking.agents.lock_registry import director as director_mod
 from ocs_locking.agents.lock_registry.director import LeaseDirector, free_rules
@@ -28,13 +29,23 @@ class Agent:
         self.published = []
         self.handlers = {}
         self.registered = {}
+        self.acks = []          # the router's acknowledgements of each publish
+        self.hold = False       # True: acks wait until the test fires them
 
     def register_feed(self, name, **kw):
-        self.feed = name
+        assert name == 'controls' and kw == {'record': False}
+        return mock.MagicMock(address=f'{self.agent_address}.feeds.controls',
+                              encoded=lambda: {'feed_name': 'controls'})
 
-    def publish_to_feed(self, name, message):
-        assert name == 'controls'
-        self.published.append(json.loads(json.dumps(message)))
+    def publish(self, topic, payload, options=None):
+        assert topic == 'observatory.lock-registry.feeds.controls' and options.acknowledge
+        message, info = json.loads(json.dumps(payload))
+        assert info == {'feed_name': 'controls'}
+        self.published.append(message)
+        self.acks.append(defer.Deferred())
+        if not self.hold:
+            self.acks[-1].callback(None)
+        return self.acks[-1]
 
     def on(self, event, fn):
         self.handlers.setdefault(event, []).append(fn)
@@ -78,6 +89,18 @@ def test_LeaseDirector_grant_pushes_rules_at_once_holder_privs_in_the_reply(tmp_
     msg = last_reset(agent)
     assert creds(msg, data['privs'])[0] == 3
     assert creds(msg, OPERATOR)[0] == 0
+
+
+def test_LeaseDirector_grant_reply_waits_for_the_router_ack(tmp_path):
+    """When the router has not yet acknowledged the rules of a grant, the
+    grant's reply is held; it goes out once the ack comes."""
+    agent, ops, _ = make(tmp_path)
+    agent.hold = True
+    out = []
+    ops._rpc_acquire('demo/hwp', 'alice').addBoth(out.append)
+    assert out == [] and len(agent.acks) == 1
+    agent.acks[-1].callback(None)
+    assert out and out[0]['ok'] and out[0]['data']['privs']
 
 
 def test_LeaseDirector_release_and_expiry_restore_the_operator(tmp_path):
