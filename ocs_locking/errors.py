@@ -44,6 +44,17 @@ class LeaseError(ValueError):
     """A call LeaseState refuses; the one-line text says why. Nothing changed."""
 
 
+class UnknownResource(LeaseError):
+    """A lease call named a resource the site does not declare (and the site
+    allows no ad-hoc paths): ``no resource 'satp1/hwpp'; did you mean
+    'satp1/hwp'?``. Nothing changed."""
+
+
+class ResourceConfigError(ValueError):
+    """A resource tree (the registry's ``--resources`` file) that cannot be
+    used; the one-line text names the file and the key at fault."""
+
+
 class LeaseStoreError(RuntimeError):
     """The lease store cannot be opened or is not one this version understands."""
 

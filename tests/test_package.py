@@ -126,7 +126,7 @@ def test_readme_layout_names_what_is_in_the_repository():
 PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.wire', 'ocs_locking.errors',
                 'ocs_locking.leases.paths', 'ocs_locking.leases.state',
                 'ocs_locking.leases.holder', 'ocs_locking.leases.audit',
-                'ocs_locking.leases.keys',
+                'ocs_locking.leases.keys', 'ocs_locking.leases.resources',
                 'ocs_locking.bus.rules', 'ocs_locking.bus.config',
                 'ocs_locking.agents.lock_registry.sessions',
                 'ocs_locking.agents.lock_registry.lease_pages')

@@ -5,8 +5,9 @@ entry and what was wrong, before anything is started.
 
 * the hub's port (``hub.wamp_server``; ``hub.wamp_http`` must agree);
 * the host's ``agent-instances``, including ``agent-file`` / ``entrypoint``
-  for an agent of one's own (resolved against the site config's directory),
-  and which agent classes the installed OCS plugins provide;
+  for an agent of one's own and the registry's ``--resources`` file (both
+  resolved against the site config's directory), and which agent classes
+  the installed OCS plugins provide;
 * the host's ``simulated-devices``;
 * the crossbar config template, which must carry no port and listen on
   loopback only: :func:`crossbar_config` fills in the port and, for a router
@@ -173,6 +174,8 @@ def instance_specs(site_file, site_dir, entries):
             raise SiteError(f"{where}: duplicate instance-id {inst['instance-id']!r}")
         seen.add(inst['instance-id'])
         where = f"site config {site_file}: instance {inst['instance-id']}"
+        if isinstance(inst.get('arguments'), list):
+            inst['arguments'] = resolve_file_args(inst['arguments'], site_dir)
         agent_file = inst.get('agent-file')
         if agent_file is None:
             if 'entrypoint' in inst:
@@ -189,6 +192,25 @@ def instance_specs(site_file, site_dir, entries):
             raise SiteError(f'{where}: entrypoint must be a function name, not {entrypoint!r}')
         inst['agent-file'] = path
     return entries
+
+
+#: Agent arguments naming a public file relative to the site config's
+#: directory (the registry's ``--resources``): the work directory's copy of
+#: the site config names it by its absolute path. (``--access-file`` is
+#: copied instead, mode 0600: see ``tools.devsite.copy_access_files``.)
+FILE_ARGS = ('--resources',)
+
+
+def resolve_file_args(arguments, site_dir):
+    """``arguments`` with each relative FILE_ARGS value made absolute
+    against ``site_dir`` (the agent finds it wherever its site file is)."""
+    out = []
+    for arg in arguments:
+        if isinstance(arg, list) and len(arg) == 2 and arg[0] in FILE_ARGS \
+                and isinstance(arg[1], str) and not os.path.isabs(arg[1]):
+            arg = [arg[0], os.path.normpath(os.path.join(site_dir, arg[1]))]
+        out.append(arg)
+    return out
 
 
 def device_specs(site_file, entries):

@@ -20,7 +20,8 @@ from twisted.internet.defer import inlineCallbacks
 from ocs_locking.agents.lock_registry import director as access_director
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
-                                                     load_access_file, resolve_db, site_dir)
+                                                     load_access_file, resolve_db,
+                                                     resource_tree, site_dir)
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
@@ -513,7 +514,10 @@ class LockRegistryAgent:
                             'offset': 0, 'total': 3, 'grants_total': 1,
                             'waiting_total': 0, 'counters_total': 2,
                             'storage': {'ok': True, 'error': None, 'path': ..., ...}},
-                 'lease_procedures': {'registered': True, 'missing': [], 'errors': {}}}
+                 'lease_procedures': {'registered': True, 'missing': [], 'errors': {}},
+                 'resources': {'adhoc': False, 'source': '/site/resources.yaml',
+                               'resources': [{'path': 'demo/hwp',
+                                              'instances': ['fake-hwp'], ...}]}}
 
             ``total`` is the number of rows in the table: the page is
             ``locks[offset:offset + len(locks)]`` of it. ``bus`` says
@@ -524,7 +528,9 @@ class LockRegistryAgent:
             rest. ``lease_procedures``
             says whether the lease procedures are registered on the router
             now (``missing`` names the others, ``errors`` why each failed
-            last; they are retried until held).
+            last; they are retried until held). ``resources`` is the
+            declared resource tree (``--resources``; see docs/resources.rst;
+            none declared and ``adhoc`` true without it).
 
         """
         rows = self.table.snapshot(time.time())
@@ -543,6 +549,8 @@ class LockRegistryAgent:
             data['leases'] = dict(block, storage=storage)
             data['lease_procedures'] = procs = self.leases.procedures()
             data[HEALTH_KEY] = self.leases.health()
+            # the declared resources (public; at most an eighth of the budget)
+            data['resources'] = self.leases.resources.as_dict()
         if self.director is not None:
             data['access_director'] = self.director.status()
         # the lock rows in what is left of the budget
@@ -644,7 +652,8 @@ def main(args=None):
             new_database=args.new_database, base=site_dir(args),
             max_waiting_per_owner=args.max_waiting_per_owner,
             max_waiting_per_client=args.max_waiting_per_client,
-            access_file=args.access_file, identify=registry.sessions.agent_of)
+            access_file=args.access_file, identify=registry.sessions.agent_of,
+            resources=resource_tree(args))
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     if args.access_config is not None:

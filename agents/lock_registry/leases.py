@@ -31,7 +31,10 @@ from twisted.internet import defer
 
 from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.keys import NotHolder, check_lease_id
+from ocs_locking.errors import ResourceConfigError
 from ocs_locking.leases.paths import check_resource, check_text, when
+from ocs_locking.leases.resource_file import load_resources
+from ocs_locking.leases.resources import ResourceTree
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
@@ -92,6 +95,13 @@ def add_arguments(parser):
                              'operators read (mode 0600), instead of --access-policy '
                              'override:... in the site file every client reads. A relative '
                              'path is taken from the directory of the site config file.')
+    parser.add_argument('--resources', default=None, metavar='FILE',
+                        help='The resources the site declares (YAML, see docs/resources.rst): '
+                             'their paths, the agents each covers, lockout levels, default '
+                             'and maximum lease. An undeclared path is then refused (unless '
+                             'the file says adhoc: true). A relative path is taken from the '
+                             'directory of the site config file. Default: none declared, '
+                             'every well-formed path allowed.')
     return parser
 
 
@@ -114,7 +124,58 @@ def check_arguments(args):
             load_access_file(resolve_db(access_file, site_dir(args)))
         except ValueError as e:
             return str(e)
+    try:
+        resource_tree(args)
+    except ResourceConfigError as e:
+        return str(e)
     return None
+
+
+def resource_tree(args):
+    """The registry's ResourceTree: that of its ``--resources`` file
+    (relative to the site file's directory, like ``--access-file``),
+    checked against the agent instances of its site file when that can be
+    read; ``ResourceTree.adhoc_only()`` without ``--resources``. Raises
+    ResourceConfigError in one line. Read once per ``args`` (cached on it)."""
+    cached = getattr(args, '_resource_tree', None)
+    if isinstance(cached, ResourceTree):
+        return cached
+    name = getattr(args, 'resources', None)
+    if not isinstance(name, str):
+        tree = ResourceTree.adhoc_only()
+    else:
+        tree = load_resources(resolve_db(name, site_dir(args)))
+        site_file = getattr(args, 'site_file', None)
+        agents = site_agents(site_file) if site_file else None
+        if agents is not None:
+            tree.check_site(agents, site_file)
+    try:
+        args._resource_tree = tree
+    except AttributeError:          # an args object that takes no attribute
+        pass
+    return tree
+
+
+def site_agents(site_file):
+    """``{instance_id: agent_class}`` of every host of the site file
+    ``site_file``, or None when it cannot be read or is not of that form
+    (the declared instances are then not checked)."""
+    import yaml
+    try:
+        with open(site_file) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    hosts = data.get('hosts') if isinstance(data, dict) else None
+    if not isinstance(hosts, dict):
+        return None
+    agents = {}
+    for host in hosts.values():
+        entries = host.get('agent-instances') if isinstance(host, dict) else None
+        for inst in entries if isinstance(entries, list) else ():
+            if isinstance(inst, dict) and isinstance(inst.get('instance-id'), str):
+                agents[inst['instance-id']] = str(inst.get('agent-class', ''))
+    return agents
 
 
 def load_access_file(path):
@@ -274,6 +335,13 @@ class LeaseOps:
             ``base``): replaces the agent's ocs access rules.
         budget (int): octets of JSON one ``leases`` page may take (default
             :data:`ocs_locking.wire.MESSAGE_BUDGET`).
+        resources (ResourceTree): the site's declared resources (default
+            ``ResourceTree.adhoc_only()``: none declared, every well-formed
+            path allowed). An acquire of an undeclared path is refused
+            (``UnknownResource``, audited) unless the tree allows ad-hoc
+            paths; a lease longer than the ``max_lease`` of a resource it
+            covers is refused; an acquire that gives no lease gets the
+            resources' ``default_lease``.
 
     The expiry timer runs every EXPIRE_EVERY seconds whatever happens: each
     tick catches and logs (once per kind) anything that goes wrong, and
@@ -291,10 +359,12 @@ class LeaseOps:
                  audit_rows=AUDIT_ROWS, new_database=False, base=None,
                  max_waiting_per_owner=MAX_WAITING_PER_OWNER,
                  max_waiting_per_client=MAX_WAITING_PER_CLIENT, identify=None,
-                 access_file=None, budget=MESSAGE_BUDGET):
+                 access_file=None, budget=MESSAGE_BUDGET, resources=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        #: the site's declared resources (ResourceTree)
+        self.resources = ResourceTree.adhoc_only() if resources is None else resources
         self.budget = budget
         self.agent = agent
         self.log = agent.log
@@ -495,7 +565,7 @@ class LeaseOps:
     # ``token`` (keyword) is accepted so that an old caller renewing or
     # releasing by token hears why it is refused instead of a TypeError.
 
-    def _rpc_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
+    def _rpc_acquire(self, resource, owner, lease=None, timeout=0.0, tree=False, note='',
                      client='', details=None):
         d = self.do_acquire(resource, owner, lease, timeout, tree, note, client,
                             compact=True, secret=True,
@@ -663,21 +733,24 @@ class LeaseOps:
 
     @ocs_agent.param('resource')
     @ocs_agent.param('owner', type=str)
-    @ocs_agent.param('lease', default=30.0, type=float)
+    @ocs_agent.param('lease', default=None, type=float)
     @ocs_agent.param('timeout', default=0.0, type=float)
     @ocs_agent.param('tree', default=False, type=bool)
     @ocs_agent.param('note', default='', type=str)
     @ocs_agent.param('client', default='', type=str)
     @defer.inlineCallbacks
     def acquire(self, session, params):
-        """acquire(resource, owner, lease=30., timeout=0., tree=False, note='', client='')
+        """acquire(resource, owner, lease=None, timeout=0., tree=False, note='', client='')
 
         **Task** - Lease one resource, or several all-or-nothing, site-wide.
 
         Parameters:
             resource (str or list): ``/``-separated path(s), e.g. ``satp1/hwp``.
             owner (str): who will hold it (agent, operator or schedule).
-            lease (float): seconds until the lease ends unless renewed.
+            lease (float): seconds until the lease ends unless renewed;
+                at most the ``max_lease`` of every declared resource it
+                covers. None (not given): the smallest ``default_lease``
+                of those, else 30.
             timeout (float): seconds to wait in the FIFO queue if busy; the
                 registry answers (``timed_out``) at this deadline itself.
             tree (bool): also exclude everything below the path(s).
@@ -731,7 +804,7 @@ class LeaseOps:
             return defer.succeed((False, 'Nothing to abort: the acquire is not waiting.'))
         return defer.succeed((True, f'Withdrew request {rid}.'))
 
-    def do_acquire(self, resource, owner, lease=30.0, timeout=0.0, tree=False, note='',
+    def do_acquire(self, resource, owner, lease=None, timeout=0.0, tree=False, note='',
                    client='', on_queued=None, compact=False, secret=False, caller=None):
         """The acquire itself: a Deferred firing ``(ok, message, data)``
         (already fired unless the request queues); ``on_queued(outcome)`` is
@@ -739,9 +812,11 @@ class LeaseOps:
         store before the Deferred fires. ``compact``: a grant's data as the
         lease procedures return it (see :func:`_compact`); ``secret``: with
         its ``lease_id`` (for a reply that goes to the caller alone);
-        ``caller``: who asks, for the audit (see :func:`caller_of`)."""
+        ``caller``: who asks, for the audit (see :func:`caller_of`).
+        ``lease`` None: the declared default (see :meth:`checked_lease`)."""
         now = self.clock()
         try:
+            lease = self.checked_lease(resource, tree, lease)
             out = self.state.acquire(resource, owner, lease, now, timeout=timeout,
                                      tree=tree, note=note, client=client, caller=caller)
         except LeaseError as e:
@@ -762,6 +837,21 @@ class LeaseOps:
                                  secret, caller)
         return defer.succeed(self._acquired(out, resource, owner, lease, client, compact,
                                             secret, caller))
+
+    def checked_lease(self, resource, tree, lease):
+        """The lease a request for ``resource`` (a path or a list) gets,
+        after the declared-resource checks: raises UnknownResource for an
+        undeclared path the site does not allow, LeaseError for a lease
+        longer than a covered resource's ``max_lease``; ``lease`` None gives
+        the declared default (see ``ResourceTree.lease``). A registry
+        without declarations only fills in the default (30 s)."""
+        tree_ = self.resources
+        if len(tree_) or not tree_.adhoc:
+            paths = [resource] if isinstance(resource, str) else resource
+            if isinstance(paths, (list, tuple)):
+                for path in paths:
+                    tree_.check(path)
+        return tree_.lease(resource, tree is True, lease)
 
     def _acquired(self, out, resource, owner, lease, client, compact=False, secret=False,
                   caller=None):
@@ -1029,8 +1119,9 @@ class LeaseOps:
             ``refused_lease_ids`` (renewals and releases refused for a
             missing or wrong lease_id, per call) and ``storage`` (see
             :meth:`storage`; ``ok`` false and ``error`` when nothing can be
-            granted). The next page starts at ``offset`` + the rows of this
-            one; ``ocs-locks leases`` reads them all. No lease id, nor its
+            granted) and ``resources`` (the declared resource tree,
+            ``ResourceTree.as_dict()``). The next page starts at ``offset``
+            + the rows of this one; ``ocs-locks leases`` reads them all. No lease id, nor its
             hash, is ever in it::
 
                 >>> response.session['data']
@@ -1039,12 +1130,14 @@ class LeaseOps:
                  'waiting': [], 'counters': {'satp1/hwp': 7},
                  'offset': 0, 'total': 2, 'grants_total': 1, 'waiting_total': 0,
                  'counters_total': 1, 'refused_lease_ids': {'renew': 0, 'release': 0},
+                 'resources': {'adhoc': True, 'source': '', 'resources': []},
                  'storage': {'ok': True, 'error': None, 'path': '/site/lock-registry.db',
                              'epoch': 2, 'db_id': 81985529216486895,
                              'epoch_file': '/site/.lock-registry.db.epoch'}}
         """
         params = params or {}
-        extra = {'storage': self.storage(), 'refused_lease_ids': dict(self.refused_lease_ids)}
+        extra = {'storage': self.storage(), 'refused_lease_ids': dict(self.refused_lease_ids),
+                 'resources': self.resources.as_dict()}
         page = self.lease_page(params.get('offset', 0),
                                min(params.get('limit', LEASE_PAGE_ROWS), LEASE_PAGE_ROWS),
                                self.budget - json_size(extra))
