@@ -21,7 +21,7 @@ from ocs_locking.agents.lock_registry import director as access_director
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
                                                      load_access_file, resolve_db,
-                                                     resource_tree, site_dir)
+                                                     resource_tree, site_agents, site_dir)
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
@@ -661,7 +661,8 @@ def main(args=None):
     if args.access_director:
         registry.director = access_director.LeaseDirector(
             agent, leases, base if base is not None else access_director.free_rules(),
-            getattr(leases, 'resources', None))
+            leases.resources,
+            site_agents=site_agents(args.site_file) if args.site_file else None)
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
                         blocking=False)
     for name in ('renew', 'release', 'history', 'leases'):

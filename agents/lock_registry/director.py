@@ -55,14 +55,17 @@ class LeaseDirector:
         resources: the declared resource tree (``covered``).
         reactor: the Twisted reactor (default: the global one).
         reset_every (float): seconds between periodic resets.
+        site_agents (dict): ``{instance_id: agent-class}`` of the site
+            config (see :class:`~.director_rules.DirectorRules`).
     """
 
-    def __init__(self, agent, leases, base, resources, reactor=None, reset_every=RESET_EVERY):
+    def __init__(self, agent, leases, base, resources, reactor=None, reset_every=RESET_EVERY,
+                 site_agents=None):
         if reactor is None:
             from twisted.internet import reactor
         self.agent, self.leases, self.reactor = agent, leases, reactor
         self.log = agent.log
-        self.core = DirectorRules(base, resources, when)
+        self.core = DirectorRules(base, resources, when, site_agents)
         self.step = 0
         #: messages published (resets, targeted) and polls refused, for status
         self.counts = {'reset': 0, 'target': 0, 'bad_poll': 0}

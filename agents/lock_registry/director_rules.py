@@ -110,12 +110,19 @@ class DirectorRules:
             Resources with ``path``, ``instances``, ``classes``,
             ``lockout_levels``, ``holder_level``).
         when (callable): expiry time -> text for ``lockout_owner``.
+        site_agents (dict): ``{instance_id: agent-class}`` of the site
+            config, if known: a resource that covers a class also gets a
+            rule for each instance of that class there, by its instance id
+            (the class an agent reports to access control is the one its
+            ``main`` names, which may differ from the site config's
+            ``agent-class``: socs's LDMonitorAgent reports ``LDMonitor``).
     """
 
-    def __init__(self, base, resources, when):
+    def __init__(self, base, resources, when, site_agents=None):
         self.base = list(base)
         self.resources = resources
         self.when = when
+        self.site_agents = dict(site_agents or {})
         self._base_json = [access.asdict(r) for r in self.base]
 
     def covered(self, grant):
@@ -133,7 +140,10 @@ class DirectorRules:
         owner = holder_text(grant.owner, grant.note, self.when(grant.expires))
         for res in self.covered(grant):
             levels = [access.CredLevel(n) for n in res.lockout_levels]
-            scopes = [access.ScopeSpec(instance_id=i) for i in res.instances] + \
+            instances = list(res.instances)
+            instances += sorted(i for i, c in self.site_agents.items()
+                                if c in res.classes and i not in instances)
+            scopes = [access.ScopeSpec(instance_id=i) for i in instances] + \
                 [access.ScopeSpec(agent_class=c) for c in res.classes]
             for scope in scopes:
                 rules.append(access.AccessRule(

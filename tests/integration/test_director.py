@@ -43,18 +43,18 @@ def demo_instance(instance_id):
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     """The demo's registry and fake-hwp entries as they are in default.yaml,
-    plus a socs LDMonitor; resources demo/hwp and demo/ld (class LDMonitor)."""
+    plus a socs LDMonitor; resources demo/hwp and demo/ld (class LDMonitorAgent)."""
     data, registry = demo_instance('lock-registry')
     _, fake = demo_instance('fake-hwp')
     base = tmp_path_factory.mktemp('director-config')
-    ld = {'agent-class': 'LDMonitor', 'instance-id': 'ld-monitor',
+    ld = {'agent-class': 'LDMonitorAgent', 'instance-id': 'ld-monitor',
           'arguments': [['--access-policy', 'director:lock-registry']]}
     data['hosts']['demo']['agent-instances'] = [registry, fake, ld]
     data['hosts']['demo'].pop('simulated-devices', None)
     shutil.copy(os.path.join(REPO, 'site-config', 'lock-registry-access.yaml'), base)
     resources = {'adhoc': True, 'resources': {
         'demo/hwp': {'instances': ['fake-hwp'], 'description': 'ocs FakeDataAgent'},
-        'demo/ld': {'classes': ['LDMonitor'], 'description': 'socs LDMonitor'}}}
+        'demo/ld': {'classes': ['LDMonitorAgent'], 'description': 'socs LDMonitor'}}}
     with open(base / 'lock-registry-resources.yaml', 'w') as f:
         yaml.safe_dump(resources, f)
     with open(base / 'site.yaml', 'w') as f:
@@ -144,7 +144,7 @@ def test_director_fake_hwp_obeys_only_the_holder(site):
 
 
 def test_director_socs_ldmonitor_obeys_only_the_holder(site):
-    """When someone else holds demo/ld (the agent class LDMonitor), socs's
+    """When someone else holds demo/ld (the agent class LDMonitorAgent), socs's
     unmodified LDMonitor refuses an anonymous client's init_ld_monitor
     (level 1, locked out too) naming the holder, and accepts the holder's
     privs; after the release and after an expiry it accepts again."""

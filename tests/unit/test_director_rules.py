@@ -143,6 +143,21 @@ def test_DirectorRules_class_scope_covers_every_instance_of_the_class(state):
     assert creds(msg, ADMIN, 'faker7', 'OtherAgent')[0] == 3
 
 
+def test_DirectorRules_class_covers_site_instances_of_the_class_by_id(state):
+    """When the class an agent reports differs from its site config
+    agent-class (socs's LDMonitorAgent reports LDMonitor), a resource that
+    covers the site config's class still locks it, by its instance id."""
+    res = Res('demo/ld', classes=('LDMonitorAgent',))
+    rules = DirectorRules(base_rules(CONFIG)[0], Tree({res.path: res}), lambda t: 'T',
+                          site_agents={'ld-monitor': 'LDMonitorAgent', 'x': 'Other'})
+    out = lease(state, 'demo/ld')
+    msg = DirectorRules.reset(rules.build(state.holders(), {out.request_id: hash_privs('p')}),
+                              2)
+    assert creds(msg, ADMIN, 'ld-monitor', 'LDMonitor')[0] == 0
+    assert creds(msg, 'p', 'ld-monitor', 'LDMonitor')[0] == 3
+    assert creds(msg, ADMIN, 'x', 'Other')[0] == 3
+
+
 def test_DirectorRules_two_grants_on_different_resources(state):
     """When alice holds demo/hwp and bob demo/sim, each one's password opens
     only their own resource's agent; the other's is locked out there."""
