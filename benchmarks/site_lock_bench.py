@@ -10,8 +10,14 @@ does): the crossbar router, the ``LockRegistryAgent`` ``lock-registry``
 minimal one that lets a client request exclusive access: no password rules
 and one grant block, ``bench-grant`` (no grant password), whose single grant
 gives credential level 3 on the instance ``bench-target`` and locks levels
-1..3 out there. No agent of the site uses the ``director`` access policy, so
-the grant locks nobody out; that does not change the request path.
+1..3 out there; its ``passwords`` give everyone level 1 and the probe's
+password (``bench-probe``) level 2. Two unmodified ocs ``FakeDataAgent``\ s
+obey them: ``bench-target`` under ``director:access-director``, and
+``bench-ours`` under ``director:lock-registry``, which runs with
+``--access-director``, the *same* config file as ``--access-config``
+(unchanged) and a resources file declaring ``bench/hwp`` (covering
+``bench-ours``; ad-hoc paths allowed, so the round trips below use fresh
+paths that cover no agent).
 
 Timed, one call after another (``time.perf_counter``):
 
@@ -57,6 +63,19 @@ Timed, one call after another (``time.perf_counter``):
     ``lockout_id: bench-grant``, each after a random (seeded) 0..1 s pause
     so the phase of the director's 1-s manager loop, which publishes it, is
     sampled evenly. Ours grants are in force when the reply arrives.
+(d) **grant -> enforced at the agent**, ours vs the AccessDirector, the same
+    method for both, observed at the agent process: a probe keeps calling
+    the agent's ``ops`` procedure (``abort`` of ``delay_task``: ocs checks
+    the caller's credential first, then answers "No session active.",
+    changing nothing) with the probe's level-2 password, one call after
+    another, from the moment the acquire is sent (``bench/hwp`` through
+    ``lease.acquire``; ``bench-grant`` through ``request_exclusive``) until
+    the agent refuses it (ocs's rejection: the rules reached the agent); the
+    time is the arrival of the first refusal. Then the lease/grant is
+    released and the probe runs until the agent accepts again (informational:
+    release -> restored). Samples alternate ours, director, each after a
+    random (seeded) 0..1 s pause so the phase of the director's 1-s loop is
+    sampled evenly. Target: ours median <= 20 ms.
 
 Before each transport 5 round trips per path are run untimed (warm-up); then
 ours and the baseline alternate in blocks of 10 round trips (a, c1, a, c1, ...;
@@ -65,8 +84,8 @@ checked (ours ``ok`` with a token; the director's reply without ``error``).
 The ratio column is the row's median over its baseline's median (a over c1,
 b over c2). Target: (a) median < 5 ms.
 
-``--quick``: N = 30 (a, c1), 20 (b, c2), 3 distribution samples (< 40 s);
-full: 500, 200, 10. ``--json PATH`` writes the results. ``main()`` returns 0
+``--quick``: N = 30 (a, c1), 20 (b, c2), 3 distribution samples, 3
+enforcement samples each (< 50 s); full: 500, 200, 10, 20. ``--json PATH`` writes the results. ``main()`` returns 0
 when every target passes.
 """
 import argparse
@@ -95,8 +114,15 @@ OCS = f"ocs {importlib.metadata.version('ocs')} AccessDirector"
 HOST = 'bench'
 REGISTRY, DIRECTOR = 'lock-registry', 'access-director'
 GRANT = 'bench-grant'
-#: The minimal AccessDirector config that lets a client request exclusive access.
+#: The agents the grants lock out (ocs FakeDataAgents), ours and the director's.
+OURS_AGENT, DIRECTOR_AGENT = 'bench-ours', 'bench-target'
+#: The declared resource that covers OURS_AGENT; the probe's level-2 password.
+RESOURCE, PROBE = 'bench/hwp', 'bench-probe'
+#: The AccessDirector config: level 1 free, level 2 for the probe, and one
+#: exclusive-access block that lets a client lock out bench-target.
 DIRECTOR_CONFIG = {
+    'passwords_block_default_hashfunc': 'none',
+    'passwords': [{'default': True, 'password_1': '', 'password_2': PROBE}],
     'exclusive_access_blocks': [
         {'name': GRANT,
          'grants': [{'instance_id': 'bench-target', 'cred_level': 3,
@@ -131,6 +157,10 @@ def write_site_config(workdir):
     director_cfg = os.path.join(cfgdir, 'access-director.yaml')
     with open(director_cfg, 'w') as f:
         yaml.safe_dump(DIRECTOR_CONFIG, f, sort_keys=False)
+    resources = os.path.join(cfgdir, 'resources.yaml')
+    with open(resources, 'w') as f:
+        yaml.safe_dump({'adhoc': True, 'resources': {RESOURCE: {'instances': [OURS_AGENT]}}},
+                       f, sort_keys=False)
     site = {
         'hub': {'wamp_server': 'ws://127.0.0.1:18001/ws',
                 'wamp_http': 'http://127.0.0.1:18001/call',
@@ -140,9 +170,15 @@ def write_site_config(workdir):
             'log-dir': None,
             'agent-instances': [
                 {'agent-class': 'LockRegistryAgent', 'instance-id': REGISTRY,
-                 'arguments': [['--db', 'bench-leases.db']]},
+                 'arguments': [['--db', 'bench-leases.db'], ['--access-director'],
+                               ['--access-config', director_cfg],
+                               ['--resources', resources]]},
                 {'agent-class': 'AccessDirector', 'instance-id': DIRECTOR,
-                 'arguments': [['--config-file', director_cfg]]}]}}}
+                 'arguments': [['--config-file', director_cfg]]},
+                {'agent-class': 'FakeDataAgent', 'instance-id': OURS_AGENT,
+                 'arguments': [['--access-policy', f'director:{REGISTRY}']]},
+                {'agent-class': 'FakeDataAgent', 'instance-id': DIRECTOR_AGENT,
+                 'arguments': [['--access-policy', f'director:{DIRECTOR}']]}]}}}
     path = os.path.join(cfgdir, 'bench.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump(site, f, sort_keys=False)
@@ -349,6 +385,103 @@ def run_distribution(rt, agent, n):
     return {'samples': len(lat), 'failures': failures, **_stats(lat)}
 
 
+def _refused(reply):
+    """An agent's ``ops`` reply is ocs's credential rejection."""
+    return isinstance(reply, (list, tuple)) and len(reply) >= 2 and reply[0] != 0 \
+        and 'credential level' in str(reply[1])
+
+
+def _accepted(reply):
+    return isinstance(reply, (list, tuple)) and len(reply) >= 2 \
+        and str(reply[1]).startswith('No session active')
+
+
+def wait_agents_obey(rt, agent, timeout=60):
+    """Wait until both FakeDataAgents accept the probe (they got their
+    directors' rules); each round asks each director to send them (agent_poll)."""
+    root, s = agent.root, agent.session
+    deadline = time.monotonic() + timeout
+    for target, director in ((OURS_AGENT, REGISTRY), (DIRECTOR_AGENT, DIRECTOR)):
+        while True:
+            try:
+                reply = rt.call(lambda: s.call(f'{root}.{target}.ops', 'abort', 'delay_task',
+                                               password=PROBE))
+            except Exception:           # not registered yet
+                reply = None
+            if _accepted(reply):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'{target} did not take its rules from {director} within '
+                                   f'{timeout} s (last reply {reply!r:.200})')
+            try:
+                rt.call(lambda: s.call(f'{root}.{director}.agent_poll', instance_id=target,
+                                       agent_class='FakeDataAgent'))
+            except Exception:
+                pass
+            time.sleep(0.1)
+
+
+def run_enforcement(rt, agent, n):
+    """(d): grant -> the agent refuses the probe; release -> it accepts again."""
+    from twisted.internet.defer import inlineCallbacks
+    root, s = agent.root, agent.session
+    acq_uri, rel_uri = f'{root}.{REGISTRY}.lease.acquire', f'{root}.{REGISTRY}.lease.release'
+    ad_uri = f'{root}.{DIRECTOR}.request_exclusive'
+
+    @inlineCallbacks
+    def probe(target, want, t0):
+        ops = f'{root}.{target}.ops'
+        while True:
+            reply = yield s.call(ops, 'abort', 'delay_task', password=PROBE)
+            t = time.perf_counter()
+            if (_refused if want == 'refused' else _accepted)(reply):
+                return t - t0
+            if t - t0 > BOUND:
+                return None
+
+    @inlineCallbacks
+    def sample(kind):
+        t0 = time.perf_counter()
+        if kind == 'ours':
+            d = s.call(acq_uri, RESOURCE, 'bench-agent', lease=LEASE, timeout=0.0,
+                       client='site_lock_bench')
+            enforced = yield probe(OURS_AGENT, 'refused', t0)
+            r1 = yield d
+            ok = isinstance(r1, dict) and r1.get('ok') is True
+            t1 = time.perf_counter()
+            yield s.call(rel_uri, RESOURCE, r1['data']['lease_id'] if ok else 'f' * 32,
+                         client='site_lock_bench')
+            restored = yield probe(OURS_AGENT, 'accepted', t1)
+        else:
+            d = s.call(ad_uri, grant_name=GRANT, password=None, action='acquire',
+                       expire_at=time.time() + 100, grantee='bench-agent')
+            enforced = yield probe(DIRECTOR_AGENT, 'refused', t0)
+            r1 = yield d
+            ok = _director_ok(r1)
+            t1 = time.perf_counter()
+            yield s.call(ad_uri, grant_name=GRANT, password=None, action='release',
+                         grantee='bench-agent')
+            restored = yield probe(DIRECTOR_AGENT, 'accepted', t1)
+        return ok, enforced, restored
+
+    rng = random.Random(2)
+    out = {k: {'enforced': [], 'restored': [], 'failures': 0} for k in ('ours', 'director')}
+    for _ in range(n):
+        for kind in ('ours', 'director'):
+            time.sleep(rng.uniform(0.0, 1.0))   # a random phase of the director's loop
+            ok, enforced, restored = rt.call(lambda: sample(kind), timeout=3 * BOUND)
+            if not ok or enforced is None or restored is None:
+                out[kind]['failures'] += 1
+                continue
+            out[kind]['enforced'].append(enforced)
+            out[kind]['restored'].append(restored)
+    return {kind: {'n': n, 'samples': len(v['enforced']), 'failures': v['failures'],
+                   **_stats(v['enforced']),
+                   'restored_median_ms': _ms(statistics.median(v['restored']))
+                   if v['restored'] else None}
+            for kind, v in out.items()}
+
+
 def _merge(parts):
     out = {'total': [], 'acquire': [], 'release': [], 'failures': 0, 'first_failure': None,
            'requests': []}
@@ -370,7 +503,7 @@ def _summary(raw, n, label, transport, timed):
 
 
 def run(quick, keep=False):
-    n_wamp, n_http, n_dist = (30, 20, 3) if quick else (500, 200, 10)
+    n_wamp, n_http, n_dist, n_enf = (30, 20, 3, 3) if quick else (500, 200, 10, 20)
     workdir = tempfile.mkdtemp(prefix='site-lock-bench-')
     rt = site = agent = None
     try:
@@ -379,6 +512,7 @@ def run(quick, keep=False):
         rt = Reactor()
         agent = AgentSession(rt, site)
         wait_procedures(rt, agent)
+        wait_agents_obey(rt, agent)
         rows = {}
         for fn, ours_row, base_row, n, tag, labels in (
                 (lambda kind, k, tag, first: run_wamp(rt, agent, kind, k, tag, first),
@@ -403,6 +537,7 @@ def run(quick, keep=False):
             rows[ours_row] = _summary(raw['ours'], n, *labels[0])
             rows[base_row] = _summary(raw['director'], n, *labels[1])
         dist = run_distribution(rt, agent, n_dist)
+        dist['enforcement'] = run_enforcement(rt, agent, n_enf)
         info = {'nodelay': agent.nodelay, 'db': os.path.join(site.workdir, 'bench-leases.db'),
                 'director_config': DIRECTOR_CONFIG}
         return rows, dist, info, workdir
@@ -457,11 +592,39 @@ def print_table(rows, dist):
           f"max {_f(dist['max_ms'], '{:.0f}')} ms over {dist['samples']} grants "
           f"(not seen within 5 s: {dist['failures']}). Ours is in force when the reply "
           f"arrives.\n")
+    enf = dist.get('enforcement')
+    if enf:
+        print('(d) Grant -> enforced at the agent (a probe at the agent process: the first '
+              'refusal of a locked-out credential), interleaved.\n')
+        print('| path | median (ms) | p99 (ms) | N | ratio (median / baseline median) | '
+              'release -> restored, median (ms) |')
+        print('|---|---:|---:|---:|---:|---:|')
+        o, d = enf['ours'], enf['director']
+        ratio = (f"{o['median_ms'] / d['median_ms']:.3f}x" if o['median_ms'] and
+                 d['median_ms'] else 'n/a')
+        print(f"| ours (d): lease.acquire of {RESOURCE} -> {OURS_AGENT} refuses | "
+              f"{_f(o['median_ms'])} | {_f(o['p99_ms'])} | {o['samples']} | {ratio} | "
+              f"{_f(o['restored_median_ms'])} |")
+        print(f"| {OCS} (d, baseline): request_exclusive -> {DIRECTOR_AGENT} refuses | "
+              f"{_f(d['median_ms'])} | {_f(d['p99_ms'])} | {d['samples']} | 1 (baseline) | "
+              f"{_f(d['restored_median_ms'])} |")
+        print(f"\n(d) failed samples: ours {o['failures']}, director {d['failures']}\n")
 
 
-def targets(rows):
+def targets(rows, dist=None):
     a = rows['a']
-    return [
+    enf = (dist or {}).get('enforcement')
+    extra = []
+    if enf:
+        o = enf['ours']
+        extra = [dict(name='(d) grant -> enforced at the agent, median <= 20 ms',
+                      detail=f"{_f(o['median_ms'])} ms",
+                      passed=o['median_ms'] is not None and o['median_ms'] <= 20),
+                 dict(name='(d) every enforcement sample seen (ours and baseline)',
+                      detail=', '.join(f"{k} {v['failures']}/{v['n']} failed"
+                                       for k, v in enf.items()),
+                      passed=all(v['failures'] == 0 for v in enf.values()))]
+    return extra + [
         dict(name='(a) median < 5 ms from an agent (WAMP)',
              detail=f"{_f(a['median_ms'])} ms", passed=a['median_ms'] is not None
              and a['median_ms'] < 5),
@@ -476,7 +639,8 @@ def targets(rows):
 def main(args=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true',
-                   help='N = 30 (WAMP), 20 (HTTP), 3 distribution samples (< 40 s)')
+                   help='N = 30 (WAMP), 20 (HTTP), 3 distribution and 3 enforcement '
+                        'samples (< 50 s)')
     p.add_argument('--json', metavar='PATH', help='write the results dict here')
     p.add_argument('--keep', action='store_true', help='keep the site work dir (logs)')
     opts = p.parse_args(args)
@@ -487,7 +651,7 @@ def main(args=None):
         print(f'site_lock_bench: {type(e).__name__}: {e}', file=sys.stderr)
         return 1
     print_table(rows, dist)
-    tg = targets(rows)
+    tg = targets(rows, dist)
     for t in tg:
         print(f"{'PASS' if t['passed'] else 'FAIL'}: {t['name']} ({t['detail']})")
     elapsed = time.perf_counter() - start

@@ -154,8 +154,12 @@ class LeaseDirector:
         alters the rules is published at once."""
         if action not in _CHANGES:
             return
+        grants = item.grants if action == 'grant' else (item,)
+        if not any(self.core.covered(g) for g in grants):
+            return                  # covers no agent: the rules stay as they are
+        stored = None
         if action == 'grant':
-            self._credential(item)
+            stored = self._credential(item)
         else:
             held = {g.request_id for g in self.leases.state.holders()}
             for rid in [r for r in self.hashes if r not in held]:
@@ -165,16 +169,25 @@ class LeaseDirector:
         rules = self.rules()
         if rules != self._rules:
             self.publish_reset(rules)
+        if stored is not None:
+            self._store_hash(*stored)
 
     def _credential(self, outcome):
-        """A fresh credential for a grant that covers declared resources."""
+        """A fresh credential for a grant that covers declared resources:
+        ``(request_id, HashedPass)`` to store once the rules are out, or None."""
         if not any(self.core.covered(g) for g in outcome.grants):
-            return
+            return None
         rid = outcome.request_id
         privs = new_privs()
         hashed = hash_privs(privs)
         self.hashes[rid] = hashed
         self._privs[rid] = privs
+        return rid, hashed
+
+    def _store_hash(self, rid, hashed):
+        """Keep the hash in the store (after the publish: the agents hear of
+        the grant first; a crash in between leaves a grant whose rules let
+        nobody in after the restart, never one that lets anyone in)."""
         try:
             self.leases.store.set_privs_hash(rid, hashed.hash, hashed.value)
         except LeaseStoreError as e:        # rules hold until a restart; then nobody's
