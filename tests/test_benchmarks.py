@@ -191,9 +191,15 @@ def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_b
         assert row['failures'] == 0, (key, row['first_failure'])
     dist = data['distribution']
     assert dist['samples'] + dist['failures'] == 3
+    assert '(d) Grant -> enforced at the agent' in printed
+    for kind in ('ours', 'director'):
+        enf = dist['enforcement'][kind]
+        assert enf['samples'] == enf['n'] == 3 and enf['failures'] == 0, (kind, enf)
     assert {t['name'] for t in data['targets']} == {
         '(a) median < 5 ms from an agent (WAMP)',
-        'every round trip granted and released (ours and baseline)'}
+        'every round trip granted and released (ours and baseline)',
+        '(d) grant -> enforced at the agent, median <= 20 ms',
+        '(d) every enforcement sample seen (ours and baseline)'}
 
 
 def test_liveness_bench_quick_prints_both_registries_for_every_kill(site_benches):

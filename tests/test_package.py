@@ -158,6 +158,21 @@ def test_pure_module_imports_neither_ocs_twisted_autobahn_nor_the_network(module
     assert proc.stdout.strip() == '[]', module
 
 
+def test_director_rules_core_imports_ocs_access_but_neither_twisted_nor_autobahn():
+    """When the access director's rule core (director_rules) is imported on
+    its own (package __init__ files bypassed), it loads ocs (ocs.access, on
+    purpose: the rules are ocs's) but neither twisted, autobahn, txaio nor
+    sqlite3: a pure core beside its Twisted shell (director.py)."""
+    code = _BARE_IMPORT.replace("print(sorted(loaded & {", "print(sorted(loaded & {'ocs', ") \
+        % 'ocs_locking.agents.lock_registry.director_rules'
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(eval(proc.stdout.strip()))
+    assert 'ocs' in loaded
+    assert not loaded & {'twisted', 'autobahn', 'txaio', 'sqlite3'}, loaded
+
+
 _CROSSBAR_IMPORT = """
 import sys
 sys.path.insert(0, %r)
