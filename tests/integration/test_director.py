@@ -179,3 +179,37 @@ def test_director_docs_example_runs_as_the_holder(site):
     spec.loader.exec_module(example)
     reply = example.calibrate(site.client_args)
     assert reply.status == ocs.OK, reply.msg
+
+
+def test_director_ocs_locks_reserve_prints_privs_the_holder_can_use(site):
+    """When `ocs-locks reserve demo/hwp` holds the reservation, it prints a
+    `privs: <value>` line; that value runs fake-hwp's delay_task while the
+    operator is refused; Ctrl-C releases and the operator can again."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'reserve', 'demo/hwp', '--lease', '30', '--note', 'by hand',
+                             '--owner', 'erin'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("Reserved demo/hwp for 'erin': token(s) demo/hwp="), \
+            first + (proc.stderr.read() if proc.poll() is not None else '')
+        line = proc.stdout.readline()
+        m = re.fullmatch(r'privs: (\S+)  \(OCSClient\(\.\.\., privs=\.\.\.\) reaches the '
+                         r'covered agents while this reservation holds\)\n', line)
+        assert m, line
+        operator = client(site, 'fake-hwp', OPERATOR)
+        ok, msg = until(operator, 'delay_task', False, delay=0)
+        assert not ok and 'demo/hwp[erin; note: by hand' in msg, msg
+        ok, msg = run(client(site, 'fake-hwp', m.group(1)), 'delay_task', delay=0)
+        assert ok, msg
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and err == '' and out.strip() == 'Released demo/hwp.'
+    assert until(client(site, 'fake-hwp', OPERATOR), 'delay_task', True, delay=0)[0]
