@@ -71,7 +71,6 @@ class LeaseDirector:
         self.counts = {'reset': 0, 'target': 0, 'bad_poll': 0}
         self.hashes = {}        # request id -> HashedPass of its credential
         self._privs = {}        # request id -> clear credential, until handed over
-        self._rules = None      # the rules last published (JSON-ready)
         try:
             stored = leases.store.privs_hashes()
         except (LeaseStoreError, AttributeError) as e:
@@ -79,7 +78,7 @@ class LeaseDirector:
             stored = {}
         for rid, (h, v) in stored.items():
             self.hashes[rid] = access.HashedPass(hash=h, value=v)
-        self._rules = self.rules()      # published at the join
+        self._rules = self.rules()      # the rules last published (at the join)
         self._feed = agent.register_feed(CONTROLS_FEED, record=False)
         self._pending = None    # Deferred: the last publish, until the router acks it
         leases.state.add_listener(self._on_change)
@@ -118,10 +117,14 @@ class LeaseDirector:
 
     def _send(self, message):
         """Publish on ``controls`` as ocs's Feed does (``(message,
-        feed_info)``), acknowledged: the router acks once it has sent the
-        event to every subscriber, so a reply held until then
-        (:meth:`enforced`) reaches its caller after the agents got the rules."""
+        feed_info)``), acknowledged: crossbar writes the ack and the events
+        to the subscribers in one turn (up to its dispatch chunk of 100
+        subscribers), so a reply held until the ack (:meth:`enforced`) lets
+        its caller's next call reach an agent after the agent's rules."""
         from autobahn.wamp.types import PublishOptions
+        attached = getattr(self.agent, 'is_attached', None)
+        if callable(attached) and not attached():
+            return                  # not on the router: the join publishes a reset
         try:
             d = self.agent.publish(self._feed.address, (message, self._feed.encoded()),
                                    options=PublishOptions(acknowledge=True))
