@@ -424,7 +424,7 @@ def test_ResourceTree_check_site_refuses_missing_agents_and_double_cover(resourc
 def test_demo_resources_file_loads_and_matches_the_demo_site():
     """When the demo's resources file is loaded, demo/hwp covers fake-hwp and
     every declared instance is an agent of site-config/default.yaml."""
-    from ocs_locking.agents.lock_registry.leases import site_agents
+    from ocs_locking.leases.resource_file import site_agents
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     t = load_resources(os.path.join(repo, 'site-config', 'lock-registry-resources.yaml'))
     assert t.get('demo/hwp').instances == ('fake-hwp',)
