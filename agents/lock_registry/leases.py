@@ -33,7 +33,7 @@ from ocs_locking.leases.holder import describe_holders
 from ocs_locking.leases.keys import NotHolder, check_lease_id
 from ocs_locking.errors import ResourceConfigError
 from ocs_locking.leases.paths import check_resource, check_text, when
-from ocs_locking.leases.resource_file import load_resources
+from ocs_locking.leases.resource_file import load_resources, site_agents
 from ocs_locking.leases.resources import ResourceTree
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
@@ -154,28 +154,6 @@ def resource_tree(args):
     except AttributeError:          # an args object that takes no attribute
         pass
     return tree
-
-
-def site_agents(site_file):
-    """``{instance_id: agent_class}`` of every host of the site file
-    ``site_file``, or None when it cannot be read or is not of that form
-    (the declared instances are then not checked)."""
-    import yaml
-    try:
-        with open(site_file) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return None
-    hosts = data.get('hosts') if isinstance(data, dict) else None
-    if not isinstance(hosts, dict):
-        return None
-    agents = {}
-    for host in hosts.values():
-        entries = host.get('agent-instances') if isinstance(host, dict) else None
-        for inst in entries if isinstance(entries, list) else ():
-            if isinstance(inst, dict) and isinstance(inst.get('instance-id'), str):
-                agents[inst['instance-id']] = str(inst.get('agent-class', ''))
-    return agents
 
 
 def load_access_file(path):
@@ -853,6 +831,18 @@ class LeaseOps:
                     tree_.check(path)
         return tree_.lease(resource, tree is True, lease)
 
+    def _check_renewal(self, resource, lease):
+        """Raise LeaseError if renewing the request that holds ``resource``
+        for ``lease`` seconds would exceed the ``max_lease`` of a declared
+        resource it covers (checked only when resources are declared)."""
+        if not len(self.resources) or not isinstance(resource, str):
+            return
+        held = [g for g in self.state.holders() if g.resource == resource]
+        if held:
+            rid = held[0].request_id
+            paths = [g.resource for g in self.state.holders() if g.request_id == rid]
+            self.resources.lease(paths, held[0].tree, lease)
+
     def _acquired(self, out, resource, owner, lease, client, compact=False, secret=False,
                   caller=None):
         if out.status == 'granted':
@@ -929,6 +919,7 @@ class LeaseOps:
         if refused is not None:
             return refused
         try:
+            self._check_renewal(resource, lease)
             g = self.state.renew(resource, lease_id, lease, self.clock(), client=client,
                                  caller=caller)
         except LeaseError as e:

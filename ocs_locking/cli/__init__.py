@@ -8,6 +8,7 @@
     ocs-locks force-release satp1/hwp --reason "stuck schedule" --password PW
     ocs-locks history [satp1/hwp] [--owner NAME] [--action ACTION] [--since 10m]
                       [--limit 20] [--json]
+    ocs-locks resources [--json] [--file FILE]   # the declared resources
     ocs-locks crossbar-config IN.json OUT.json   # run the bus component (no network)
 
 It reads the site config like other ocs tools (``--site-file``,
@@ -17,7 +18,8 @@ arguments); a closed stdout (``| head``) ends a command quietly.
 
 The package: :mod:`.parser` (the command line), :mod:`.site` (site config
 and registry name checks), :mod:`.formatters` (text and JSON), :mod:`.status`,
-:mod:`.watch`, :mod:`.leases`, :mod:`.crossbar` (the commands), :mod:`.signals`.
+:mod:`.watch`, :mod:`.leases`, :mod:`.resources`, :mod:`.crossbar` (the commands),
+:mod:`.signals`.
 """
 import errno
 import os
@@ -28,6 +30,7 @@ from .crossbar import cmd_crossbar_config
 from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, json_rows
 from .leases import cmd_force_release, cmd_history, cmd_leases, cmd_release, cmd_reserve
 from .parser import make_parser, parse_age
+from .resources import cmd_resources
 from .site import check_registry_name
 from .status import cmd_status, fetch_rows
 from . import watch
@@ -38,7 +41,7 @@ __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
 
 COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
             'release': cmd_release, 'force-release': cmd_force_release,
-            'history': cmd_history, 'leases': cmd_leases,
+            'history': cmd_history, 'leases': cmd_leases, 'resources': cmd_resources,
             'crossbar-config': cmd_crossbar_config}
 
 

@@ -4,7 +4,8 @@ import time
 from ..wire import one_line
 
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
-           'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines']
+           'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines',
+           'format_resources']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -163,4 +164,58 @@ def format_history(rows):
     out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
     if not lines:
         out.append('(no audit records)')
+    return '\n'.join(out)
+
+
+def _seconds(value, fallback):
+    value = fallback if value is None else value
+    return f'{value:g} s' if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else '?'
+
+
+def _names(value):
+    return [_text(v, 60) for v in value] if isinstance(value, list) else []
+
+
+def format_resources(tree):
+    """The declared resources (``ResourceTree.as_dict()``) as text: path,
+    the agents covered (instances; classes as ``class NAME``), lockout
+    levels, the holder's level, default and maximum lease (the registry's
+    30 s and 3600 s where none is declared), description; then whether
+    undeclared paths may be leased."""
+    from ..leases.paths import MAX_LEASE
+    from ..leases.resources import DEFAULT_LEASE
+    header = ('RESOURCE', 'AGENTS', 'LOCKOUT', 'HOLDER', 'LEASE', 'MAX LEASE', 'DESCRIPTION')
+    lines = []
+    rows = tree.get('resources') if isinstance(tree, dict) else None
+    for r in rows if isinstance(rows, list) else ():
+        if not isinstance(r, dict):
+            continue
+        agents = _names(r.get('instances')) + [f'class {c}' for c in _names(r.get('classes'))]
+        levels = r.get('lockout_levels')
+        most = r.get('max_lease')
+        default = r.get('default_lease')
+        if default is None and isinstance(most, (int, float)):
+            default = min(DEFAULT_LEASE, most)
+        lines.append((_text(r.get('path', '?'), 130), ', '.join(agents) or '-',
+                      ','.join(str(n) for n in levels) if isinstance(levels, list) else '?',
+                      _text(r.get('holder_level', '?'), 5), _seconds(default, DEFAULT_LEASE),
+                      _seconds(most, MAX_LEASE), _text(r.get('description') or '', 200)))
+    adhoc = tree.get('adhoc') if isinstance(tree, dict) else None
+    source = tree.get('source') if isinstance(tree, dict) else None
+    if not lines:
+        if adhoc is True:
+            return ('No resources declared: every well-formed path may be leased '
+                    '(the registry was given no --resources).')
+        return '(no resources declared)'
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths[:-1]) + '  {}'
+    out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
+    if adhoc is True:
+        out.append('Undeclared paths may be leased too (adhoc: true), except a near miss of '
+                   'a declared one.')
+    else:
+        out.append('Only these paths may be leased (adhoc: false).')
+    if source:
+        out.append(f'Declared in {_text(source, 200)}.')
     return '\n'.join(out)

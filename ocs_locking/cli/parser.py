@@ -133,6 +133,13 @@ def make_parser():
     ls = command('leases', 'print the site-wide leases and waiting requests (every page)')
     ls.add_argument('--json', action='store_true',
                     help='print JSON: grants, waiting and token counters')
+    rs = command('resources', 'print the resources the site declares (from the registry, '
+                              'or --file)')
+    rs.add_argument('--json', action='store_true',
+                    help='print JSON: adhoc, source and every resource')
+    rs.add_argument('--file', default=None, metavar='FILE',
+                    help='read and check this resources file instead of asking the registry '
+                         '(against the agents of --site-file, when given)')
     cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
                                     '(--address-root default observatory, --registry)')
     cb.add_argument('input', metavar='IN.json', help="crossbar config to read (e.g. ocs's)")

@@ -1,7 +1,8 @@
 """Reading a resources file (YAML) into a :class:`.resources.ResourceTree`.
 
 The registry's ``--resources FILE`` and ``ocs-locks resources --file FILE``
-both read it here. YAML (PyYAML's safe loader) silently keeps the last of two
+both read it here, and check it against the agents of a site config
+(:func:`site_agents`). YAML (PyYAML's safe loader) silently keeps the last of two
 equal keys; this loader refuses them instead, so a path declared twice (or a
 key given twice in one declaration) is one line naming the file, the key and
 both lines. Every other check is :meth:`ResourceTree.from_config`'s.
@@ -11,7 +12,7 @@ import yaml
 from ..errors import ResourceConfigError
 from .resources import ResourceTree
 
-__all__ = ['load_resources', 'read_resources']
+__all__ = ['load_resources', 'read_resources', 'site_agents']
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -63,3 +64,24 @@ def load_resources(path):
         why = getattr(e, 'strerror', None) or type(e).__name__
         raise ResourceConfigError(f'cannot read the resources file {path}: {why}') from None
     return read_resources(text, path)
+
+
+def site_agents(site_file):
+    """``{instance_id: agent_class}`` of every host of the site file
+    ``site_file``, or None when it cannot be read or is not of that form
+    (the declared instances are then not checked)."""
+    try:
+        with open(site_file) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    hosts = data.get('hosts') if isinstance(data, dict) else None
+    if not isinstance(hosts, dict):
+        return None
+    agents = {}
+    for host in hosts.values():
+        entries = host.get('agent-instances') if isinstance(host, dict) else None
+        for inst in entries if isinstance(entries, list) else ():
+            if isinstance(inst, dict) and isinstance(inst.get('instance-id'), str):
+                agents[inst['instance-id']] = str(inst.get('agent-class', ''))
+    return agents

@@ -36,9 +36,11 @@ at fault. The rules it enforces:
     resource: two resources covering it, parent and child or unrelated,
     could be held by two holders at once, each told it has the agent to
     itself (refused, naming both);
-  - a child may not lock out *fewer* levels than its nearest declared
-    ancestor: a tree lease on the ancestor promises its lockout levels on
-    everything below it (refused, naming the missing levels).
+  - a resource may not lock out *fewer* levels than a declared ancestor
+    that sets ``lockout_levels`` itself: a tree lease on that ancestor
+    promises its lockout levels on everything below it (refused, naming
+    the missing levels). Levels an ancestor only inherited from
+    ``defaults`` promise nothing.
 
 * **Size.** At most MAX_RESOURCES resources, and the tree as JSON
   (:meth:`ResourceTree.as_dict`) at most MAX_TREE_JSON octets, so that it
@@ -318,7 +320,7 @@ class ResourceTree:
                 raise c.fail('resources', f': {e}') from None
             body = c.mapping(_where(path), body, ', '.join(RESOURCE_KEYS))
             own[path] = c.block(_where(path), body, RESOURCE_KEYS)
-        resolved = {}
+        resolved, promised = {}, {}
         for path in sorted(own):        # ancestors sort before their descendants
             parent = next((a for a in reversed(ancestors(path)) if a in resolved), None)
             values = dict(own[path])
@@ -334,15 +336,17 @@ class ResourceTree:
             if 'holder_level' not in values and 'holder_level' in defaults:
                 values['holder_level'] = defaults['holder_level']
             c.consistent(_where(path), values)
-            if parent is not None:
-                missing = sorted(set(resolved[parent]['lockout_levels'])
-                                 - set(values['lockout_levels']))
+            promise = promised.get(parent)      # (levels, by) an ancestor set itself
+            if promise is not None:
+                missing = sorted(set(promise[0]) - set(values['lockout_levels']))
                 if missing:
                     raise c.fail(f'{_where(path)}.lockout_levels',
                                  f" {list(values['lockout_levels'])} lacks level(s) "
-                                 f"{', '.join(map(str, missing))} of its parent {parent!r} "
-                                 f"({list(resolved[parent]['lockout_levels'])}): a tree "
-                                 f"lease on {parent!r} locks them out everywhere below it")
+                                 f"{', '.join(map(str, missing))} of its ancestor "
+                                 f"{promise[1]!r} ({list(promise[0])}): a tree lease on "
+                                 f"{promise[1]!r} locks them out everywhere below it")
+            promised[path] = (values['lockout_levels'], path) \
+                if 'lockout_levels' in own[path] else promise
             resolved[path] = values
         cls._one_owner(c, resolved)
         tree = cls([Resource(path, **v) for path, v in resolved.items()], adhoc, source)

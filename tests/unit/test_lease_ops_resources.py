@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 import yaml
 
-from ocs_locking.agents.lock_registry.leases import (LeaseOps, check_arguments, resource_tree,
-                                                     site_agents)
+from ocs_locking.agents.lock_registry.leases import LeaseOps, check_arguments, resource_tree
+from ocs_locking.leases.resource_file import site_agents
 from ocs_locking.leases.resources import ResourceTree
 
 from .test_lease_ops import Reactor, hold, run
@@ -96,6 +96,21 @@ def test_LeaseOps_lease_within_the_max_is_granted_as_asked(ops):
     for exactly that long."""
     data = hold(ops, 'satp1/hwp', 'alice', lease=600)
     assert data['lease'] == 600 and data['expires'] == NOW + 600
+
+
+def test_LeaseOps_renewal_over_the_max_is_refused_and_keeps_the_lease(ops):
+    """When a holder renews for longer than the max_lease of a resource its
+    request covers (a tree lease: one below it too), the renewal is refused
+    in one line and the lease keeps its expiry; within the max it renews."""
+    data = hold(ops, 'satp1/hwp', 'alice', lease=30, tree=True)
+    reply = ops._rpc_renew('satp1/hwp', data['lease_id'], lease=41)
+    assert (reply['ok'], reply['message']) == (
+        False, "Refused: lease 41 s is longer than the max_lease 40 s of resource "
+               "'satp1/hwp/encoder'")
+    assert ops.state.holders()[0].expires == NOW + 30
+    (ok, _), renewed = run(ops, 'renew', resource='satp1/hwp', lease_id=data['lease_id'],
+                           lease=40)
+    assert ok and renewed['expires'] == NOW + 40
 
 
 def test_LeaseOps_adhoc_tree_grants_undeclared_paths_with_the_default_lease(tmp_path):

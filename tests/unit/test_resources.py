@@ -128,8 +128,12 @@ MALFORMED = [
      "an agent belongs to one resource (hold both with one tree lease on a common parent)"),
     # overlap: a child that locks out fewer levels than its parent
     ({'resources': {'a': {'lockout_levels': [2, 3]}, 'a/b/c': {'lockout_levels': [3]}}},
-     "site/res.yaml: resources[a/b/c].lockout_levels [3] lacks level(s) 2 of its parent 'a' "
-     "([2, 3]): a tree lease on 'a' locks them out everywhere below it"),
+     "site/res.yaml: resources[a/b/c].lockout_levels [3] lacks level(s) 2 of its ancestor "
+     "'a' ([2, 3]): a tree lease on 'a' locks them out everywhere below it"),
+    ({'resources': {'a': {'lockout_levels': [1, 2, 3]}, 'a/b': {'max_lease': 10},
+                    'a/b/c': {'lockout_levels': [2, 3]}}},
+     "site/res.yaml: resources[a/b/c].lockout_levels [2, 3] lacks level(s) 1 of its ancestor "
+     "'a' ([1, 2, 3]): a tree lease on 'a' locks them out everywhere below it"),
 ]
 
 
@@ -344,6 +348,13 @@ def test_ResourceTree_child_may_lock_out_more_levels_than_its_parent():
     assert t.get('a/b').lockout_levels == (1, 2, 3)
 
 
+def test_ResourceTree_child_may_lock_out_fewer_levels_than_defaults_gave_its_parent():
+    """When the parent's lockout levels come from the defaults only (it sets
+    none itself), a child locking out fewer levels is fine."""
+    t = tree({'a': {}, 'a/b': {'lockout_levels': [1, 2]}})
+    assert (t.get('a').lockout_levels, t.get('a/b').lockout_levels) == ((1, 2, 3), (1, 2))
+
+
 def test_ResourceTree_holder_level_default_comes_from_defaults():
     """When defaults set a holder_level, resources without one take it."""
     t = tree({'a': {'lockout_levels': [1]}}, defaults={'holder_level': 3})
@@ -424,8 +435,25 @@ def test_ResourceTree_check_site_refuses_missing_agents_and_double_cover(resourc
 def test_demo_resources_file_loads_and_matches_the_demo_site():
     """When the demo's resources file is loaded, demo/hwp covers fake-hwp and
     every declared instance is an agent of site-config/default.yaml."""
-    from ocs_locking.agents.lock_registry.leases import site_agents
+    from ocs_locking.leases.resource_file import site_agents
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     t = load_resources(os.path.join(repo, 'site-config', 'lock-registry-resources.yaml'))
     assert t.get('demo/hwp').instances == ('fake-hwp',)
     t.check_site(site_agents(os.path.join(repo, 'site-config', 'default.yaml')))
+
+
+def test_docs_example_resources_file_loads_as_documented():
+    """When docs/examples/resources.yaml is loaded, its resources inherit as
+    docs/resources.rst says: the encoder takes its parent's levels and the
+    defaults' default lease within its own max; the mount keeps level 3."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    t = load_resources(os.path.join(repo, 'docs', 'examples', 'resources.yaml'))
+    assert [r.path for r in t] == ['satp1', 'satp1/hwp', 'satp1/hwp/encoder', 'satp1/mount']
+    assert t.adhoc is False
+    enc = t.get('satp1/hwp/encoder')
+    assert (enc.classes, enc.lockout_levels, enc.default_lease, enc.max_lease) == \
+        (('HWPEncoderAgent',), (1, 2, 3), 60.0, 600.0)
+    mount = t.get('satp1/mount')
+    assert (mount.lockout_levels, mount.holder_level) == ((1, 2), 3)
+    assert [r.path for r in t.covered('satp1', tree=True)] == [r.path for r in t]
+    assert t.lease('satp1', tree=True) == 60.0
