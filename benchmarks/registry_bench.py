@@ -141,6 +141,8 @@ def write_site_config(workdir, stock=False):
                                  if d['name'] == 'bridge-1']
     keep = {'lock-registry', DEVICE_AGENT}
     instances = [i for i in host['agent-instances'] if i['instance-id'] in keep]
+    for inst in instances:      # no declared resources: they name agents this site drops
+        inst['arguments'] = [a for a in inst.get('arguments') or [] if a[0] != '--resources']
     instances.insert(1, {'agent-class': 'RegistryAgent', 'instance-id': 'registry',
                          'arguments': []})
     host['agent-instances'] = instances

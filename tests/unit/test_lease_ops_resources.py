@@ -228,3 +228,24 @@ def test_site_agents_reads_every_host(tmp_path):
     assert site_agents(str(site / 'default.yaml')) == {'hwp': 'X',
                                                        'lock-registry': 'LockRegistryAgent'}
     assert site_agents(str(tmp_path / 'missing.yaml')) is None
+
+
+def test_registry_status_carries_the_declared_tree_within_the_budget(tmp_path):
+    """When the registry declares a tree near its JSON cap, the status task's
+    data carries it whole under 'resources' and the reply stays within the
+    message budget."""
+    from ocs_locking.agents.lock_registry.agent import LockRegistryAgent
+    from ocs_locking.leases.resources import MAX_TREE_JSON
+    from ocs_locking.wire import MESSAGE_BUDGET, json_size
+
+    from .test_registry_agent import FakeAgent, NowReactor
+    big = {'adhoc': True, 'resources': {f'r/{i:04d}': {'description': 'd' * 150}
+                                        for i in range(400)}}
+    ops = make_ops(tmp_path, big)
+    assert MAX_TREE_JSON / 2 < json_size(ops.resources.as_dict()) <= MAX_TREE_JSON
+    reg = LockRegistryAgent(FakeAgent(), reactor=NowReactor())
+    reg.leases = ops
+    session = SimpleNamespace(data=None)
+    reg.status(session, {})
+    assert session.data['resources'] == ops.resources.as_dict()
+    assert json_size(session.data) < MESSAGE_BUDGET
