@@ -2,6 +2,11 @@
 actors that take a lock from a thread or from the reactor. To wait on lock
 events instead of sleeping, tests use :class:`ocs_locking.testing.LockProbe`."""
 import concurrent.futures
+import contextlib
+import signal
+import subprocess
+import sys
+import types
 
 from twisted.internet import task
 
@@ -170,3 +175,24 @@ class WampPeer:
                 self.rt.call(self.session.leave, timeout=WAIT)
             except Exception:       # already gone
                 pass
+
+
+@contextlib.contextmanager
+def reserve_process(site, *args):
+    """``ocs-locks reserve ARGS...`` on ``site`` in a child process. Yields
+    a namespace with ``proc`` (text pipes); leaving the block normally ends
+    it with Ctrl-C (SIGINT) and sets ``returncode``, ``out`` and ``err``.
+    The child never outlives the block."""
+    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'reserve', *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ended = types.SimpleNamespace(proc=proc, returncode=None, out=None, err=None)
+    try:
+        yield ended
+        proc.send_signal(signal.SIGINT)
+        ended.out, ended.err = proc.communicate(timeout=30)
+        ended.returncode = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -249,18 +249,9 @@ def add_arguments(parser):
 def load_access_config(path):
     """``(rules, grant_blocks)`` of the ocs AccessDirector config file
     ``path``; raises ValueError in one line (never showing a password)."""
-    import yaml
     from ocs_locking.agents.lock_registry.director_rules import base_rules
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f'cannot read the access config {path!r}: '
-                         f'{e.strerror or type(e).__name__}') from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' (line {mark.line + 1})' if mark is not None else ''
-        raise ValueError(f'the access config {path!r} is not YAML{where}') from None
+    from ocs_locking.agents.lock_registry.leases import read_yaml
+    config = read_yaml(path, 'the access config')
     if not isinstance(config, dict):
         raise ValueError(f'the access config {path!r} must be a mapping (an ocs '
                          f'AccessDirector config)')

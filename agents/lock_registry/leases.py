@@ -156,24 +156,31 @@ def resource_tree(args):
     return tree
 
 
+def read_yaml(path, what):
+    """The YAML document of the file ``path`` (``what`` names it in errors,
+    e.g. 'the access file'); raises ValueError in one line for a file that
+    is missing, unreadable or not YAML (never showing its content)."""
+    import yaml
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f'cannot read {what} {path!r}: '
+                         f'{e.strerror or type(e).__name__}') from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f' (line {mark.line + 1})' if mark is not None else ''
+        raise ValueError(f'{what} {path!r} is not YAML{where}') from None
+
+
 def load_access_file(path):
     """The ocs AccessRules of the access file ``path`` (ocs's AccessDirector
     ``passwords`` entries, parsed by ``ocs.access.director_parse_config``),
     after a free level-1 rule (as ocs's ``override`` policy has); raises
     ValueError in one line for a file that is missing, unreadable, not
     YAML, or not of that form. Never shows a password."""
-    import yaml
     from ocs import access
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f'cannot read the access file {path!r}: '
-                         f'{e.strerror or type(e).__name__}') from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' (line {mark.line + 1})' if mark is not None else ''
-        raise ValueError(f'the access file {path!r} is not YAML{where}') from None
+    config = read_yaml(path, 'the access file')
     if not isinstance(config, dict) or not isinstance(config.get('passwords'), list) \
             or not config['passwords']:
         raise ValueError(f"the access file {path!r} must be a mapping with 'passwords': "

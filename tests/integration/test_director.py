@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tools.devsite import Site
+from tests.support import reserve_process
 from ocs_locking.leases.paths import when
 from ocs_locking.leases.reservation import Reservation, RetryPolicy
 
@@ -185,14 +186,9 @@ def test_director_ocs_locks_reserve_prints_privs_the_holder_can_use(site):
     """When `ocs-locks reserve demo/hwp` holds the reservation, it prints a
     `privs: <value>` line; that value runs fake-hwp's delay_task while the
     operator is refused; Ctrl-C releases and the operator can again."""
-    import signal
-    import subprocess
-    import sys
-    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
-                             'reserve', 'demo/hwp', '--lease', '30', '--note', 'by hand',
-                             '--owner', 'erin'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reserve_process(site, 'demo/hwp', '--lease', '30', '--note', 'by hand',
+                         '--owner', 'erin') as r:
+        proc = r.proc
         first = proc.stdout.readline()
         assert first.startswith("Reserved demo/hwp for 'erin': token(s) demo/hwp="), \
             first + (proc.stderr.read() if proc.poll() is not None else '')
@@ -205,11 +201,5 @@ def test_director_ocs_locks_reserve_prints_privs_the_holder_can_use(site):
         assert not ok and 'demo/hwp[erin; note: by hand' in msg, msg
         ok, msg = run(client(site, 'fake-hwp', m.group(1)), 'delay_task', delay=0)
         assert ok, msg
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0 and err == '' and out.strip() == 'Released demo/hwp.'
+    assert (r.returncode, r.err, r.out.strip()) == (0, '', 'Released demo/hwp.')
     assert until(client(site, 'fake-hwp', OPERATOR), 'delay_task', True, delay=0)[0]

@@ -5,7 +5,6 @@ loopback, the registry under ocs-agent-cli; clients over ocs's OCSClient
 declared agents need not run for their resources to be leased)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from tools.devsite import Site
+from tests.support import reserve_process
 from tests.integration.test_leases import SITE_FILE, answer, grants, ocs_locks, take
 
 pytestmark = pytest.mark.integration
@@ -78,21 +78,13 @@ def test_declared_resource_is_granted_for_its_default_lease(site, registry):
 def test_declared_resource_is_reserved_by_ocs_locks_reserve(site, registry):
     """When `ocs-locks reserve demo/sim-device-1` runs, it is granted, the
     lease shows in the registry, and Ctrl-C releases it."""
-    proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
-                             'reserve', 'demo/sim-device-1', '--owner', 'erin'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reserve_process(site, 'demo/sim-device-1', '--owner', 'erin') as r:
+        proc = r.proc
         line = proc.stdout.readline()
         assert line.startswith("Reserved demo/sim-device-1 for 'erin'"), \
             line + (proc.stderr.read() if proc.poll() is not None else '')
         assert grants(registry)['demo/sim-device-1']['owner'] == 'erin'
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert (proc.returncode, err, out.strip()) == (0, '', 'Released demo/sim-device-1.')
+    assert (r.returncode, r.err, r.out.strip()) == (0, '', 'Released demo/sim-device-1.')
 
 
 def test_lease_over_the_declared_max_is_refused(site, registry):
