@@ -211,13 +211,23 @@ class Runner:
         self._kill_at = None
         self._preempt = None        # a signal to send once the command runs
         self.preempted = None       # (reason, deadline) of the notice, if any
+        self.listening = False      # WATCHED blocked in the main thread: wake() may signal
 
     def wake(self):
-        """Wake the main loop (from any thread)."""
-        try:
-            signal.pthread_kill(self._main, WAKE)
-        except (ProcessLookupError, OSError):
-            pass
+        """Wake the main loop (from any thread); nothing once it is over
+        (:data:`WAKE` is then no longer blocked, and would end the process)."""
+        with self._mutex:
+            if self.listening:
+                try:
+                    signal.pthread_kill(self._main, WAKE)
+                except (ProcessLookupError, OSError):
+                    pass
+
+    def listen(self, on):
+        """Say whether the main thread blocks :data:`WATCHED` (set before
+        blocking, cleared before unblocking)."""
+        with self._mutex:
+            self.listening = on
 
     # -- the lease's callbacks (any thread) ------------------------------------------
 
@@ -413,6 +423,7 @@ def _cmd_run(args):
     # Blocked before any thread starts (the renewer, the HTTP client's):
     # they inherit the mask, so these signals reach the main loop only.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    runner.listen(True)
     res = None
     try:
         from ..leases.reservation import RetryPolicy
@@ -448,6 +459,7 @@ def _cmd_run(args):
     finally:
         if res is not None:
             res.release()           # a no-op once released
+        runner.listen(False)
         # Take what is left pending (wake-ups, a late signal) before
         # unblocking, so that it is not delivered to this process then.
         while signal.sigtimedwait(WATCHED, 0) is not None:
