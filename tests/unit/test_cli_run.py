@@ -445,3 +445,64 @@ def test_the_command_dies_when_run_is_killed_with_sigkill():
     finally:
         proc.kill()
         proc.wait(WAIT)
+
+
+# A command that counts the SIGINTs it gets until a SIGTERM, then prints
+# the count and exits 0.
+COUNTER = """
+import os, signal, sys
+n = 0
+def on_int(signum, frame):
+    global n
+    n += 1
+    os.write(1, b'INT\\n')
+def on_term(signum, frame):
+    os.write(1, f'count={n}\\n'.encode())
+    sys.exit(0)
+signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGTERM, on_term)
+os.write(1, b'ready\\n')
+while True:
+    signal.pause()
+"""
+
+# ``ocs-locks run`` (fake reservation) as the session leader of a terminal.
+RUN_ON_A_TERMINAL = """
+import fcntl, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+""" + RUN_PROCESS.replace(
+    "sys.exit(cli.main(['run', 'it/x', '--', sys.executable, '-c',\n"
+    "                   'import os, time; print(os.getpid(), flush=True); time.sleep(600)']))",
+    "sys.exit(cli.main(['run', 'it/x', '--', sys.executable, '-c', {counter!r}]))")
+
+
+def read_until(fd, text):
+    """What the terminal showed until ``text`` (bounded)."""
+    seen = b''
+    while text.encode() not in seen:
+        assert select.select([fd], [], [], WAIT)[0], f'never saw {text!r} in {seen!r}'
+        seen += os.read(fd, 1000)
+    return seen.decode(errors='replace')
+
+
+def test_ctrl_c_at_the_terminal_reaches_the_command_once():
+    """When Ctrl-C is typed at the terminal run is in, the command gets one
+    SIGINT (from the terminal, as run's process group does), not a second
+    one from run; a SIGTERM sent to run with kill is passed on."""
+    master, slave = os.openpty()
+    code = RUN_ON_A_TERMINAL.format(repo=REPO, counter=COUNTER)
+    proc = subprocess.Popen([sys.executable, '-c', code], stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True, cwd=REPO)
+    os.close(slave)
+    try:
+        read_until(master, 'ready')
+        os.write(master, b'\x03')           # Ctrl-C: the terminal signals its foreground
+        read_until(master, 'INT')
+        proc.send_signal(signal.SIGTERM)
+        assert 'count=1' in read_until(master, 'count=')
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        os.close(master)
