@@ -289,7 +289,13 @@ class Runner:
 
     def supervise(self, env, popen=subprocess.Popen):
         """Start the command and run the loop until it has exited; returns the
-        exit status (the command's; 124 when it was ended for a lost lease)."""
+        exit status (the command's; 124 when it was ended for a lost lease).
+        A lease lost before the command started: it is not started (124)."""
+        with self._mutex:
+            lost = self.lost
+        if lost is not None:
+            self.say(f'lost the lease on {self.names} before the command started: {lost}')
+            return LEASE_LOST
         child = self.start(env, popen)
         while True:
             rc = child.poll()

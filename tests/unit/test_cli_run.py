@@ -253,6 +253,24 @@ def test_run_bad_value_is_one_line_and_exit_125(plan, capsys, argv, error):
     assert plan.made == []
 
 
+def test_run_bad_registry_name_is_exit_125(plan, capsys):
+    """When --registry cannot be an instance id, one line and exit 125 (where
+    other commands exit 1)."""
+    assert run('it/x', '--registry', 'a b', '--', 'true') == 125
+    assert capsys.readouterr().err.startswith("ocs-locks: no such registry name 'a b'")
+    assert plan.made == []
+
+
+def test_lease_lost_before_the_command_started_does_not_start_it(tmp_path):
+    """When the lease is lost between the grant and the start, the command
+    is not started and run exits 124 in one line."""
+    said = []
+    r = cli_run.Runner(['touch', str(tmp_path / 'ran')], 'it/x', say=said.append)
+    r.on_lost('expired')
+    assert r.supervise({}) == 124 and not (tmp_path / 'ran').exists()
+    assert said == ['lost the lease on it/x before the command started: expired']
+
+
 def test_run_bad_resource_path_is_refused_before_anything_is_asked(plan, capsys):
     """When a RESOURCE is not a valid path, one line and exit 125."""
     assert run('Bad/Path', '--', 'true') == 125
