@@ -4,10 +4,8 @@
   hang-up reaches only the supervisor, which then stops its children in order)
   and, when called from the main thread, with ``PR_SET_PDEATHSIG`` set to
   SIGKILL: if the supervisor dies without cleaning up (``kill -9``), the kernel
-  kills the child. The flag is set by a tiny ``python -c`` prelude that then
-  ``exec``\\ s the command (the flag survives ``exec``), so no code runs in the
-  forked child of a possibly multi-threaded parent. The kernel ties the flag to
-  the *thread* that forked, hence main thread only.
+  kills the child. The flag is set by the runtime package's prelude
+  (:mod:`ocs_locking.children`, shared with ``ocs-locks run``), main thread only.
 * crossbar's controller forks its router worker; that worker exits as soon
   as its controller dies (checked by ``tests/integration/test_devsite.py``).
 * :func:`stop` signals a child's process group and kills the group if it does
@@ -16,28 +14,10 @@
 import os
 import signal
 import subprocess
-import sys
-import threading
+
+from ocs_locking.children import can_die_with_parent, command_line
 
 __all__ = ['spawn', 'stop', 'exit_text', 'pidfd']
-
-# Runs in the child before the command: die with the parent, then exec.
-# argv: <parent pid> <command...>
-_PRELUDE = (
-    'import ctypes, os, signal, sys\n'
-    'libc = ctypes.CDLL(None, use_errno=True)\n'
-    'if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:\n'   # 1 = PR_SET_PDEATHSIG
-    '    sys.exit("devsite: prctl(PR_SET_PDEATHSIG) failed: "'
-    ' + os.strerror(ctypes.get_errno()))\n'
-    'if os.getppid() != int(sys.argv[1]):\n'
-    '    sys.exit(1)\n'                       # the parent died before the flag was set
-    'os.execvp(sys.argv[2], sys.argv[2:])\n'
-)
-
-
-def _can_die_with_parent():
-    return sys.platform.startswith('linux') \
-        and threading.current_thread() is threading.main_thread()
 
 
 def spawn(cmd, log_path, env=None, cwd=None, stdout=None, stderr=None):
@@ -45,8 +25,8 @@ def spawn(cmd, log_path, env=None, cwd=None, stdout=None, stderr=None):
     or, with ``log_path=None``, goes to ``stdout`` and ``stderr`` (as for
     :class:`subprocess.Popen`; None: this process's). Returns the Popen."""
     cmd = list(cmd)
-    if _can_die_with_parent():
-        cmd = [sys.executable, '-c', _PRELUDE, str(os.getpid()), *cmd]
+    if can_die_with_parent():
+        cmd = command_line(cmd, 'devsite')
     if log_path is None:
         return subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=cwd)

@@ -9,16 +9,18 @@
     ocs-locks history [satp1/hwp] [--owner NAME] [--action ACTION] [--since 10m]
                       [--limit 20] [--json]
     ocs-locks resources [--json] [--file FILE]   # the declared resources
+    ocs-locks run satp1/hwp --lease 30 -- ./calibrate.sh   # hold it while a command runs
     ocs-locks crossbar-config IN.json OUT.json   # run the bus component (no network)
 
 It reads the site config like other ocs tools (``--site-file``,
 ``--site-host``, ``$OCS_CONFIG_DIR``...), before or after the command.
 Every failure is one line on stderr and exit status 1 (2 for bad
-arguments); a closed stdout (``| head``) ends a command quietly.
+arguments; ``run`` has its own exit statuses, see :mod:`.run`); a closed
+stdout (``| head``) ends a command quietly.
 
 The package: :mod:`.parser` (the command line), :mod:`.site` (site config
 and registry name checks), :mod:`.formatters` (text and JSON), :mod:`.status`,
-:mod:`.watch`, :mod:`.leases`, :mod:`.resources`, :mod:`.crossbar` (the commands),
+:mod:`.watch`, :mod:`.leases`, :mod:`.resources`, :mod:`.run`, :mod:`.crossbar` (the commands),
 :mod:`.signals`.
 """
 import errno
@@ -31,6 +33,8 @@ from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, j
 from .leases import cmd_force_release, cmd_history, cmd_leases, cmd_release, cmd_reserve
 from .parser import make_parser, parse_age
 from .resources import cmd_resources
+from . import run
+from .run import cmd_run
 from .site import check_registry_name
 from .status import cmd_status, fetch_rows
 from . import watch
@@ -42,7 +46,10 @@ __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
 COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
             'release': cmd_release, 'force-release': cmd_force_release,
             'history': cmd_history, 'leases': cmd_leases, 'resources': cmd_resources,
-            'crossbar-config': cmd_crossbar_config}
+            'crossbar-config': cmd_crossbar_config, 'run': cmd_run}
+
+#: The exit status of a CliError, by command (default 1).
+FAILED = {'run': run.RUN_FAILED}
 
 
 def _stdout_gone():
@@ -65,7 +72,7 @@ def _run(opts):
             print(f'ocs-locks: {e}', file=sys.stderr, flush=True)
         except OSError:
             pass
-        return 1
+        return FAILED.get(opts.command, 1)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:     # | head: the reader has all it wanted
@@ -88,12 +95,32 @@ def _exit_now(status):
     os._exit(status)
 
 
+def parse_args(argv):
+    """The options of an ``ocs-locks`` command line. For ``run``, what
+    follows the first ``--`` is the command (``opts.argv``), never options;
+    its usage errors are one line (exit 2)."""
+    head, tail = run.split_argv(argv)
+    if head is None:
+        return make_parser().parse_args(argv)
+    from .parser import one_line_errors
+    parser = one_line_errors(make_parser(), 'ocs-locks run')
+    opts, extra = parser.parse_known_args(head)
+    if extra:
+        parser.error(f'unrecognized arguments before --: {" ".join(extra)}')
+    if tail is None:
+        parser.error('put -- between the RESOURCE(s) and the COMMAND')
+    if not tail:
+        parser.error('no COMMAND after --')
+    opts.argv = tail
+    return opts
+
+
 def main(args=None):
     """Run ``ocs-locks`` with ``args`` (default: the command line); returns the
     exit status: 0 done, 1 failed (one line on stderr), 2 bad arguments.
     After ``watch`` has run the reactor, the process ends here with that
     status."""
-    opts = make_parser().parse_args(args)
+    opts = parse_args(sys.argv[1:] if args is None else list(args))
     status = _run(opts)
     if watch.reactor_ran:
         _exit_now(status)

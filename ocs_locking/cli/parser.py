@@ -9,6 +9,7 @@ are not listed, and get the defaults ocs expects.
 import argparse
 import math
 import re
+import sys
 
 from ..errors import CliError
 
@@ -69,6 +70,15 @@ def _add_site_options(parser, top):
                        **({'default': DEFAULT_REGISTRY} if top else extra))
 
 
+def one_line_errors(parser, prog):
+    """Make ``parser`` report a usage error in one line on stderr (exit 2)."""
+    def error(message):
+        sys.stderr.write(f'{prog}: {message} (see {prog} --help)\n')
+        sys.exit(2)
+    parser.error = error
+    return parser
+
+
 def make_parser():
     """The ``ocs-locks`` parser (agent-only ocs options are neither listed
     nor accepted; their attributes are None, as ocs expects)."""
@@ -105,6 +115,31 @@ def make_parser():
     r.add_argument('--timeout', type=float, default=0.0,
                    help="seconds to wait in the registry's queue if busy (default 0)")
     r.add_argument('--owner', default=None, help='owner name (default: user@host)')
+    run = command('run', 'hold a lease exactly while a command runs (exit status: the '
+                         "command's; 75 busy, 124 lease lost, 125 run failed, 126/127 "
+                         'command not executable / not found)')
+    run.usage = ('ocs-locks run RESOURCE... [--lease S] [--note TEXT] [--timeout S] [--tree] '
+                 '[--owner NAME] [--kill-after S] [--preempt-signal SIG] -- COMMAND [ARGS...]')
+    run.add_argument('resources', nargs='+', metavar='RESOURCE',
+                     help='resource path(s), e.g. satp1/hwp (several: all or nothing)')
+    run.add_argument('--lease', type=float, default=30.0,
+                     help='lease in seconds, renewed every lease/3 while the command runs '
+                          '(default 30)')
+    run.add_argument('--note', default='', help='why (shown to others, kept in the audit log)')
+    run.add_argument('--tree', action='store_true',
+                     help='also exclude everything below the path(s)')
+    run.add_argument('--timeout', type=float, default=0.0,
+                     help="seconds to wait in the registry's queue if busy (default 0; "
+                          'still busy: exit 75)')
+    run.add_argument('--owner', default=None, help='owner name (default: user@host)')
+    run.add_argument('--kill-after', type=float, default=10.0, metavar='S',
+                     help='after a lost lease: SIGTERM to the command, SIGKILL after S '
+                          'seconds (default 10)')
+    run.add_argument('--preempt-signal', default=None, metavar='SIG',
+                     help='the signal to send the command when a preemption notice comes '
+                          '(default: none)')
+    run.set_defaults(argv=None)
+    one_line_errors(run, 'ocs-locks run')
     rel = command('release', 'release a lease you hold, by its secret lease id')
     rel.add_argument('resource', metavar='RESOURCE')
     rel.add_argument('--lease-id', default=None,

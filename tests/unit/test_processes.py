@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tools import processes
+from ocs_locking.children import PRELUDE
 from tools.processes import exit_text, spawn, stop
 
 from ..support import WAIT
@@ -106,6 +106,6 @@ def test_child_spawned_off_the_main_thread_does_not_die_with_that_thread(tmp_pat
     proc = got['proc']
     try:
         assert not wait_exit(proc.pid, 0)
-        assert processes._PRELUDE not in proc.args
+        assert PRELUDE not in proc.args
     finally:
         stop(proc, signal.SIGTERM, WAIT)
