@@ -182,7 +182,10 @@ def reserve_process(site, *args):
     """``ocs-locks reserve ARGS...`` on ``site`` in a child process. Yields
     a namespace with ``proc`` (text pipes); leaving the block normally ends
     it with Ctrl-C (SIGINT) and sets ``returncode``, ``out`` and ``err``.
-    The child never outlives the block."""
+    The child never outlives the block. Read every line the test expects
+    before leaving the block: ``communicate()`` reads the pipe itself, so a
+    line already in ``proc.stdout``'s buffer (read ahead by a ``readline``)
+    is not in ``out``."""
     proc = subprocess.Popen([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
                              'reserve', *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -77,12 +77,17 @@ def test_declared_resource_is_granted_for_its_default_lease(site, registry):
 
 def test_declared_resource_is_reserved_by_ocs_locks_reserve(site, registry):
     """When `ocs-locks reserve demo/sim-device-1` runs, it is granted, the
-    lease shows in the registry, and Ctrl-C releases it."""
+    lease shows in the registry, its credential is printed, and Ctrl-C
+    releases it."""
     with reserve_process(site, 'demo/sim-device-1', '--owner', 'erin') as r:
         proc = r.proc
         line = proc.stdout.readline()
         assert line.startswith("Reserved demo/sim-device-1 for 'erin'"), \
             line + (proc.stderr.read() if proc.poll() is not None else '')
+        # the demo registry directs access: the grant of a declared resource
+        # carries the holder's credential (read here: a line left in the
+        # pipe's buffer would be lost to communicate())
+        assert proc.stdout.readline().startswith('privs: ')
         assert grants(registry)['demo/sim-device-1']['owner'] == 'erin'
     assert (r.returncode, r.err, r.out.strip()) == (0, '', 'Released demo/sim-device-1.')
 
