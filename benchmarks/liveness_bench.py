@@ -135,7 +135,7 @@ def run(trials, keep=False):
     rt = site = wamp = None
     try:
         site = Site(registry_bench.write_site_config(workdir), registry_bench.HOST,
-                    os.path.join(workdir, 'run'), port=0)
+                    os.path.join(workdir, 'run'), port=0, teardown='kill')
         site.start()
         rt = registry_bench.Reactor()
         wamp = registry_bench.Wamp(rt, site)
@@ -154,7 +154,7 @@ def run(trials, keep=False):
         if wamp is not None:
             wamp.close()
         if site is not None:
-            site.stop()
+            site.close()
         if rt is not None:
             rt.stop()
         if not keep:

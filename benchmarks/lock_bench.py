@@ -60,6 +60,15 @@ in the same interleaved run (1.06x): on this machine a FIFO of per-waiter
 wake locks cannot match ocs's single raw-lock hand-off in CPython. The gap
 stays open.
 
+Measured again (issue 8, interleaved in one process, 300 samples x 4-5 runs,
+median ratio to ocs): the release as it is 1.27-1.30; a release that wakes the
+waiter and then does its bookkeeping with the GIL held 1.32 (the woken thread
+waits for the GIL: work after the wake is on the hand-off's path); all
+bookkeeping before a wake done last, outside the mutex, inlined 1.16, the same
+through the one grant/release path (``_release_locked`` returning the waiter)
+1.29 (two Python calls more); mutex + owner check, then only the wake 1.08-1.13;
+no mutex, no bookkeeping at all (unsafe) 1.02-1.09.
+
 ``--quick`` runs far fewer iterations (< 10 s, for the smoke test); ``--json
 PATH`` writes the results dict. ``main()`` returns 0 when every target passes.
 """

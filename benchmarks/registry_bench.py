@@ -763,7 +763,7 @@ def _router_site(workdir, name, crossbar_config):
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)
     site = Site(path, 'router', os.path.join(workdir, name), port=0,
-                crossbar_config=crossbar_config)
+                crossbar_config=crossbar_config, teardown='kill')
     site.start_router()
     return site
 
@@ -835,7 +835,7 @@ def run_bus_cost(rt, workdir, quick):
         for probe in probes.values():
             probe.close()
         for site in sites.values():
-            site.stop()
+            site.close()
     out = {}
     for name in sites:
         out[name] = dict(publishes=len(acks[name]),
@@ -902,7 +902,7 @@ def run(quick, keep=False, stock=False):
     rt = site = wamp = None
     try:
         site = Site(write_site_config(workdir, stock), HOST, os.path.join(workdir, 'run'),
-                    port=0)
+                    port=0, teardown='kill')
         site.start()
         rt = Reactor()
         wamp = Wamp(rt, site)
@@ -912,7 +912,7 @@ def run(quick, keep=False, stock=False):
              'acq': run_propagation(site, watch, n, acq=True)}
         b = run_scale(site, rt, wamp, quick)
         wamp.close()
-        site.stop()
+        site.close()
         site = None
         c = run_bus_cost(rt, workdir, quick)
         return a, b, c, workdir
@@ -920,7 +920,7 @@ def run(quick, keep=False, stock=False):
         if wamp is not None:
             wamp.close()
         if site is not None:
-            site.stop()
+            site.close()
         if rt is not None:
             rt.stop()
         if not keep:

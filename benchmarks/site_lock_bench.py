@@ -527,7 +527,8 @@ def run(quick, keep=False):
     workdir = tempfile.mkdtemp(prefix='site-lock-bench-')
     rt = site = agent = None
     try:
-        site = Site(write_site_config(workdir), HOST, os.path.join(workdir, 'run'), port=0)
+        site = Site(write_site_config(workdir), HOST, os.path.join(workdir, 'run'), port=0,
+                    teardown='kill')
         site.start()
         rt = Reactor()
         agent = AgentSession(rt, site)
@@ -565,7 +566,7 @@ def run(quick, keep=False):
         if agent is not None:
             agent.close()
         if site is not None:
-            site.stop()
+            site.close()
         if rt is not None:
             rt.stop()
         if not keep:

@@ -73,7 +73,7 @@ def start_site(make, attempts=3):
             site.start()
             return site
         except SiteError as e:
-            site.stop()
+            site.close()
             if attempt + 1 < attempts and port_was_taken(e):
                 logger.warning('site start: %s (port taken meanwhile); trying new ports', e)
                 continue

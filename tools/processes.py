@@ -9,15 +9,20 @@
 * crossbar's controller forks its router worker; that worker exits as soon
   as its controller dies (checked by ``tests/integration/test_devsite.py``).
 * :func:`stop` signals a child's process group and kills the group if it does
-  not exit in time; :func:`exit_text` describes how a child ended.
+  not exit in time; :func:`kill` SIGKILLs children, their process groups and
+  every process below them at once and waits until all are gone (test and
+  benchmark teardown, where a clean shutdown proves nothing and costs
+  seconds per agent); :func:`exit_text` describes how a child ended.
 """
 import os
+import select
 import signal
 import subprocess
+import time
 
 from ocs_locking.children import can_die_with_parent, command_line
 
-__all__ = ['spawn', 'stop', 'exit_text', 'pidfd']
+__all__ = ['spawn', 'stop', 'kill', 'descendants', 'exit_text', 'pidfd']
 
 
 def spawn(cmd, log_path, env=None, cwd=None, stdout=None, stderr=None):
@@ -57,6 +62,126 @@ def stop(proc, sig, timeout):
         except (ProcessLookupError, PermissionError):
             pass
         return proc.wait(timeout)
+
+
+def _stat(pid):
+    """(state, ppid, pgrp) of a process from /proc, or None if it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        return fields[0], int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _all_stats():
+    out = {}
+    try:
+        entries = os.listdir('/proc')
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                out[int(entry)] = st
+    return out
+
+
+def descendants(roots):
+    """Every live process below ``roots`` (pids) or in their process groups
+    right now (a set of pids, the roots not included). Linux /proc; empty
+    elsewhere."""
+    roots = set(roots)
+    stats = _all_stats()
+    children = {}
+    for pid, (_, ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found = {pid for pid, (state, _, pgrp) in stats.items()
+             if pgrp in roots and state != 'Z'}
+    todo = list(roots | found)
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found - roots
+
+
+def _gone(pid):
+    st = _stat(pid)
+    return st is None or st[0] in ('Z', 'X')
+
+
+def _wait_pids_gone(pids, timeout):
+    """Wait until every pid has exited (a zombie counts as exited: its parent
+    reaps it); returns those still alive after ``timeout`` seconds. Waits on
+    pidfds where the kernel has them, else polls /proc (bounded)."""
+    deadline = time.monotonic() + timeout
+    fds = {}
+    left = set()
+    for pid in pids:
+        fd = None
+        if hasattr(os, 'pidfd_open'):
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            except OSError:
+                fd = None
+        if fd is None:
+            left.add(pid)
+        else:
+            fds[fd] = pid
+    try:
+        while fds:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select(list(fds), [], [], remaining)
+            for fd in ready:
+                os.close(fd)
+                del fds[fd]
+        while left and time.monotonic() < deadline:
+            left = {pid for pid in left if not _gone(pid)}
+            if left:
+                time.sleep(0.01)
+        return sorted(set(fds.values()) | {pid for pid in left if not _gone(pid)})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def kill(procs, timeout=15):
+    """SIGKILL the children ``procs`` (Popen objects), their process groups
+    and every process below them, then wait (at most ``timeout`` seconds)
+    until each has exited and been reaped. Returns the pids still alive
+    (none, unless a process is stuck in the kernel)."""
+    procs = [p for p in procs if p is not None]
+    live = [p for p in procs if p.poll() is None]
+    others = descendants(p.pid for p in live)
+    for proc in live:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.kill()         # not in its own group (spawned elsewhere)
+        except OSError:
+            pass
+    for pid in others:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    stuck = []
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stuck.append(proc.pid)
+    return sorted(set(stuck) | set(_wait_pids_gone(others, max(0.0, deadline - time.monotonic()))))
 
 
 def exit_text(returncode):

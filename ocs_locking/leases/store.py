@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 EPOCH_BITS = 32
 MAX_EPOCH = 2 ** (53 - EPOCH_BITS) - 1
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
@@ -78,11 +78,17 @@ PAGE_SIZE = 1024
 # the credential its holder was given, never the credential, so the access
 # rules survive a registry restart. A row whose request holds no grant is
 # deleted at the next write of this table.
+# Version 6: no ``audit_by_resource`` index. It cost one WAL page (and a
+# b-tree insert) in every commit that writes an audit row, i.e. every grant
+# and release, and served only the fold of a holder's re-grants: history by
+# resource (a path prefix) scans the table anyway, bounded by the retention
+# (``prune``), and the fold finds its row scanning back from the newest id,
+# a few rows (it is the resource's latest ``regrant``, within the fold
+# window). Dropped in place.
 _AUDIT_V3 = ('id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, '
              'resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT, '
              'ok INTEGER NOT NULL DEFAULT 1')
 _AUDIT = _AUDIT_V3 + ', caller TEXT'
-_AUDIT_INDEX = 'CREATE INDEX audit_by_resource ON audit (resource, id)'
 _KEYED_V3 = {
     'counters': 'resource TEXT PRIMARY KEY, last_token INTEGER NOT NULL',
     'grants': 'resource TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL, '
@@ -96,7 +102,6 @@ _PRIVS = ('CREATE TABLE grant_privs (request_id INTEGER PRIMARY KEY, hash TEXT N
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE audit (""" + _AUDIT + """);
-""" + _AUDIT_INDEX + """;
 """ + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items()) \
     + _PRIVS + ';\n'
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
@@ -413,6 +418,8 @@ class LeaseStore:
             self._migrate_v3(db)
         if row[0] in (1, 2, 3, 4):
             self._migrate_v4(db)
+        if row[0] in (1, 2, 3, 4, 5):
+            self._migrate_v5(db)
             log.info('lease store %s: schema migrated from version %d to %d', self.path,
                      row[0], SCHEMA_VERSION)
             return
@@ -437,7 +444,6 @@ class LeaseStore:
         db.execute('INSERT INTO audit_v3 SELECT * FROM audit')
         db.execute('DROP TABLE audit')
         db.execute('ALTER TABLE audit_v3 RENAME TO audit')
-        db.execute(_AUDIT_INDEX)
         db.execute("DELETE FROM sqlite_sequence WHERE name = 'audit'")
 
     def _migrate_v3(self, db):
@@ -459,6 +465,12 @@ class LeaseStore:
         table (empty: the grants already held have no credential, their
         access rules let nobody in until they end)."""
         db.execute(_PRIVS)
+        db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
+
+    def _migrate_v5(self, db):
+        """Version 5 to 6, in the opening transaction: the
+        ``audit_by_resource`` index dropped (see the version notes)."""
+        db.execute('DROP INDEX IF EXISTS audit_by_resource')
         db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
 
     def _transaction(self, work, checked=True):
@@ -532,9 +544,11 @@ class LeaseStore:
                 db.execute(_INSERT_GRANT, _grant_values(g))
         self._insert_audit(db, audit)
         for f in folds:
+            # (scans back from the newest row: the row is among the last few)
             db.execute(
-                "UPDATE audit SET token = ?, owner = ?, detail = ? WHERE id = (SELECT "
-                "max(id) FROM audit WHERE resource = ? AND action = 'regrant')",
+                "UPDATE audit SET token = ?, owner = ?, detail = ? WHERE id = (SELECT id "
+                "FROM audit WHERE resource = ? AND action = 'regrant' ORDER BY id DESC "
+                "LIMIT 1)",
                 (f['token'], f['owner'], _detail_json(f['detail']), f['resource']))
         if last_request_id is None or (self._last_rid is not None
                                        and last_request_id <= self._last_rid):

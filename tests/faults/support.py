@@ -4,8 +4,6 @@ Every wait is bounded and polls something the site shows; nothing here
 sleeps for a margin.
 """
 import json
-import os
-import signal
 import socket
 import time
 import urllib.request
@@ -14,18 +12,6 @@ import urllib.request
 #: (not a margin: each wait ends as soon as they are back).
 BACK = 60
 REGISTRY = 'lock-registry'
-
-
-def kill_all(site):
-    """SIGKILL every process of the site, then let Site.stop() reap them. A
-    clean SIGINT shutdown costs seconds per agent and proves nothing here."""
-    for proc in [*site.agents.values(), *site.device_procs.values(), site.router]:
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    site.stop()
 
 
 def retry(fn, what, timeout=30):

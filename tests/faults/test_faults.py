@@ -33,7 +33,7 @@ import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
-from .support import (client, device_stats, drop, grant_of, history, kill_all, leases,
+from .support import (client, device_stats, drop, grant_of, history, leases,
                       messages, retry, take, wait_for, wait_lease_rpcs)
 from .support import end_lease, give_back, take_lease
 
@@ -90,7 +90,7 @@ def _make_site(root, lease):
     shutil.copy(CROSSBAR_CONFIG, root / 'crossbar' / 'config.json')
     site_file = root / 'site.yaml'
     site_file.write_text(yaml.safe_dump(_site_config(lease)))
-    return Site(str(site_file), 'faults', root / 'work', port=0)
+    return Site(str(site_file), 'faults', root / 'work', port=0, teardown='kill')
 
 
 @contextlib.contextmanager
@@ -104,7 +104,7 @@ def _running(start_site, root, lease):
         wait_lease_rpcs(s)
         yield s
     finally:
-        kill_all(s)
+        s.close()
 
 
 @pytest.fixture(scope='module')

@@ -27,7 +27,7 @@ import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
-from .support import (client, drop, grant_of, history, kill_all, lease_rpc, leases, messages,
+from .support import (client, drop, grant_of, history, lease_rpc, leases, messages,
                       retry, take, wait_for, wait_lease_rpcs)
 from .support import UNISSUED, end_lease
 
@@ -83,13 +83,13 @@ def _site(tmp_path_factory, site_starter):
         shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
         site_file = r / 'site.yaml'
         site_file.write_text(yaml.safe_dump(_site_config()))
-        return Site(str(site_file), 'fencing', r / 'work', port=0)
+        return Site(str(site_file), 'fencing', r / 'work', port=0, teardown='kill')
     s = site_starter(make)
     try:
         wait_lease_rpcs(s)
         yield s
     finally:
-        kill_all(s)
+        s.close()
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ after it, and ends with the audit log replayed by
 :func:`ocs_locking.leases.audit.check_audit`. Every wait is for something
 the site shows, polled with a bound (helpers copied from test_faults.py).
 """
-import contextlib
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -77,7 +75,8 @@ def _storage_site(tmp_path_factory, site_starter):
         (where / 'crossbar').mkdir(parents=True)
         shutil.copy(CROSSBAR_CONFIG, where / 'crossbar' / 'config.json')
         (where / 'site.yaml').write_text(yaml.safe_dump(_site_config(db)))
-        return Site(str(where / 'site.yaml'), 'faults', where / 'work', port=0)
+        return Site(str(where / 'site.yaml'), 'faults', where / 'work', port=0,
+                    teardown='kill')
     try:
         s = site_starter(make)
         s.db = db
@@ -85,11 +84,7 @@ def _storage_site(tmp_path_factory, site_starter):
             wait_lease_rpcs(s)
             yield s
         finally:
-            for proc in [*s.agents.values(), *s.device_procs.values(), s.router]:
-                if proc is not None and proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-            s.stop()
+            s.close()
     finally:
         subprocess.run(['umount', '-l', str(dbdir)], capture_output=True, timeout=30)
 
@@ -150,10 +145,7 @@ def start_registry(site, *extra, cwd=None):
 
 
 def kill_registry(site):
-    proc = site.agents.pop(REGISTRY)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    site.kill_agent(REGISTRY)
 
 
 def healed(site):
@@ -317,7 +309,7 @@ def test_registry_restarted_from_another_cwd_keeps_its_database(site, tmp_path):
     from the site config's directory, not the cwd): the grant is still
     there, tokens go on above the old ones, nothing is created in the cwd."""
     relative = os.path.join(os.path.dirname(site.site_file), 'rel.db')
-    site.stop_agent(REGISTRY)           # SIGINT: a clean stop
+    kill_registry(site)         # (the stop under test is the one below, of rel.db's)
     try:
         start_registry(site, '--db', 'rel.db')
         assert leases(site)['storage']['path'] == relative
@@ -337,5 +329,5 @@ def test_registry_restarted_from_another_cwd_keeps_its_database(site, tmp_path):
         assert os.listdir(elsewhere) == []
         assert check_audit(history(site)) == []
     finally:
-        site.stop_agent(REGISTRY)
+        kill_registry(site)
         start_registry(site)

@@ -76,13 +76,13 @@ def _site(tmp_path_factory, site_starter):
         shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
         site_file = r / 'site.yaml'
         site_file.write_text(yaml.safe_dump(_site_config()))
-        return Site(str(site_file), 'waiters', r / 'work', port=0)
+        return Site(str(site_file), 'waiters', r / 'work', port=0, teardown='kill')
     s = site_starter(make)
     try:
         wait_lease_rpcs(s)
         yield s
     finally:
-        s.stop()
+        s.close()
 
 
 @pytest.fixture

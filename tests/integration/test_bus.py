@@ -35,7 +35,8 @@ def _started(site):
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('bus-site'), port=0) as s:
+    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('bus-site'), port=0,
+              teardown='kill') as s:
         yield _started(s)
 
 
@@ -164,7 +165,7 @@ def test_while_the_registry_is_down_its_procedures_stay_its_own(site, reactor_th
     procedures; the first session to register its ops is the registry: it may
     use exactly the meta URIs the registry needs and nothing more."""
     url = f'ws://127.0.0.1:{site.port}/ws'
-    site.stop_agent('lock-registry')
+    site.kill_agent('lock-registry')     # down (how it stopped is not under test)
     squatter = WampPeer(reactor_thread, url, site.realm)
     stand_in = WampPeer(reactor_thread, url, site.realm)
     try:
@@ -220,7 +221,7 @@ def _prefix():
 @pytest.fixture(scope='module')
 def stock_site(tmp_path_factory):
     with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('stock-site'), port=0,
-              crossbar_config=CROSSBAR_CONFIGS['stock']) as s:
+              crossbar_config=CROSSBAR_CONFIGS['stock'], teardown='kill') as s:
         yield _started(s)
 
 

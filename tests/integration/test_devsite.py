@@ -308,3 +308,29 @@ def test_own_agent_file_runs_beside_the_demo(tmp_path):
         assert ds.wait() == 0
     finally:
         ds.kill()
+
+
+def test_site_kill_leaves_no_process_behind_and_frees_the_port(tmp_path):
+    """When a Site made with teardown='kill' (the tests' and benchmarks'
+    sites) is closed, every process it started is gone at once (the router,
+    crossbar's worker, the device and the agent: SIGKILL, no shutdown), and
+    the port is free again."""
+    from tools.devsite import Site
+    site_file = tmp_path / 'site.yaml'
+    site_file.write_text(SMALL_SITE)
+    site = Site(str(site_file), 'demo', str(tmp_path / 'work'), port=0, teardown='kill')
+    try:
+        site.start()
+        procs = [site.router, *site.device_procs.values(), *site.agents.values()]
+        tree = {p.pid: _cmdline(p.pid) for p in procs}
+        for p in procs:
+            tree.update(descendants(p.pid))
+        assert any('crossbar-worker' in cmd for cmd in tree.values()), tree
+        assert any('ocs.agent_cli' in cmd or 'ocs-agent' in cmd for cmd in tree.values()), tree
+    finally:
+        site.close()
+    assert site.agents == {} and site.device_procs == {} and site.router is None
+    # (exited: a pidfd is readable at once; an orphaned worker may stay a
+    # zombie until init reaps it, which is gone all the same)
+    assert wait_gone(tree) == [], {p: tree[p] for p in wait_gone(tree, 0)}
+    assert port_is_free(site.port)

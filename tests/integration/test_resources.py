@@ -22,13 +22,14 @@ TYPO = "no resource 'demo/hwpp'; did you mean 'demo/hwp'?"
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    s = Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('resources-site'), port=0)
+    s = Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('resources-site'), port=0,
+             teardown='kill')
     try:
         s.start_router()
         s.start_agent('lock-registry')
         yield s
     finally:
-        s.stop()
+        s.close()
 
 
 @pytest.fixture(scope='module')

@@ -41,7 +41,7 @@ def site(tmp_path_factory):
                 root / 'crossbar' / 'config.json')
     site_file = root / 'site.yaml'
     site_file.write_text(yaml.safe_dump(SITE))
-    with Site(str(site_file), 'shared', root / 'work', port=0) as s:
+    with Site(str(site_file), 'shared', root / 'work', port=0, teardown='kill') as s:
         yield s
 
 

@@ -32,7 +32,8 @@ NOT_AUTHORIZED = 'wamp.error.not_authorized'
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('trust-site'), port=0) as s:
+    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('trust-site'), port=0,
+              teardown='kill') as s:
         yield s
 
 
@@ -209,7 +210,7 @@ def test_kill9_of_an_agent_is_seen_on_the_ownership_feed_at_once(
 @pytest.fixture(scope='module')
 def stock(tmp_path_factory):
     with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('stock-site'), port=0,
-              crossbar_config=stock_crossbar_config()) as s:
+              crossbar_config=stock_crossbar_config(), teardown='kill') as s:
         reg = s.wait_agent('lock-registry')
         wait_table(reg, lambda t: {'sim-device-1/hw', 'sim-device-2/hw'} <= set(t),
                    'both locks on the stock site')
@@ -272,7 +273,7 @@ def test_stock_config_a_squatter_is_outlasted_by_the_registrar(stock, reactor_th
     the registry holds it again, without a restart."""
     site, _ = stock
     uri = f'{site.address_root}.lock-registry.lease.renew'
-    site.stop_agent('lock-registry')
+    site.kill_agent('lock-registry')     # down (how it stopped is not under test)
     squatter = WampPeer(reactor_thread, f'ws://127.0.0.1:{site.port}/ws', site.realm)
     try:
         assert squatter.register(uri) is None

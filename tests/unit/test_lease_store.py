@@ -456,7 +456,7 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(V1_SCHEMA)
     store, state = reopen(path)
-    assert SCHEMA_VERSION == 5 and store.epoch == 1
+    assert SCHEMA_VERSION == 6 and store.epoch == 1
     assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
     assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
     assert [r['action'] for r in store.history()] == ['grant']
@@ -489,8 +489,32 @@ def test_LeaseStore_migrates_a_version_2_file_to_audit_ids_without_autoincrement
     tables = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert 'AUTOINCREMENT' not in tables['audit']
     assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
-        == [(1,)]
+        == [(0,)]
     assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
+
+
+def test_LeaseStore_migrates_a_version_5_file_dropping_the_audit_index(path):
+    """When a store written by schema version 5 (with the audit_by_resource
+    index) is opened, the index is dropped (version 6: one WAL page less per
+    grant or release) with every audit row kept; history by resource and
+    the fold of re-grants still find their rows."""
+    with LeaseStore(path) as store:
+        state = LeaseState(store)
+        state.acquire('a/b', 'alice', 10, 1)
+    sql(path, 'CREATE INDEX audit_by_resource ON audit (resource, id)')
+    sql(path, 'UPDATE schema_version SET version = 5')
+    store, state = reopen(path)
+    assert [(r['action'], r['resource']) for r in store.history('a')] == [('grant', 'a/b')]
+    store.apply(audit=[{'at': 2.0, 'action': 'regrant', 'resource': 'a/b', 'owner': 'x',
+                        'token': 1, 'detail': {}}],
+                folds=[{'resource': 'a/b', 'token': 2, 'owner': 'alice', 'at': 3.0,
+                        'detail': {'n': 2}}])
+    assert [(r['action'], r['owner'], r['token']) for r in store.history('a/b', limit=1)] \
+        == [('regrant', 'alice', 2)]
+    store.close()
+    assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
+        == [(0,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(6,)]
 
 
 def v3_file(path):
