@@ -10,13 +10,11 @@ restarted while a reservation is held. Each wait is on an event seen at the
 agent (a refusal or an acceptance), bounded; none on a margin.
 """
 import os
-import signal
 import time
 
 import pytest
 
-from tests.faults.support import BACK, give_back, kill_all, take_lease, wait_for, \
-    wait_lease_rpcs
+from tests.faults.support import BACK, give_back, take_lease, wait_for, wait_lease_rpcs
 from tests.integration.test_director import OPERATOR, client, demo_instance, run, until
 
 pytestmark = pytest.mark.integration
@@ -42,16 +40,14 @@ def site(tmp_path_factory, site_starter):
         yaml.safe_dump(data, f, sort_keys=False)
     s = site_starter(lambda attempt: Site(
         str(base / 'site.yaml'), 'demo', tmp_path_factory.mktemp(f'director-faults-{attempt}'),
-        port=0))
+        port=0, teardown='kill'))
     yield s
-    kill_all(s)
+    s.close()
 
 
 def kill9(site, instance_id):
     """SIGKILL one agent (its process group) and wait until it is gone."""
-    proc = site.agents.pop(instance_id)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=BACK)
+    site.kill_agent(instance_id)
 
 
 def restart(site, instance_id):

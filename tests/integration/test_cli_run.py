@@ -42,7 +42,7 @@ def site(tmp_path_factory):
     with open(base / 'site.yaml', 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)
     with Site(str(base / 'site.yaml'), 'demo', tmp_path_factory.mktemp('run-site'),
-              port=0) as s:
+              port=0, teardown='kill') as s:
         s.wait_agent('lock-registry')
         s.wait_agent('fake-hwp')
         yield s
