@@ -40,6 +40,8 @@ from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
+from ocs_locking.agents.lock_registry.watchers import (MAX_WATCH_WAIT, WATCH_WAIT, Watchers,
+                                                       WatchRefused)
 from ocs_locking.wire import LEASE_PROCEDURES, MESSAGE_BUDGET, json_size, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
@@ -295,6 +297,21 @@ def _compact(data):
     return out
 
 
+def _watch_text(event):
+    """The message of a watch's answer (one line; never a lease id)."""
+    kind = event.get('event')
+    what = f"{event.get('resource')!r} (token {event.get('token')})"
+    if kind == 'revoked':
+        return f"Revoked: {what} by {event.get('by')}: {event.get('reason')!r}"
+    if kind == 'expired':
+        return f'Expired: {what}.'
+    if kind == 'released':
+        return f'Released: {what}.'
+    if kind == 'timeout':
+        return f"Nothing happened in {event.get('waited', 0):g} s: watch again."
+    return f"{str(kind).capitalize()}: {event.get('reason', '')}"
+
+
 class LeaseOps:
     """Lease tasks for the registry agent.
 
@@ -392,6 +409,8 @@ class LeaseOps:
         #: ``enforced() -> Deferred or None``: a grant's reply waits for it
         #: (the director's rules passed on by the router; :mod:`.director`).
         self.enforced = None
+        #: the lease watches outstanding (:mod:`.watchers`)
+        self.watchers = Watchers(reactor)
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -401,8 +420,14 @@ class LeaseOps:
         agent.on('ready', lambda session: self._register_rpcs())
         # While the registry is off the router no caller can hear an answer:
         # every waiting request is withdrawn (they ask again).
-        agent.on('leave', lambda session, details=None: self.withdraw_all(
-            'the registry lost its router connection'))
+        # Every lease watch is answered too (it frees its slot; the holder's
+        # call has failed already and it polls again).
+        agent.on('leave', self._left)
+
+    def _left(self, session, details=None):
+        why = 'the registry lost its router connection'
+        self.withdraw_all(why)
+        self.watchers.wake_all({'event': 'stopping', 'reason': why})
 
     def _use_access_file(self, path):
         """Serve ocs's access control from the access file ``path``
@@ -488,6 +513,7 @@ class LeaseOps:
         if self._next_tick is not None and self._next_tick.active():
             self._next_tick.cancel()
         self._next_tick = None
+        self.watchers.wake_all({'event': 'stopping', 'reason': 'the registry is stopping'})
         self.store.close()
 
     def storage(self):
@@ -577,7 +603,53 @@ class LeaseOps:
                                         caller=caller_of(details, client, self.identify))
         return {'ok': ok, 'message': msg, 'data': data}
 
+    def _rpc_watch(self, resource, lease_id=None, wait=WATCH_WAIT, client='', details=None):
+        return self.do_watch(resource, lease_id, wait)
+
+    def do_watch(self, resource, lease_id, wait=WATCH_WAIT):
+        """A lease watch (see :mod:`.watchers`): a Deferred firing
+        ``{'ok', 'message', 'data'}`` when something happens to the lease
+        that ``lease_id`` holds on ``resource``, or after ``wait`` seconds
+        (``data['event']``: ``revoked``, ``expired``, ``released``,
+        ``preempt``, ``timeout``, ``stopping``). A lease that is no longer
+        held is answered at once (``gone``, with how it ended); a bad
+        argument or a watch over a cap is refused in one line (``ok``
+        false). The lease_id is never logged nor echoed."""
+        try:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) \
+                    or not 0 <= wait <= MAX_WATCH_WAIT:
+                raise LeaseError(f'wait must be a number of seconds in '
+                                 f'[0, {MAX_WATCH_WAIT:g}], not {wait!r:.40}')
+            g = self.state.holding(resource, lease_id)
+            d = self.watchers.add(g.request_id, float(wait), repr(g.resource))
+        except NotHolder as e:
+            return defer.succeed({'ok': True, 'message': f'Gone: {e}.',
+                                  'data': {'event': 'gone', 'resource': resource,
+                                           'reason': str(e)}})
+        except (LeaseError, WatchRefused) as e:
+            return defer.succeed({'ok': False, 'message': f'Refused: {e}',
+                                  'data': {'error': str(e)}})
+        return d.addCallback(lambda event: {'ok': True, 'message': _watch_text(event),
+                                            'data': event})
+
+    def _wake_watchers(self, action, g):
+        """An end of grant ``g`` answers its lease's watches."""
+        if not self.watchers.count(g.request_id):
+            return
+        event = {'resource': g.resource, 'token': g.token}
+        if action == 'force_release':
+            ended = self.state.ended(g.resource) or {}
+            event.update(event='revoked', by=ended.get('by'), reason=ended.get('reason'),
+                         at=ended.get('at'))
+        elif action == 'expire':
+            event.update(event='expired', at=g.expires)
+        else:
+            event.update(event='released')
+        self.watchers.wake(g.request_id, event)
+
     def _on_change(self, action, item):
+        if action in ('force_release', 'expire', 'release'):
+            self._wake_watchers(action, item)
         # A queued request reached its end (granted, timed out, cancelled);
         # a grant's Outcome carries how long it queued.
         rid = getattr(item, 'request_id', None)

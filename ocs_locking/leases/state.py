@@ -404,6 +404,25 @@ class LeaseState:
             return Outcome('granted', request_id, grants)
         return self._done.get(request_id, Outcome('unknown', request_id))
 
+    def holding(self, resource, lease_id):
+        """The current Grant on ``resource`` that ``lease_id`` holds; raises
+        NotHolder (a LeaseError) saying why not: how its grant ended
+        (released, expired, revoked by whom and why), or that it holds
+        nothing there. Changes nothing (the lease watch asks it)."""
+        check_resource(resource)
+        check_lease_id(lease_id)
+        return self._holding(resource, lease_id)
+
+    def ended(self, resource):
+        """How the last grant on ``resource`` ended, or None: ``{'token',
+        'action' ('release', 'expire', 'force_release'), 'at' (the caller's
+        clock), 'by', 'reason'}`` (``by`` and ``reason``: a force_release's).
+        Never the lease's key."""
+        e = self._ended.get(resource)
+        if e is None:
+            return None
+        return {'token': e[0], 'action': e[1], 'at': e[2], 'by': e[3], 'reason': e[4]}
+
     def holders(self, resource=None):
         """Current grants sorted by resource; with ``resource``, those a tree
         lease on it would wait for (on it, below it, tree grants above it)."""
