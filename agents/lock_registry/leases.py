@@ -623,6 +623,11 @@ class LeaseOps:
             g = self.state.holding(resource, lease_id)
             d = self.watchers.add(g.request_id, float(wait), repr(g.resource))
         except NotHolder as e:
+            ended = self.state.ended(resource, lease_id) if isinstance(lease_id, str) else None
+            if ended is not None:   # it ended before the watch came: the same answer
+                event = self._end_event(ended['action'], resource, ended['token'], ended)
+                return defer.succeed({'ok': True, 'message': _watch_text(event),
+                                      'data': event})
             return defer.succeed({'ok': True, 'message': f'Gone: {e}.',
                                   'data': {'event': 'gone', 'resource': resource,
                                            'reason': str(e)}})
@@ -636,16 +641,21 @@ class LeaseOps:
         """An end of grant ``g`` answers its lease's watches."""
         if not self.watchers.count(g.request_id):
             return
-        event = {'resource': g.resource, 'token': g.token}
+        ended = self.state.ended(g.resource) or {'at': g.expires}
+        self.watchers.wake(g.request_id, self._end_event(action, g.resource, g.token, ended))
+
+    @staticmethod
+    def _end_event(action, resource, token, ended):
+        """The watch event of a grant's end (``ended``: LeaseState.ended)."""
+        event = {'resource': resource, 'token': token}
         if action == 'force_release':
-            ended = self.state.ended(g.resource) or {}
             event.update(event='revoked', by=ended.get('by'), reason=ended.get('reason'),
                          at=ended.get('at'))
         elif action == 'expire':
-            event.update(event='expired', at=g.expires)
+            event.update(event='expired', at=ended.get('at'))
         else:
             event.update(event='released')
-        self.watchers.wake(g.request_id, event)
+        return event
 
     def _on_change(self, action, item):
         if action in ('force_release', 'expire', 'release'):
@@ -1052,7 +1062,9 @@ class LeaseOps:
 
         **Task** (privileged) - Revoke whoever holds ``resource``; needs an
         advanced credential through ocs's access control. The holder's
-        ``SiteLock`` learns of it on its next renewal.
+        ``SiteLock`` or ``Reservation`` is told at once through its lease
+        watch (``lease.watch``: who, why and when), else at its next
+        renewal.
 
         Parameters:
             resource (str): the resource whose lease is revoked.

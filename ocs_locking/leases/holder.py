@@ -266,7 +266,7 @@ class LeaseHolder:
         what = f'the lease on {self.what} (token {self.token})'
         if event == 'revoked':
             return Notice('lost', self.lose(
-                f"{what} was force-released by {data.get('by') or 'someone'}: "
+                f"{what} was revoked: force-released by {data.get('by') or 'someone'}: "
                 f"{data.get('reason') or ''!r:.200} at {utc(data.get('at'))}"))
         if event == 'expired':
             return Notice('lost', self.lose(

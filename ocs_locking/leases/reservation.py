@@ -254,7 +254,7 @@ class Reservation:
         on_lost (callable): called once with the reason when the lease is
             lost (from the watch or renewal thread, or from the thread that
             called :meth:`check`); for a revocation it says who, why and
-            when (``"the lease on satp1/hwp (token 7) was force-released
+            when (``"the lease on satp1/hwp (token 7) was revoked: force-released
             by ops-console (declared, cred_level 2): 'hwp jammed' at
             12:01:03 UTC"``).
         on_preempt (callable): called once per grant, from the watch

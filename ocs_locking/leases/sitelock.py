@@ -100,7 +100,7 @@ class SiteLock:
         registry (str): the LockRegistryAgent's instance id.
         on_lost (callable): called once, on the reactor thread, with the
             reason when the lease is lost (who and why, for a revocation:
-            ``"the lease on satp1/hwp (token 7) was force-released by
+            ``"the lease on satp1/hwp (token 7) was revoked: force-released by
             ops-console (declared, cred_level 2): 'hwp jammed' at 12:01:03
             UTC"``).
         on_preempt (callable): called once per grant, on the reactor

@@ -413,13 +413,15 @@ class LeaseState:
         check_lease_id(lease_id)
         return self._holding(resource, lease_id)
 
-    def ended(self, resource):
+    def ended(self, resource, lease_id=None):
         """How the last grant on ``resource`` ended, or None: ``{'token',
         'action' ('release', 'expire', 'force_release'), 'at' (the caller's
         clock), 'by', 'reason'}`` (``by`` and ``reason``: a force_release's).
+        With ``lease_id``: None unless that grant was this lease_id's.
         Never the lease's key."""
         e = self._ended.get(resource)
-        if e is None:
+        if e is None or (lease_id is not None and not (
+                e[5] is not None and key_matches(e[5], lease_id))):
             return None
         return {'token': e[0], 'action': e[1], 'at': e[2], 'by': e[3], 'reason': e[4]}
 

@@ -128,14 +128,18 @@ def test_LeaseOps_watch_is_answered_by_expiry_release_and_its_timeout(ops):
 
 def test_LeaseOps_watch_of_a_lease_already_gone_answers_at_once_how_it_ended(ops):
     """When the lease was revoked before the watch arrived (the holder was
-    re-polling), the watch answers at once ``gone`` with how it ended; a
-    lease_id that holds nothing is ``gone`` too (nothing to watch)."""
+    re-polling), the watch answers at once as if it had been waiting
+    (``revoked``, who and why); a lease_id that holds nothing is ``gone``
+    (nothing to watch)."""
     lease_id = hold(ops)
     ops.state.force_release('hwp', 'stop', 'op', ops.clock())
     [reply] = fired(ops.do_watch('hwp', lease_id, 20))
-    assert reply['ok'] and reply['data']['event'] == 'gone'
-    assert re.search(r"lease on 'hwp' was revoked at .* by 'op': 'stop'",
-                     reply['data']['reason'])
+    assert reply['ok'] and reply['data'] == {'resource': 'hwp', 'token': 1,
+                                             'event': 'revoked', 'by': 'op',
+                                             'reason': 'stop', 'at': T0}
+    [reply] = fired(ops.do_watch('hwp', 'f' * 32, 20))      # not the one that ended
+    assert reply['data']['event'] == 'gone' and re.search(
+        r"^that lease_id holds nothing on 'hwp'", reply['data']['reason'])
     [reply] = fired(ops.do_watch('other', 'f' * 32, 20))
     assert reply['data']['event'] == 'gone' and len(ops.watchers) == 0
 
@@ -212,7 +216,7 @@ def test_LeaseHolder_watched_revocation_is_a_loss_saying_who_why_and_when():
     n = h.watched(answer(event='revoked', by='ops-console (declared, cred_level 2)',
                          reason='hwp jammed', at=3723.4), 100.0)
     assert n.kind == 'lost' and n.reason == h.lost == (
-        "the lease on satp1/hwp (token 7) was force-released by ops-console (declared, "
+        "the lease on satp1/hwp (token 7) was revoked: force-released by ops-console (declared, "
         "cred_level 2): 'hwp jammed' at 01:02:03 UTC")
     with pytest.raises(LeaseLost, match=r'force-released by ops-console'):
         h.check()
@@ -287,7 +291,7 @@ def test_SiteLock_force_release_reaches_the_holder_at_once_through_its_watch():
                                        'ops-console (declared, cred_level 2)', shell.clock())
     shell.settle()
     assert lost == [h.lost] and re.match(
-        r"^the lease on bridge \(token 1\) was force-released by ops-console \(declared, "
+        r"^the lease on bridge \(token 1\) was revoked: force-released by ops-console \(declared, "
         r"cred_level 2\): 'hwp jammed' at \d\d:\d\d:\d\d UTC$", lost[0])
     with pytest.raises(LeaseLost):
         with h.guard():
@@ -395,7 +399,7 @@ def test_Reservation_force_release_reaches_the_holder_through_its_watch(ops):
     ops.state.force_release('hwp', 'hwp jammed', 'ops-console (declared, cred_level 2)',
                             ops.clock())
     assert told.wait(WAIT)
-    assert re.match(r"^the lease on hwp \(token 1\) was force-released by ops-console "
+    assert re.match(r"^the lease on hwp \(token 1\) was revoked: force-released by ops-console "
                     r"\(declared, cred_level 2\): 'hwp jammed' at \d\d:\d\d:\d\d UTC$",
                     lost[0])
     with pytest.raises(LeaseLost):
