@@ -29,7 +29,7 @@ import time
 from ocs import ocs_agent
 from twisted.internet import defer
 
-from ocs_locking.leases.holder import describe_holders
+from ocs_locking.leases.holder import describe_holders, utc
 from ocs_locking.leases.keys import NotHolder, check_lease_id
 from ocs_locking.errors import ResourceConfigError
 from ocs_locking.leases.paths import check_resource, check_text, when
@@ -411,6 +411,7 @@ class LeaseOps:
         self.enforced = None
         #: the lease watches outstanding (:mod:`.watchers`)
         self.watchers = Watchers(reactor)
+        self._ending = {}           # holder's request id -> Deferreds of preempts waiting
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -621,6 +622,12 @@ class LeaseOps:
                 raise LeaseError(f'wait must be a number of seconds in '
                                  f'[0, {MAX_WATCH_WAIT:g}], not {wait!r:.40}')
             g = self.state.holding(resource, lease_id)
+            p = self.state.preemption(g.request_id)
+            if p is not None and not p.noticed:     # asked before this watch came
+                event = self._preempt_event(p)
+                self.reactor.callLater(0, self._noticed, p.holder_rid)
+                return defer.succeed({'ok': True, 'message': _watch_text(event),
+                                      'data': event})
             d = self.watchers.add(g.request_id, float(wait), repr(g.resource))
         except NotHolder as e:
             ended = self.state.ended(resource, lease_id) if isinstance(lease_id, str) else None
@@ -657,9 +664,26 @@ class LeaseOps:
             event.update(event='released')
         return event
 
+    def _preempt_event(self, p):
+        return {'event': 'preempt', 'resource': p.resource, 'token': p.token, 'by': p.by,
+                'reason': p.reason, 'grace_left': round(max(0.0, p.deadline - self.clock()), 3),
+                'deadline': p.deadline}
+
+    def _noticed(self, holder_rid):
+        try:
+            self.state.noticed(holder_rid, self.clock())
+        except Exception as e:      # never let the audit trail break the notice
+            self.log.error('could not record a preempt notice: {e}', e=e)
+
     def _on_change(self, action, item):
         if action in ('force_release', 'expire', 'release'):
             self._wake_watchers(action, item)
+            for d in self._ending.pop(item.request_id, ()):
+                if not d.called:
+                    d.callback((action, item))
+        elif action == 'preempt' and self.watchers.wake(item.holder_rid,
+                                                        self._preempt_event(item)):
+            self.reactor.callLater(0, self._noticed, item.holder_rid)
         # A queued request reached its end (granted, timed out, cancelled);
         # a grant's Outcome carries how long it queued.
         rid = getattr(item, 'request_id', None)
@@ -1053,6 +1077,130 @@ class LeaseOps:
         return (True, f'Released {resource}.',
                 {'released': resource,
                  'granted': [g.as_dict() for o in granted for g in o.grants]})
+
+    def do_preempt(self, resource, reason, grace, by, owner=None, lease=None, note='',
+                   client='', caller=None, wait=True, on_asked=None, secret=False):
+        """Ask the holder of ``resource`` to give way (see
+        ``LeaseState.preempt``): a Deferred firing ``(ok, message, data)``.
+        ``on_asked(asked)`` is called at once with who holds, what was asked
+        and when the deadline falls (``asked``: ``holder``, ``token``,
+        ``resource``, ``reason``, ``by``, ``grace``, ``deadline`` on the
+        registry's clock, ``message``). With ``owner``: that requester is
+        queued first and the Deferred fires at its grant (or refusal), the
+        ask in ``data['preempt']``; ``secret``: with the grant's lease_id.
+        Without: it fires when the holder gave way (released, or revoked at
+        the deadline), or at once with ``wait`` False."""
+        now = self.clock()
+        try:
+            if owner is not None:
+                lease = self.checked_lease(resource, False, lease)
+            p, out = self.state.preempt(resource, reason, grace, by, now, owner=owner,
+                                        lease=lease, note=note, client=client, caller=caller)
+        except LeaseError as e:
+            self._audit_refusal('preempt', resource, by, client, e, caller)
+            return defer.succeed(self._refusal(e))
+        msg = (f"Asked {p.holder!r} (token {p.token}) to give {resource} way: {p.reason!r}; "
+               f"it is revoked at {utc(p.deadline)} (in {p.grace:g} s) unless released"
+               + (f'; {owner!r} is first in line' if owner is not None else '') + '.')
+        asked = {'holder': p.holder, 'token': p.token, 'resource': resource,
+                 'reason': p.reason, 'by': by, 'grace': p.grace, 'deadline': p.deadline,
+                 'message': msg}
+        if on_asked is not None:
+            on_asked(asked)
+        if out is not None:
+            rid = out.request_id
+            d = self._waiters[rid] = defer.Deferred(
+                canceller=lambda _, rid=rid: self._cancelled(rid))
+            wait_for = p.grace + 10.0
+            self._deadlines[rid] = self.reactor.callLater(wait_for, self._due, rid,
+                                                          now + wait_for)
+            d.addCallback(self._acquired, resource, owner, lease, client, False, secret,
+                          caller)
+
+            def with_ask(result):
+                ok, text, data = result
+                return ok, f'{msg} {text}', dict(data, preempt=asked)
+            return d.addCallback(with_ask)
+        if not wait:
+            return defer.succeed((True, msg, {'preempt': asked}))
+        d = defer.Deferred()
+        self._ending.setdefault(p.holder_rid, []).append(d)
+
+        def ended(result):
+            action, g = result
+            how = 'released' if action == 'release' else \
+                'was revoked at the deadline' if action == 'force_release' else 'expired'
+            verb = f'{p.holder!r} {how} {resource}' if action == 'release' else \
+                f'{p.holder!r} {how} on {resource}'
+            return True, (f'{verb} ({self.clock() - p.asked_at:.1f} s after the ask).'), \
+                {'preempt': asked, 'ended': action}
+        return d.addCallback(ended)
+
+    @ocs_agent.param('resource', type=str)
+    @ocs_agent.param('reason', type=str)
+    @ocs_agent.param('grace', type=float)
+    @ocs_agent.param('owner', default=None)
+    @ocs_agent.param('lease', default=None)
+    @ocs_agent.param('note', default='', type=str)
+    @ocs_agent.param('client', default='', type=str)
+    @ocs_agent.param('wait', default=True, type=bool)
+    @defer.inlineCallbacks
+    def preempt(self, session, params):
+        """preempt(resource, reason, grace, owner=None, lease=None, note='', client='', wait=True)
+
+        **Task** (privileged) - Ask whoever holds ``resource`` to give way
+        within ``grace`` seconds; needs credential level 2 (as
+        ``force_release``). The holder's ``SiteLock`` / ``Reservation`` gets
+        the notice at once through its lease watch (``on_preempt(reason,
+        deadline)``) and may bring its hardware to a safe state and release;
+        if it has not released by the deadline its lease is revoked (the
+        next token is larger). A holder without ``on_preempt`` is revoked at
+        the deadline.
+
+        Parameters:
+            resource (str): the resource whose holder is asked.
+            reason (str): why (required; the holder is told; audited).
+            grace (float): seconds the holder has, in [0, 3600].
+            owner (str, optional): a requester queued *first*, ahead of
+                every waiter, and granted when the holder gives way (the
+                grant, like the acquire task's, carries no lease_id: it ends
+                at its expiry or by force_release). None: nobody in
+                particular; the queue is served as usual.
+            lease (float, optional): the requester's lease (the resource's
+                default when not given).
+            note (str): the requester's note.
+            client (str): who you are (declared), audited with your ocs
+                credential level.
+            wait (bool): wait for the outcome (the grant, or how the holder
+                gave way); False: answer once the holder is asked.
+
+        Notes:
+            Every step is in the audit: ``preempt`` (asked), ``notice``
+            (the holder's watch was answered), ``release`` or
+            ``force_release`` (reason ``preempted: ...``), ``grant``.
+            session.data holds the ask at once, then the outcome::
+
+                >>> response.session['data']
+                {'preempt': {'holder': 'alice', 'token': 3, 'resource': 'satp1/hwp',
+                             'reason': 'calibration', 'by': 'ops (declared, cred_level 2)',
+                             'grace': 30.0, 'deadline': 1700000030.0, 'message': '...'},
+                 'ended': 'release'}
+        """
+        caller = task_caller(session, params['client'])
+        by = f"{caller['identity']} (declared, cred_level {caller['cred_level']})"[:128]
+        lease = params['lease']
+        if lease is not None and (isinstance(lease, bool) or not isinstance(lease, (int, float))):
+            session.data = {'error': f'lease must be a number of seconds, not {lease!r:.40}'}
+            return False, f"Refused: {session.data['error']}"
+
+        def asked(info):
+            session.data = {'preempt': info}
+        ok, msg, data = yield self.do_preempt(
+            params['resource'], params['reason'], params['grace'], by, owner=params['owner'],
+            lease=lease, note=params['note'], client=params['client'], caller=caller,
+            wait=params['wait'], on_asked=asked)
+        session.data = data
+        return ok, msg
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('reason', type=str)
