@@ -145,3 +145,80 @@ def test_expiry_at_the_registry_is_pushed_to_a_sitelock(reactor_thread, wamp):
     with pytest.raises(LeaseLost):
         lock.check()
 
+
+
+# -- negotiated preemption (part 5) ------------------------------------------------------
+
+def history(registry, resource):
+    rows = registry.history(resource=resource, limit=50).session['data']['history']
+    return [r['action'] for r in reversed(rows)]
+
+
+def test_preempt_reaches_a_sitelock_that_releases_and_the_requester_is_granted(
+        reactor_thread, wamp, registry, admin):
+    """When an operator preempts a SiteLock's lease for a requester (grace
+    20 s), on_preempt gets the notice at once with the reason and a
+    deadline on the holder's own monotonic clock; the holder releases; the
+    requester, queued first, is granted with a larger token and was told
+    who held, what was asked and when the deadline falls. Every step is in
+    the audit."""
+    import time
+    noticed = threading.Event()
+    notices = []
+
+    def on_preempt(reason, deadline):
+        notices.append((reason, deadline, time.monotonic()))
+        noticed.set()
+        lock.release_deferred()         # safe state reached: give way (reactor thread)
+    lock = SiteLock(wamp, 'it/preempt/wamp', lease=60, on_preempt=on_preempt,
+                    reactor=reactor_thread.reactor)
+    reactor_thread.call(lock.acquire_deferred)
+    held_token = lock.token
+    admin.preempt.start(resource='it/preempt/wamp', reason='calibration', grace=20,
+                        owner='calib', lease=30, client='ops-console')
+    assert noticed.wait(WAIT), 'on_preempt was never called'
+    reason, deadline, at = notices[0]
+    assert reason == ("ops-console (declared, cred_level 2) asks for it/preempt/wamp: "
+                      "'calibration'; it is revoked in " + reason.split('revoked in ')[1])
+    assert at < deadline <= at + 20
+    reply = admin.preempt.wait(timeout=WAIT)
+    data = reply.session['data']
+    assert reply.session['success'], reply.session['messages']
+    assert data['owner'] == 'calib' and data['token'] > held_token
+    assert data['preempt']['holder'] == 'revoke-holder' and \
+        data['preempt']['reason'] == 'calibration'
+    assert re.search(r"^Asked 'revoke-holder' \(token \d+\) to give it/preempt/wamp way: "
+                     r"'calibration'; it is revoked at \d\d:\d\d:\d\d UTC \(in 20 s\) unless "
+                     r"released; 'calib' is first in line\. Granted ",
+                     reply.session['messages'][-2][1] if 'Status' in
+                     reply.session['messages'][-1][1] else reply.session['messages'][-1][1])
+    steps = history(registry, 'it/preempt/wamp')
+    assert steps[:4] == ['grant', 'preempt', 'notice', 'release'], steps
+    assert steps[4] in ('grant', 'regrant'), steps
+
+
+def test_preempt_without_on_preempt_revokes_a_reservation_at_the_deadline(site, registry):
+    """When a Reservation without on_preempt is preempted with
+    ``ocs-locks preempt --grace 1 --wait`` (level-2 password), it is revoked
+    at the deadline: on_lost says it was preempted and why; the command
+    says the holder was revoked at the deadline; the audit has asked,
+    notice, forced."""
+    import subprocess
+    import sys
+    told, reasons, on_lost = lost_event()
+    with Reservation('it/preempt/http', 'schedule-7', lease=60, args=site.client_args,
+                     retry=RetryPolicy(attempts=1), on_lost=on_lost) as res:
+        env = dict(os.environ, OCS_LOCKS_PASSWORD='demo-operator')
+        out = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                              'preempt', 'it/preempt/http', '--reason', 'emergency stow',
+                              '--grace', '1', '--wait'],
+                             capture_output=True, text=True, timeout=WAIT * 2, env=env)
+        assert out.returncode == 0, out.stderr
+        assert re.match(r"^'schedule-7' was revoked at the deadline on it/preempt/http "
+                        r"\(\d+\.\d s after the ask\)\.$", out.stdout.strip()), out.stdout
+        assert told.wait(WAIT), 'on_lost was never called'
+        assert 'preempted: emergency stow (not released within its 1 s grace)' in reasons[0]
+        with pytest.raises(LeaseLost):
+            res.check()
+    steps = history(registry, 'it/preempt/http')
+    assert steps == ['grant', 'preempt', 'notice', 'force_release'], steps
