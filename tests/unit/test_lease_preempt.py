@@ -198,3 +198,31 @@ def test_SiteLock_on_preempt_gets_the_notice_at_once_with_a_local_deadline():
     shell.settle()
     assert len(lost) == 1 and 'preempted: calibration' in lost[0]
     assert [g.owner for g in shell.registry.state.holders()] == ['calib']
+
+
+def test_Reservation_on_preempt_gets_the_notice_and_releasing_lets_the_requester_in(ops):
+    """When a Reservation's lease is preempted, on_preempt(reason, deadline)
+    is called from its watch thread with a deadline on its own clock; the
+    holder releases there and the requester, queued first, is granted."""
+    import threading
+
+    from ocs_locking.leases.renewer import Renewer
+    from ocs_locking.leases.reservation import Reservation, RetryPolicy
+
+    from .test_lease_watch import WAIT, WatchedTransport
+    told = threading.Event()
+    notices = []
+    transport = WatchedTransport(ops)
+    res = Reservation('hwp', 'schedule', lease=30, client=transport,
+                      renewer=Renewer(thread=False), retry=RetryPolicy(attempts=1),
+                      on_preempt=lambda r, d: (notices.append((r, d)), told.set()))
+    res.acquire()
+    transport.serve()
+    out = fired(ops.do_preempt('hwp', 'calibration', 5, 'calib', owner='calib', lease=30))
+    assert told.wait(WAIT)
+    reason, deadline = notices[0]
+    assert "calib asks for hwp: 'calibration'; it is revoked in 5.0 s" in reason
+    transport.serve()           # the watch goes on after the notice
+    res.release()
+    ops.reactor.advance(0)
+    assert out[0][0] is True and out[0][2]['owner'] == 'calib'
