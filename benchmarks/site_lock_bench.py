@@ -93,7 +93,9 @@ Timed, one call after another (``time.perf_counter``):
     reason given). Each holder both with its lease watch (ours, pushed) and
     with ``watch=False`` (baseline: the same holder told at its next
     renewal), interleaved sample by sample. Target: pushed median <= 100 ms
-    for both.
+    for both. Beside them (p1, p2): the same holders *preempted*
+    (``preempt.start(..., grace=30, wait=False)``) -> their ``on_preempt``
+    (then they release); target median <= 100 ms.
 
 Before each transport 5 round trips per path are run untimed (warm-up); then
 ours and the baseline alternate in blocks of 10 round trips (a, c1, a, c1, ...;
@@ -157,7 +159,8 @@ POLL_API = 0.005
 LEASE_E = 3.0
 #: (e): the rows, in the order they are sampled: (key, transport, watch)
 REVOKE_ROWS = (('e1', 'wamp', True), ('e1b', 'wamp', False),
-               ('e2', 'http', True), ('e2b', 'http', False))
+               ('e2', 'http', True), ('e2b', 'http', False),
+               ('p1', 'wamp', 'preempt'), ('p2', 'http', 'preempt'))
 
 
 def _p99(v):
@@ -560,31 +563,42 @@ def run_revocation(rt, agent, site, n):
             def on_lost(why, seen=seen, told=told):
                 seen.append((time.perf_counter(), why))
                 told.set()
+            preempt = watch == 'preempt'
+            told_by = dict(on_preempt=lambda why, deadline: on_lost(why)) if preempt else \
+                dict(on_lost=on_lost)
             path = f'bench/revoke/{key}/r{i}'
             try:
                 if transport == 'wamp':
-                    holder = SiteLock(shim, path, lease=LEASE_E, on_lost=on_lost, watch=watch,
-                                      reactor=rt.reactor)
+                    holder = SiteLock(shim, path, lease=LEASE_E, watch=bool(watch),
+                                      reactor=rt.reactor, **told_by)
                     rt.call(holder.acquire_deferred, timeout=BOUND)
                 else:
                     holder = Reservation(path, 'bench-script', lease=LEASE_E,
                                          client=_BRIDGE['client'], client_id='site_lock_bench',
                                          retry=RetryPolicy(attempts=1, deadline=None),
-                                         on_lost=on_lost, watch=watch)
+                                         watch=bool(watch), **told_by)
                     holder.acquire()
                 time.sleep(rng.uniform(0.05, LEASE_E / 3))
                 t0 = time.perf_counter()
-                reply = admin.force_release.start(resource=path, reason=reason,
-                                                  client='site_lock_bench')
+                op = admin.preempt if preempt else admin.force_release
+                extra = dict(grace=30.0, wait=False) if preempt else {}
+                reply = op.start(resource=path, reason=reason, client='site_lock_bench',
+                                 **extra)
                 if reply.status != OK:
-                    raise RuntimeError(f'force_release not started: {reply.msg}')
+                    raise RuntimeError(f'{"preempt" if preempt else "force_release"} not '
+                                       f'started: {reply.msg}')
                 if not told.wait(LEASE_E + 5):
                     raise RuntimeError('the holder was never told')
                 at, why = seen[0]
                 if reason not in why:
-                    raise RuntimeError(f'on_lost without the reason: {why}')
+                    raise RuntimeError(f'told without the reason: {why}')
                 row['told'].append(at - t0)
-                admin.force_release.wait(timeout=BOUND)
+                op.wait(timeout=BOUND)
+                if preempt:         # it gives way
+                    if transport == 'wamp':
+                        rt.call(holder.release_deferred, timeout=BOUND)
+                    else:
+                        holder.release()
             except Exception as e:
                 row['failures'] += 1
                 row['first_failure'] = row['first_failure'] or repr(e)[:300]
@@ -733,8 +747,11 @@ def print_table(rows, dist):
                         'renewal',
                  'e2': 'ours (e2): Reservation (HTTP), lease watch, pushed',
                  'e2b': 'baseline (e2b): the same Reservation, watch=False: told at its next '
-                        'renewal'}
-        for key, base_key in (('e1', 'e1b'), ('e1b', None), ('e2', 'e2b'), ('e2b', None)):
+                        'renewal',
+                 'p1': 'ours (p1): SiteLock (WAMP), preempt -> on_preempt',
+                 'p2': 'ours (p2): Reservation (HTTP), preempt -> on_preempt'}
+        for key, base_key in (('e1', 'e1b'), ('e1b', None), ('e2', 'e2b'), ('e2b', None),
+                              ('p1', 'e1b'), ('p2', 'e2b')):
             r = rev[key]
             b = rev.get(base_key) if base_key else None
             ratio = '1 (baseline)' if b is None else (
@@ -766,6 +783,11 @@ def targets(rows, dist=None):
                        passed=rev[key]['median_ms'] is not None
                        and rev[key]['median_ms'] <= 100)
                   for key, who in (('e1', 'SiteLock'), ('e2', 'Reservation'))]
+        extra += [dict(name=f'(e) preempt -> {who} told (on_preempt), median <= 100 ms',
+                       detail=f"{_f(rev[key]['median_ms'])} ms",
+                       passed=rev[key]['median_ms'] is not None
+                       and rev[key]['median_ms'] <= 100)
+                  for key, who in (('p1', 'SiteLock'), ('p2', 'Reservation'))]
         extra.append(dict(name='(e) every revocation sample told (pushed and baseline)',
                           detail=', '.join(f"{k} {v['failures']}/{v['n']} failed"
                                            for k, v in rev.items()),

@@ -200,7 +200,8 @@ def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_b
     assert 'baseline (e2b): the same Reservation, watch=False: told at its next renewal' \
         in printed
     rev = dist['revocation']
-    assert set(rev) == {'e1', 'e1b', 'e2', 'e2b'}
+    assert set(rev) == {'e1', 'e1b', 'e2', 'e2b', 'p1', 'p2'}
+    assert 'ours (p1): SiteLock (WAMP), preempt -> on_preempt' in printed
     for key, row in rev.items():
         assert row['samples'] == row['n'] == 5 and row['failures'] == 0, (key, row)
         assert row['median_ms'] > 0 and row['p99_ms'] >= row['median_ms'], (key, row)
@@ -212,6 +213,8 @@ def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_b
         '(d) every enforcement sample seen (ours and baseline)',
         '(e) force-release -> SiteLock told, median <= 100 ms',
         '(e) force-release -> Reservation told, median <= 100 ms',
+        '(e) preempt -> SiteLock told (on_preempt), median <= 100 ms',
+        '(e) preempt -> Reservation told (on_preempt), median <= 100 ms',
         '(e) every revocation sample told (pushed and baseline)'}
 
 
