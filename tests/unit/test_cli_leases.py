@@ -231,3 +231,15 @@ def test_ocs_locks_history_shows_who_verified_or_declared(registry, capsys):
     assert cli.main(['history', '--json']) == 0
     rows = __import__('json').loads(capsys.readouterr().out)
     assert rows[0]['caller']['identity'] == 'sim-device-1'
+
+
+@pytest.mark.parametrize('argv, error', [
+    (['--reason', ' ', '--grace', '5'], 'ocs-locks: --reason must not be empty'),
+    (['--reason', 'x', '--grace', '-1'], 'ocs-locks: --grace must be 0..3600 seconds, not -1'),
+    (['--reason', 'x', '--grace', '3601'],
+     'ocs-locks: --grace must be 0..3600 seconds, not 3601')])
+def test_ocs_locks_preempt_bad_arguments_are_one_line_before_any_call(argv, error, capsys):
+    """When preempt is given an empty reason or a grace out of bounds, one
+    line says so (before reading the site config or calling anything)."""
+    assert cli.main(['preempt', 'satp1/hwp', *argv]) == 1
+    assert capsys.readouterr().err == error + '\n'
