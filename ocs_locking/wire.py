@@ -77,7 +77,10 @@ OWNERSHIP_KINDS = ('snapshot', 'change')
 #: is the holder's long poll: ``watch(resource, lease_id, wait=20)``
 #: answers when the lease is revoked, expires, is released or its holder is
 #: asked to give way, else after ``wait`` seconds (see WATCH_EVENTS).
-LEASE_PROCEDURES = ('acquire', 'renew', 'release', 'watch')
+#: ``preempt`` (credential level 2: its ``password`` argument) asks a
+#: holder to give way, as the OCS task does, and answers a requester's
+#: grant with its lease_id (the reply goes to the caller alone).
+LEASE_PROCEDURES = ('acquire', 'renew', 'release', 'watch', 'preempt')
 #: The ``event`` of a watch's answer (its ``data``): the lease was
 #: force-released (``by``, ``reason``, ``at``), expired (``at``), released
 #: by its holder, is asked to give way (``preempt``: ``by``, ``reason``,

@@ -604,6 +604,41 @@ class LeaseOps:
                                         caller=caller_of(details, client, self.identify))
         return {'ok': ok, 'message': msg, 'data': data}
 
+    def _cred_level(self, password):
+        """The ocs credential level ``password`` has on this registry (its
+        own access rules, as its OCS tasks check them); 0 when there are
+        none to check against. The password is never logged."""
+        from ocs import access
+        rules = getattr(self.agent, 'access_config', None)
+        if not isinstance(rules, access.AgentAccessRules):
+            return 0
+        try:
+            level, _ = access.agent_get_creds(password, rules, rules.agent)
+        except Exception:           # a malformed password value
+            return 0
+        return level.value
+
+    def _rpc_preempt(self, resource, reason, grace, owner=None, lease=None, note='',
+                     client='', password=None, wait=True, details=None):
+        """``preempt`` as a procedure: the same as the task, for callers who
+        need the requester's grant *with* its lease_id (the reply goes to
+        the caller alone). ``password``: a credential of level 2 on this
+        registry (as the task's ``min_privs=2``), checked first."""
+        caller = caller_of(details, client, self.identify)
+        level = self._cred_level(password)
+        if level < 2:
+            e = LeaseError(f'preempt requires credential level 2 (the password given has '
+                           f'level {level})')
+            self._audit_refusal('preempt', resource, caller['identity'], client, e, caller)
+            return {'ok': False, 'message': f'Refused: {e}', 'data': {'error': str(e)}}
+        how = 'verified' if caller.get('verified') else 'declared'
+        by = f"{caller['identity']} ({how}, cred_level {level})"[:128]
+        d = self.do_preempt(resource, reason, grace, by, owner=owner, lease=lease, note=note,
+                            client=client, caller=caller, wait=wait, secret=True)
+        if owner is not None and self.enforced is not None:
+            d.addCallback(self._after_enforced)
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
+
     def _rpc_watch(self, resource, lease_id=None, wait=WATCH_WAIT, client='', details=None):
         return self.do_watch(resource, lease_id, wait)
 
@@ -1114,7 +1149,7 @@ class LeaseOps:
             wait_for = p.grace + 10.0
             self._deadlines[rid] = self.reactor.callLater(wait_for, self._due, rid,
                                                           now + wait_for)
-            d.addCallback(self._acquired, resource, owner, lease, client, False, secret,
+            d.addCallback(self._acquired, resource, owner, lease, client, secret, secret,
                           caller)
 
             def with_ask(result):

@@ -222,3 +222,29 @@ def test_preempt_without_on_preempt_revokes_a_reservation_at_the_deadline(site, 
             res.check()
     steps = history(registry, 'it/preempt/http')
     assert steps == ['grant', 'preempt', 'notice', 'force_release'], steps
+
+
+def test_preempt_procedure_grants_the_requester_with_its_lease_id(site, registry):
+    """When a script preempts through the registry's ``lease.preempt``
+    procedure with the level-2 password and a requester, the holder (a
+    Reservation that gives way in on_preempt) releases and the reply is
+    the requester's grant with its secret lease_id, which releases it; a
+    wrong password is refused in one line."""
+    from ocs.ocs_client import OCSClient
+
+    from ocs_locking.leases.bridge import OCSClientTransport
+    bridge = OCSClientTransport(OCSClient('lock-registry', args=site.client_args))
+    params = {'resource': 'it/preempt/proc', 'reason': 'calibration', 'grace': 20,
+              'owner': 'calib', 'lease': 30, 'client': 'it'}
+    with Reservation('it/preempt/proc', 'schedule-9', lease=60, args=site.client_args,
+                     retry=RetryPolicy(attempts=1),
+                     on_preempt=lambda reason, deadline: res.release()) as res:
+        refused = bridge.lease_call('preempt', dict(params, password='nope'), wait=5)
+        assert not refused.ok and refused.message.startswith(
+            'Refused: preempt requires credential level 2')
+        ans = bridge.lease_call('preempt', dict(params, password='demo-operator'), wait=40)
+    assert ans.ok, ans.message
+    assert ans.data['owner'] == 'calib' and ans.data['preempt']['holder'] == 'schedule-9'
+    done = bridge.lease_call('release', {'resource': 'it/preempt/proc',
+                                         'lease_id': ans.data['lease_id']})
+    assert done.ok, done.message

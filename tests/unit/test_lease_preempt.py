@@ -226,3 +226,17 @@ def test_Reservation_on_preempt_gets_the_notice_and_releasing_lets_the_requester
     res.release()
     ops.reactor.advance(0)
     assert out[0][0] is True and out[0][2]['owner'] == 'calib'
+
+
+def test_LeaseOps_preempt_procedure_without_a_level_2_password_is_refused(ops):
+    """When the preempt procedure comes without a level-2 password, it is
+    refused in one line (audited, without the password) and the holder
+    keeps its lease."""
+    fired(ops.do_acquire('hwp', 'alice', lease=60, secret=True))
+    reply = ops._rpc_preempt('hwp', 'x', 5, password='guess')     # refused at once
+    assert reply == {'ok': False, 'message': 'Refused: preempt requires credential level 2 '
+                     '(the password given has level 0)',
+                     'data': {'error': 'preempt requires credential level 2 (the password '
+                              'given has level 0)'}}
+    assert ops.state.holders()[0].owner == 'alice' and ops.state.preemption(1) is None
+    assert 'guess' not in repr(ops.store.history(limit=10))
