@@ -80,6 +80,23 @@ Timed, one call after another (``time.perf_counter``):
     without pause until refused loads the 2-core machine it measures; it
     gave the same ranking.) Target: ours median <= 20 ms.
 
+(e) **force-release -> holder told**, pushed vs at the next renewal: a
+    holder takes a fresh path (``bench/revoke/...``, lease LEASE_E = 3 s,
+    renewed every 1 s) -- a :class:`SiteLock` on the bench's WAMP session
+    (as an agent holds one) or a :class:`Reservation` over the HTTP bridge
+    (the shared BridgeClient, its watch on a connection of its own) --
+    waits a random (seeded) 0.05 .. 1 s (so the phase of its renewals is
+    sampled evenly), then the registry's ``force_release`` task is started
+    with the probe's level-2 password (``OCSClient.force_release.start``,
+    one HTTP POST). Timed: from just before that POST to the holder's
+    ``on_lost`` (``time.perf_counter`` in the callback; it must name the
+    reason given). Each holder both with its lease watch (ours, pushed) and
+    with ``watch=False`` (baseline: the same holder told at its next
+    renewal), interleaved sample by sample. Target: pushed median <= 100 ms
+    for both. Beside them (p1, p2): the same holders *preempted*
+    (``preempt.start(..., grace=30, wait=False)``) -> their ``on_preempt``
+    (then they release); target median <= 100 ms.
+
 Before each transport 5 round trips per path are run untimed (warm-up); then
 ours and the baseline alternate in blocks of 10 round trips (a, c1, a, c1, ...;
 then b, c2, ...), so drift in machine load hits both alike. Every reply is
@@ -88,7 +105,8 @@ The ratio column is the row's median over its baseline's median (a over c1,
 b over c2). Target: (a) median < 5 ms.
 
 ``--quick``: N = 30 (a, c1), 20 (b, c2), 3 distribution samples, 3
-enforcement samples each (< 50 s); full: 500, 200, 10, 20. ``--json PATH`` writes the results. ``main()`` returns 0
+enforcement samples each, 5 revocation samples per row (< 70 s); full: 500,
+200, 10, 20, 30. ``--json PATH`` writes the results. ``main()`` returns 0
 when every target passes.
 """
 import argparse
@@ -102,6 +120,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +155,12 @@ CHUNK = 10          # round trips per interleaved block
 LEASE = 30.0
 #: (d): seconds between reads of an agent's access-control state (get_api)
 POLL_API = 0.005
+#: (e): the holders' lease, seconds (renewed every LEASE_E / 3)
+LEASE_E = 3.0
+#: (e): the rows, in the order they are sampled: (key, transport, watch)
+REVOKE_ROWS = (('e1', 'wamp', True), ('e1b', 'wamp', False),
+               ('e2', 'http', True), ('e2b', 'http', False),
+               ('p1', 'wamp', 'preempt'), ('p2', 'http', 'preempt'))
 
 
 def _p99(v):
@@ -502,6 +527,86 @@ def run_enforcement(rt, agent, n):
             for kind, v in out.items()}
 
 
+class _HolderAgent:
+    """What a SiteLock needs of an OCSAgent, on the bench's raw session."""
+
+    def __init__(self, agent):
+        self.agent_address = f'{agent.root}.bench-holder'
+        self._session = agent.session
+
+    def call(self, uri, *args, **kwargs):
+        return self._session.call(uri, *args, **kwargs)
+
+
+def run_revocation(rt, agent, site, n):
+    """(e): force_release start -> the holder's on_lost, n samples per row."""
+    from ocs import OK
+    from ocs.ocs_client import OCSClient
+
+    from ocs_locking.leases.bridge import BridgeClient
+    from ocs_locking.leases.reservation import Reservation, RetryPolicy
+    from ocs_locking.leases.sitelock import SiteLock
+    admin = OCSClient(REGISTRY, privs=PROBE, args=site.client_args)
+    if 'client' not in _BRIDGE:
+        _BRIDGE['client'] = BridgeClient.from_site(REGISTRY, args=site.client_args)
+    shim = _HolderAgent(agent)
+    rng = random.Random(5)
+    out = {key: {'told': [], 'failures': 0, 'first_failure': None, 'n': n,
+                 'transport': transport, 'watch': watch}
+           for key, transport, watch in REVOKE_ROWS}
+    for i in range(n):
+        for key, transport, watch in REVOKE_ROWS:
+            row = out[key]
+            told, seen = threading.Event(), []
+            reason = f'bench revocation {key} {i}'
+
+            def on_lost(why, seen=seen, told=told):
+                seen.append((time.perf_counter(), why))
+                told.set()
+            preempt = watch == 'preempt'
+            told_by = dict(on_preempt=lambda why, deadline: on_lost(why)) if preempt else \
+                dict(on_lost=on_lost)
+            path = f'bench/revoke/{key}/r{i}'
+            try:
+                if transport == 'wamp':
+                    holder = SiteLock(shim, path, lease=LEASE_E, watch=bool(watch),
+                                      reactor=rt.reactor, **told_by)
+                    rt.call(holder.acquire_deferred, timeout=BOUND)
+                else:
+                    holder = Reservation(path, 'bench-script', lease=LEASE_E,
+                                         client=_BRIDGE['client'], client_id='site_lock_bench',
+                                         retry=RetryPolicy(attempts=1, deadline=None),
+                                         watch=bool(watch), **told_by)
+                    holder.acquire()
+                time.sleep(rng.uniform(0.05, LEASE_E / 3))
+                t0 = time.perf_counter()
+                op = admin.preempt if preempt else admin.force_release
+                extra = dict(grace=30.0, wait=False) if preempt else {}
+                reply = op.start(resource=path, reason=reason, client='site_lock_bench',
+                                 **extra)
+                if reply.status != OK:
+                    raise RuntimeError(f'{"preempt" if preempt else "force_release"} not '
+                                       f'started: {reply.msg}')
+                if not told.wait(LEASE_E + 5):
+                    raise RuntimeError('the holder was never told')
+                at, why = seen[0]
+                if reason not in why:
+                    raise RuntimeError(f'told without the reason: {why}')
+                row['told'].append(at - t0)
+                op.wait(timeout=BOUND)
+                if preempt:         # it gives way
+                    if transport == 'wamp':
+                        rt.call(holder.release_deferred, timeout=BOUND)
+                    else:
+                        holder.release()
+            except Exception as e:
+                row['failures'] += 1
+                row['first_failure'] = row['first_failure'] or repr(e)[:300]
+    return {key: dict({k: v for k, v in row.items() if k != 'told'}, samples=len(row['told']),
+                      **_stats(row['told']))
+            for key, row in out.items()}
+
+
 def _merge(parts):
     out = {'total': [], 'acquire': [], 'release': [], 'failures': 0, 'first_failure': None,
            'requests': []}
@@ -523,7 +628,8 @@ def _summary(raw, n, label, transport, timed):
 
 
 def run(quick, keep=False):
-    n_wamp, n_http, n_dist, n_enf = (30, 20, 3, 3) if quick else (500, 200, 10, 20)
+    n_wamp, n_http, n_dist, n_enf, n_rev = (30, 20, 3, 3, 5) if quick else \
+        (500, 200, 10, 20, 30)
     workdir = tempfile.mkdtemp(prefix='site-lock-bench-')
     rt = site = agent = None
     try:
@@ -559,6 +665,7 @@ def run(quick, keep=False):
             rows[base_row] = _summary(raw['director'], n, *labels[1])
         dist = run_distribution(rt, agent, n_dist)
         dist['enforcement'] = run_enforcement(rt, agent, n_enf)
+        dist['revocation'] = run_revocation(rt, agent, site, n_rev)
         info = {'nodelay': agent.nodelay, 'db': os.path.join(site.workdir, 'bench-leases.db'),
                 'director_config': DIRECTOR_CONFIG}
         return rows, dist, info, workdir
@@ -630,6 +737,31 @@ def print_table(rows, dist):
               f"{_f(d['median_ms'])} | {_f(d['p99_ms'])} | {d['samples']} | 1 (baseline) | "
               f"{_f(d['restored_median_ms'])} |")
         print(f"\n(d) failed samples: ours {o['failures']}, director {d['failures']}\n")
+    rev = dist.get('revocation')
+    if rev:
+        print('(e) Force-release -> holder told (force_release task started -> the '
+              "holder's on_lost), interleaved.\n")
+        print('| path | median (ms) | p99 (ms) | N | ratio (median / baseline median) |')
+        print('|---|---:|---:|---:|---:|')
+        names = {'e1': 'ours (e1): SiteLock (WAMP), lease watch, pushed',
+                 'e1b': 'baseline (e1b): the same SiteLock, watch=False: told at its next '
+                        'renewal',
+                 'e2': 'ours (e2): Reservation (HTTP), lease watch, pushed',
+                 'e2b': 'baseline (e2b): the same Reservation, watch=False: told at its next '
+                        'renewal',
+                 'p1': 'ours (p1): SiteLock (WAMP), preempt -> on_preempt',
+                 'p2': 'ours (p2): Reservation (HTTP), preempt -> on_preempt'}
+        for key, base_key in (('e1', 'e1b'), ('e1b', None), ('e2', 'e2b'), ('e2b', None),
+                              ('p1', 'e1b'), ('p2', 'e2b')):
+            r = rev[key]
+            b = rev.get(base_key) if base_key else None
+            ratio = '1 (baseline)' if b is None else (
+                f"{r['median_ms'] / b['median_ms']:.3f}x of ({base_key})"
+                if r['median_ms'] and b['median_ms'] else 'n/a')
+            print(f"| {names[key]} | {_f(r['median_ms'])} | {_f(r['p99_ms'])} | "
+                  f"{r['samples']} | {ratio} |")
+        print('\n(e) failed samples: ' + ', '.join(f"{k} {v['failures']}"
+                                                  for k, v in rev.items()) + '\n')
 
 
 def targets(rows, dist=None):
@@ -645,6 +777,22 @@ def targets(rows, dist=None):
                       detail=', '.join(f"{k} {v['failures']}/{v['n']} failed"
                                        for k, v in enf.items()),
                       passed=all(v['failures'] == 0 for v in enf.values()))]
+    rev = (dist or {}).get('revocation')
+    if rev:
+        extra += [dict(name=f'(e) force-release -> {who} told, median <= 100 ms',
+                       detail=f"{_f(rev[key]['median_ms'])} ms",
+                       passed=rev[key]['median_ms'] is not None
+                       and rev[key]['median_ms'] <= 100)
+                  for key, who in (('e1', 'SiteLock'), ('e2', 'Reservation'))]
+        extra += [dict(name=f'(e) preempt -> {who} told (on_preempt), median <= 100 ms',
+                       detail=f"{_f(rev[key]['median_ms'])} ms",
+                       passed=rev[key]['median_ms'] is not None
+                       and rev[key]['median_ms'] <= 100)
+                  for key, who in (('p1', 'SiteLock'), ('p2', 'Reservation'))]
+        extra.append(dict(name='(e) every revocation sample told (pushed and baseline)',
+                          detail=', '.join(f"{k} {v['failures']}/{v['n']} failed"
+                                           for k, v in rev.items()),
+                          passed=all(v['failures'] == 0 for v in rev.values())))
     return extra + [
         dict(name='(a) median < 5 ms from an agent (WAMP)',
              detail=f"{_f(a['median_ms'])} ms", passed=a['median_ms'] is not None
@@ -661,7 +809,7 @@ def main(args=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true',
                    help='N = 30 (WAMP), 20 (HTTP), 3 distribution and 3 enforcement '
-                        'samples (< 50 s)')
+                        'samples, 5 revocation samples per row (< 70 s)')
     p.add_argument('--json', metavar='PATH', help='write the results dict here')
     p.add_argument('--keep', action='store_true', help='keep the site work dir (logs)')
     opts = p.parse_args(args)

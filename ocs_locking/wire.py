@@ -8,7 +8,7 @@ import json
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
            'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
-           'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
+           'WATCH_EVENTS', 'WATCH_WAIT', 'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
            'error_reason', 'one_line', 'json_size', 'split_rows']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
@@ -73,8 +73,23 @@ MESSAGE_BUDGET = 2 ** 20
 OWNERSHIP_KINDS = ('snapshot', 'change')
 
 #: The lease calls the registry also offers as plain WAMP procedures
-#: (several callers may be in them at once, unlike an OCS task).
-LEASE_PROCEDURES = ('acquire', 'renew', 'release')
+#: (several callers may be in them at once, unlike an OCS task). ``watch``
+#: is the holder's long poll: ``watch(resource, lease_id, wait=20)``
+#: answers when the lease is revoked, expires, is released or its holder is
+#: asked to give way, else after ``wait`` seconds (see WATCH_EVENTS).
+#: ``preempt`` (credential level 2: its ``password`` argument) asks a
+#: holder to give way, as the OCS task does, and answers a requester's
+#: grant with its lease_id (the reply goes to the caller alone).
+LEASE_PROCEDURES = ('acquire', 'renew', 'release', 'watch', 'preempt')
+#: The ``event`` of a watch's answer (its ``data``): the lease was
+#: force-released (``by``, ``reason``, ``at``), expired (``at``), released
+#: by its holder, is asked to give way (``preempt``: ``by``, ``reason``,
+#: ``grace_left``), was already gone when asked (``gone``: ``reason``);
+#: nothing happened in ``wait`` (``timeout``), or the registry is stopping
+#: or lost its router (``stopping``).
+WATCH_EVENTS = ('revoked', 'expired', 'released', 'preempt', 'gone', 'timeout', 'stopping')
+#: The ``wait`` a holder's watch asks for, seconds (it polls again after).
+WATCH_WAIT = 20.0
 
 #: One deadline: a caller's lease ``acquire`` with queue ``timeout`` T is
 #: answered by the registry itself at T (a ``timed_out`` refusal) at the

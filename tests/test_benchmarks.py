@@ -195,11 +195,27 @@ def test_site_lock_bench_quick_prints_table_and_every_round_trip_succeeds(site_b
     for kind in ('ours', 'director'):
         enf = dist['enforcement'][kind]
         assert enf['samples'] == enf['n'] == 3 and enf['failures'] == 0, (kind, enf)
+    assert '(e) Force-release -> holder told' in printed
+    assert 'baseline (e1b): the same SiteLock, watch=False: told at its next renewal' in printed
+    assert 'baseline (e2b): the same Reservation, watch=False: told at its next renewal' \
+        in printed
+    rev = dist['revocation']
+    assert set(rev) == {'e1', 'e1b', 'e2', 'e2b', 'p1', 'p2'}
+    assert 'ours (p1): SiteLock (WAMP), preempt -> on_preempt' in printed
+    for key, row in rev.items():
+        assert row['samples'] == row['n'] == 5 and row['failures'] == 0, (key, row)
+        assert row['median_ms'] > 0 and row['p99_ms'] >= row['median_ms'], (key, row)
+    assert (rev['e1']['watch'], rev['e1b']['watch']) == (True, False)
     assert {t['name'] for t in data['targets']} == {
         '(a) median < 5 ms from an agent (WAMP)',
         'every round trip granted and released (ours and baseline)',
         '(d) grant -> enforced at the agent, median <= 20 ms',
-        '(d) every enforcement sample seen (ours and baseline)'}
+        '(d) every enforcement sample seen (ours and baseline)',
+        '(e) force-release -> SiteLock told, median <= 100 ms',
+        '(e) force-release -> Reservation told, median <= 100 ms',
+        '(e) preempt -> SiteLock told (on_preempt), median <= 100 ms',
+        '(e) preempt -> Reservation told (on_preempt), median <= 100 ms',
+        '(e) every revocation sample told (pushed and baseline)'}
 
 
 def test_liveness_bench_quick_prints_both_registries_for_every_kill(site_benches):

@@ -669,6 +669,8 @@ def main(args=None):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.
     agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
+    # So does asking its holder to give way.
+    agent.register_task('preempt', leases.preempt, blocking=False, min_privs=2)
     runner.run(agent, auto_reconnect=True)
 
 

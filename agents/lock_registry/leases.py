@@ -29,7 +29,7 @@ import time
 from ocs import ocs_agent
 from twisted.internet import defer
 
-from ocs_locking.leases.holder import describe_holders
+from ocs_locking.leases.holder import describe_holders, utc
 from ocs_locking.leases.keys import NotHolder, check_lease_id
 from ocs_locking.errors import ResourceConfigError
 from ocs_locking.leases.paths import check_resource, check_text, when
@@ -40,6 +40,8 @@ from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
+from ocs_locking.agents.lock_registry.watchers import (MAX_WATCH_WAIT, WATCH_WAIT, Watchers,
+                                                       WatchRefused)
 from ocs_locking.wire import LEASE_PROCEDURES, MESSAGE_BUDGET, json_size, lease_uri
 
 #: How often due leases and waiter timeouts are applied, seconds.
@@ -295,6 +297,21 @@ def _compact(data):
     return out
 
 
+def _watch_text(event):
+    """The message of a watch's answer (one line; never a lease id)."""
+    kind = event.get('event')
+    what = f"{event.get('resource')!r} (token {event.get('token')})"
+    if kind == 'revoked':
+        return f"Revoked: {what} by {event.get('by')}: {event.get('reason')!r}"
+    if kind == 'expired':
+        return f'Expired: {what}.'
+    if kind == 'released':
+        return f'Released: {what}.'
+    if kind == 'timeout':
+        return f"Nothing happened in {event.get('waited', 0):g} s: watch again."
+    return f"{str(kind).capitalize()}: {event.get('reason', '')}"
+
+
 class LeaseOps:
     """Lease tasks for the registry agent.
 
@@ -392,6 +409,9 @@ class LeaseOps:
         #: ``enforced() -> Deferred or None``: a grant's reply waits for it
         #: (the director's rules passed on by the router; :mod:`.director`).
         self.enforced = None
+        #: the lease watches outstanding (:mod:`.watchers`)
+        self.watchers = Watchers(reactor)
+        self._ending = {}           # holder's request id -> Deferreds of preempts waiting
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -401,8 +421,14 @@ class LeaseOps:
         agent.on('ready', lambda session: self._register_rpcs())
         # While the registry is off the router no caller can hear an answer:
         # every waiting request is withdrawn (they ask again).
-        agent.on('leave', lambda session, details=None: self.withdraw_all(
-            'the registry lost its router connection'))
+        # Every lease watch is answered too (it frees its slot; the holder's
+        # call has failed already and it polls again).
+        agent.on('leave', self._left)
+
+    def _left(self, session, details=None):
+        why = 'the registry lost its router connection'
+        self.withdraw_all(why)
+        self.watchers.wake_all({'event': 'stopping', 'reason': why})
 
     def _use_access_file(self, path):
         """Serve ocs's access control from the access file ``path``
@@ -488,6 +514,7 @@ class LeaseOps:
         if self._next_tick is not None and self._next_tick.active():
             self._next_tick.cancel()
         self._next_tick = None
+        self.watchers.wake_all({'event': 'stopping', 'reason': 'the registry is stopping'})
         self.store.close()
 
     def storage(self):
@@ -577,7 +604,121 @@ class LeaseOps:
                                         caller=caller_of(details, client, self.identify))
         return {'ok': ok, 'message': msg, 'data': data}
 
+    def _cred_level(self, password):
+        """The ocs credential level ``password`` has on this registry (its
+        own access rules, as its OCS tasks check them); 0 when there are
+        none to check against. The password is never logged."""
+        from ocs import access
+        rules = getattr(self.agent, 'access_config', None)
+        if not isinstance(rules, access.AgentAccessRules):
+            return 0
+        try:
+            level, _ = access.agent_get_creds(password, rules, rules.agent)
+        except Exception:           # a malformed password value
+            return 0
+        return level.value
+
+    def _rpc_preempt(self, resource, reason, grace, owner=None, lease=None, note='',
+                     client='', password=None, wait=True, details=None):
+        """``preempt`` as a procedure: the same as the task, for callers who
+        need the requester's grant *with* its lease_id (the reply goes to
+        the caller alone). ``password``: a credential of level 2 on this
+        registry (as the task's ``min_privs=2``), checked first."""
+        caller = caller_of(details, client, self.identify)
+        level = self._cred_level(password)
+        if level < 2:
+            e = LeaseError(f'preempt requires credential level 2 (the password given has '
+                           f'level {level})')
+            self._audit_refusal('preempt', resource, caller['identity'], client, e, caller)
+            return {'ok': False, 'message': f'Refused: {e}', 'data': {'error': str(e)}}
+        how = 'verified' if caller.get('verified') else 'declared'
+        by = f"{caller['identity']} ({how}, cred_level {level})"[:128]
+        d = self.do_preempt(resource, reason, grace, by, owner=owner, lease=lease, note=note,
+                            client=client, caller=caller, wait=wait, secret=True)
+        if owner is not None and self.enforced is not None:
+            d.addCallback(self._after_enforced)
+        return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
+
+    def _rpc_watch(self, resource, lease_id=None, wait=WATCH_WAIT, client='', details=None):
+        return self.do_watch(resource, lease_id, wait)
+
+    def do_watch(self, resource, lease_id, wait=WATCH_WAIT):
+        """A lease watch (see :mod:`.watchers`): a Deferred firing
+        ``{'ok', 'message', 'data'}`` when something happens to the lease
+        that ``lease_id`` holds on ``resource``, or after ``wait`` seconds
+        (``data['event']``: ``revoked``, ``expired``, ``released``,
+        ``preempt``, ``timeout``, ``stopping``). A lease that is no longer
+        held is answered at once (``gone``, with how it ended); a bad
+        argument or a watch over a cap is refused in one line (``ok``
+        false). The lease_id is never logged nor echoed."""
+        try:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) \
+                    or not 0 <= wait <= MAX_WATCH_WAIT:
+                raise LeaseError(f'wait must be a number of seconds in '
+                                 f'[0, {MAX_WATCH_WAIT:g}], not {wait!r:.40}')
+            g = self.state.holding(resource, lease_id)
+            p = self.state.preemption(g.request_id)
+            if p is not None and not p.noticed:     # asked before this watch came
+                event = self._preempt_event(p)
+                self.reactor.callLater(0, self._noticed, p.holder_rid)
+                return defer.succeed({'ok': True, 'message': _watch_text(event),
+                                      'data': event})
+            d = self.watchers.add(g.request_id, float(wait), repr(g.resource))
+        except NotHolder as e:
+            ended = self.state.ended(resource, lease_id) if isinstance(lease_id, str) else None
+            if ended is not None:   # it ended before the watch came: the same answer
+                event = self._end_event(ended['action'], resource, ended['token'], ended)
+                return defer.succeed({'ok': True, 'message': _watch_text(event),
+                                      'data': event})
+            return defer.succeed({'ok': True, 'message': f'Gone: {e}.',
+                                  'data': {'event': 'gone', 'resource': resource,
+                                           'reason': str(e)}})
+        except (LeaseError, WatchRefused) as e:
+            return defer.succeed({'ok': False, 'message': f'Refused: {e}',
+                                  'data': {'error': str(e)}})
+        return d.addCallback(lambda event: {'ok': True, 'message': _watch_text(event),
+                                            'data': event})
+
+    def _wake_watchers(self, action, g):
+        """An end of grant ``g`` answers its lease's watches."""
+        if not self.watchers.count(g.request_id):
+            return
+        ended = self.state.ended(g.resource) or {'at': g.expires}
+        self.watchers.wake(g.request_id, self._end_event(action, g.resource, g.token, ended))
+
+    @staticmethod
+    def _end_event(action, resource, token, ended):
+        """The watch event of a grant's end (``ended``: LeaseState.ended)."""
+        event = {'resource': resource, 'token': token}
+        if action == 'force_release':
+            event.update(event='revoked', by=ended.get('by'), reason=ended.get('reason'),
+                         at=ended.get('at'))
+        elif action == 'expire':
+            event.update(event='expired', at=ended.get('at'))
+        else:
+            event.update(event='released')
+        return event
+
+    def _preempt_event(self, p):
+        return {'event': 'preempt', 'resource': p.resource, 'token': p.token, 'by': p.by,
+                'reason': p.reason, 'grace_left': round(max(0.0, p.deadline - self.clock()), 3),
+                'deadline': p.deadline}
+
+    def _noticed(self, holder_rid):
+        try:
+            self.state.noticed(holder_rid, self.clock())
+        except Exception as e:      # never let the audit trail break the notice
+            self.log.error('could not record a preempt notice: {e}', e=e)
+
     def _on_change(self, action, item):
+        if action in ('force_release', 'expire', 'release'):
+            self._wake_watchers(action, item)
+            for d in self._ending.pop(item.request_id, ()):
+                if not d.called:
+                    d.callback((action, item))
+        elif action == 'preempt' and self.watchers.wake(item.holder_rid,
+                                                        self._preempt_event(item)):
+            self.reactor.callLater(0, self._noticed, item.holder_rid)
         # A queued request reached its end (granted, timed out, cancelled);
         # a grant's Outcome carries how long it queued.
         rid = getattr(item, 'request_id', None)
@@ -972,6 +1113,130 @@ class LeaseOps:
                 {'released': resource,
                  'granted': [g.as_dict() for o in granted for g in o.grants]})
 
+    def do_preempt(self, resource, reason, grace, by, owner=None, lease=None, note='',
+                   client='', caller=None, wait=True, on_asked=None, secret=False):
+        """Ask the holder of ``resource`` to give way (see
+        ``LeaseState.preempt``): a Deferred firing ``(ok, message, data)``.
+        ``on_asked(asked)`` is called at once with who holds, what was asked
+        and when the deadline falls (``asked``: ``holder``, ``token``,
+        ``resource``, ``reason``, ``by``, ``grace``, ``deadline`` on the
+        registry's clock, ``message``). With ``owner``: that requester is
+        queued first and the Deferred fires at its grant (or refusal), the
+        ask in ``data['preempt']``; ``secret``: with the grant's lease_id.
+        Without: it fires when the holder gave way (released, or revoked at
+        the deadline), or at once with ``wait`` False."""
+        now = self.clock()
+        try:
+            if owner is not None:
+                lease = self.checked_lease(resource, False, lease)
+            p, out = self.state.preempt(resource, reason, grace, by, now, owner=owner,
+                                        lease=lease, note=note, client=client, caller=caller)
+        except LeaseError as e:
+            self._audit_refusal('preempt', resource, by, client, e, caller)
+            return defer.succeed(self._refusal(e))
+        msg = (f"Asked {p.holder!r} (token {p.token}) to give {resource} way: {p.reason!r}; "
+               f"it is revoked at {utc(p.deadline)} (in {p.grace:g} s) unless released"
+               + (f'; {owner!r} is first in line' if owner is not None else '') + '.')
+        asked = {'holder': p.holder, 'token': p.token, 'resource': resource,
+                 'reason': p.reason, 'by': by, 'grace': p.grace, 'deadline': p.deadline,
+                 'message': msg}
+        if on_asked is not None:
+            on_asked(asked)
+        if out is not None:
+            rid = out.request_id
+            d = self._waiters[rid] = defer.Deferred(
+                canceller=lambda _, rid=rid: self._cancelled(rid))
+            wait_for = p.grace + 10.0
+            self._deadlines[rid] = self.reactor.callLater(wait_for, self._due, rid,
+                                                          now + wait_for)
+            d.addCallback(self._acquired, resource, owner, lease, client, secret, secret,
+                          caller)
+
+            def with_ask(result):
+                ok, text, data = result
+                return ok, f'{msg} {text}', dict(data, preempt=asked)
+            return d.addCallback(with_ask)
+        if not wait:
+            return defer.succeed((True, msg, {'preempt': asked}))
+        d = defer.Deferred()
+        self._ending.setdefault(p.holder_rid, []).append(d)
+
+        def ended(result):
+            action, g = result
+            how = 'released' if action == 'release' else \
+                'was revoked at the deadline' if action == 'force_release' else 'expired'
+            verb = f'{p.holder!r} {how} {resource}' if action == 'release' else \
+                f'{p.holder!r} {how} on {resource}'
+            return True, (f'{verb} ({self.clock() - p.asked_at:.1f} s after the ask).'), \
+                {'preempt': asked, 'ended': action}
+        return d.addCallback(ended)
+
+    @ocs_agent.param('resource', type=str)
+    @ocs_agent.param('reason', type=str)
+    @ocs_agent.param('grace', type=float)
+    @ocs_agent.param('owner', default=None)
+    @ocs_agent.param('lease', default=None)
+    @ocs_agent.param('note', default='', type=str)
+    @ocs_agent.param('client', default='', type=str)
+    @ocs_agent.param('wait', default=True, type=bool)
+    @defer.inlineCallbacks
+    def preempt(self, session, params):
+        """preempt(resource, reason, grace, owner=None, lease=None, note='', client='', wait=True)
+
+        **Task** (privileged) - Ask whoever holds ``resource`` to give way
+        within ``grace`` seconds; needs credential level 2 (as
+        ``force_release``). The holder's ``SiteLock`` / ``Reservation`` gets
+        the notice at once through its lease watch (``on_preempt(reason,
+        deadline)``) and may bring its hardware to a safe state and release;
+        if it has not released by the deadline its lease is revoked (the
+        next token is larger). A holder without ``on_preempt`` is revoked at
+        the deadline.
+
+        Parameters:
+            resource (str): the resource whose holder is asked.
+            reason (str): why (required; the holder is told; audited).
+            grace (float): seconds the holder has, in [0, 3600].
+            owner (str, optional): a requester queued *first*, ahead of
+                every waiter, and granted when the holder gives way (the
+                grant, like the acquire task's, carries no lease_id: it ends
+                at its expiry or by force_release). None: nobody in
+                particular; the queue is served as usual.
+            lease (float, optional): the requester's lease (the resource's
+                default when not given).
+            note (str): the requester's note.
+            client (str): who you are (declared), audited with your ocs
+                credential level.
+            wait (bool): wait for the outcome (the grant, or how the holder
+                gave way); False: answer once the holder is asked.
+
+        Notes:
+            Every step is in the audit: ``preempt`` (asked), ``notice``
+            (the holder's watch was answered), ``release`` or
+            ``force_release`` (reason ``preempted: ...``), ``grant``.
+            session.data holds the ask at once, then the outcome::
+
+                >>> response.session['data']
+                {'preempt': {'holder': 'alice', 'token': 3, 'resource': 'satp1/hwp',
+                             'reason': 'calibration', 'by': 'ops (declared, cred_level 2)',
+                             'grace': 30.0, 'deadline': 1700000030.0, 'message': '...'},
+                 'ended': 'release'}
+        """
+        caller = task_caller(session, params['client'])
+        by = f"{caller['identity']} (declared, cred_level {caller['cred_level']})"[:128]
+        lease = params['lease']
+        if lease is not None and (isinstance(lease, bool) or not isinstance(lease, (int, float))):
+            session.data = {'error': f'lease must be a number of seconds, not {lease!r:.40}'}
+            return False, f"Refused: {session.data['error']}"
+
+        def asked(info):
+            session.data = {'preempt': info}
+        ok, msg, data = yield self.do_preempt(
+            params['resource'], params['reason'], params['grace'], by, owner=params['owner'],
+            lease=lease, note=params['note'], client=params['client'], caller=caller,
+            wait=params['wait'], on_asked=asked)
+        session.data = data
+        return ok, msg
+
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('reason', type=str)
     @ocs_agent.param('client', default='', type=str)
@@ -980,7 +1245,9 @@ class LeaseOps:
 
         **Task** (privileged) - Revoke whoever holds ``resource``; needs an
         advanced credential through ocs's access control. The holder's
-        ``SiteLock`` learns of it on its next renewal.
+        ``SiteLock`` or ``Reservation`` is told at once through its lease
+        watch (``lease.watch``: who, why and when), else at its next
+        renewal.
 
         Parameters:
             resource (str): the resource whose lease is revoked.

@@ -30,7 +30,8 @@ import sys
 from ..errors import CliError
 from .crossbar import cmd_crossbar_config
 from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, json_rows
-from .leases import cmd_force_release, cmd_history, cmd_leases, cmd_release, cmd_reserve
+from .leases import (cmd_force_release, cmd_history, cmd_leases, cmd_preempt, cmd_release,
+                     cmd_reserve)
 from .parser import make_parser, parse_age
 from .resources import cmd_resources
 from . import run
@@ -44,7 +45,7 @@ __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
            'CliError', 'JSON_KEYS', 'HISTORY_KEYS', 'COMMANDS', 'fetch_rows', 'parse_age']
 
 COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
-            'release': cmd_release, 'force-release': cmd_force_release,
+            'release': cmd_release, 'force-release': cmd_force_release, 'preempt': cmd_preempt,
             'history': cmd_history, 'leases': cmd_leases, 'resources': cmd_resources,
             'crossbar-config': cmd_crossbar_config, 'run': cmd_run}
 

@@ -14,7 +14,8 @@ from .parser import parse_age
 from .signals import Interrupter
 from .site import load_site, registry_client
 
-__all__ = ['cmd_reserve', 'cmd_release', 'cmd_force_release', 'cmd_history', 'cmd_leases',
+__all__ = ['cmd_reserve', 'cmd_release', 'cmd_force_release', 'cmd_preempt', 'cmd_history',
+           'cmd_leases',
            'read_lease_pages', 'format_leases', 'history_params', 'HISTORY_LIMIT']
 
 #: Bounds of ``history --limit`` (the registry's too).
@@ -157,10 +158,10 @@ def _password_file():
     return path if os.path.isfile(path) else None
 
 
-def cmd_force_release(args):
-    _check_resource(args.resource)
-    if not args.reason.strip():
-        raise CliError('--reason must not be empty')
+def _level2(args, task):
+    """``(password, refusal)`` for a level-2 registry task: the password
+    from --password, $OCS_LOCKS_PASSWORD or the ocs password file, and a
+    rewording of ocs's credential refusal saying which was wrong."""
     password = args.password if args.password is not None else \
         os.environ.get('OCS_LOCKS_PASSWORD') or None
     given = password is not None
@@ -171,14 +172,40 @@ def cmd_force_release(args):
         if 'requires credential level' not in message:
             return message
         if given:
-            return ("wrong password (the registry's force_release requires credential "
+            return (f"wrong password (the registry's {task} requires credential "
                     'level 2)')
         if password == 2:
-            return (f'wrong password in {_password_file()} (the registry\'s force_release '
+            return (f'wrong password in {_password_file()} (the registry\'s {task} '
                     'requires credential level 2)')
-        return ("the registry's force_release requires credential level 2: pass "
+        return (f"the registry's {task} requires credential level 2: pass "
                 '--password or set $OCS_LOCKS_PASSWORD')
+    return password, refusal
 
+
+def cmd_preempt(args):
+    """Ask the holder of a resource to give way within --grace seconds
+    (revoked at the deadline otherwise); with --wait, until it has."""
+    from ..leases.state import MAX_GRACE
+    _check_resource(args.resource)
+    if not args.reason.strip():
+        raise CliError('--reason must not be empty')
+    if not 0 <= args.grace <= MAX_GRACE:
+        raise CliError(f'--grace must be 0..{MAX_GRACE:g} seconds, not {args.grace:g}')
+    password, refusal = _level2(args, 'preempt')
+    message, _ = _run_task(args, 'preempt',
+                           {'resource': args.resource, 'reason': args.reason,
+                            'grace': args.grace, 'wait': bool(args.wait),
+                            'client': _client_id('preempt')}, privs=password,
+                           refusal=refusal, wait=args.grace + 30.0)
+    _say(message)
+    return 0
+
+
+def cmd_force_release(args):
+    _check_resource(args.resource)
+    if not args.reason.strip():
+        raise CliError('--reason must not be empty')
+    password, refusal = _level2(args, 'force_release')
     message, _ = _run_task(args, 'force_release',
                            {'resource': args.resource, 'reason': args.reason,
                             'client': _client_id('force-release')}, privs=password,

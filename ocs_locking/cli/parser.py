@@ -153,13 +153,27 @@ def make_parser():
     fr.add_argument('--password', default=None,
                     help='the level-2 password (default: $OCS_LOCKS_PASSWORD, then the '
                          'ocs password file, ~/.ocs-passwords.yaml or $OCS_PASSWORDS_FILE)')
+    pr = command('preempt', 'ask whoever holds a resource to give way within --grace '
+                            "seconds, revoked then if not released (needs the registry's "
+                            'level-2 password)')
+    pr.add_argument('resource', metavar='RESOURCE')
+    pr.add_argument('--reason', required=True, help='why (the holder is told; audited)')
+    pr.add_argument('--grace', type=float, required=True, metavar='S',
+                    help='seconds the holder has to release (0..3600)')
+    pr.add_argument('--wait', action='store_true',
+                    help='wait until the holder gave way (released, or revoked at the '
+                         'deadline) and say which')
+    pr.add_argument('--password', default=None,
+                    help='the level-2 password (default: $OCS_LOCKS_PASSWORD, then the '
+                         'ocs password file, ~/.ocs-passwords.yaml or $OCS_PASSWORDS_FILE)')
     h = command('history', "print the registry's audit log, newest first")
     h.add_argument('resource', nargs='?', default=None, metavar='RESOURCE',
                    help='only this resource and what lies below it')
     h.add_argument('--owner', default=None, help='only rows of this owner')
     h.add_argument('--action', action='append', default=None, metavar='ACTION',
                    help='only this audit action (grant, queue, renew, release, '
-                        'force_release, expire, timeout, cancel); repeat for several')
+                        'force_release, expire, timeout, cancel, preempt, notice); repeat '
+                        'for several')
     h.add_argument('--since', default=None, metavar='AGE',
                    help='only rows younger than AGE: 90 (seconds), 30s, 10m, 2h, 1d')
     h.add_argument('--limit', type=int, default=None,

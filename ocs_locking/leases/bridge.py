@@ -68,6 +68,32 @@ class BridgeClient:
         cc = site_config.get_control_client(registry, args=args)
         return cls(cc.call_url, cc.agent_addr)
 
+    def _new_session(self):
+        import requests
+        session = requests.Session()
+        session.proxies.update(requests.utils.get_environ_proxies(self.url))
+        session.trust_env = False
+        return session
+
+    def watch_call(self, params, wait):
+        """One lease watch (``lease.watch``, a long poll of up to ``wait``
+        seconds) on a connection of its own: the watches never hold up the
+        lease calls on the main connection. Connections are kept in a small
+        pool (one per watch in flight) and reused."""
+        with self._lock:
+            pool = self.__dict__.setdefault('_watch_pool', [])
+            session = pool.pop() if pool else None
+        if session is None:
+            session = self._new_session()
+        try:
+            return self._post(session, 'watch', params, wait, lock=False)
+        finally:
+            with self._lock:
+                if len(self._watch_pool) < 8:
+                    self._watch_pool.append(session)
+                else:
+                    session.close()
+
     def lease_call(self, name, params, wait=0.0):
         """Call the lease procedure ``name`` with keyword ``params``; an
         :class:`Answer` (``answered`` False when the registry's own reply
@@ -79,15 +105,22 @@ class BridgeClient:
         keeps the call running in the bridge's one session), so a request
         abandoned mid-wait cannot be withdrawn: it ends at its own
         ``timeout`` in the registry."""
+        return self._post(self._http, name, params, wait)
+
+    def _post(self, http, name, params, wait, lock=True):
         import requests
         body = json.dumps({'procedure': lease_uri(self.registry_address, name),
                            'args': [], 'kwargs': params}).encode()
         try:
-            with self._lock:
-                self.requests += 1
-                r = self._http.post(self.url, data=body,
-                                    headers={'Content-Type': 'application/json'},
-                                    timeout=(CONNECT_TIMEOUT, wait + CALL_MARGIN))
+            if lock:
+                with self._lock:
+                    self.requests += 1
+                    r = http.post(self.url, data=body,
+                                  headers={'Content-Type': 'application/json'},
+                                  timeout=(CONNECT_TIMEOUT, wait + CALL_MARGIN))
+            else:
+                r = http.post(self.url, data=body, headers={'Content-Type': 'application/json'},
+                              timeout=(CONNECT_TIMEOUT, wait + CALL_MARGIN))
         except requests.exceptions.RequestException as e:
             return Answer(False, f'cannot reach the router at {self.url}: '
                                  f'{type(e).__name__}', answered=False)
@@ -108,6 +141,10 @@ class BridgeClient:
 
     def close(self):
         self._http.close()
+        with self._lock:
+            pool, self.__dict__['_watch_pool'] = self.__dict__.get('_watch_pool', []), []
+        for session in pool:
+            session.close()
 
 
 class OCSClientTransport:
@@ -121,6 +158,11 @@ class OCSClientTransport:
             getattr(self._client, 'agent_addr', None)
         self._bridge = BridgeClient(url, address) \
             if isinstance(url, str) and isinstance(address, str) else None
+
+    def watch_call(self, params, wait):
+        if self._bridge is not None:
+            return self._bridge.watch_call(params, wait)
+        return self.lease_call('watch', params, wait)
 
     def lease_call(self, name, params, wait=0.0):
         if self._bridge is not None:

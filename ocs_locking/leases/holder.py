@@ -26,14 +26,15 @@ allowed to start ends (or times out) before the registry can give the lease
 to someone else.
 """
 import math
+import time
 from dataclasses import dataclass, field
 
 from ..errors import LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable
 from ..wire import one_line
 from .paths import bad_value, check_lease, check_resources, check_text, when
 
-__all__ = ['LeaseHolder', 'Answer', 'describe_holders', 'MAX_RESOURCES', 'MAX_OWNER',
-           'GUARD_MARGIN']
+__all__ = ['LeaseHolder', 'Answer', 'Notice', 'describe_holders', 'utc', 'MAX_RESOURCES',
+           'MAX_OWNER', 'GUARD_MARGIN', 'WATCH_RETRY', 'WATCH_RETRY_MAX']
 
 #: A request names at most this many resources (the registry's default).
 MAX_RESOURCES = 16
@@ -44,6 +45,37 @@ MAX_OWNER = 128
 GUARD_MARGIN = 0.25
 #: Longest device-call timeout a guard accepts, seconds (the longest lease).
 MAX_CALL = 3600.0
+#: After a watch that failed (no answer, refused), the next one is sent
+#: this many seconds later, the delay doubling up to WATCH_RETRY_MAX; the
+#: renewals keep the lease meanwhile.
+WATCH_RETRY, WATCH_RETRY_MAX = 0.5, 5.0
+#: A watch answered ``timeout`` sooner than this after it was sent is not
+#: polled again at once (a registry that answers too early cannot make the
+#: holder spin): the next one waits WATCH_RETRY.
+WATCH_MIN_POLL = 1.0
+
+
+def utc(t):
+    """``12:01:03 UTC``: the wall-clock instant ``t`` (seconds), for display."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        return 'an unknown time'
+    return time.strftime('%H:%M:%S UTC', time.gmtime(t))
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a watch's answer means to the holder (see
+    :meth:`LeaseHolder.watched`).
+
+    ``kind``: ``lost`` (``reason``: the lease is lost now), ``preempt``
+    (``reason``, and ``deadline``: when the lease will be revoked, on the
+    holder's monotonic clock; watch again at once), ``again`` (watch again
+    at once), ``retry`` (watch again after ``delay`` seconds; ``reason``
+    says why), ``done`` (not held any more: stop watching)."""
+    kind: str
+    reason: str = ''
+    deadline: float = None
+    delay: float = 0.0
 
 
 @dataclass
@@ -148,6 +180,8 @@ class LeaseHolder:
         self.expires = None         # the registry's expiry (its clock): for display
         self.request_id = None
         self.lost = None            # why the lease was lost, once it is
+        self.watch_delay = WATCH_RETRY      # the next retry's delay after a failed watch
+        self.preempt = None         # (reason, deadline) of a preempt notice, once told
 
     @property
     def what(self):
@@ -187,6 +221,8 @@ class LeaseHolder:
         start = min(sent + _duration(data.get('queued_for')), self.clock())
         self.deadline = start + self.lease
         self.lost = None
+        self.watch_delay = WATCH_RETRY
+        self.preempt = None
 
     def renewed(self, data, sent):
         """A renewal sent at ``sent`` was accepted."""
@@ -213,6 +249,53 @@ class LeaseHolder:
         self.lease_id = None
         self.grant_privs = None
         self.deadline = None
+
+    def watched(self, answer, sent):
+        """What the answer to a watch sent at ``sent`` (clock time) means:
+        a :class:`Notice`. A revocation or expiry the registry pushes is a
+        loss now (the reason says who, why and when, in UTC); a preempt
+        notice gives the deadline on this host's clock: its receipt (now)
+        plus the grace the registry says is left (late by at most the
+        notice's one-way trip; never another host's clock instant). No
+        answer, a refusal or an answer not understood: retry later with a
+        bounded backoff (the renewals keep the lease meanwhile)."""
+        if not self.tokens or self.lost is not None:
+            return Notice('done')
+        data = answer.data if answer.ok else {}
+        event = data.get('event') if isinstance(data, dict) else None
+        what = f'the lease on {self.what} (token {self.token})'
+        if event == 'revoked':
+            return Notice('lost', self.lose(
+                f"{what} was revoked: force-released by {data.get('by') or 'someone'}: "
+                f"{data.get('reason') or ''!r:.200} at {utc(data.get('at'))}"))
+        if event == 'expired':
+            return Notice('lost', self.lose(
+                f"{what} expired at the registry at {utc(data.get('at'))} "
+                f"(no renewal reached it in time)"))
+        if event == 'gone':
+            return Notice('lost', self.lose(f"{what} is no longer held: "
+                                            f"{one_line(data.get('reason') or '')}"))
+        if event == 'released':
+            return Notice('done')
+        if event == 'preempt':
+            left = _duration(data.get('grace_left'))
+            deadline = self.clock() + left
+            reason = (f"{data.get('by') or 'someone'} asks for {self.what}: "
+                      f"{data.get('reason') or ''!r:.200}; it is revoked in {left:.1f} s "
+                      f"unless released")
+            self.watch_delay = WATCH_RETRY
+            if self.preempt is not None:
+                return Notice('again')      # told already: keep watching
+            self.preempt = (reason, deadline)
+            return Notice('preempt', reason, deadline)
+        if event == 'timeout' and self.clock() - sent >= WATCH_MIN_POLL:
+            self.watch_delay = WATCH_RETRY
+            return Notice('again')
+        if event in ('timeout', 'stopping'):
+            return Notice('retry', f'watch answered {event}', delay=WATCH_RETRY)
+        why = answer.reason if not answer.ok else f'unexpected watch answer {event!r:.40}'
+        delay, self.watch_delay = self.watch_delay, min(WATCH_RETRY_MAX, self.watch_delay * 2)
+        return Notice('retry', why, delay=delay)
 
     def lose(self, reason):
         if self.lost is not None:

@@ -14,11 +14,22 @@ exit::
             with r.guard():            # raises LeaseLost once the lease is gone
                 run(step, token=r.tokens['satp1/hwp'])
 
-A lease is *lost* when a renewal is refused (revoked by ``force_release``,
-expired), or when the registry cannot be reached for longer than the lease:
-then :attr:`Reservation.lost` holds the reason and :meth:`Reservation.check`
-raises :class:`LeaseLost`. Nothing is left running after ``__exit__``.
+A lease is *lost* when the registry revokes it (``force_release``) or it
+expires there, pushed at once through the lease watch (see below), when a
+renewal is refused, or when the registry cannot be reached for longer than
+the lease: then :attr:`Reservation.lost` holds the reason and
+:meth:`Reservation.check` raises :class:`LeaseLost`. Nothing is left
+running after ``__exit__`` (a watch in flight is answered by the release).
+
+**Revocation is pushed.** While it holds, a Reservation keeps one call of
+the registry's ``lease.watch`` outstanding, on a thread of a shared pool
+and a connection of its own (a long poll: answered at once on a
+revocation, an expiry, a release or a preempt notice, else after 20 s, then
+sent again); the pure core decides what the answer means. A failed watch is
+retried with a bounded backoff (0.5 .. 5 s) while the renewals keep the
+lease, as before. ``watch=False`` turns it off (renewals only).
 """
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -30,7 +41,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
-from ..wire import ANSWER_MARGIN, error_reason, one_line
+from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
 from .holder import Answer, LeaseHolder, describe_holders
 from .paths import check_seconds, check_text
@@ -43,6 +54,22 @@ log = logging.getLogger(__name__)
 
 #: Seconds between renewal retries after a failed renewal (as SiteLock).
 RETRY = 0.5
+#: The most lease watches a process runs at once (one thread each, shared
+#: by every Reservation of the process; more wait for a thread).
+WATCH_THREADS = 32
+
+_WATCH_POOL = None
+_WATCH_POOL_LOCK = threading.Lock()
+
+
+def _watch_pool():
+    """The process's threads for lease watches (started as needed, reused)."""
+    global _WATCH_POOL
+    with _WATCH_POOL_LOCK:
+        if _WATCH_POOL is None:
+            _WATCH_POOL = concurrent.futures.ThreadPoolExecutor(
+                WATCH_THREADS, thread_name_prefix='ocs_locking lease watch')
+        return _WATCH_POOL
 
 
 
@@ -225,8 +252,19 @@ class Reservation:
             :class:`~.bridge.BridgeClient` for the site.
         client_id (str): the identity recorded in the audit log.
         on_lost (callable): called once with the reason when the lease is
-            lost (from the renewal thread, or from the thread that called
-            :meth:`check`).
+            lost (from the watch or renewal thread, or from the thread that
+            called :meth:`check`); for a revocation it says who, why and
+            when (``"the lease on satp1/hwp (token 7) was revoked: force-released
+            by ops-console (declared, cred_level 2): 'hwp jammed' at
+            12:01:03 UTC"``).
+        on_preempt (callable): called once per grant, from the watch
+            thread, as ``on_preempt(reason, deadline)`` when someone asks
+            this holder to give way (``preempt``): ``deadline`` is a
+            ``clock`` (monotonic) value on this host; release before it, or
+            the lease is revoked then. None: it is revoked at the deadline.
+        watch (bool): keep a lease watch outstanding (pushed revocations and
+            preempt notices), when the transport offers ``watch_call`` (the
+            bridge does); False: learn of them at renewals only.
         renewer (Renewer): what renews the lease (default: the process's
             one renewal thread, :func:`~.renewer.shared_renewer`; tests pass
             one they drive).
@@ -251,7 +289,7 @@ class Reservation:
     def __init__(self, resources, owner, lease=30.0, note='', tree=False,
                  registry='lock-registry', args=None, privs=None, retry=None, timeout=0.0,
                  client=None, client_id=None, on_lost=None, renewer=None,
-                 clock=time.monotonic, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep, on_preempt=None, watch=True):
         self._core = LeaseHolder(resources, lease, clock, tree=tree, owner=owner)
         self.timeout = check_seconds('timeout', timeout, 1e6, zero_ok=True)
         check_text('note', note, 500)
@@ -269,6 +307,12 @@ class Reservation:
         self.renewing = False               # handed to the renewer, not yet released
         self._told = None                   # the loss on_lost was told of
         self.attempts = 0
+        self.on_preempt = on_preempt
+        self.watch = bool(watch)
+        self._watch_gen = 0                 # the grant the running watch belongs to
+        self._watch_stop = threading.Event()    # wakes a watch's retry pause
+        #: answers of the lease watch, by event (for tests and benchmarks)
+        self.watch_events = {}
 
     # -- state (kept by the core) ---------------------------------------------------
 
@@ -402,6 +446,75 @@ class Reservation:
             self._renewer = shared_renewer()
         self.renewing = True
         self._renewer.add(self, self._core.renew_every)
+        self._start_watching()
+
+    # -- the lease watch ------------------------------------------------------------
+
+    def _start_watching(self):
+        if not self.watch:
+            return
+        try:
+            client = self.client
+        except ReservationError:
+            return
+        watch_call = getattr(client, 'watch_call', None)
+        if not callable(watch_call):
+            return                  # a transport without watches: renewals only
+        with self._lock:
+            self._watch_gen += 1
+            gen = self._watch_gen
+            self._watch_stop = stop = threading.Event()
+        _watch_pool().submit(self._watch_loop, gen, watch_call, stop)
+
+    def _stop_watching(self):
+        with self._lock:
+            self._watch_gen += 1
+            self._watch_stop.set()
+
+    def _watch_loop(self, gen, watch_call, stop):
+        """Keep one watch outstanding while grant ``gen`` is held (on a
+        pool thread). Each turn is bounded: the registry answers a watch
+        within WATCH_WAIT s (the read timeout is WATCH_WAIT + CALL_MARGIN);
+        a retry pause ends early when the reservation is released."""
+        core = self._core
+        while True:
+            with self._lock:
+                if gen != self._watch_gen or core.lost is not None or not core.tokens:
+                    return
+                params = {'resource': core.first, 'lease_id': core.lease_id,
+                          'wait': WATCH_WAIT, 'client': self.client_id}
+            sent = self._clock()
+            try:
+                ans = watch_call(params, WATCH_WAIT)
+            except Exception as e:      # a transport that raises: as no answer
+                ans = Answer(False, _exc_reason(e), answered=False)
+            with self._lock:
+                if gen != self._watch_gen:
+                    return              # released or granted again meanwhile
+                event = ans.data.get('event') if ans.ok else 'failed'
+                self.watch_events[event] = self.watch_events.get(event, 0) + 1
+                notice = core.watched(ans, sent)
+                if notice.kind == 'lost':
+                    self.renewing = False
+                    self._tell()
+            if notice.kind == 'lost':
+                if self._renewer is not None:
+                    self._renewer.remove(self)
+                return
+            if notice.kind == 'done':
+                return
+            if notice.kind == 'preempt':
+                log.warning('reservation of %s: %s', ', '.join(self.resources), notice.reason)
+                if self.on_preempt is not None:
+                    try:
+                        self.on_preempt(notice.reason, notice.deadline)
+                    except Exception:
+                        log.exception('on_preempt callback failed')
+            elif notice.kind == 'retry':
+                log.info('lease watch of %s: %s; again in %.1f s', core.first,
+                         one_line(notice.reason, 120), notice.delay)
+                if stop.wait(notice.delay):
+                    return
 
     # -- renewal --------------------------------------------------------------------
 
@@ -431,6 +544,7 @@ class Reservation:
 
     def _stop_renewing(self):
         self.renewing = False
+        self._stop_watching()
         if self._renewer is not None:
             self._renewer.remove(self)
 

@@ -20,10 +20,20 @@ The lease itself is kept by the pure :class:`~.holder.LeaseHolder` shared
 with :class:`~.reservation.Reservation`: the same loss rules, the same
 messages, a local deadline on this host's *monotonic* clock (never compared
 with the registry's wall clock). ``guard()`` refuses once the lease is lost:
-revoked (a force_release, seen at the next renewal), past its deadline (a
-holder frozen by SIGSTOP is refused when it wakes, before its next renewal
-is even tried), or unrenewable because the registry stayed unreachable until
-the deadline (a failed renewal is retried every 0.5 s).
+revoked (a force_release: pushed at once through the lease watch, see
+below), past its deadline (a holder frozen by SIGSTOP is refused when it
+wakes, before its next renewal is even tried), or unrenewable because the
+registry stayed unreachable until the deadline (a failed renewal is retried
+every 0.5 s).
+
+**Revocation is pushed.** While it holds, a SiteLock keeps one call of the
+registry's ``lease.watch`` outstanding (a Deferred chain on the reactor):
+the registry answers it at once when the lease is force-released, expires
+or its holder is asked to give way (``on_preempt``), else after 20 s (then
+it polls again). The pure core decides what an answer means. A watch that
+fails (router lost, registry restarting) is retried with a bounded backoff
+(0.5 .. 5 s); meanwhile the renewals find out, as before. Releasing
+cancels the watch. ``watch=False`` turns it off (renewals only).
 
 The grant's secret ``lease_id`` (returned by the registry to this agent's
 session alone) renews and releases the lease; the public token only fences
@@ -48,7 +58,7 @@ from twisted.python import threadable
 
 from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
                       ReactorBlockingError)
-from ..wire import ANSWER_MARGIN, error_reason, lease_uri
+from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, lease_uri
 from .holder import GUARD_MARGIN, Answer, LeaseHolder
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
@@ -89,7 +99,18 @@ class SiteLock:
         note (str): why, shown to others and kept in the audit log.
         registry (str): the LockRegistryAgent's instance id.
         on_lost (callable): called once, on the reactor thread, with the
-            reason when the lease is lost.
+            reason when the lease is lost (who and why, for a revocation:
+            ``"the lease on satp1/hwp (token 7) was revoked: force-released by
+            ops-console (declared, cred_level 2): 'hwp jammed' at 12:01:03
+            UTC"``).
+        on_preempt (callable): called once per grant, on the reactor
+            thread, as ``on_preempt(reason, deadline)`` when someone asks
+            this holder to give way (``preempt``): ``deadline`` is a
+            ``clock`` (monotonic) value on this host; release before it,
+            or the lease is revoked then. None: it is revoked at the
+            deadline.
+        watch (bool): keep a lease watch outstanding (pushed revocation
+            and preempt notices); False: learn of them at renewals only.
         on_revoked (callable): deprecated name of ``on_lost``.
         clock: monotonic time source (default ``time.monotonic``; tests
             inject one).
@@ -103,7 +124,7 @@ class SiteLock:
 
     def __init__(self, agent, resource, owner=None, lease=10.0, tree=False, note='',
                  registry='lock-registry', on_lost=None, on_revoked=None,
-                 clock=time.monotonic, reactor=None):
+                 clock=time.monotonic, reactor=None, on_preempt=None, watch=True):
         if isinstance(resource, (list, tuple)):
             raise ValueError(f'SiteLock holds one resource, not a list: {resource!r:.80}')
         if on_revoked is not None:
@@ -127,6 +148,13 @@ class SiteLock:
         self._renewer = None
         self._retry = None          # a quick renewal retry after a failed one
         self._told = None           # the loss on_lost was told of
+        self.on_preempt = on_preempt
+        self.watch = bool(watch)
+        self._watch_gen = 0         # the grant the outstanding watch belongs to
+        self._watching = None       # the outstanding watch call (a Deferred)
+        self._watch_timer = None    # the next watch after a failed one
+        #: answers of the lease watch, by event (for tests and benchmarks)
+        self.watch_events = {}
 
     # -- state (kept by the core) -------------------------------------------------
 
@@ -212,6 +240,60 @@ class SiteLock:
             self._renewer.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        self._stop_watching()
+
+    # -- the lease watch (reactor thread) ---------------------------------------------
+
+    def _start_watching(self):
+        self._stop_watching()
+        if self.watch:
+            self._poll(self._watch_gen)
+
+    def _stop_watching(self):
+        """No watch from now on: the outstanding call is cancelled (the
+        router interrupts it at the registry, which drops it)."""
+        self._watch_gen += 1
+        if self._watch_timer is not None and self._watch_timer.active():
+            self._watch_timer.cancel()
+        self._watch_timer = None
+        d, self._watching = self._watching, None
+        if d is not None and not d.called:
+            d.cancel()
+
+    def _poll(self, gen):
+        core = self._core
+        self._watch_timer = None
+        if gen != self._watch_gen or core.lost is not None or not core.tokens:
+            return
+        sent = self.clock()
+        d = defer.maybeDeferred(self.agent.call, self._uri('watch'), self.resource,
+                                core.lease_id, WATCH_WAIT, self.agent.agent_address)
+        d.addTimeout(WATCH_WAIT + ANSWER_MARGIN, self.reactor)
+        self._watching = d
+        d.addCallbacks(Answer.from_reply,
+                       lambda f: Answer(False, _reason(f.value), answered=False))
+        d.addCallback(self._watched, gen, sent)
+        d.addErrback(lambda f: log.error('site lock %s: lease watch failed: %s',
+                                         self.resource, f.getErrorMessage()))
+
+    def _watched(self, ans, gen, sent):
+        if gen != self._watch_gen:
+            return                  # released, lost or granted again meanwhile
+        self._watching = None
+        event = ans.data.get('event') if ans.ok else 'failed'
+        self.watch_events[event] = self.watch_events.get(event, 0) + 1
+        notice = self._core.watched(ans, sent)
+        if notice.kind == 'lost':
+            self._lost_now()
+        elif notice.kind == 'preempt':
+            log.warning('site lock %s: %s', self.resource, notice.reason)
+            if self.on_preempt is not None:
+                self.on_preempt(notice.reason, notice.deadline)
+            self._poll(gen)
+        elif notice.kind == 'again':
+            self._watch_timer = self.reactor.callLater(0, self._poll, gen)
+        elif notice.kind == 'retry':
+            self._watch_timer = self.reactor.callLater(notice.delay, self._poll, gen)
 
     # -- reactor API ----------------------------------------------------------------
 
@@ -257,6 +339,7 @@ class SiteLock:
         self._renewer = task.LoopingCall(self._renew)
         self._renewer.clock = self.reactor
         self._renewer.start(self._core.renew_every, now=False)
+        self._start_watching()
         return self
 
     @defer.inlineCallbacks

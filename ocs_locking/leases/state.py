@@ -17,8 +17,8 @@ from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive
                     conflicts, overlap, when)
 from ..errors import LeaseError, LeaseStoreError
 
-__all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'conflicts',
-           'check_resource', 'ACTIONS']
+__all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'Preemption',
+           'conflicts', 'check_resource', 'ACTIONS', 'MAX_GRACE']
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,17 @@ KEEP_DONE = 1000        # finished requests remembered for poll()
 MAX_WAITING_PER_OWNER, MAX_WAITING_PER_CLIENT, MAX_WAITING = 64, 64, 1000
 #: Audit actions, also the names listeners are called with.
 ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'timeout',
-           'cancel')
+           'cancel', 'preempt', 'notice')
 #: Every action an audit row may carry: ACTIONS, ``regrant`` (folded
 #: re-grants to one holder, see LeaseState) and ``refuse`` (a refused call,
-#: ``ok`` false, written by the registry).
+#: ``ok`` false, written by the registry). ``preempt``: a holder was asked to
+#: give way; ``notice``: the ask reached it (its lease watch was answered).
 AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse')
+#: The longest grace a preemption may give its holder, seconds.
+MAX_GRACE = 3600.0
+#: A preempting requester's request waits this long past the grace's end
+#: (it is served at the revocation, at the latest, being first in line).
+PREEMPT_MARGIN = 10.0
 #: A holder that takes a resource again within this many seconds of releasing
 #: it, with nobody else in between, has its re-grants folded into one row.
 FOLD_WINDOW = 10.0
@@ -121,6 +127,30 @@ class Outcome:
                 'grants': [g.as_dict() for g in self.grants],
                 'holders': [g.as_dict() for g in self.holders],
                 'queue_position': self.queue_position, 'queued_for': self.queued_for}
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """A holder asked to give way: its request ``holder_rid`` (``holder``,
+    ``token`` on ``resource``) is revoked at ``deadline`` (the caller's
+    clock: ``asked_at + grace``) unless released first. ``requester_rid``:
+    the request queued first to take it (None: nobody in particular).
+    ``noticed``: the ask reached the holder."""
+    holder_rid: int
+    resource: str
+    holder: str
+    token: int
+    by: str
+    reason: str
+    grace: float
+    asked_at: float
+    deadline: float
+    client: str = ''
+    requester_rid: Optional[int] = None
+    noticed: bool = False
+
+    def as_dict(self):
+        return dict(asdict(self))
 
 
 class _Claims:
@@ -257,6 +287,7 @@ class LeaseState:
         self._runs = {}       # resource -> run: its holder's re-grants being folded
         self._runs_bound = 64   # prune idle runs when there are more than this
         self._renewed = {}    # request id -> time of its last renew audit row
+        self._preempts = {}   # holder's request id -> Preemption, while it holds
         self._keys = {}       # request id -> lease_key(lease_id) of each current grant;
         #                       absent for grants stored before lease ids (never renewable)
         loaded = self._store.load()
@@ -367,6 +398,81 @@ class LeaseState:
                                 reason=reason)
             return revoked, self._serve(now)
 
+    def preempt(self, resource, reason, grace, by, now, owner=None, lease=None, note='',
+                client='', caller=None):
+        """Ask the holder of ``resource`` to give way (privileged: the caller
+        checks who may), for ``reason``, asked by ``by``: its request is
+        revoked (token bumped for the next holder) at ``now + grace`` unless
+        released first. With ``owner``, a request of ``owner`` for
+        ``resource`` (``lease`` s) is queued *first*, ahead of every waiter,
+        and granted when the holder gives way. Returns ``(Preemption,
+        Outcome or None)`` (the requester's ``queued`` Outcome). One
+        preemption per holder at a time; LeaseError (nothing changed) for a
+        resource not held, one already being preempted, bad arguments."""
+        check_resource(resource)
+        reason = check_text('reason', reason, MAX_NOTE, required=True)
+        grace = check_seconds('grace', grace, MAX_GRACE, zero_ok=True)
+        by = check_text('by', by, MAX_OWNER, required=True)
+        client = check_text('client', client, MAX_CLIENT)
+        if owner is not None:
+            owner = check_text('owner', owner, MAX_OWNER, required=True)
+            lease = check_lease(lease, self.max_lease)
+            note = check_text('note', note, MAX_NOTE)
+        now = check_time(now)
+        with self._op(now, caller):
+            held = self._grants.get(resource)
+            if held is None:
+                cover = [g.resource for g in self._conflicting((resource,), False)]
+                raise LeaseError(f'nothing is held on {resource!r}' + (
+                    f' (it is covered by a tree lease on {cover[0]!r})' if cover else ''))
+            p = self._preempts.get(held.request_id)
+            if p is not None:
+                raise LeaseError(f'the lease on {resource!r} ({held.owner!r:.40}, token '
+                                 f'{held.token}) is already being preempted by {p.by!r:.60}: '
+                                 f'it is revoked at {when(p.deadline)} unless released')
+            out = None
+            if owner is not None:
+                self._check_queue_room(owner, client)
+                self._last_rid += 1
+                req = Request(self._last_rid, (resource,), owner, lease, False, note, client,
+                              now, now + grace + PREEMPT_MARGIN, caller)
+                self._waiting.insert(0, req)        # first in line
+                out = Outcome('queued', req.request_id, (), (held,), 1)
+                self._batch.notices.append(('queue', out))
+            p = Preemption(held.request_id, resource, held.owner, held.token, by, reason,
+                           grace, now, now + grace, client,
+                           out.request_id if out is not None else None)
+            self._set(self._preempts, held.request_id, p)
+            self._audit('preempt', now, held, owner=by, client=client, holder=held.owner,
+                        reason=reason, grace=grace, deadline=p.deadline,
+                        requester=p.requester_rid)
+            self._batch.notices.append(('preempt', p))
+            return p, out
+
+    def noticed(self, holder_rid, now):
+        """The preemption of request ``holder_rid`` reached its holder (its
+        lease watch was answered): one ``notice`` audit row, once. Returns
+        the Preemption, or None (none pending, or noticed already)."""
+        now = check_time(now)
+        p = self._preempts.get(holder_rid)
+        if p is None or p.noticed:
+            return None
+        with self._op(now):
+            p = self._preempts.get(holder_rid)
+            if p is None or p.noticed:
+                return None
+            p = replace(p, noticed=True)
+            self._set(self._preempts, holder_rid, p)
+            self._audit('notice', now, self._grants.get(p.resource), resource=p.resource,
+                        owner=p.holder, client=p.client, by=p.by,
+                        left=round(p.deadline - now, 3))
+            self._batch.notices.append(('notice', p))
+            return p
+
+    def preemption(self, holder_rid):
+        """The pending Preemption of request ``holder_rid``, or None."""
+        return self._preempts.get(holder_rid)
+
     def cancel(self, request_id, now, reason=''):
         """Withdraw a waiting request (its caller is gone: ``reason`` says
         how; kept in its ``cancel`` audit rows); returns the Outcomes granted
@@ -403,6 +509,27 @@ class LeaseState:
         if grants:
             return Outcome('granted', request_id, grants)
         return self._done.get(request_id, Outcome('unknown', request_id))
+
+    def holding(self, resource, lease_id):
+        """The current Grant on ``resource`` that ``lease_id`` holds; raises
+        NotHolder (a LeaseError) saying why not: how its grant ended
+        (released, expired, revoked by whom and why), or that it holds
+        nothing there. Changes nothing (the lease watch asks it)."""
+        check_resource(resource)
+        check_lease_id(lease_id)
+        return self._holding(resource, lease_id)
+
+    def ended(self, resource, lease_id=None):
+        """How the last grant on ``resource`` ended, or None: ``{'token',
+        'action' ('release', 'expire', 'force_release'), 'at' (the caller's
+        clock), 'by', 'reason'}`` (``by`` and ``reason``: a force_release's).
+        With ``lease_id``: None unless that grant was this lease_id's.
+        Never the lease's key."""
+        e = self._ended.get(resource)
+        if e is None or (lease_id is not None and not (
+                e[5] is not None and key_matches(e[5], lease_id))):
+            return None
+        return {'token': e[0], 'action': e[1], 'at': e[2], 'by': e[3], 'reason': e[4]}
 
     def holders(self, resource=None):
         """Current grants sorted by resource; with ``resource``, those a tree
@@ -515,11 +642,18 @@ class LeaseState:
         while True:
             due = [g.expires for g in self._grants.values() if g.expires <= now]
             due += [w.deadline for w in self._waiting if w.deadline <= now]
+            due += [p.deadline for p in self._preempts.values() if p.deadline <= now]
             if not due:
                 return {'expired': expired, 'timed_out': timed_out, 'granted': granted}
             t = min(due)
             for rid in sorted({g.request_id for g in self._grants.values() if g.expires <= t}):
                 expired += self._end(rid, 'expire', now)
+            for p in sorted((p for p in self._preempts.values() if p.deadline <= t),
+                            key=lambda p: p.holder_rid):
+                # The grace is over: revoked, as by a force_release.
+                self._end(p.holder_rid, 'force_release', now, client=p.client, by=p.by,
+                          reason=f'preempted: {p.reason} (not released within its '
+                                 f'{p.grace:g} s grace)'[:MAX_NOTE])
             granted += self._serve(now)
             late = [w for w in self._waiting if w.deadline <= t]
             for w in late:
@@ -583,6 +717,8 @@ class LeaseState:
                 self._audit(action, now, g, owner=by or g.owner,
                             client=g.client if client is None else client, **detail)
             self._batch.notices.append((action, g))
+        if rid in self._preempts:
+            self._set(self._preempts, rid, _MISSING)
         if self._renewed.get(rid) is not None:
             self._set(self._renewed, rid, _MISSING)
         if rid in self._keys:

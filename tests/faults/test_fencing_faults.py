@@ -50,7 +50,7 @@ BACK = 60
 #: test (FAULT HOLD): longer than a-1's lease and command timeout together,
 #: so a command of a-1's on the wire would still hold the bus when a-2 comes.
 HOLD = 8.0
-PROCEDURES = ('acquire', 'renew', 'release')
+PROCEDURES = ('acquire', 'renew', 'release', 'watch', 'preempt')
 
 
 def _site_config():

@@ -71,7 +71,7 @@ def test_ocs_locks_history_sends_several_actions_as_a_list(registry):
 
 @pytest.mark.parametrize('argv,error', [
     (['--action', 'granted'], "--action must be one of grant, queue, renew, release, "
-                              "force_release, expire, timeout, cancel, not 'granted'"),
+                              "force_release, expire, timeout, cancel, preempt, notice, not 'granted'"),
     (['--since', 'yesterday'], "--since must be an age like 90, 30s, 10m, 2h or 1d, "
                                "not 'yesterday'"),
     (['--limit', '0'], '--limit must be 1..1000, not 0'),
@@ -231,3 +231,15 @@ def test_ocs_locks_history_shows_who_verified_or_declared(registry, capsys):
     assert cli.main(['history', '--json']) == 0
     rows = __import__('json').loads(capsys.readouterr().out)
     assert rows[0]['caller']['identity'] == 'sim-device-1'
+
+
+@pytest.mark.parametrize('argv, error', [
+    (['--reason', ' ', '--grace', '5'], 'ocs-locks: --reason must not be empty'),
+    (['--reason', 'x', '--grace', '-1'], 'ocs-locks: --grace must be 0..3600 seconds, not -1'),
+    (['--reason', 'x', '--grace', '3601'],
+     'ocs-locks: --grace must be 0..3600 seconds, not 3601')])
+def test_ocs_locks_preempt_bad_arguments_are_one_line_before_any_call(argv, error, capsys):
+    """When preempt is given an empty reason or a grace out of bounds, one
+    line says so (before reading the site config or calling anything)."""
+    assert cli.main(['preempt', 'satp1/hwp', *argv]) == 1
+    assert capsys.readouterr().err == error + '\n'

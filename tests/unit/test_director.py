@@ -234,3 +234,17 @@ def test_load_access_config_missing_file(tmp_path):
     """When the --access-config file is missing, one line names it."""
     with pytest.raises(ValueError, match=r"^cannot read the access config '.*nope.yaml': "):
         director_mod.load_access_config(str(tmp_path / 'nope.yaml'))
+
+
+def test_LeaseDirector_ignores_preempt_and_notice_then_pushes_the_forced_revocation(tmp_path):
+    """When a holder of demo/hwp is preempted, the ``preempt`` and ``notice``
+    changes publish nothing (the rules stay: it still holds); its forced
+    revocation at the deadline pushes a reset that restores the operator."""
+    agent, ops, _ = make(tmp_path)
+    hold(ops)
+    n = len(agent.published)
+    p, _ = ops.state.preempt('demo/hwp', 'calibration', 5, 'op', ops.clock())
+    ops.state.noticed(p.holder_rid, ops.clock())
+    assert len(agent.published) == n
+    ops.state.expire(ops.clock() + 5.0)
+    assert creds(last_reset(agent), OPERATOR) == (2, '')

@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from ocs_locking.leases.audit import check_audit
-from ocs_locking.leases.state import LeaseError, LeaseState
+from ocs_locking.leases.state import PREEMPT_MARGIN, LeaseError, LeaseState
 from .lease_keys import UNISSUED, KeyedState
 from ocs_locking.leases.store import LeaseStore
 
@@ -47,6 +47,7 @@ class Model:
         self.counters = {}
         self.status = {}      # rid -> poll status
         self.last_rid = 0
+        self.preempts = {}    # holder rid -> its revocation deadline (preempt)
 
     def grant(self, req, now):
         tokens = {}
@@ -74,6 +75,7 @@ class Model:
 
     def end(self, rid, status):
         self.status[rid] = status
+        self.preempts.pop(rid, None)
         g = self.grants.pop(rid)
         return [(r, g['tokens'][r]) for r in sorted(g['resources'])]
 
@@ -81,12 +83,15 @@ class Model:
         expired, timed_out, granted = [], [], []
         while True:
             due = [g['expires'] for g in self.grants.values() if g['expires'] <= now] + \
-                  [w['deadline'] for w in self.waiting if w['deadline'] <= now]
+                  [w['deadline'] for w in self.waiting if w['deadline'] <= now] + \
+                  [d for d in self.preempts.values() if d <= now]
             if not due:
                 return expired, timed_out, granted
             t = min(due)
             for rid in sorted(r for r, g in self.grants.items() if g['expires'] <= t):
                 expired += self.end(rid, 'expired')
+            for rid in sorted(r for r, d in self.preempts.items() if d <= t):
+                self.end(rid, 'revoked')        # the grace is over
             granted += self.serve(now)
             for w in [w for w in self.waiting if w['deadline'] <= t]:
                 self.waiting.remove(w)
@@ -215,6 +220,37 @@ class LeaseModel(RuleBasedStateMachine):
         assert [(g.resource, g.token) for g in revoked] == self.model.end(rid, 'revoked')
         assert [o.request_id for o in granted] == self.model.serve(self.now)
 
+    @rule(resource=st.sampled_from(PATHS), grace=st.sampled_from([0, 1.0, 3.0]),
+          requester=st.booleans(), lease=st.sampled_from([1.0, 5.0]))
+    def preempt(self, resource, grace, requester, lease):
+        """A holder asked to give way: revoked at now + grace unless released;
+        a requester is queued first (ahead of every waiter)."""
+        check = copy.deepcopy(self.model)
+        check.expire(self.now)
+        rid = next((r for r, g in check.grants.items() if resource in g['resources']), None)
+        owner = next(self.owners) if requester else None
+        args = (resource, 'test', grace, 'operator', self.now)
+        if rid is None or rid in check.preempts:
+            why = r'^nothing is held on ' if rid is None else r'^the lease on .* is already ' \
+                r'being preempted by '
+            with pytest.raises(LeaseError, match=why):
+                self.call('preempt', *args, owner=owner, lease=lease)
+            return
+        p, out = self.call('preempt', *args, owner=owner, lease=lease)
+        m = self.model
+        m.preempts[rid] = self.now + grace
+        assert (p.holder_rid, p.deadline) == (rid, self.now + grace)
+        if requester:
+            m.last_rid += 1
+            m.waiting.insert(0, dict(rid=m.last_rid, resources=(resource,), tree=False,
+                                     owner=owner, lease=lease,
+                                     deadline=self.now + grace + PREEMPT_MARGIN))
+            m.status[m.last_rid] = 'queued'
+            assert (out.status, out.request_id, out.queue_position) == ('queued',
+                                                                        m.last_rid, 1)
+        else:
+            assert out is None
+
     @rule(data=st.data())
     def cancel(self, data):
         check = copy.deepcopy(self.model)
@@ -249,6 +285,7 @@ class LeaseModel(RuleBasedStateMachine):
         self.state = KeyedState(store=self.store, lease_ids=self.state.lease_ids)
         m = self.model
         m.waiting = []
+        m.preempts = {}     # (in memory only, like the waiters)
         m.status = {rid: 'granted' for rid in m.grants}
 
     # -- invariants -----------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_LeaseOps_registers_the_lease_procedures_at_every_join(timed):
         handler(agent)
     uris = [c.args[1] for c in agent.register.call_args_list]
     assert uris == [f'observatory.lock-registry.lease.{n}'
-                    for n in ('acquire', 'renew', 'release')] * 2
+                    for n in ('acquire', 'renew', 'release', 'watch', 'preempt')] * 2
 
 
 def test_LeaseOps_unopenable_database_raises_one_line(tmp_path):

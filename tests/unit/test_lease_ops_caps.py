@@ -73,7 +73,8 @@ def test_lease_procedures_are_registered_with_call_details(ops):
     ready = next(c.args[1] for c in ops.agent.on.call_args_list if c.args[0] == 'ready')
     ready(None)
     calls = ops.agent.register.call_args_list
-    assert sorted(c.args[1].rsplit('.', 1)[1] for c in calls) == ['acquire', 'release', 'renew']
+    assert sorted(c.args[1].rsplit(".", 1)[1] for c in calls) == [
+        "acquire", "preempt", "release", "renew", "watch"]
     assert {c.kwargs['options'].details_arg for c in calls} == {'details'}
 
 

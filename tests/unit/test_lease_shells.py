@@ -53,6 +53,8 @@ class Registry:
         self.calls.append(name)
         if self.down:
             raise ConnectionError('router unreachable')
+        if name == 'watch':         # a long poll: its Deferred, as it is
+            return self.ops._rpc_watch(*args, **kwargs)
         out = []
         defer.maybeDeferred(getattr(self.ops, f'_rpc_{name}'), *args, **kwargs).addBoth(
             out.append)
@@ -80,7 +82,11 @@ class SiteLockShell:
         self.clock, self.reactor = clock, Reactor()
         self.registry = Registry(clock, self.reactor)
 
-    def make(self, resource='bridge', lease=9.0, owner=None, on_lost=None, instance='dev-1'):
+    def make(self, resource='bridge', lease=9.0, owner=None, on_lost=None, instance='dev-1',
+             watch=False, on_preempt=None):
+        """A SiteLock on the registry; ``watch`` False by default: this
+        suite pins the renewal rules (the fallback when no watch answers);
+        test_lease_watch.py runs it with the watch."""
         shell = self
 
         class Agent:
@@ -88,11 +94,13 @@ class SiteLockShell:
 
             def call(self, uri, *args):
                 try:
-                    return defer.succeed(shell.registry.call(uri.rsplit('.', 1)[-1], *args))
+                    return defer.maybeDeferred(shell.registry.call, uri.rsplit('.', 1)[-1],
+                                               *args)
                 except Exception as e:
                     return defer.fail(e)
         return SiteLock(Agent(), resource, owner=owner, lease=lease, on_lost=on_lost,
-                        clock=self.clock, reactor=self.reactor)
+                        clock=self.clock, reactor=self.reactor, watch=watch,
+                        on_preempt=on_preempt)
 
     def acquire(self, holder, timeout=0.0):
         out = []

@@ -143,7 +143,7 @@ def test_LeaseOps_procedures_says_when_they_are_not_registered(tmp_path):
     assert ops.procedures()['registered'] is True
     for leave in [c.args[1] for c in agent.on.call_args_list if c.args[0] == 'leave']:
         leave(agent, None)          # (LeaseOps also withdraws its waiters on leave)
-    assert ops.procedures()['missing'] == ['acquire', 'renew', 'release']
+    assert ops.procedures()['missing'] == ['acquire', 'renew', 'release', 'watch', 'preempt']
 
 
 class Registration:

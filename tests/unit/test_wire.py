@@ -13,7 +13,7 @@ def test_wire_names_are_the_documented_ones():
         ('locks', 'heartbeat', 'ownership', 'lock_stats')
     assert set(EVENTS) == {'waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot'}
     assert wire.OWNERSHIP_KINDS == ('snapshot', 'change') and wire.TABLE_KEY == 'locks'
-    assert LEASE_PROCEDURES == ('acquire', 'renew', 'release')
+    assert LEASE_PROCEDURES == ('acquire', 'renew', 'release', 'watch', 'preempt')
 
 
 def test_ROW_KEYS_hold_the_status_json_keys_once_each():
@@ -37,7 +37,7 @@ def test_lease_uri_names_only_lease_procedures():
     assert lease_uri('observatory.lock-registry', 'renew') == \
         'observatory.lock-registry.lease.renew'
     with pytest.raises(ValueError, match=r"^no lease procedure 'history'; one of acquire, "
-                                         r"renew, release$"):
+                                         r"renew, release, watch, preempt$"):
         lease_uri('observatory.lock-registry', 'history')
 
 
