@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 from ..errors import CliError
 from ..leases.paths import MAX_LEASE, MIN_LEASE
@@ -81,7 +82,11 @@ def cmd_reserve(args):
                           tree=args.tree, registry=args.registry, args=args,
                           timeout=args.timeout, client_id=_client_id('reserve'),
                           retry=RetryPolicy(attempts=1, deadline=None),
-                          on_lost=lambda reason: lost.set())
+                          on_lost=lambda reason: lost.set(),
+                          on_preempt=lambda reason, deadline: _say(
+                              f'preemption of {", ".join(args.resources)} asked: {reason}; '
+                              f'revoked in {max(0.0, deadline - time.monotonic()):.1f} s '
+                              'unless released (Ctrl-C releases)', err=True))
     except ValueError as e:         # LeaseError: an argument the registry's rules refuse
         raise CliError(str(e)) from None
     # Ctrl-C, SIGTERM (a supervisor) and SIGHUP (the terminal closed) end the

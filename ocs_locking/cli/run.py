@@ -244,8 +244,10 @@ class Runner:
         that it can bring its hardware to a safe state and exit before
         ``deadline``, when the lease is revoked (then: :meth:`on_lost`).
         Without ``--preempt-signal`` the command is told nothing."""
-        when = clock(deadline) if isinstance(deadline, (int, float)) and deadline > 1e9 \
-            else f'{deadline}'
+        # deadline: on this host's monotonic clock (the Reservation's notice)
+        left = max(0.0, deadline - self._clock()) if isinstance(deadline, (int, float)) \
+            else None
+        when = f'in {left:.1f} s' if left is not None else 'at its deadline'
         sig = self.preempt_signal
         with self._mutex:
             self.preempted = (reason, deadline)
@@ -254,7 +256,7 @@ class Runner:
                 self._preempt = sig         # sent when it starts
         told = 'the command is not told (no --preempt-signal)' if sig is None else \
             f'sent {sig.name} to the command'
-        self.say(f'preemption of {self.names} asked: {reason}; revoked at {when} unless '
+        self.say(f'preemption of {self.names} asked: {reason}; revoked {when} unless '
                  f'released; {told}')
         if sig is not None and child is not None:
             self._send(child, sig)

@@ -190,3 +190,59 @@ def test_run_force_released_lease_ends_the_command_and_exits_124(site, registry)
                                                    'it/run-lost: ')
     assert 'cryostat service' in err and err.rstrip().endswith(
         'ending the command (SIGTERM, SIGKILL after 10 s)')
+
+
+# Like WAITER, and SIGUSR1 (the preemption signal below) makes it print
+# 'USR1' and exit 0: it gives way.
+GIVES_WAY = WAITER.replace("signal.signal(signal.SIGTERM, on)",
+                           "signal.signal(signal.SIGTERM, on)\n"
+                           "def way(signum, frame):\n"
+                           "    print('USR1', flush=True)\n"
+                           "    sys.exit(0)\n"
+                           "signal.signal(signal.SIGUSR1, way)")
+
+
+def test_run_preempted_sends_the_preempt_signal_and_the_command_gives_way(site, registry):
+    """When `ocs-locks preempt` asks the holder of the resource to give way
+    and run was given --preempt-signal USR1, the command gets SIGUSR1 at
+    once (long before the grace ends), run says who asked in one line, the
+    command exits 0, run exits 0 and the lease is released (not revoked)."""
+    proc = start(site, 'it/run-pre', '--lease', '30', '--preempt-signal', 'USR1', '--',
+                 sys.executable, '-c', GIVES_WAY)
+    try:
+        assert proc.stdout.readline() == 'ready\n', proc.stderr.read()
+        p = subprocess.run(ocs_locks(site, 'preempt', 'it/run-pre', '--reason',
+                                     'calibration must run', '--grace', '120'),
+                           capture_output=True, text=True, timeout=WAIT,
+                           env=dict(os.environ, OCS_LOCKS_PASSWORD=OPERATOR))
+        assert p.returncode == 0, p.stderr
+    finally:
+        rc, out, err = finish(proc)
+    assert (rc, out) == (0, 'USR1\n'), err
+    assert err.count('\n') == 1 and err.startswith('ocs-locks run: preemption of it/run-pre '
+                                                   'asked: ') and 'calibration must run' in err
+    assert err.rstrip().endswith('sent SIGUSR1 to the command'), err
+    assert 'it/run-pre' not in grants(registry)
+    rows = registry.history(resource='it/run-pre', limit=20).session['data']['history']
+    assert 'release' in [r['action'] for r in rows], [r['action'] for r in rows]
+
+
+def test_reserve_prints_a_preemption_notice_and_ctrl_c_gives_way(site, registry):
+    """When the holder is `ocs-locks reserve` and someone preempts it, reserve
+    prints the notice (who asked, revoked in how long) on stderr at once;
+    Ctrl-C then releases before the grace ends."""
+    from tests.support import reserve_process
+    with reserve_process(site, 'it/res-pre', '--lease', '30', '--owner', 'una') as r:
+        assert r.proc.stdout.readline().startswith("Reserved it/res-pre for 'una'")
+        p = subprocess.run(ocs_locks(site, 'preempt', 'it/res-pre', '--reason',
+                                     'dome closing', '--grace', '120'),
+                           capture_output=True, text=True, timeout=WAIT,
+                           env=dict(os.environ, OCS_LOCKS_PASSWORD=OPERATOR))
+        assert p.returncode == 0, p.stderr
+        import select
+        assert select.select([r.proc.stderr], [], [], WAIT)[0], 'no preemption notice'
+        line = r.proc.stderr.readline()
+        assert line.startswith('preemption of it/res-pre asked: ') and 'dome closing' in line
+        assert line.rstrip().endswith('unless released (Ctrl-C releases)'), line
+    assert (r.returncode, r.out.strip()) == (0, 'Released it/res-pre.'), r.err
+    assert 'it/res-pre' not in grants(registry)

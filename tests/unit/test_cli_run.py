@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -344,13 +345,14 @@ def test_preemption_notice_sends_the_chosen_signal_to_the_command(plan, tmp_path
     --preempt-signal names a signal, the command gets it (and may exit,
     releasing); one line says who asked and until when."""
     out = tmp_path / 'got'
-    later(lambda: (ready.wait(), plan.made[0].on_preempt('calibration must run', 2e9)))
+    later(lambda: (ready.wait(), plan.made[0].on_preempt('calibration must run',
+                                                         time.monotonic() + 30)))
     assert run('it/pre', '--preempt-signal', 'USR1', '--',
                *waiter(out, ready, 0, 'SIGUSR1')) == 0
     assert out.read_text() == 'SIGUSR1\n'
     err = capsys.readouterr().err
     assert err.startswith('ocs-locks run: preemption of it/pre asked: calibration must run; '
-                          'revoked at ') and err.endswith('sent SIGUSR1 to the command\n')
+                          'revoked in ') and err.endswith('sent SIGUSR1 to the command\n')
     assert plan.events == ['acquire', 'release']
 
 
@@ -363,9 +365,10 @@ def test_preemption_handler_without_a_signal_only_says_so_and_before_start_waits
     r.on_preempt('urgent', 2e9)
     assert said[0].endswith('the command is not told (no --preempt-signal)')
     assert r.preempted == ('urgent', 2e9) and r._preempt is None
-    r = cli_run.Runner(['true'], 'it/x', preempt_signal=signal.SIGUSR2, say=said.append)
-    r.on_preempt('urgent', 5.0)
-    assert r._preempt == signal.SIGUSR2 and 'revoked at 5.0' in said[1]
+    r = cli_run.Runner(['true'], 'it/x', preempt_signal=signal.SIGUSR2, say=said.append,
+                       clock=lambda: 100.0)
+    r.on_preempt('urgent', 112.5)       # the deadline on the monotonic clock
+    assert r._preempt == signal.SIGUSR2 and 'revoked in 12.5 s unless' in said[1]
     sent = []
     r._send = lambda child, sig: sent.append(sig)
     child = SimpleNamespace(pid=0, wait=lambda: 0, poll=lambda: 0)
