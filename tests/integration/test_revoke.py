@@ -29,7 +29,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('revoke-site'), port=0) as s:
+    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('revoke-site'), port=0,
+              teardown='kill') as s:
         yield s
 
 
