@@ -49,11 +49,6 @@ MAX_CALL = 3600.0
 #: this many seconds later, the delay doubling up to WATCH_RETRY_MAX; the
 #: renewals keep the lease meanwhile.
 WATCH_RETRY, WATCH_RETRY_MAX = 0.5, 5.0
-#: Seconds after a grant its holder starts the lease watch. A hold shorter
-#: than that (acquire, one step, release) costs no watch call; a revocation
-#: within it is told when the watch starts (the registry answers a watch on
-#: a lease that has ended at once), so at most this much later.
-WATCH_DELAY = 0.2
 #: A watch answered ``timeout`` sooner than this after it was sent is not
 #: polled again at once (a registry that answers too early cannot make the
 #: holder spin): the next one waits WATCH_RETRY.

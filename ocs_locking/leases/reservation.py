@@ -43,7 +43,7 @@ from typing import Optional
 from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
-from .holder import WATCH_DELAY, Answer, LeaseHolder, describe_holders
+from .holder import Answer, LeaseHolder, describe_holders
 from .paths import check_seconds, check_text
 from .renewer import shared_renewer
 
@@ -309,8 +309,6 @@ class Reservation:
         self.attempts = 0
         self.on_preempt = on_preempt
         self.watch = bool(watch)
-        #: seconds after a grant the watch starts (:data:`~.holder.WATCH_DELAY`)
-        self.watch_delay = WATCH_DELAY
         self._watch_gen = 0                 # the grant the running watch belongs to
         self._watch_stop = threading.Event()    # wakes a watch's retry pause
         #: answers of the lease watch, by event (for tests and benchmarks)
@@ -479,8 +477,6 @@ class Reservation:
         within WATCH_WAIT s (the read timeout is WATCH_WAIT + CALL_MARGIN);
         a retry pause ends early when the reservation is released."""
         core = self._core
-        if self.watch_delay > 0 and stop.wait(self.watch_delay):
-            return                      # released before the watch was due
         while True:
             with self._lock:
                 if gen != self._watch_gen or core.lost is not None or not core.tokens:

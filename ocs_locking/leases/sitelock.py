@@ -59,7 +59,7 @@ from twisted.python import threadable
 from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
                       ReactorBlockingError)
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, lease_uri
-from .holder import GUARD_MARGIN, WATCH_DELAY, Answer, LeaseHolder
+from .holder import GUARD_MARGIN, Answer, LeaseHolder
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
            'GUARD_MARGIN']
@@ -150,8 +150,6 @@ class SiteLock:
         self._told = None           # the loss on_lost was told of
         self.on_preempt = on_preempt
         self.watch = bool(watch)
-        #: seconds after a grant the watch starts (:data:`~.holder.WATCH_DELAY`)
-        self.watch_delay = WATCH_DELAY
         self._watch_gen = 0         # the grant the outstanding watch belongs to
         self._watching = None       # the outstanding watch call (a Deferred)
         self._watch_timer = None    # the next watch after a failed one
@@ -248,12 +246,7 @@ class SiteLock:
 
     def _start_watching(self):
         self._stop_watching()
-        if not self.watch:
-            return
-        if self.watch_delay > 0:
-            self._watch_timer = self.reactor.callLater(self.watch_delay, self._poll,
-                                                       self._watch_gen)
-        else:
+        if self.watch:
             self._poll(self._watch_gen)
 
     def _stop_watching(self):

@@ -9,7 +9,6 @@ import pytest
 from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.errors import LeaseError
 from ocs_locking.leases.audit import check_audit
-from ocs_locking.leases.holder import WATCH_DELAY
 from ocs_locking.leases.state import LeaseState
 
 from ..support import FakeReactor
@@ -188,7 +187,6 @@ def test_SiteLock_on_preempt_gets_the_notice_at_once_with_a_local_deadline():
     h = shell.make(watch=True, on_preempt=lambda r, d: notices.append((r, d)),
                    on_lost=lost.append, lease=60)
     shell.acquire(h)
-    shell.run_for(WATCH_DELAY)     # the watch starts WATCH_DELAY after the grant
     shell.registry.ops.do_preempt('bridge', 'calibration', 4, 'calib', owner='calib',
                                   lease=30)
     shell.settle()

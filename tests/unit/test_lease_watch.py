@@ -18,8 +18,8 @@ from twisted.internet import defer
 from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.agents.lock_registry.watchers import Watchers, WatchRefused
 from ocs_locking.errors import LeaseLost
-from ocs_locking.leases.holder import (WATCH_DELAY, WATCH_RETRY, WATCH_RETRY_MAX, Answer,
-                                       LeaseHolder, utc)
+from ocs_locking.leases.holder import (WATCH_RETRY, WATCH_RETRY_MAX, Answer, LeaseHolder,
+                                       utc)
 from ocs_locking.leases.renewer import Renewer
 from ocs_locking.leases.reservation import Reservation, RetryPolicy
 
@@ -286,7 +286,6 @@ def test_SiteLock_force_release_reaches_the_holder_at_once_through_its_watch():
     lost = []
     h = shell.make(on_lost=lost.append, watch=True)
     shell.acquire(h)
-    shell.run_for(WATCH_DELAY)     # the watch starts WATCH_DELAY after the grant
     assert len(shell.registry.ops.watchers) == 1
     shell.registry.state.force_release('bridge', 'hwp jammed',
                                        'ops-console (declared, cred_level 2)', shell.clock())
@@ -302,36 +301,6 @@ def test_SiteLock_force_release_reaches_the_holder_at_once_through_its_watch():
     assert len(lost) == 1
 
 
-def test_SiteLock_hold_shorter_than_WATCH_DELAY_makes_no_watch_call():
-    """When a SiteLock releases before WATCH_DELAY has passed since its
-    grant (acquire, one step, release), no watch is ever sent."""
-    shell = SiteLockShell(Clock())
-    h = shell.make(watch=True)
-    shell.acquire(h)
-    shell.run_for(WATCH_DELAY / 2)
-    shell.release(h)
-    shell.run_for(30)
-    assert shell.registry.count('watch') == 0 and shell.registry.count('release') == 1
-
-
-def test_SiteLock_force_release_before_the_watch_starts_is_told_when_it_starts():
-    """When the lease is force-released before its watch has started, the
-    holder is told when the watch starts (WATCH_DELAY after the grant, the
-    registry answers a watch on an ended lease at once), not at its next
-    renewal."""
-    shell = SiteLockShell(Clock())
-    lost = []
-    h = shell.make(on_lost=lost.append, watch=True)
-    shell.acquire(h)
-    shell.registry.state.force_release('bridge', 'hwp jammed',
-                                       'ops-console (declared, cred_level 2)', shell.clock())
-    shell.settle()
-    assert lost == [] and shell.registry.count('watch') == 0
-    shell.run_for(WATCH_DELAY)
-    assert len(lost) == 1 and 'force-released by ops-console' in lost[0], lost
-    assert shell.registry.count('renew') == 0 and shell.registry.count('watch') == 1
-
-
 def test_SiteLock_watch_polls_again_after_its_timeout_and_release_cancels_it():
     """When nothing happens, the watch is answered at its wait and sent
     again (one outstanding at a time); releasing cancels it at the
@@ -339,7 +308,6 @@ def test_SiteLock_watch_polls_again_after_its_timeout_and_release_cancels_it():
     shell = SiteLockShell(Clock())
     h = shell.make(watch=True, lease=60)
     shell.acquire(h)
-    shell.run_for(WATCH_DELAY)     # the watch starts WATCH_DELAY after the grant
     shell.run_for(45)
     assert shell.registry.count('watch') == 3 and len(shell.registry.ops.watchers) == 1
     assert h.watch_events == {'timeout': 2}
@@ -357,7 +325,6 @@ def test_SiteLock_failed_watch_falls_back_to_renewals_and_retries():
     h = shell.make(on_lost=lost.append, watch=True)
     shell.registry.down = False
     shell.acquire(h)
-    shell.run_for(WATCH_DELAY)     # the watch starts WATCH_DELAY after the grant
     shell.registry.ops._left(shell.registry.ops.agent)     # the watch is answered 'stopping'
     shell.registry.down = True
     shell.run_for(2)
@@ -377,7 +344,6 @@ def test_SiteLock_expiry_at_the_registry_is_pushed():
     lost = []
     h = shell.make(on_lost=lost.append, watch=True)
     shell.acquire(h)
-    shell.run_for(WATCH_DELAY)     # the watch starts WATCH_DELAY after the grant
     g = shell.registry.state.holders()[0]
     shell.clock.t = g.expires
     shell.registry.ops._expire()
