@@ -5,7 +5,7 @@ from ..wire import one_line
 
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
            'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines',
-           'format_resources']
+           'format_resources', 'format_site_leases']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -219,3 +219,42 @@ def format_resources(tree):
     if source:
         out.append(f'Declared in {_text(source, 200)}.')
     return '\n'.join(out)
+
+
+def _path(value):
+    return _text(value, 130) if isinstance(value, str) else '?'
+
+
+def format_site_leases(data):
+    """The site leases below the lock table: one line per grant (resource,
+    owner, token, granted, until, how many wait for it, note), then one line
+    per waiting request (who, for what, its place, when it gives up).
+    Times are the registry's clock shown as local time (never compared with
+    this host's). ``data``: the ``leases`` pages (``grants``, ``waiting``).
+    ``[]`` when nothing is held nor waiting."""
+    grants = [g for g in data.get('grants') or [] if isinstance(g, dict)]
+    waiting = [w for w in data.get('waiting') or [] if isinstance(w, dict)]
+    if not grants and not waiting:
+        return []
+    queue = {}
+    for w in waiting:
+        for r in w.get('resources') or []:
+            if isinstance(r, str):
+                queue[r] = queue.get(r, 0) + 1
+    header = ('SITE LEASE', 'OWNER', 'TOKEN', 'GRANTED', 'UNTIL', 'QUEUE', 'NOTE')
+    rows = []
+    for g in sorted(grants, key=lambda g: str(g.get('resource'))):
+        path = _path(g.get('resource')) + ('/**' if g.get('tree') is True else '')
+        rows.append((path, _text(g.get('owner'), 40), _text(g.get('token'), 20),
+                     clock(g.get('granted_at')), clock(g.get('expires')),
+                     str(queue.get(g.get('resource'), 0)), _text(g.get('note') or '', 60)))
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths)
+    out = [fmt.format(*header).rstrip()] + [fmt.format(*row).rstrip() for row in rows]
+    if not rows:
+        out.append('(no site leases held)')
+    for w in waiting:
+        wanted = ', '.join(_path(r) for r in w.get('resources') or [])
+        out.append(f"waiting: {_text(w.get('owner'), 40)} for {wanted} (position "
+                   f"{_text(w.get('position'), 10)}, gives up {clock(w.get('deadline'))})")
+    return out

@@ -9,10 +9,12 @@ import json
 import sys
 
 from ..wire import BUS_KEY, HEALTH_KEY, TABLE_KEY
-from .formatters import bus_lines, format_table, health_lines, json_rows
+from ..errors import CliError
+from .formatters import bus_lines, format_site_leases, format_table, health_lines, json_rows
 from .site import load_site, unreachable
 
-__all__ = ['fetch_rows', 'fetch_table', 'fetch_view', 'read_pages', 'cmd_status']
+__all__ = ['fetch_rows', 'fetch_table', 'fetch_view', 'fetch_leases', 'read_pages',
+           'cmd_status']
 
 #: The most status pages one command reads (a table can change while it is
 #: read: pages are read until ``total`` rows came or a page is empty).
@@ -79,9 +81,31 @@ def fetch_view(args, site=None):
     return {'rows': rows, 'health': data.get(HEALTH_KEY), 'bus': data.get(BUS_KEY)}
 
 
+def fetch_leases(args):
+    """Every site lease and waiting request (the registry's ``leases``
+    pages), or ``(None, reason)`` when the registry cannot say (an older
+    registry without the task, or it refused): ``(data, None)``."""
+    from .leases import _run_task, read_lease_pages
+
+    def page(offset):
+        return _run_task(args, 'leases', {'offset': offset} if offset else {})[1]
+    try:
+        return read_lease_pages(page), None
+    except CliError as e:
+        return None, str(e)
+
+
 def cmd_status(args):
+    """The lock table, then the site leases and who waits for them (text);
+    ``--json``: the lock rows only (``ocs-locks leases --json`` has the
+    leases)."""
     view = fetch_view(args)
     rows, notes = view['rows'], bus_lines(view['bus']) + health_lines(view['health'])
+    if not args.json:
+        leases, why = fetch_leases(args)
+        lease_lines = format_site_leases(leases) if leases is not None else \
+            [f'site leases not shown: {why}']
+        notes = ([''] + lease_lines if lease_lines else []) + notes
     if args.json:
         sys.stdout.write(json.dumps(json_rows(rows), indent=1) + '\n')
         for line in notes:          # stdout stays the rows only

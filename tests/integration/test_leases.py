@@ -549,3 +549,34 @@ def test_the_reservation_example_in_the_docs_runs(site, registry):
                              lambda step, tokens: seen.append((step, sorted(tokens)))) == 'done'
     assert seen == [(n, ['satp1/hwp', 'satp1/mount']) for n in (1, 2, 3)]
     assert not {'satp1/hwp', 'satp1/mount'} & set(grants(registry))
+
+
+def test_ocs_locks_status_shows_site_leases_and_who_waits_below_the_locks(site, registry):
+    """When alice holds it/status-view (note 'night run') and a request of
+    bob's waits for it, `ocs-locks status` prints the lock table, then a
+    site-lease row (owner, token, note, a queue of 1) and bob's waiting line;
+    once bob's request is withdrawn and alice has released, neither is shown."""
+    ok, msg, data = take(registry, resource='it/status-view', owner='alice', lease=60,
+                         note='night run')
+    assert ok, msg
+    # bob's request waits in the queue as the acquire task (aborting it withdraws it)
+    registry.acquire.start(resource='it/status-view', owner='bob', lease=30, timeout=60)
+    try:
+        poll(lambda: leases(registry)['waiting'], "bob's request waiting")
+        proc = ocs_locks(site, 'status')
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].split()[:2] == ['LOCK', 'HOLDER']
+        header = next(i for i, line in enumerate(lines) if line.startswith('SITE LEASE'))
+        row = next(line for line in lines[header:] if line.startswith('it/status-view '))
+        fields = row.split()
+        assert fields[1:3] == ['alice', str(data['token'])] and fields[-3:] == ['1', 'night',
+                                                                                  'run'], row
+        assert any(line.startswith('waiting: bob for it/status-view (position 1, gives up ')
+                   for line in lines), lines
+    finally:
+        registry.acquire.abort()
+        registry.acquire.wait(timeout=30)
+        answer(registry.release(resource='it/status-view', lease_id=data['lease_id']))
+    out = ocs_locks(site, 'status').stdout
+    assert 'it/status-view' not in out and 'waiting: bob' not in out, out

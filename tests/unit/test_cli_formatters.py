@@ -82,3 +82,34 @@ def test_health_lines_warn_of_failing_storage_and_missing_procedures_only():
     assert health_lines(well) == []
     for unknown in (None, 'x', {'storage': 'bad', 'procedures': [1]}, {}):
         assert health_lines(unknown) == []
+
+
+def test_format_site_leases_lists_grants_with_their_queue_then_the_waiters():
+    """When two resources are held and one request waits for one of them,
+    the site-lease lines show each grant (owner, token, granted, until, the
+    queue for it, note) and then the waiter with its place."""
+    from ocs_locking.cli.formatters import clock, format_site_leases
+    data = {'grants': [
+        {'resource': 'satp1/hwp', 'owner': 'bob', 'token': 7, 'granted_at': 1000.0,
+         'expires': 1030.0, 'tree': False, 'note': 'calibration'},
+        {'resource': 'satp1', 'owner': 'sched', 'token': 2, 'granted_at': 990.0,
+         'expires': 1050.0, 'tree': True, 'note': ''}],
+        'waiting': [{'owner': 'carol', 'resources': ['satp1/hwp'], 'position': 1,
+                     'deadline': 1040.0}]}
+    lines = format_site_leases(data)
+    assert lines[0].split() == ['SITE', 'LEASE', 'OWNER', 'TOKEN', 'GRANTED', 'UNTIL',
+                                'QUEUE', 'NOTE']
+    assert lines[1].split() == ['satp1/**', 'sched', '2', clock(990.0), clock(1050.0), '0']
+    assert lines[2].split() == ['satp1/hwp', 'bob', '7', clock(1000.0), clock(1030.0), '1',
+                                'calibration']
+    assert lines[3] == f'waiting: carol for satp1/hwp (position 1, gives up {clock(1040.0)})'
+
+
+def test_format_site_leases_empty_and_malformed_rows():
+    """When nothing is held nor waiting there are no lines; malformed rows
+    (not dicts, odd values) still print one line each, never raise."""
+    from ocs_locking.cli.formatters import format_site_leases
+    assert format_site_leases({'grants': [], 'waiting': []}) == []
+    lines = format_site_leases({'grants': ['x', {'resource': 5, 'token': 10 ** 30}],
+                                'waiting': [{'resources': [None]}]})
+    assert len(lines) == 3 and lines[1].startswith('?') and lines[2].startswith('waiting: ')
