@@ -11,34 +11,13 @@ from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.testing import FakeSession, _params
 
-from ..support import FakeReactor
+from .lease_ops_support import T0, Reactor, fired, hold, make_ops
 
-T0 = 1.7e9
-
-
-class Reactor(FakeReactor):
-    def callWhenRunning(self, f, *a, **kw):
-        f(*a, **kw)
 
 
 @pytest.fixture
 def ops(tmp_path):
-    reactor = Reactor()
-    return LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
-                    reactor=reactor, clock=lambda: T0 + reactor.seconds())
-
-
-def fired(d):
-    out = []
-    d.addBoth(out.append)
-    return out
-
-
-def hold(ops, resource='hwp', owner='a', lease=600):
-    """A held lease: its lease_id (what renews and releases it)."""
-    ok, msg, data = fired(ops.do_acquire(resource, owner, lease=lease, secret=True))[0]
-    assert ok, msg
-    return data['lease_id']
+    return make_ops(tmp_path)
 
 
 def rows(ops, action):

@@ -2,16 +2,14 @@
 (``LeaseState.preempt``), the registry's task and watch notice
 (``LeaseOps.do_preempt``), and the holder shells' ``on_preempt``."""
 import re
-from unittest import mock
 
 import pytest
 
-from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.errors import LeaseError
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.state import LeaseState
 
-from ..support import FakeReactor
+from .lease_ops_support import fired, make_ops
 from .test_lease_shells import Clock, SiteLockShell
 
 T0 = 1000.0
@@ -117,22 +115,9 @@ def test_LeaseState_noticed_is_audited_once(state):
 
 # -- the registry and the holder ------------------------------------------------------
 
-class Reactor(FakeReactor):
-    def callWhenRunning(self, f, *a, **kw):
-        f(*a, **kw)
-
-
 @pytest.fixture
 def ops(tmp_path):
-    reactor = Reactor()
-    return LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
-                    reactor=reactor, clock=lambda: 1.7e9 + reactor.seconds())
-
-
-def fired(d):
-    out = []
-    d.addBoth(out.append)
-    return out
+    return make_ops(tmp_path)
 
 
 def test_LeaseOps_preempt_tells_the_requester_who_what_and_when_then_grants(ops):

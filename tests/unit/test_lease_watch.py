@@ -10,12 +10,10 @@ losing its router, the holder releasing (and cancelling its call)."""
 import queue
 import re
 import threading
-from unittest import mock
 
 import pytest
 from twisted.internet import defer
 
-from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.agents.lock_registry.watchers import Watchers, WatchRefused
 from ocs_locking.errors import LeaseLost
 from ocs_locking.leases.holder import (WATCH_RETRY, WATCH_RETRY_MAX, Answer, LeaseHolder,
@@ -23,36 +21,16 @@ from ocs_locking.leases.holder import (WATCH_RETRY, WATCH_RETRY_MAX, Answer, Lea
 from ocs_locking.leases.renewer import Renewer
 from ocs_locking.leases.reservation import Reservation, RetryPolicy
 
-from ..support import FakeReactor
+from .lease_ops_support import T0, Reactor, fired, hold, make_ops
 from .test_lease_shells import Clock, SiteLockShell
 
-T0 = 1.7e9
 #: Bound on every wait for another thread (never reached when it works).
 WAIT = 10.0
 
 
-class Reactor(FakeReactor):
-    def callWhenRunning(self, f, *a, **kw):
-        f(*a, **kw)
-
-
 @pytest.fixture
 def ops(tmp_path):
-    reactor = Reactor()
-    return LeaseOps(mock.MagicMock(name='agent'), str(tmp_path / 'leases.db'),
-                    reactor=reactor, clock=lambda: T0 + reactor.seconds())
-
-
-def fired(d):
-    out = []
-    d.addBoth(out.append)
-    return out
-
-
-def hold(ops, resource='hwp', owner='a', lease=600):
-    ok, msg, data = fired(ops.do_acquire(resource, owner, lease=lease, secret=True))[0]
-    assert ok, msg
-    return data['lease_id']
+    return make_ops(tmp_path)
 
 
 # -- the registry's bookkeeping ---------------------------------------------------------
@@ -62,7 +40,7 @@ def test_Watchers_event_timeout_cancel_and_caps():
     lease once; a watch nobody wakes answers ``timeout`` at its wait; a
     cancelled one is dropped with its timer; over a cap it is refused in
     one line and nothing is added."""
-    reactor = FakeReactor()
+    reactor = Reactor()
     w = Watchers(reactor, per_lease=2, total=3)
     a, b = fired(w.add(7, 20, "'hwp'")), fired(w.add(7, 20, "'hwp'"))
     with pytest.raises(WatchRefused, match=r"^the lease on 'hwp' already has 2 watches "
