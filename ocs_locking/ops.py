@@ -21,6 +21,7 @@ from twisted.python import threadable
 
 from .errors import LockClosed
 from .lock import Cancel, TimeoutLock, check_timeout
+from .why import lock_reason
 
 __all__ = ['locked', 'refusal', 'YieldingHold']
 
@@ -29,6 +30,18 @@ def refusal(lock, timeout=None):
     """The standard one-line refusal for a lock that could not be acquired
     (the text is :meth:`LockStatus.refusal <ocs_locking.status.LockStatus.refusal>`)."""
     return lock.status().refusal(timeout)
+
+
+def _refused(lock, session, timeout=None):
+    """``(False, text)`` of a refusal; the session's data gets the same facts
+    as a structured reason under ``refused`` (:func:`ocs_locking.why.lock_reason`:
+    target, kind, holder, held_for, left, waiting, text), so that a client
+    or schedule can act on it without parsing the text."""
+    reason = lock_reason(lock.status(), timeout)
+    data = getattr(session, 'data', None)
+    if isinstance(data, dict):
+        data['refused'] = reason
+    return False, reason['text']
 
 
 def _resolve(owner, lock):
@@ -77,10 +90,10 @@ def locked(lock='lock', timeout=3.0, job=None):
                 hold = lk.acquire_timeout(timeout, job=name, op=op, session_id=sid)
                 acquired = hold.__enter__()
             except LockClosed:
-                return False, refusal(lk)
+                return _refused(lk, session)
             try:
                 if not acquired:
-                    return False, refusal(lk, timeout)
+                    return _refused(lk, session, timeout)
                 return fn(self, session, params)
             finally:
                 hold.__exit__(None, None, None)
@@ -94,9 +107,9 @@ def _run_on_reactor(lk, timeout, name, op, sid, fn, self, session, params):
     try:
         acquired = yield lk.acquire_deferred(timeout, job=name, op=op, session_id=sid)
     except LockClosed:
-        return (False, refusal(lk))
+        return _refused(lk, session)
     if not acquired:
-        return (False, refusal(lk, timeout))
+        return _refused(lk, session, timeout)
     try:
         result = yield defer.maybeDeferred(fn, self, session, params)
     finally:

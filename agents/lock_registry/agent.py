@@ -26,6 +26,7 @@ from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
 from ocs_locking.wamp import JoinEdge
+from ocs_locking.why import explain
 from ocs_locking.wire import (BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
                               OWNERSHIP_FEED, PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic,
                               json_size, split_rows)
@@ -110,6 +111,9 @@ class LockRegistryAgent:
         self._join = JoinEdge(agent)
         self.leases = None          # LeaseOps, when site-wide leases are served
         self.director = None        # LeaseDirector, with --access-director
+        #: usual(lock_key, job) -> {'n', 'median', 'p90'} of that job's past
+        #: holds, or None (the ``why`` task's hint; None: no statistics)
+        self.usual_hold = None
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
@@ -568,6 +572,46 @@ class LockRegistryAgent:
                     f" (retrying until held)."
         return True, text
 
+    @ocs_agent.param('target', type=str)
+    def why(self, session, params):
+        """why(target)
+
+        **Task** - Say why a lock or a site resource is busy, in a few lines:
+        who holds it and since when, what that holder is itself waiting for
+        (the chain across agents' locks and site leases), who waits and in
+        what order, and how long the holder's holds usually last.
+
+        Parameters:
+            target (str): a lock (``sim-device-1/hw``), an agent's
+                instance-id (each of its locks), or a site resource
+                (``demo/hwp``).
+
+        Notes:
+            session.data holds the answer (see :func:`ocs_locking.why.explain`)::
+
+                >>> response.session['data']
+                {'why': {'target': 'sim-device-1/hw', 'kind': 'lock',
+                         'holder': 'acq (session 0)',
+                         'lines': ['sim-device-1/hw is held by acq (session 0) for 40.1 s',
+                                   '1 waiting: 1. set_heater (session 3) for 0.8 s'],
+                         'chain': [], 'queue': [{'position': 1, 'job': 'set_heater',
+                                                 'session_id': 3, 'waited_for': 0.8,
+                                                 ...}]}}
+
+            The message is the answer's lines joined. An unknown target is
+            refused with one line.
+        """
+        rows = self.table.snapshot(time.time())
+        leases, now = None, time.time()
+        if self.leases is not None:
+            leases, now = self.leases.state.snapshot(), self.leases.clock()
+        try:
+            answer = explain(params['target'], rows, leases, now, self.usual_hold)
+        except ValueError as e:
+            return False, str(e)
+        session.data = {'why': answer}
+        return True, '; '.join(answer['lines'])
+
 
 def make_parser(parser=None):
     if parser is None:
@@ -645,6 +689,7 @@ def main(args=None):
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
+    agent.register_task('why', registry.why, blocking=False)
     # the audit names the agent whose session made a lease call (identify)
     try:
         leases = registry.leases = LeaseOps(

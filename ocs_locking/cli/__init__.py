@@ -40,6 +40,7 @@ from .site import check_registry_name
 from .status import cmd_status, fetch_rows
 from . import watch
 from .watch import cmd_watch
+from .why import cmd_why
 
 __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
            'CliError', 'JSON_KEYS', 'HISTORY_KEYS', 'COMMANDS', 'fetch_rows', 'parse_age']
@@ -47,7 +48,8 @@ __all__ = ['main', 'make_parser', 'format_table', 'json_rows', 'format_history',
 COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
             'release': cmd_release, 'force-release': cmd_force_release, 'preempt': cmd_preempt,
             'history': cmd_history, 'leases': cmd_leases, 'resources': cmd_resources,
-            'crossbar-config': cmd_crossbar_config, 'run': cmd_run}
+            'crossbar-config': cmd_crossbar_config, 'run': cmd_run,
+            'why': cmd_why}
 
 #: The exit status of a CliError, by command (default 1).
 FAILED = {'run': run.RUN_FAILED}

@@ -179,6 +179,12 @@ def make_parser():
     h.add_argument('--limit', type=int, default=None,
                    help='at most this many rows, 1..1000 (default 20)')
     h.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    wy = command('why', 'say why a lock or resource is busy: its holder, what the holder '
+                        'waits for, who waits')
+    wy.add_argument('target', metavar='LOCK|RESOURCE',
+                    help='a lock (sim-device-1/hw), an agent (each of its locks) or a '
+                         'site resource (demo/hwp)')
+    wy.add_argument('--json', action='store_true', help='print the whole answer as JSON')
     ls = command('leases', 'print the site-wide leases and waiting requests (every page)')
     ls.add_argument('--json', action='store_true',
                     help='print JSON: grants, waiting and token counters')
