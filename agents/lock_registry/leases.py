@@ -38,6 +38,7 @@ from ocs_locking.leases.resources import ResourceTree
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
+from ocs_locking.why import lease_reason
 from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
 from ocs_locking.agents.lock_registry.watchers import (MAX_WATCH_WAIT, WATCH_WAIT, Watchers,
@@ -1014,9 +1015,12 @@ class LeaseOps:
         why = describe_holders(holders) or 'earlier requests are waiting'
         self._audit_refusal('acquire', wanted[0] if len(wanted) == 1 else ','.join(wanted),
                             owner, client, f'{out.status}: {why}', caller)
-        return (False, f'Busy ({out.status}): {why}.',
+        text = f'Busy ({out.status}): {why}.'
+        return (False, text,
                 {'holders': holders, 'queue_position': out.queue_position,
-                 'status': out.status})
+                 'status': out.status,
+                 'refused': lease_reason(wanted[0], holders, self.clock(),
+                                         max(0, (out.queue_position or 1) - 1), text)})
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('lease_id', default=None)

@@ -62,6 +62,10 @@ def test_LeaseOps_busy_acquire_names_the_holder(ops):
     assert msg.startswith("Busy (busy): satp1 held by 'sched' (token 1) until ")
     assert msg.endswith(' (obs block 4).')
     assert data['holders'][0]['owner'] == 'sched'
+    refused = data['refused']
+    assert (refused['target'], refused['kind'], refused['holder'], refused['waiting']) == \
+        ('satp1/hwp', 'lease', 'sched (token 1)', 0)
+    assert refused['text'] == msg and refused['left'] > 0
 
 
 def test_LeaseOps_queued_acquire_is_granted_when_the_holder_releases(ops):

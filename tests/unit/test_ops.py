@@ -89,6 +89,21 @@ def test_locked_refusal_names_holder_session_time_and_waiters(dev):
     dev.lock.release()
 
 
+def test_locked_refusal_puts_the_structured_reason_in_session_data(dev):
+    """When the lock is busy past the timeout, session.data['refused'] holds
+    the same facts as the text (target, kind, holder, held_for, waiting)."""
+    assert dev.lock.acquire(0, job='acq', session_id=12)
+    with short_timeouts(dev.lock, 0.05):
+        op = start_op(dev.set_value, {'value': 5})
+        ok, msg = op.result(WAIT)
+    reason = op.session.data['refused']
+    assert ok is False and reason['text'] == msg
+    assert (reason['target'], reason['kind'], reason['holder'], reason['waiting']) == \
+        ('hw', 'lock', 'acq (session 12)', 0)
+    assert reason['held_for'] >= 0
+    dev.lock.release()
+
+
 def test_locked_releases_when_the_body_raises(dev):
     """When the body raises, the exception propagates and the lock is free."""
     with pytest.raises(ValueError, match='^boom$'):
