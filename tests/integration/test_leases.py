@@ -580,3 +580,44 @@ def test_ocs_locks_status_shows_site_leases_and_who_waits_below_the_locks(site, 
         answer(registry.release(resource='it/status-view', lease_id=data['lease_id']))
     out = ocs_locks(site, 'status').stdout
     assert 'it/status-view' not in out and 'waiting: bob' not in out, out
+
+
+def test_ocs_locks_why_follows_a_lease_holder_into_the_lease_it_waits_for(site, registry):
+    """When alice holds it/why-a and waits for it/why-b, which bob holds,
+    `ocs-locks why it/why-a` names alice, then the link to bob's lease and
+    that bob waits for nothing; `why sim-device-1/hw` names the acquisition
+    process holding the device lock; `--json` is the registry's whole answer;
+    a bad target gets one line and exit 1."""
+    ok, msg, a = take(registry, resource='it/why-a', owner='alice', lease=60)
+    assert ok, msg
+    ok, msg, b = take(registry, resource='it/why-b', owner='bob', lease=60, note='calib')
+    assert ok, msg
+    registry.acquire.start(resource='it/why-b', owner='alice', lease=30, timeout=60)
+    try:
+        poll(lambda: leases(registry)['waiting'], "alice's request waiting")
+        proc = ocs_locks(site, 'why', 'it/why-a')
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith(f"it/why-a (site lease) is held by alice (token "
+                                   f"{a['token']}) for "), lines
+        assert lines[1].startswith(f"  alice (token {a['token']}) waits for it/why-b (site "
+                                   f"lease), held by bob (token {b['token']}) for another "), lines
+        assert lines[2:] == [f"  bob (token {b['token']}) waits for nothing", 'nobody waits']
+        proc = ocs_locks(site, 'why', 'it/why-b', '--json')
+        assert proc.returncode == 0, proc.stderr
+        answer_ = json.loads(proc.stdout)
+        assert answer_['kind'] == 'lease' and answer_['holder'] == f"bob (token {b['token']})"
+        assert [q['owner'] for q in answer_['queue']] == ['alice']
+        assert 'lease_id' not in proc.stdout and a['lease_id'] not in proc.stdout
+    finally:
+        registry.acquire.abort()
+        registry.acquire.wait(timeout=30)
+        answer(registry.release(resource='it/why-a', lease_id=a['lease_id']))
+        answer(registry.release(resource='it/why-b', lease_id=b['lease_id']))
+    proc = poll(lambda: (lambda p: p if 'held by acq' in p.stdout else None)(
+        ocs_locks(site, 'why', 'sim-device-1/hw')), "sim-device-1's acq in why")
+    assert proc.stdout.startswith('sim-device-1/hw is held by acq (session '), proc.stdout
+    bad = ocs_locks(site, 'why', 'sim-device-1/nope')
+    assert bad.returncode == 1 and bad.stdout == ''
+    assert bad.stderr == ("ocs-locks: why: no lock 'sim-device-1/nope' (agent 'sim-device-1' "
+                          "reports sim-device-1/hw)\n"), bad.stderr
