@@ -35,6 +35,7 @@ import math
 import threading
 import time
 from collections import deque
+from itertools import islice
 
 from twisted.internet import defer
 from twisted.python import threadable as _threadable
@@ -42,6 +43,7 @@ from twisted.python import threadable as _threadable
 from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
 from .listeners import Listeners
 from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
+from .wire import QUEUE_SHOWN
 
 __all__ = ['TimeoutLock', 'Cancel', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
            'LockTimeout']
@@ -785,9 +787,18 @@ class TimeoutLock:
         # mutex held: seq order == queue order == delivery order
         self._seq += 1
         since = None if since_mono is None else time.time() - (_monotonic() - since_mono)
+        queue = ()
+        if self._waiters:       # the first QUEUE_SHOWN, as status() describes them
+            now = _monotonic()
+            wall = time.time() - now
+            queue = tuple(WaiterInfo(job=w.job, op=w.op, session_id=w.session_id,
+                                     since=wall + w.since, waited_for=now - w.since,
+                                     reactor=w.deferred is not None)
+                          for w in islice(self._waiters, QUEUE_SHOWN))
         self._listeners.put(LockEvent(
             lock=self.name, event=event, job=job, op=op, session_id=session_id,
-            since=since, waiters=len(self._waiters), token=token, seq=self._seq))
+            since=since, waiters=len(self._waiters), token=token, seq=self._seq,
+            queue=queue))
 
     def __repr__(self):
         holder = 'free' if self._owner is None else f'held by {self._job!r}'

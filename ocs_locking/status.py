@@ -105,7 +105,9 @@ class LockEvent:
 
     ``job``/``op``/``session_id``/``since`` describe the hold or the waiter the
     event is about; ``waiters`` is the queue length after the change; ``token``
-    is the grant's token (0 for a waiter that never got the lock).
+    is the grant's token (0 for a waiter that never got the lock); ``queue``
+    the first :data:`ocs_locking.wire.QUEUE_SHOWN` waiters after the change,
+    in the order they will be served (:class:`WaiterInfo`).
     """
     lock: str
     event: str
@@ -116,6 +118,7 @@ class LockEvent:
     waiters: int
     token: int
     seq: int
+    queue: Tuple[WaiterInfo, ...] = ()
 
     def as_dict(self):
         return asdict(self)
