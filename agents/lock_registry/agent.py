@@ -422,7 +422,8 @@ class LockRegistryAgent:
         as stale, remove the rows of agents that
         went away (at once when they hold none of their locks, else after
         ``--forget`` seconds of silence), publish snapshots on ``ownership``
-        and figures on ``lock_stats``. Started at startup.
+        (each followed by the site leases, kind ``leases``) and figures on
+        ``lock_stats``. Started at startup.
 
         Notes:
             A copy of the whole table is kept in session.data, keyed
