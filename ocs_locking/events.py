@@ -24,7 +24,8 @@ how long a hold has lasted without comparing this host's clock with its own
 (None when ``since`` is). ``queue`` names the first
 :data:`~ocs_locking.wire.QUEUE_SHOWN` waiters in the order they will be
 served (``waiters`` stays the full count), each with its own ``age`` (how
-long it had waited when the message was sent). ``seq`` increases per agent; ``boot`` identifies the agent process, so
+long it had waited when the message was sent). ``seq`` increases per
+agent; ``boot`` identifies the agent process, so
 a restarted agent's lower ``seq`` is not mistaken for stale messages.
 
 Events come from any thread; they are published from the reactor thread, in

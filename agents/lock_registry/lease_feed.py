@@ -21,7 +21,8 @@ import time
 
 from ocs_locking.wire import LEASES_KIND, OWNERSHIP_FEED, json_size
 
-from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page, with_expires_in
+from ocs_locking.agents.lock_registry.lease_pages import (LEASE_PAGE_ROWS, lease_page,
+                                                       with_expires_in)
 
 __all__ = ['LeaseFeed', 'MIN_INTERVAL', 'leases_message']
 

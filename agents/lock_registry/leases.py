@@ -38,7 +38,8 @@ from ocs_locking.leases.resources import ResourceTree
 from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
-from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page, with_expires_in
+from ocs_locking.agents.lock_registry.lease_pages import (LEASE_PAGE_ROWS, lease_page,
+                                                       with_expires_in)
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
 from ocs_locking.agents.lock_registry.watchers import (MAX_WATCH_WAIT, WATCH_WAIT, Watchers,
                                                        WatchRefused)

@@ -182,23 +182,22 @@ def test_LockReporter_events_and_snapshots_name_the_waiters_in_order(setup):
     reactor, agent, reporter, lock = setup
     assert lock.acquire(0, job='acq', op='acq', session_id=1)
     n = QUEUE_SHOWN + 2
-    started, threads = [], []
-    for i in range(n):
-        ev = threading.Event()
-        started.append(ev)
+    changed = threading.Condition()
 
-        def wait(i=i, ev=ev):
-            ev.set()
+    def on_event(event):
+        with changed:
+            changed.notify_all()
+    lock.add_listener(on_event)
+    threads = []
+    for i in range(n):
+        def wait(i=i):
             if lock.acquire(timeout=30, job=f'w{i}', op=f'w{i}', session_id=10 + i):
                 lock.release()
         t = threading.Thread(target=wait)
         t.start()
         threads.append(t)
-        for _ in range(3000):           # bounded: until w{i} is queued behind the others
-            if lock.waiting() == i + 1:
-                break
-            ev.wait(0.01)
-        assert lock.waiting() == i + 1
+        with changed:       # woken by w{i}'s waiting event: it queues behind the others
+            assert changed.wait_for(lambda: lock.waiting() == i + 1, timeout=30)
     reactor.advance(0)
     last = agent.published[-1]
     assert last['event'] == 'waiting' and last['waiters'] == n
