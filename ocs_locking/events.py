@@ -68,7 +68,7 @@ def snapshot_message(lock):
 
 def queue_entries(waiters):
     """The ``queue`` of a message: the first QUEUE_SHOWN of ``waiters``
-    (:class:`~ocs_locking.status.WaiterInfo`, FIFO) as ``{'job', 'op',
+    (:class:`~ocs_locking.status.WaiterInfo` or ``QueuedWaiter``, FIFO) as ``{'job', 'op',
     'session_id', 'since'}`` (``age`` is added when the message is sent)."""
     return [{'job': w.job, 'op': w.op, 'session_id': w.session_id, 'since': w.since}
             for w in waiters[:QUEUE_SHOWN]]

@@ -42,7 +42,8 @@ from twisted.python import threadable as _threadable
 
 from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
 from .listeners import Listeners
-from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
+from .status import (HolderInfo, LockCounters, LockEvent, LockStatus, QueuedWaiter,
+                     WaiterInfo)
 from .wire import QUEUE_SHOWN
 
 __all__ = ['TimeoutLock', 'Cancel', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
@@ -786,15 +787,11 @@ class TimeoutLock:
     def _queue_event(self, event, job, op, session_id, since_mono, token):
         # mutex held: seq order == queue order == delivery order
         self._seq += 1
-        since = None if since_mono is None else time.time() - (_monotonic() - since_mono)
-        queue = ()
-        if self._waiters:       # the first QUEUE_SHOWN, as status() describes them
-            now = _monotonic()
-            wall = time.time() - now
-            queue = tuple(WaiterInfo(job=w.job, op=w.op, session_id=w.session_id,
-                                     since=wall + w.since, waited_for=now - w.since,
-                                     reactor=w.deferred is not None)
-                          for w in islice(self._waiters, QUEUE_SHOWN))
+        wall = time.time() - _monotonic()      # wall-clock time of monotonic 0, now
+        since = None if since_mono is None else wall + since_mono
+        # the first QUEUE_SHOWN waiters (named tuples: cheap under the mutex)
+        queue = tuple([QueuedWaiter(w.job, w.op, w.session_id, wall + w.since)
+                       for w in islice(self._waiters, QUEUE_SHOWN)]) if self._waiters else ()
         self._listeners.put(LockEvent(
             lock=self.name, event=event, job=job, op=op, session_id=session_id,
             since=since, waiters=len(self._waiters), token=token, seq=self._seq,
