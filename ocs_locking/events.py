@@ -8,7 +8,9 @@ Every message is a dict (the wire contract)::
 
     {"lock": "hw", "event": "acquired", "job": "acq", "op": "acq",
      "session_id": 3, "since": 1700000000.0, "age": 0.004, "waiters": 0,
-     "token": 12, "seq": 345, "boot": 1700000000.0}
+     "token": 12, "seq": 345, "boot": 1700000000.0,
+     "queue": [{"job": "set_heater", "op": "set_heater", "session_id": 4,
+                "since": 1700000001.5, "age": 0.2}]}
 
 ``event`` is one of acquired, released, waiting, gave_up, closed, snapshot.
 A snapshot that stands for folded events also says how many grants and
@@ -19,7 +21,11 @@ describe the holder (None when free); for waiting/gave_up they describe the
 waiter; ``age`` is how many seconds had passed since ``since`` when the
 message was sent (both on this agent's clock), so that the registry can tell
 how long a hold has lasted without comparing this host's clock with its own
-(None when ``since`` is). ``seq`` increases per agent; ``boot`` identifies the agent process, so
+(None when ``since`` is). ``queue`` names the first
+:data:`~ocs_locking.wire.QUEUE_SHOWN` waiters in the order they will be
+served (``waiters`` stays the full count), each with its own ``age`` (how
+long it had waited when the message was sent). ``seq`` increases per
+agent; ``boot`` identifies the agent process, so
 a restarted agent's lower ``seq`` is not mistaken for stale messages.
 
 Events come from any thread; they are published from the reactor thread, in
@@ -37,9 +43,9 @@ import time
 from .listeners import Listeners
 from .lock import TimeoutLock
 from .wamp import JoinEdge
-from .wire import LOCKS_FEED
+from .wire import LOCKS_FEED, QUEUE_SHOWN
 
-__all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message']
+__all__ = ['LockReporter', 'report_locks', 'FEED_NAME', 'snapshot_message', 'queue_entries']
 
 #: The feed every agent publishes its lock events on.
 FEED_NAME = LOCKS_FEED
@@ -56,7 +62,16 @@ def snapshot_message(lock):
     return {'lock': st.name, 'event': 'closed' if st.closed and h is None else 'snapshot',
             'job': h.job if h else None, 'op': h.op if h else None,
             'session_id': h.session_id if h else None, 'since': h.since if h else None,
-            'waiters': len(st.waiters), 'token': h.token if h else st.counters.acquired}
+            'waiters': len(st.waiters), 'token': h.token if h else st.counters.acquired,
+            'queue': queue_entries(st.waiters)}
+
+
+def queue_entries(waiters):
+    """The ``queue`` of a message: the first QUEUE_SHOWN of ``waiters``
+    (:class:`~ocs_locking.status.WaiterInfo` or ``QueuedWaiter``, FIFO) as ``{'job', 'op',
+    'session_id', 'since'}`` (``age`` is added when the message is sent)."""
+    return [{'job': w.job, 'op': w.op, 'session_id': w.session_id, 'since': w.since}
+            for w in waiters[:QUEUE_SHOWN]]
 
 
 class LockReporter:
@@ -128,7 +143,7 @@ class LockReporter:
             self._out.put({'lock': name, 'event': ev.event, 'job': ev.job,
                            'op': ev.op, 'session_id': ev.session_id,
                            'since': ev.since, 'waiters': ev.waiters,
-                           'token': ev.token})
+                           'token': ev.token, 'queue': queue_entries(ev.queue)})
         self._out.deliver()
 
     def _take_token(self, name, now):
@@ -187,7 +202,10 @@ class LockReporter:
         msg['seq'] = self.seq
         msg['boot'] = self.boot
         since = msg.get('since')
-        msg['age'] = None if since is None else round(max(0.0, time.time() - since), 6)
+        now = time.time()
+        msg['age'] = None if since is None else round(max(0.0, now - since), 6)
+        for w in msg.get('queue') or ():
+            w['age'] = round(max(0.0, now - w['since']), 6)
         self.agent.publish_to_feed(FEED_NAME, msg)
 
 

@@ -35,13 +35,16 @@ import math
 import threading
 import time
 from collections import deque
+from itertools import islice
 
 from twisted.internet import defer
 from twisted.python import threadable as _threadable
 
 from .errors import LockClosed, LockTimeout, NotOwner, ReactorBlockingError
 from .listeners import Listeners
-from .status import HolderInfo, LockCounters, LockEvent, LockStatus, WaiterInfo
+from .status import (HolderInfo, LockCounters, LockEvent, LockStatus, QueuedWaiter,
+                     WaiterInfo)
+from .wire import QUEUE_SHOWN
 
 __all__ = ['TimeoutLock', 'Cancel', 'NotOwner', 'LockClosed', 'ReactorBlockingError',
            'LockTimeout']
@@ -784,10 +787,15 @@ class TimeoutLock:
     def _queue_event(self, event, job, op, session_id, since_mono, token):
         # mutex held: seq order == queue order == delivery order
         self._seq += 1
-        since = None if since_mono is None else time.time() - (_monotonic() - since_mono)
+        wall = time.time() - _monotonic()      # wall-clock time of monotonic 0, now
+        since = None if since_mono is None else wall + since_mono
+        # the first QUEUE_SHOWN waiters (named tuples: cheap under the mutex)
+        queue = tuple([QueuedWaiter(w.job, w.op, w.session_id, wall + w.since)
+                       for w in islice(self._waiters, QUEUE_SHOWN)]) if self._waiters else ()
         self._listeners.put(LockEvent(
             lock=self.name, event=event, job=job, op=op, session_id=session_id,
-            since=since, waiters=len(self._waiters), token=token, seq=self._seq))
+            since=since, waiters=len(self._waiters), token=token, seq=self._seq,
+            queue=queue))
 
     def __repr__(self):
         holder = 'free' if self._owner is None else f'held by {self._job!r}'

@@ -39,6 +39,12 @@ Two things the messages alone do not say:
   ``max_locks_per_agent`` locks per agent and ``max_rows`` rows in all; a
   message or heartbeat beyond a cap is refused (:class:`Refused`) and
   counted in :attr:`OwnershipTable.refused` by cap.
+* ``queue``: who waits, in the order they will be served (the first
+  :data:`~ocs_locking.wire.QUEUE_SHOWN`; ``waiters`` is the full count),
+  each ``{'job', 'op', 'session_id', 'since', 'waited_for'}``; ``waited_for``
+  is measured like ``held_for`` (from the entry's ``age`` when sent,
+  anchored at arrival). A message without ``queue`` (an agent older than
+  the key) gives ``[]``.
 * :meth:`OwnershipTable.gone`: the bus says an agent's session ended
   (kill -9, crash): its locks are not alive at once, without waiting for
   heartbeats to stop.
@@ -47,7 +53,7 @@ import math
 import re
 
 from .errors import BadLockMessage
-from .wire import EVENTS, ROW_KEYS
+from .wire import EVENTS, QUEUE_SHOWN, ROW_KEYS
 
 __all__ = ['OwnershipTable', 'BadLockMessage', 'Refused', 'EVENTS', 'ROW_KEYS', 'SEQ_JUMP',
            'SEQ_HEADS', 'LIMITS']
@@ -125,6 +131,32 @@ def _time(msg, key):
     return float(v)
 
 
+_QUEUE_KEYS = ('job', 'op', 'session_id', 'since', 'age')
+
+
+def _queue(msg, waiters):
+    """The ``queue`` of a message as a tuple of (job, op, session_id, since,
+    age) tuples: absent or null -> (); else a list of at most QUEUE_SHOWN
+    (and at most ``waiters``) dicts with checked fields."""
+    q = msg.get('queue')
+    if q is None:
+        return ()
+    if not isinstance(q, list) or len(q) > min(QUEUE_SHOWN, waiters):
+        raise BadLockMessage(f'queue must be a list of at most {QUEUE_SHOWN} waiters (and no '
+                             f'more than waiters, {waiters}), not {q!r:.60}')
+    out = []
+    for i, w in enumerate(q):
+        if not isinstance(w, dict):
+            raise BadLockMessage(f'queue[{i}] must be a dict, not {w!r:.60}')
+        try:
+            out.append((_opt_text(w, 'job'), _opt_text(w, 'op'),
+                        _int(w, 'session_id', optional=True), _time(w, 'since'),
+                        _seconds(w, 'age')))
+        except BadLockMessage as e:
+            raise BadLockMessage(f'queue[{i}].{e}') from None
+    return tuple(out)
+
+
 def parse_lock_message(msg):
     """Check one lock message against the contract; return its fields."""
     if not isinstance(msg, dict):
@@ -138,11 +170,12 @@ def parse_lock_message(msg):
         raise BadLockMessage(f'event must be one of {", ".join(EVENTS)}, not {event!r:.60}')
     boot = _time(msg, 'boot')
     folded = {k: _int(msg, k, optional=True) or 0 for k in ('folded_acquired', 'folded_gave_up')}
+    waiters = _int(msg, 'waiters', most=MAX_WAITERS)
     return {**folded, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
             'op': _opt_text(msg, 'op'), 'session_id': _int(msg, 'session_id', optional=True),
-            'since': _time(msg, 'since'), 'waiters': _int(msg, 'waiters', most=MAX_WAITERS),
+            'since': _time(msg, 'since'), 'waiters': waiters,
             'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot,
-            'age': _seconds(msg, 'age')}
+            'age': _seconds(msg, 'age'), 'queue': _queue(msg, waiters)}
 
 
 class _Agent:
@@ -242,6 +275,9 @@ class OwnershipTable:
         # table is given (``now``), from each message's ``age``.
         self._local = {}
         self._now = None        # the latest ``now`` given
+        # key -> [(job, op, session_id, since, began waiting on our clock)]
+        # of the lock's latest queue (FIFO, at most QUEUE_SHOWN)
+        self._queues = {}
         self.out_of_sequence = 0    # messages dropped for their seq
 
     @property
@@ -389,6 +425,11 @@ class OwnershipTable:
     def _apply(self, key, row, m, now):
         event = m['event']
         row['waiters'] = m['waiters']
+        if m['queue']:
+            self._queues[key] = [(j, o, sid, since, now - (age or 0.0))
+                                 for j, o, sid, since, age in m['queue']]
+        else:
+            self._queues.pop(key, None)
         row['acquired'] += m['folded_acquired']
         row['timed_out'] += m['folded_gave_up']
         if event in ('acquired', 'snapshot'):
@@ -447,6 +488,7 @@ class OwnershipTable:
                     del self.rows[r['lock']]
                     self._lender.pop(r['lock'], None)
                     self._local.pop(r['lock'], None)
+                    self._queues.pop(r['lock'], None)
                     removed.append(r['lock'])
         if removed:
             self.seq += 1
@@ -465,6 +507,9 @@ class OwnershipTable:
             now = self._now
         out['held_for'] = None if local is None or now is None else \
             round(max(0.0, now - local[1]), 3)
+        out['queue'] = [{'job': j, 'op': o, 'session_id': sid, 'since': since,
+                         'waited_for': None if now is None else round(max(0.0, now - t), 3)}
+                        for j, o, sid, since, t in self._queues.get(row['lock'], ())]
         return out
 
     def _changes(self, changed):

@@ -4,7 +4,7 @@ Both are frozen dataclasses so they can be handed to other threads, logged or
 published (``as_dict()`` gives the wire form) without copying.
 """
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 #: The kinds of :class:`LockEvent`, in the order a hold usually produces them.
 from .wire import EVENTS  # noqa: E402  (re-exported)
@@ -36,6 +36,16 @@ class WaiterInfo:
     since: float
     waited_for: float
     reactor: bool
+
+
+class QueuedWaiter(NamedTuple):
+    """One waiter as a :class:`LockEvent` names it (built under the lock's
+    mutex, so lighter than :class:`WaiterInfo`): ``since`` is the wall-clock
+    time (``time.time()``) it began waiting."""
+    job: Optional[str]
+    op: Optional[str]
+    session_id: Optional[int]
+    since: float
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,9 @@ class LockEvent:
 
     ``job``/``op``/``session_id``/``since`` describe the hold or the waiter the
     event is about; ``waiters`` is the queue length after the change; ``token``
-    is the grant's token (0 for a waiter that never got the lock).
+    is the grant's token (0 for a waiter that never got the lock); ``queue``
+    the first :data:`ocs_locking.wire.QUEUE_SHOWN` waiters after the change,
+    in the order they will be served (:class:`QueuedWaiter`).
     """
     lock: str
     event: str
@@ -116,6 +128,7 @@ class LockEvent:
     waiters: int
     token: int
     seq: int
+    queue: Tuple[QueuedWaiter, ...] = ()
 
     def as_dict(self):
         return asdict(self)

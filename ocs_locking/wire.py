@@ -9,7 +9,7 @@ import json
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
            'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
            'WATCH_EVENTS', 'WATCH_WAIT', 'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
-           'error_reason', 'one_line', 'json_size', 'split_rows']
+           'error_reason', 'one_line', 'json_size', 'split_rows', 'QUEUE_SHOWN', 'LEASES_KIND']
 
 #: The feed on which every agent that uses ocs_locking publishes its lock events.
 LOCKS_FEED = 'locks'
@@ -32,7 +32,7 @@ EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
 #: seconds, measured without comparing two hosts' clocks (None when free).
 ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_since',
             'held_for', 'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out',
-            'longest_hold', 'updated')
+            'longest_hold', 'updated', 'queue')
 
 #: The key of the table in the registry's ``monitor`` and ``status``
 #: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).
@@ -69,8 +69,9 @@ PAYLOAD_LIMIT = 2 ** 24
 MESSAGE_BUDGET = 2 ** 20
 
 #: The kinds of message on the registry's ownership feed: ``snapshot`` (every
-#: row) and ``change`` (the rows that changed, and the keys ``removed``).
-OWNERSHIP_KINDS = ('snapshot', 'change')
+#: row), ``change`` (the rows that changed, and the keys ``removed``) and
+#: ``leases`` (the site leases and waiting requests, see LEASES_KIND).
+OWNERSHIP_KINDS = ('snapshot', 'change', 'leases')
 
 #: The lease calls the registry also offers as plain WAMP procedures
 #: (several callers may be in them at once, unlike an OCS task). ``watch``
@@ -170,3 +171,18 @@ def split_rows(rows, budget=MESSAGE_BUDGET, most=None):
         size += n
     parts.append(part)
     return parts
+
+
+#: How many waiters of one lock its events, snapshots and ownership rows
+#: name (``queue``: the first QUEUE_SHOWN, FIFO order; ``waiters`` stays the
+#: full count), so that a long queue never grows a message.
+QUEUE_SHOWN = 8
+
+#: The ``kind`` of the ownership-feed message that carries the site leases:
+#: ``{'kind': 'leases', 'seq', 'timestamp', 'grants': [...], 'waiting':
+#: [...]}``, sent when the lease state changes (coalesced: at most one per
+#: reactor turn and about 10 per second) and after every ownership snapshot.
+#: Rows have the public shape of the ``leases`` task (never a lease id or a
+#: credential); each grant also says ``expires_in`` (seconds left on the
+#: registry's own clock when the message was sent).
+LEASES_KIND = 'leases'

@@ -129,7 +129,8 @@ PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.why', 'ocs_locking.childre
                 'ocs_locking.leases.keys', 'ocs_locking.leases.resources',
                 'ocs_locking.bus.rules', 'ocs_locking.bus.config',
                 'ocs_locking.agents.lock_registry.sessions',
-                'ocs_locking.agents.lock_registry.lease_pages')
+                'ocs_locking.agents.lock_registry.lease_pages',
+                'ocs_locking.agents.lock_registry.lease_feed')
 _BARE_IMPORT = """
 import importlib, sys, types
 for name, path in (('ocs_locking', 'ocs_locking'), ('ocs_locking.leases', 'ocs_locking/leases'),

@@ -22,6 +22,7 @@ from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
                                                      load_access_file, resolve_db,
                                                      resource_tree, site_agents, site_dir)
+from ocs_locking.agents.lock_registry.lease_feed import LeaseFeed
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
@@ -114,6 +115,7 @@ class LockRegistryAgent:
         #: usual(lock_key, job) -> {'n', 'median', 'p90'} of that job's past
         #: holds, or None (the ``why`` task's hint; None: no statistics)
         self.usual_hold = None
+        self.lease_feed = None      # LeaseFeed: the leases on ``ownership`` (serve_lease_feed)
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
@@ -348,6 +350,14 @@ class LockRegistryAgent:
             self.agent.publish_to_feed(OWNERSHIP_FEED, {
                 'kind': 'snapshot', 'seq': self.table.seq, 'timestamp': now,
                 'part': i, 'parts': len(parts), 'total': len(rows), 'rows': part})
+        if self.lease_feed is not None:
+            self.lease_feed.publish()       # a watch has the leases within one period
+
+    def serve_lease_feed(self, leases):
+        """Publish ``leases``' state on ``ownership`` too (kind ``leases``,
+        see :mod:`.lease_feed`): at each change and after each snapshot."""
+        self.lease_feed = LeaseFeed(self.agent, leases, self.reactor)
+        return self.lease_feed
 
     def _publish_stats(self, part=0, parts=1):
         """Record figures for one slice of the locks (all when parts == 1), so
@@ -416,7 +426,8 @@ class LockRegistryAgent:
         as stale, remove the rows of agents that
         went away (at once when they hold none of their locks, else after
         ``--forget`` seconds of silence), publish snapshots on ``ownership``
-        and figures on ``lock_stats``. Started at startup.
+        (each followed by the site leases, kind ``leases``) and figures on
+        ``lock_stats``. Started at startup.
 
         Notes:
             A copy of the whole table is kept in session.data, keyed
@@ -701,6 +712,7 @@ def main(args=None):
             resources=resource_tree(args))
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
+    registry.serve_lease_feed(leases)
     if args.access_config is not None:
         access_director.serve_rules_to(agent, base)
     if args.access_director:

@@ -10,7 +10,7 @@ reads every page (``ocs-locks leases`` does).
 """
 from ocs_locking.wire import MESSAGE_BUDGET, split_rows
 
-__all__ = ['lease_page', 'LEASE_PAGE_ROWS', 'TOTAL_KEYS']
+__all__ = ['lease_page', 'LEASE_PAGE_ROWS', 'TOTAL_KEYS', 'with_expires_in']
 
 #: The most rows (grants, waiting requests, counters) of one page.
 LEASE_PAGE_ROWS = 1000
@@ -36,3 +36,11 @@ def lease_page(snapshot, offset=0, limit=LEASE_PAGE_ROWS, budget=MESSAGE_BUDGET)
             'counters': {r: t for r, t in page[n_g + n_w:]},
             'offset': offset, 'total': g + w + len(counters), 'grants_total': g,
             'waiting_total': w, 'counters_total': len(counters)}
+
+
+def with_expires_in(grants, now):
+    """Copies of the grant rows with ``expires_in``: seconds left as of
+    ``now`` (the clock that wrote ``expires``: the registry's), so that a
+    client counts down on its own clock instead of comparing two hosts'."""
+    return [dict(g, expires_in=round(max(0.0, g['expires'] - now), 3))
+            if isinstance(g.get('expires'), (int, float)) else dict(g) for g in grants]

@@ -39,7 +39,8 @@ from ocs_locking.leases.state import (AUDIT_ACTIONS, MAX_WAITING_PER_CLIENT,
                                       MAX_WAITING_PER_OWNER, LeaseError, LeaseState)
 from ocs_locking.leases.store import LeaseStore, LeaseStoreError
 from ocs_locking.why import lease_reason
-from ocs_locking.agents.lock_registry.lease_pages import LEASE_PAGE_ROWS, lease_page
+from ocs_locking.agents.lock_registry.lease_pages import (LEASE_PAGE_ROWS, lease_page,
+                                                       with_expires_in)
 from ocs_locking.agents.lock_registry.registrar import NOT_JOINED, Registrar
 from ocs_locking.agents.lock_registry.watchers import (MAX_WATCH_WAIT, WATCH_WAIT, Watchers,
                                                        WatchRefused)
@@ -1012,6 +1013,7 @@ class LeaseOps:
                     {'status': out.status, 'request_id': out.request_id})
         holders = [g.as_dict() for g in out.holders] or \
             [g.as_dict() for g in self.state.holders() if g.resource in wanted]
+        holders = with_expires_in(holders, self.clock())     # "for another N s"
         why = describe_holders(holders) or 'earlier requests are waiting'
         self._audit_refusal('acquire', wanted[0] if len(wanted) == 1 else ','.join(wanted),
                             owner, client, f'{out.status}: {why}', caller)
@@ -1331,8 +1333,9 @@ class LeaseOps:
     def lease_page(self, offset=0, limit=LEASE_PAGE_ROWS, budget=None):
         """One page of the lease tables (:func:`.lease_pages.lease_page`)
         within ``budget`` octets (default: the registry's message budget)."""
-        return lease_page(self.state.snapshot(), offset, limit,
-                          self.budget if budget is None else budget)
+        snapshot = self.state.snapshot()
+        snapshot['grants'] = with_expires_in(snapshot['grants'], self.clock())
+        return lease_page(snapshot, offset, limit, self.budget if budget is None else budget)
 
     def history_query(self, resource=None, owner=None, action=None, since=None, limit=20):
         """The history task's arguments checked and turned into
@@ -1381,7 +1384,8 @@ class LeaseOps:
                 1 MiB).
 
         Notes:
-            session.data holds the page's ``grants``, ``waiting`` and token
+            session.data holds the page's ``grants`` (each with
+            ``expires_in``: seconds left on the registry's clock), ``waiting`` and token
             ``counters`` (``{resource: last token}``), the page's
             ``offset``, the totals ``total`` (rows in the sequence),
             ``grants_total``, ``waiting_total`` and ``counters_total``,
@@ -1395,7 +1399,7 @@ class LeaseOps:
 
                 >>> response.session['data']
                 {'grants': [{'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7,
-                             'expires': 1700000030.0, ...}],
+                             'expires': 1700000030.0, 'expires_in': 23.5, ...}],
                  'waiting': [], 'counters': {'satp1/hwp': 7},
                  'offset': 0, 'total': 2, 'grants_total': 1, 'waiting_total': 0,
                  'counters_total': 1, 'refused_lease_ids': {'renew': 0, 'release': 0},

@@ -5,11 +5,14 @@ from ..wire import one_line
 
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
            'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines',
-           'format_resources', 'format_site_leases']
+           'format_resources', 'format_site_leases', 'format_waiters']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
-JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive', 'held_for')
+#: ``queue``: who waits, in order (``{'job', 'op', 'session_id', 'since',
+#: 'waited_for'}``, the first QUEUE_SHOWN; [] from an agent older than it).
+JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive', 'held_for',
+             'queue')
 
 #: The keys of every ``ocs-locks history --json`` row (contract). ``caller``:
 #: who made the call (``{'identity', 'verified', 'via', ...}``) or None.
@@ -18,8 +21,14 @@ HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail'
 
 
 def json_rows(rows):
-    """Rows of the table with exactly :data:`JSON_KEYS`."""
-    return [{k: r.get(k) for k in JSON_KEYS} for r in rows]
+    """Rows of the table with exactly :data:`JSON_KEYS` (``queue``: [] when
+    the registry's row has none)."""
+    return [{k: (r.get(k) if k != 'queue' else _queue(r)) for k in JSON_KEYS} for r in rows]
+
+
+def _queue(row):
+    q = row.get('queue')
+    return [w for w in q if isinstance(w, dict)] if isinstance(q, list) else []
 
 
 def history_rows(rows):
@@ -225,13 +234,32 @@ def _path(value):
     return _text(value, 130) if isinstance(value, str) else '?'
 
 
-def format_site_leases(data):
+def _left(grant, received, now):
+    """How long a grant still holds: its ``expires_in`` (seconds left on the
+    registry's clock when it answered) less the time since this process
+    received it (its own monotonic clock); ``-`` when the registry did not
+    say (an older registry)."""
+    left = grant.get('expires_in')
+    if isinstance(left, bool) or not isinstance(left, (int, float)) or left != left:
+        return '-'
+    if isinstance(received, (int, float)) and now is not None:
+        left -= max(0.0, now - received)
+    left = max(0.0, left)
+    return f'{left:.1f} s' if left < 10 else f'{left:.0f} s'
+
+
+def format_site_leases(data, now=None):
     """The site leases below the lock table: one line per grant (resource,
-    owner, token, granted, until, how many wait for it, note), then one line
-    per waiting request (who, for what, its place, when it gives up).
-    Times are the registry's clock shown as local time (never compared with
-    this host's). ``data``: the ``leases`` pages (``grants``, ``waiting``).
+    owner, token, granted, until, time left, how many wait for it, note),
+    then one line per waiting request (who, for what, its place, when it
+    gives up). Times are the registry's clock shown as local time (never
+    compared with this host's); LEFT counts down from the grant's
+    ``expires_in`` on this process's monotonic clock (``now``, default now)
+    from when ``data`` was received (its :data:`RECEIVED`, if marked).
+    ``data``: the ``leases`` pages or feed message (``grants``, ``waiting``).
     ``[]`` when nothing is held nor waiting."""
+    now = time.monotonic() if now is None else now
+    received = data.get(RECEIVED)
     grants = [g for g in data.get('grants') or [] if isinstance(g, dict)]
     waiting = [w for w in data.get('waiting') or [] if isinstance(w, dict)]
     if not grants and not waiting:
@@ -241,12 +269,13 @@ def format_site_leases(data):
         for r in w.get('resources') or []:
             if isinstance(r, str):
                 queue[r] = queue.get(r, 0) + 1
-    header = ('SITE LEASE', 'OWNER', 'TOKEN', 'GRANTED', 'UNTIL', 'QUEUE', 'NOTE')
+    header = ('SITE LEASE', 'OWNER', 'TOKEN', 'GRANTED', 'UNTIL', 'LEFT', 'QUEUE', 'NOTE')
     rows = []
     for g in sorted(grants, key=lambda g: str(g.get('resource'))):
         path = _path(g.get('resource')) + ('/**' if g.get('tree') is True else '')
         rows.append((path, _text(g.get('owner'), 40), _text(g.get('token'), 20),
                      clock(g.get('granted_at')), clock(g.get('expires')),
+                     _left(g, received, now),
                      str(queue.get(g.get('resource'), 0)), _text(g.get('note') or '', 60)))
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths)
@@ -257,4 +286,44 @@ def format_site_leases(data):
         wanted = ', '.join(_path(r) for r in w.get('resources') or [])
         out.append(f"waiting: {_text(w.get('owner'), 40)} for {wanted} (position "
                    f"{_text(w.get('position'), 10)}, gives up {clock(w.get('deadline'))})")
+    return out
+
+
+def _waited(entry, received, now):
+    waited = entry.get('waited_for')
+    if isinstance(waited, bool) or not isinstance(waited, (int, float)) or waited != waited:
+        return '?'
+    if isinstance(received, (int, float)) and now is not None:
+        waited += max(0.0, now - received)
+    return f'{max(0.0, waited):.1f} s'
+
+
+def format_waiters(rows, now=None):
+    """Who waits for each lock, in the order they will be served: for each
+    row with a ``queue``, its lock, then one line per waiter (position,
+    job/op, session, waited for; waited for counts on from when the row was
+    received, :data:`RECEIVED`, on this process's monotonic clock ``now``),
+    and ``... and N more`` when ``waiters`` says more wait than the queue
+    names. ``[]`` when nobody waits."""
+    now = time.monotonic() if now is None else now
+    out = []
+    for r in rows:
+        queue = _queue(r)
+        total = r.get('waiters')
+        more = total - len(queue) if isinstance(total, int) and not isinstance(total, bool) \
+            else 0
+        if not queue and more <= 0:
+            continue
+        out.append(f"{_text(r.get('lock', '?'), 130)}: {total} waiting")
+        for i, w in enumerate(queue, 1):
+            job, op = w.get('job'), w.get('op')
+            who = _text(job) if job else '(unnamed)'
+            if op and op != job:
+                who += f'/{_text(op)}'
+            session = w.get('session_id')
+            where = f'session {_text(session, 20)}' if session is not None else 'no session'
+            out.append(f"  {i}. {who} ({where}) waiting for "
+                       f"{_waited(w, r.get(RECEIVED), now)}")
+        if more > 0:
+            out.append(f'  ... and {more} more')
     return out

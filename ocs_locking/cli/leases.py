@@ -293,21 +293,12 @@ def read_lease_pages(call, most_pages=MAX_LEASE_PAGES):
 
 
 def format_leases(data):
-    """The grants, one line each (resource, owner, token, expiry, note),
-    then the waiting requests."""
-    lines = [f"{'RESOURCE':<32} {'OWNER':<24} {'TOKEN':>7}  EXPIRES   NOTE"]
-    for g in sorted(data['grants'], key=lambda g: str(g.get('resource'))):
-        tree = '/**' if g.get('tree') else ''
-        lines.append(f"{str(g.get('resource')) + tree:<32} {str(g.get('owner')):<24.24} "
-                     f"{str(g.get('token')):>7}  {clock(g.get('expires'))}  "
-                     f"{str(g.get('note') or '')[:60]}")
-    if not data['grants']:
-        lines.append('(no leases)')
-    for w in data['waiting']:
-        resources = ', '.join(str(r) for r in w.get('resources') or [])
-        lines.append(f"waiting: {w.get('owner')!s:.40} for {resources:.120} "
-                     f"(position {w.get('position')}, gives up {clock(w.get('deadline'))})")
-    return '\n'.join(lines)
+    """The grants, one line each (resource, owner, token, granted, until,
+    time left, queue, note), then the waiting requests in queue order: the
+    same lines as below ``ocs-locks status`` (:func:`.formatters.format_site_leases`)."""
+    from .formatters import format_site_leases
+    lines = format_site_leases(data)
+    return '\n'.join(lines) if lines else '(no leases)'
 
 
 def cmd_leases(args):

@@ -97,6 +97,8 @@ def make_parser():
 
     st = command('status', 'print the lock table')
     st.add_argument('--json', action='store_true', help='print a JSON list of rows')
+    st.add_argument('--waiters', action='store_true',
+                    help='under each lock with waiters, list who waits, in order')
     w = command('watch', 'keep a live table on screen (Ctrl-C ends it)')
     w.add_argument('--count', type=int, default=None,
                    help='exit after this many updates (default: until Ctrl-C)')

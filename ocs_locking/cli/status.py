@@ -10,7 +10,8 @@ import sys
 
 from ..wire import BUS_KEY, HEALTH_KEY, TABLE_KEY
 from ..errors import CliError
-from .formatters import bus_lines, format_site_leases, format_table, health_lines, json_rows
+from .formatters import (bus_lines, format_site_leases, format_table, format_waiters,
+                         health_lines, json_rows)
 from .site import load_site, unreachable
 
 __all__ = ['fetch_rows', 'fetch_table', 'fetch_view', 'fetch_leases', 'read_pages',
@@ -96,9 +97,10 @@ def fetch_leases(args):
 
 
 def cmd_status(args):
-    """The lock table, then the site leases and who waits for them (text);
-    ``--json``: the lock rows only (``ocs-locks leases --json`` has the
-    leases)."""
+    """The lock table (``--waiters``: then who waits for each lock, in
+    order), then the site leases and who waits for them (text); ``--json``:
+    the lock rows only, with their ``queue`` (``ocs-locks leases --json``
+    has the leases)."""
     view = fetch_view(args)
     rows, notes = view['rows'], bus_lines(view['bus']) + health_lines(view['health'])
     if not args.json:
@@ -106,6 +108,9 @@ def cmd_status(args):
         lease_lines = format_site_leases(leases) if leases is not None else \
             [f'site leases not shown: {why}']
         notes = ([''] + lease_lines if lease_lines else []) + notes
+        if getattr(args, 'waiters', False):
+            waiting = format_waiters(rows) or ['(nobody waits for a lock)']
+            notes = [''] + waiting + notes
     if args.json:
         sys.stdout.write(json.dumps(json_rows(rows), indent=1) + '\n')
         for line in notes:          # stdout stays the rows only

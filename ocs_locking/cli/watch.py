@@ -5,7 +5,12 @@ feed over WAMP. When the registry says the bus is verified, only messages
 whose disclosed publisher is the registry's own session (``bus['session']``)
 are drawn; others are ignored and counted (a forged empty snapshot cannot
 wipe the table). When it is not, one line ``bus not verified: <reason>``
-heads the table. A snapshot may come in parts (``part``/``parts``): the table
+heads the table. Below the locks it shows the site leases (owner, token,
+granted, until, time left, queue, note, then the waiting requests), from the
+latest ``leases`` message of the feed (the first from HTTP): time left
+counts down from each grant's ``expires_in`` on this process's monotonic
+clock since the message arrived, never comparing two hosts' wall clocks.
+A snapshot may come in parts (``part``/``parts``): the table
 is replaced once every part of one snapshot has come. A malformed message
 or row is ignored and counted, never a traceback. How it ends:
 
@@ -28,11 +33,12 @@ import time
 
 from ..errors import CliError
 from ..wamp import set_nodelay
-from ..wire import OWNERSHIP_FEED, OWNERSHIP_KINDS, error_reason, feed_topic, one_line
-from .formatters import RECEIVED, bus_lines, format_table
+from ..wire import (LEASES_KIND, OWNERSHIP_FEED, OWNERSHIP_KINDS, error_reason, feed_topic,
+                    one_line)
+from .formatters import RECEIVED, bus_lines, format_site_leases, format_table
 from .signals import Interrupter, on_ending
 from .site import load_site
-from .status import fetch_view
+from .status import fetch_leases, fetch_view
 
 __all__ = ['cmd_watch', 'apply_message', 'Watch', 'OwnershipReader']
 
@@ -55,7 +61,7 @@ def apply_message(rows, message, received=None):
     "held for" counts on. Returns False (``rows`` untouched) for anything
     that is not an ownership message.
     """
-    if _malformed(message):
+    if _malformed(message) or message['kind'] == LEASES_KIND:
         return False
     new = message.get('rows', [])
     removed = message.get('removed', [])
@@ -81,6 +87,11 @@ def _malformed(message):
         return 'a row without a lock name'
     if not all(isinstance(k, str) for k in removed):
         return 'a removed key not a string'
+    if message['kind'] == LEASES_KIND:
+        for key in ('grants', 'waiting'):
+            value = message.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                return f'leases {key} not a list of rows'
     part, parts = message.get('part', 0), message.get('parts', 1)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (part, parts)) \
             or not 0 <= part < parts <= MAX_PARTS:
@@ -104,6 +115,8 @@ class OwnershipReader:
     def __init__(self, rows, publisher=None):
         self.rows = rows
         self.publisher = publisher
+        #: the latest site leases (a ``leases`` message, marked RECEIVED), or None
+        self.leases = None
         self.ignored = {}
         self._parts = None          # (seq, parts, {part: rows}, [changes meanwhile])
 
@@ -120,6 +133,10 @@ class OwnershipReader:
         if why is not None:
             return self._ignore(f'malformed: {why}')
         parts = message.get('parts', 1)
+        if message['kind'] == LEASES_KIND:
+            self.leases = dict(message, **{RECEIVED: time.monotonic() if received is None
+                                           else received})
+            return True
         if message['kind'] == 'change':
             if self._parts is not None:
                 self._parts[3].append(message)
@@ -154,8 +171,10 @@ class Watch:
     """One run of the watch on ``reactor``: draws ``rows`` to ``out``."""
 
     def __init__(self, reactor, url, realm, topic, rows, out, count=None, clear=True,
-                 header=None, bus=None, refresh=None, err=None):
+                 header=None, bus=None, refresh=None, err=None, leases=None,
+                 clock=time.monotonic):
         self.reactor = reactor
+        self.clock = clock          # this process's monotonic clock (time left, held for)
         self.url, self.realm, self.topic = url, realm, topic
         self.rows = rows
         self.err = sys.stderr if err is None else err
@@ -163,6 +182,8 @@ class Watch:
         self._refreshed = None      # monotonic time of the last refresh
         self.bus = None
         self.reader = OwnershipReader(rows)
+        if isinstance(leases, dict):        # the leases read over HTTP at start
+            self.reader.leases = dict(leases, **{RECEIVED: clock()})
         self.set_bus(bus)
         self.out = out
         self.count, self.clear, self.header = count, clear, header
@@ -199,7 +220,11 @@ class Watch:
     def draw(self):
         if self._stopping:
             return
-        text = format_table(sorted(self.rows.values(), key=lambda r: r['lock']))
+        now = self.clock()
+        text = format_table(sorted(self.rows.values(), key=lambda r: r['lock']), now)
+        leases = format_site_leases(self.reader.leases, now) if self.reader.leases else []
+        if leases:
+            text += '\n\n' + '\n'.join(leases)
         notes = ([self.header] if self.header else []) + bus_lines(self.bus)
         ignored = self.reader.ignored_line()
         header = ''.join(f'{n}\n' for n in notes)
@@ -220,7 +245,7 @@ class Watch:
         try:
             message = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] \
                 else None
-            changed = self.reader.feed(message, publisher)
+            changed = self.reader.feed(message, publisher, self.clock())
         except Exception as e:      # a row no check foresaw: one line, go on
             self.reader._ignore('malformed')
             self._warn(f'ignored a malformed ownership message: {e!r}')
@@ -316,10 +341,11 @@ def cmd_watch(args):
     site = load_site(args)
     view = fetch_view(args, site)
     rows = {r['lock']: r for r in view['rows'] if isinstance(r.get('lock'), str)}
+    leases, _why = fetch_leases(args)       # None: the feed's next leases message says
     hub = site.hub.data
     from twisted.internet import reactor
     return Watch(reactor, hub['wamp_server'], hub['wamp_realm'],
                  feed_topic(hub['address_root'], args.registry, OWNERSHIP_FEED), rows,
                  sys.stdout, count=args.count, clear=not args.no_clear,
-                 header=args.header, bus=view['bus'],
+                 header=args.header, bus=view['bus'], leases=leases,
                  refresh=lambda: fetch_view(args, site)['bus']).run()

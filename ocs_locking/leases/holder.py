@@ -115,18 +115,38 @@ class Answer:
 
 
 def describe_holders(holders):
-    """``"satp1/hwp held by 'bob' (token 3) until 23:01:02.3 (note)"`` for
-    each holder dict, joined by ``; ``. ``expires`` is shown as the local
-    time of the clock that wrote it (the registry's)."""
+    """``"satp1/hwp held by 'bob' (token 3) for another 23 s, until 12:03:40
+    UTC (note)"`` for each holder dict, joined by ``; ``: the one wording of
+    a lease refusal (acquire busy or timed out, ``Reservation``,
+    ``SiteLock``, ``ocs-locks reserve`` and ``run``). ``expires_in`` (seconds
+    left, on the registry's clock, when it answered) gives "for another";
+    ``expires`` (the registry's clock) is shown as a UTC instant, for
+    display only; a holder without them says neither."""
     parts = []
     for h in holders or ():
         if not isinstance(h, dict):
             continue
-        until = h.get('expires')
+        left, until = h.get('expires_in'), h.get('expires')
+        when_ = []
+        if isinstance(left, (int, float)) and not isinstance(left, bool) \
+                and math.isfinite(left):
+            when_.append(f'for another {_left(left)}')
+        if isinstance(until, (int, float)) and not isinstance(until, bool):
+            when_.append(f'until {utc(until)}')
         parts.append(f"{h.get('resource')} held by {h.get('owner')!r} (token {h.get('token')})"
-                     + (f' until {when(until)}' if isinstance(until, (int, float)) else '')
+                     + (' ' + ', '.join(when_) if when_ else '')
                      + (f" ({h['note']})" if h.get('note') else ''))
     return '; '.join(parts)
+
+
+def _left(seconds):
+    """``23 s``, ``0.4 s``, ``12 min 5 s``: how long a lease still holds."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f'{seconds:.1f} s'
+    if seconds < 600:
+        return f'{seconds:.0f} s'
+    return f'{int(seconds // 60)} min {int(seconds % 60)} s'
 
 
 def _duration(value):

@@ -127,7 +127,7 @@ def test_ocs_locks_status_prints_the_table_and_json(site, registry):
     rows = json.loads(proc.stdout)
     assert {r['lock'] for r in rows} >= {'sim-device-1/hw', 'sim-device-2/hw'}
     assert all(set(r) == {'lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive',
-                          'held_for'} for r in rows)
+                          'held_for', 'queue'} for r in rows)
     held = [r for r in rows if r['job'] is not None]
     assert held and all(isinstance(r['held_for'], float) and r['held_for'] >= 0 for r in held)
 

@@ -91,17 +91,19 @@ def test_format_site_leases_lists_grants_with_their_queue_then_the_waiters():
     from ocs_locking.cli.formatters import clock, format_site_leases
     data = {'grants': [
         {'resource': 'satp1/hwp', 'owner': 'bob', 'token': 7, 'granted_at': 1000.0,
-         'expires': 1030.0, 'tree': False, 'note': 'calibration'},
+         'expires': 1030.0, 'expires_in': 23.4, 'tree': False, 'note': 'calibration'},
         {'resource': 'satp1', 'owner': 'sched', 'token': 2, 'granted_at': 990.0,
          'expires': 1050.0, 'tree': True, 'note': ''}],
         'waiting': [{'owner': 'carol', 'resources': ['satp1/hwp'], 'position': 1,
                      'deadline': 1040.0}]}
     lines = format_site_leases(data)
     assert lines[0].split() == ['SITE', 'LEASE', 'OWNER', 'TOKEN', 'GRANTED', 'UNTIL',
-                                'QUEUE', 'NOTE']
-    assert lines[1].split() == ['satp1/**', 'sched', '2', clock(990.0), clock(1050.0), '0']
-    assert lines[2].split() == ['satp1/hwp', 'bob', '7', clock(1000.0), clock(1030.0), '1',
-                                'calibration']
+                                'LEFT', 'QUEUE', 'NOTE']
+    # no expires_in (an older registry): no time left shown
+    assert lines[1].split() == ['satp1/**', 'sched', '2', clock(990.0), clock(1050.0), '-',
+                                '0']
+    assert lines[2].split() == ['satp1/hwp', 'bob', '7', clock(1000.0), clock(1030.0), '23',
+                                's', '1', 'calibration']
     assert lines[3] == f'waiting: carol for satp1/hwp (position 1, gives up {clock(1040.0)})'
 
 
@@ -113,3 +115,46 @@ def test_format_site_leases_empty_and_malformed_rows():
     lines = format_site_leases({'grants': ['x', {'resource': 5, 'token': 10 ** 30}],
                                 'waiting': [{'resources': [None]}]})
     assert len(lines) == 3 and lines[1].startswith('?') and lines[2].startswith('waiting: ')
+
+
+def test_format_site_leases_counts_time_left_down_on_its_own_clock():
+    """When the leases were received at monotonic time 100 with 23.4 s left
+    (the registry's clock), LEFT counts down on this process's clock from
+    then, never below 0; the registry's wall clock is never compared."""
+    from ocs_locking.cli.formatters import RECEIVED, format_site_leases
+    data = {'grants': [{'resource': 'r', 'owner': 'o', 'token': 1, 'granted_at': 5.0,
+                        'expires': 9e9, 'expires_in': 23.4}], 'waiting': [], RECEIVED: 100.0}
+    assert format_site_leases(data, now=100.0)[1].split()[5:7] == ['23', 's']
+    assert format_site_leases(data, now=115.0)[1].split()[5:7] == ['8.4', 's']
+    assert format_site_leases(data, now=500.0)[1].split()[5:7] == ['0.0', 's']
+
+
+def test_format_waiters_lists_each_locks_queue_in_order():
+    """When a lock has waiters, its lines give each one's position, job/op,
+    session and how long it has waited (counting on from when the row was
+    received); a lock without waiters gives no line; more waiters than the
+    queue names says how many more."""
+    from ocs_locking.cli.formatters import RECEIVED, format_waiters
+    rows = [{'lock': 'a/hw', 'waiters': 0, 'queue': []},
+            {'lock': 'b/hw', 'waiters': 10, RECEIVED: 50.0, 'queue': [
+                {'job': 'set_heater', 'op': 'set_heater', 'session_id': 4, 'since': 1.0,
+                 'waited_for': 2.0},
+                {'job': 'cal', 'op': 'step', 'session_id': None, 'since': 2.0,
+                 'waited_for': 'x'}]},
+            {'lock': 'c/hw', 'waiters': 1}]     # an old agent: a count, no queue
+    assert format_waiters(rows, now=51.5) == [
+        'b/hw: 10 waiting',
+        '  1. set_heater (session 4) waiting for 3.5 s',
+        '  2. cal/step (no session) waiting for ?',
+        '  ... and 8 more',
+        'c/hw: 1 waiting',
+        '  ... and 1 more']
+    assert format_waiters([{'lock': 'x', 'waiters': 0}, 'junk'][:1]) == []
+
+
+def test_json_rows_gain_the_queue():
+    """When a row has a queue, --json rows carry it; [] when the row has none."""
+    from ocs_locking.cli.formatters import json_rows
+    q = [{'job': 'a', 'op': 'a', 'session_id': 1, 'since': 1.0, 'waited_for': 0.5}]
+    assert [r['queue'] for r in json_rows([{'lock': 'x', 'queue': q}, {'lock': 'y'}])] == \
+        [q, []]

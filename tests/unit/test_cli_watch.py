@@ -237,3 +237,80 @@ def test_Watch_while_the_bus_is_being_checked_asks_again_and_draws_it_verified(m
     assert asked == [1]
     assert w.reader.publisher == 7
     assert out.getvalue() and 'bus not verified' not in out.getvalue()
+
+
+class FakeClock:
+    """This process's monotonic clock, moved by hand."""
+
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def leases_message(seq=1, left=30.0, waiting=()):
+    return {'kind': 'leases', 'seq': seq, 'timestamp': 5e9,
+            'grants': [{'resource': 'demo/hwp', 'owner': 'ops-console', 'token': 7,
+                        'granted_at': 1.7e9, 'expires': 1.7e9 + 60, 'expires_in': left,
+                        'tree': False, 'note': 'cal run'}],
+            'waiting': list(waiting)}
+
+
+def lease_line(text):
+    return next(line for line in text.splitlines() if line.startswith('demo/hwp '))
+
+
+def test_Watch_draws_the_latest_leases_below_the_locks_counting_down_on_its_clock():
+    """When a leases message arrives, the watch draws the grant (owner,
+    token, time left, queue, note) and the waiters below the lock table; at
+    each redraw the time left counts down from expires_in on the watcher's
+    own clock since the message arrived (the registry's wall clock, 5e9 in
+    timestamp, is never compared); a newer message replaces it, and an
+    empty one clears it."""
+    out, clock = io.StringIO(), FakeClock()
+    w = Watch(FakeReactor(), 'ws://x/ws', 'realm', 'topic', {'a/hw': row('a/hw', 'acq')},
+              out, clear=False, clock=clock)
+    w.on_message([leases_message(left=30.0, waiting=[
+        {'owner': 'carol', 'resources': ['demo/hwp'], 'position': 1, 'deadline': 1.7e9}]), {}])
+    assert w.updates == 1
+    text = out.getvalue()
+    assert text.index('a/hw') < text.index('SITE LEASE') < text.index('waiting: carol')
+    fields = lease_line(text).split()
+    assert fields[1:3] == ['ops-console', '7'] and fields[5:] == ['30', 's', '1', 'cal', 'run']
+    clock.t += 12.5
+    out.truncate(0)
+    w.draw()
+    assert lease_line(out.getvalue()).split()[5:7] == ['18', 's']
+    clock.t += 100
+    out.truncate(0)
+    w.draw()
+    assert lease_line(out.getvalue()).split()[5:7] == ['0.0', 's']
+    w.on_message([{'kind': 'leases', 'seq': 2, 'grants': [], 'waiting': []}, {}])
+    assert 'SITE LEASE' not in out.getvalue().rsplit('ocs-locks watch', 1)[1]
+
+
+def test_Watch_starts_with_the_leases_read_over_http():
+    """When the watch is given the leases read at start (no expires_in: an
+    older registry), it draws them at once with no time left shown."""
+    out = io.StringIO()
+    first = leases_message()
+    del first['grants'][0]['expires_in']
+    w = Watch(FakeReactor(), 'ws://x/ws', 'realm', 'topic', {}, out, clear=False,
+              leases=first, clock=FakeClock())
+    w.draw()
+    assert lease_line(out.getvalue()).split()[5] == '-'
+
+
+@pytest.mark.parametrize('message', [
+    {'kind': 'leases', 'grants': 'x'},
+    {'kind': 'leases', 'grants': [], 'waiting': [1]}])
+def test_OwnershipReader_ignores_malformed_leases_and_forged_ones(message):
+    """When a leases message is malformed, or (bus verified) comes from
+    another session than the registry's, the leases shown are kept."""
+    reader = OwnershipReader({})
+    reader.feed(leases_message(), received=1.0)
+    assert reader.feed(message) is False and reader.leases['seq'] == 1
+    reader.publisher = 42
+    assert reader.feed(leases_message(seq=9), publisher=41) is False
+    assert reader.leases['seq'] == 1 and reader.leases['_received'] == 1.0

@@ -51,7 +51,7 @@ def test_LockReporter_publishes_each_event_in_order_with_the_contract_fields(set
     assert events == ['acquired', 'released']
     first = agent.published[0]
     assert set(first) == {'lock', 'event', 'job', 'op', 'session_id', 'since', 'age',
-                          'waiters', 'token', 'seq', 'boot'}
+                          'waiters', 'token', 'seq', 'boot', 'queue'}
     assert all(0 <= m['age'] < 60 for m in agent.published)
     assert (first['lock'], first['job'], first['session_id'], first['token']) == ('hw', 'acq', 3, 1)
     seqs = [m['seq'] for m in agent.published]
@@ -170,3 +170,44 @@ def test_LockReporter_refuses_two_locks_with_one_name(setup):
         reporter.attach(TimeoutLock(name='hw'))
     with pytest.raises(TypeError, match=r'^can only report a TimeoutLock'):
         reporter.attach('hw')
+
+
+def test_LockReporter_events_and_snapshots_name_the_waiters_in_order(setup):
+    """When callers wait, each event and snapshot carries the first
+    QUEUE_SHOWN of them in FIFO order, each with its own age; waiters stays
+    the full count, and the registry accepts the messages."""
+    import threading
+    from ocs_locking.events import snapshot_message
+    from ocs_locking.wire import QUEUE_SHOWN
+    reactor, agent, reporter, lock = setup
+    assert lock.acquire(0, job='acq', op='acq', session_id=1)
+    n = QUEUE_SHOWN + 2
+    changed = threading.Condition()
+
+    def on_event(event):
+        with changed:
+            changed.notify_all()
+    lock.add_listener(on_event)
+    threads = []
+    for i in range(n):
+        def wait(i=i):
+            if lock.acquire(timeout=30, job=f'w{i}', op=f'w{i}', session_id=10 + i):
+                lock.release()
+        t = threading.Thread(target=wait)
+        t.start()
+        threads.append(t)
+        with changed:       # woken by w{i}'s waiting event: it queues behind the others
+            assert changed.wait_for(lambda: lock.waiting() == i + 1, timeout=30)
+    reactor.advance(0)
+    last = agent.published[-1]
+    assert last['event'] == 'waiting' and last['waiters'] == n
+    assert [w['job'] for w in last['queue']] == [f'w{i}' for i in range(QUEUE_SHOWN)]
+    assert all(set(w) == {'job', 'op', 'session_id', 'since', 'age'} and w['age'] >= 0
+               for w in last['queue'])
+    parse_lock_message(last)
+    snap = snapshot_message(lock)
+    assert [w['session_id'] for w in snap['queue']] == [10 + i for i in range(QUEUE_SHOWN)]
+    lock.release()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ocs_locking.errors import LeaseBusy, LeaseError, LeaseLost, LeaseUnavailable
-from ocs_locking.leases.holder import Answer, LeaseHolder, describe_holders
+from ocs_locking.leases.holder import Answer, LeaseHolder, describe_holders, utc
 from ocs_locking.leases.paths import MAX_LEASE, MIN_LEASE, when
 
 
@@ -126,7 +126,7 @@ def test_LeaseHolder_refusal_names_holders_until_when(clock):
     busy = h.refusal(Answer(False, 'Busy (busy): ...', {'holders': [holder]}), 2, 1.25)
     assert isinstance(busy, LeaseBusy) and busy.holders == [holder] and busy.attempts == 2
     assert str(busy) == (f"satp1/hwp still busy after 2 attempt(s) in 1.2 s: satp1/hwp held "
-                         f"by 'bob' (token 3) until {when(1.7e9)} (cal)")
+                         f"by 'bob' (token 3) until {utc(1.7e9)} (cal)")
     refused = h.refusal(Answer(False, 'Refused: lease must be ...',
                                {'error': 'lease must be ...'}))
     assert type(refused) is LeaseUnavailable
@@ -136,7 +136,22 @@ def test_LeaseHolder_refusal_names_holders_until_when(clock):
     assert str(gone) == 'could not reserve satp1/hwp after 1 attempt(s) in 0.0 s: ' \
                         'cannot reach the router'
     assert describe_holders([holder, 'junk', {'resource': 'x', 'owner': 'y', 'token': 1}]) == \
-        f"satp1/hwp held by 'bob' (token 3) until {when(1.7e9)} (cal); x held by 'y' (token 1)"
+        f"satp1/hwp held by 'bob' (token 3) until {utc(1.7e9)} (cal); x held by 'y' (token 1)"
+
+
+def test_describe_holders_says_for_how_much_longer_and_until_when_in_UTC():
+    """When the registry says how long a lease still holds (expires_in, its
+    clock), the refusal says "for another" and the UTC instant; the wording
+    scales from tenths to minutes."""
+    h = {'resource': 'satp1/hwp', 'owner': 'ops-console', 'token': 7, 'expires': 1.7e9,
+         'expires_in': 23.2}
+    assert describe_holders([h]) == (f"satp1/hwp held by 'ops-console' (token 7) for "
+                                     f"another 23 s, until {utc(1.7e9)}")
+    assert utc(1.7e9).endswith(' UTC')
+    assert describe_holders([dict(h, expires_in=0.44)]).count('for another 0.4 s, until ') == 1
+    assert 'for another 12 min 5 s, until' in describe_holders([dict(h, expires_in=725.0)])
+    assert describe_holders([dict(h, expires_in=float('nan'), expires=None)]) == \
+        "satp1/hwp held by 'ops-console' (token 7)"
 
 
 @pytest.mark.parametrize('kw,message', [

@@ -59,7 +59,8 @@ def test_LeaseOps_busy_acquire_names_the_holder(ops):
     run(ops, 'acquire', resource='satp1', owner='sched', tree=True, note='obs block 4')
     (ok, msg), data = run(ops, 'acquire', resource='satp1/hwp', owner='alice')
     assert ok is False
-    assert msg.startswith("Busy (busy): satp1 held by 'sched' (token 1) until ")
+    assert msg.startswith("Busy (busy): satp1 held by 'sched' (token 1) for another 30 s, "
+                          "until ") and ' UTC ' in msg
     assert msg.endswith(' (obs block 4).')
     assert data['holders'][0]['owner'] == 'sched'
     refused = data['refused']
@@ -220,7 +221,7 @@ def test_LeaseOps_refusals_are_audited_with_their_reason_at_a_bounded_rate(timed
     rows = data['history']
     assert ok and [(r['owner'], r['detail']['call'], r['ok']) for r in rows] == [
         ('', 'renew', False), ('b', 'acquire', False)]
-    assert rows[1]['detail']['reason'].startswith("busy: hwp held by 'a' (token 1) until ")
+    assert rows[1]['detail']['reason'].startswith("busy: hwp held by 'a' (token 1) for another ")
     assert rows[0]['detail']['reason'].startswith("that lease_id does not hold 'hwp' "
                                                   "(held by 'a', token 1)")
     timed.clock_.t += 10

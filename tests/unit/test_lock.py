@@ -290,7 +290,10 @@ def test_TimeoutLock_listeners_get_events_in_seq_order(make_actor, lock, probe, 
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     first = events[0].as_dict()
     assert set(first) == {'lock', 'event', 'job', 'op', 'session_id', 'since',
-                          'waiters', 'token', 'seq'}
+                          'waiters', 'token', 'seq', 'queue'}
+    # the waiting event names its waiter in the queue; the hand-over empties it
+    assert first['queue'] == () and len(events[1].queue) == 1 and events[3].queue == ()
+    assert events[1].queue[0].job == events[1].job
     assert (first['lock'], first['job'], first['op'], first['session_id'], first['token']) == \
         ('hw', 'acq', 'acq', 1, 1)
     assert (events[1].job, events[1].waiters) == ('w0', 1)

@@ -105,6 +105,19 @@ BAD = [
     (msg('acquired', 1, job='x' * 201), r'^job must be a string of at most 200'),
     (msg('acquired', 1, session_id=-3), r'^session_id must be an integer 0\.\.\d+, not -3$'),
     (msg('snapshot', 1, folded_acquired=2 ** 60), r'^folded_acquired must be an integer'),
+    (msg('acquired', 1, waiters=1, queue={'job': 'x'}), r'^queue must be a list of at most 8 '
+                                                         r'waiters \(and no more than waiters, '
+                                                         r"1\), not \{'job': 'x'\}$"),
+    (msg('acquired', 1, waiters=20, queue=[{}] * 9), r'^queue must be a list of at most 8'),
+    (msg('acquired', 1, waiters=1, queue=[{}, {}]), r'no more than waiters, 1\)'),
+    (msg('acquired', 1, waiters=1, queue=['x']), r"^queue\[0\] must be a dict, not 'x'$"),
+    (msg('acquired', 1, waiters=2, queue=[{}, {'job': 'x' * 201}]),
+     r'^queue\[1\]\.job must be a string of at most 200 characters'),
+    (msg('acquired', 1, waiters=1, queue=[{'session_id': -1}]),
+     r'^queue\[0\]\.session_id must be an integer'),
+    (msg('acquired', 1, waiters=1, queue=[{'since': float('inf')}]),
+     r'^queue\[0\]\.since must be a Unix time'),
+    (msg('acquired', 1, waiters=1, queue=[{'age': -1}]), r'^queue\[0\]\.age must be a duration'),
 ]
 
 
@@ -385,3 +398,36 @@ def test_OwnershipTable_gone_marks_the_agents_locks_not_alive_at_once(table):
     assert table.gone('d1', 1.2) == [] and table.gone('unknown', 1.2) == []
     [row] = table.heartbeat('d1', 2.0)
     assert row['alive'] is True
+
+
+def test_OwnershipTable_rows_carry_the_queue_in_order_with_waited_for(table):
+    """When a message names its waiters, the row's queue lists them in order,
+    each waited_for counted from its age on the table's own clock (the
+    agent's since is for display only, never compared)."""
+    queue = [{'job': 'set_heater', 'op': 'set_heater', 'session_id': 4, 'since': 50.0,
+              'age': 2.0},
+             {'job': 'get', 'op': 'get', 'session_id': None, 'since': 51.0, 'age': 1.0}]
+    [row] = table.lock_message('d', msg('waiting', 1, job='get', waiters=2, queue=queue),
+                               1000.0)
+    assert row['queue'] == [
+        {'job': 'set_heater', 'op': 'set_heater', 'session_id': 4, 'since': 50.0,
+         'waited_for': 2.0},
+        {'job': 'get', 'op': 'get', 'session_id': None, 'since': 51.0, 'waited_for': 1.0}]
+    [later] = table.snapshot(1003.5)
+    assert [w['waited_for'] for w in later['queue']] == [5.5, 4.5]
+    # the hand-over empties it; an old agent's message (no queue) says []
+    [row] = table.lock_message('d', msg('acquired', 2, job='set_heater', token=1, since=60.0,
+                                        waiters=1, queue=queue[1:]), 1004.0)
+    assert [w['job'] for w in row['queue']] == ['get']
+    [row] = table.lock_message('d', msg('released', 3, job='set_heater', token=1), 1005.0)
+    assert row['queue'] == [] and table.snapshot()[0]['queue'] == []
+
+
+def test_OwnershipTable_a_bad_queue_keeps_the_rows_queue(table):
+    """When a message's queue is malformed, the row keeps its queue as it was."""
+    q = [{'job': 'a', 'op': 'a', 'session_id': 1, 'since': 1.0, 'age': 0.0}]
+    table.lock_message('d', msg('waiting', 1, job='a', waiters=1, queue=q), 10.0)
+    with pytest.raises(BadLockMessage, match=r'^queue\[1\]\.job'):
+        table.lock_message('d', msg('waiting', 2, job='b', waiters=2,
+                                    queue=q + [{'job': 7}]), 11.0)
+    assert [w['job'] for w in table.snapshot()[0]['queue']] == ['a']

@@ -440,3 +440,20 @@ def test_LockRegistryAgent_a_big_change_set_goes_out_in_parts():
     parts = [m for n, m in reg.agent.published if n == OWNERSHIP_FEED]
     assert len(parts) > 1 and all(json_size(m) < MESSAGE_BUDGET for m in parts)
     assert sum(len(m['rows']) for m in parts) == 10000
+
+
+def test_registry_publishes_the_leases_after_each_snapshot(reg, tmp_path):
+    """When the registry serves leases, every ownership snapshot is followed
+    on the same feed by a leases message (a watch has them within one
+    snapshot period), with the grant and no lease id."""
+    from .lease_ops_support import hold, make_ops
+    ops = make_ops(tmp_path)
+    feed = reg.serve_lease_feed(ops)
+    lease_id = hold(ops, 'hwp', 'alice')
+    reg.agent.published.clear()
+    reg._publish_snapshot()
+    kinds = [m['kind'] for n, m in reg.agent.published if n == OWNERSHIP_FEED]
+    assert kinds == ['snapshot', 'leases']
+    msg = reg.agent.published[-1][1]
+    assert [g['owner'] for g in msg['grants']] == ['alice'] and msg['seq'] == feed.seq
+    assert lease_id not in repr(msg)

@@ -168,7 +168,7 @@ def test_Reservation_gives_up_naming_the_holder(shell):
         with res:
             pytest.fail('body ran without the lease')
     e = info.value
-    assert "satp1/hwp held by 'bob' (token 1) until " in str(e)
+    assert "satp1/hwp held by 'bob' (token 1) for another " in str(e) and ' UTC ' in str(e)
     assert str(e).endswith(' (manual work)')
     assert 'after 3 attempt(s)' in str(e) and e.attempts == 3
     assert [h['owner'] for h in e.holders] == ['bob']

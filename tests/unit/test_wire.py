@@ -12,7 +12,8 @@ def test_wire_names_are_the_documented_ones():
     assert (wire.LOCKS_FEED, wire.HEARTBEAT_FEED, wire.OWNERSHIP_FEED, wire.STATS_FEED) == \
         ('locks', 'heartbeat', 'ownership', 'lock_stats')
     assert set(EVENTS) == {'waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot'}
-    assert wire.OWNERSHIP_KINDS == ('snapshot', 'change') and wire.TABLE_KEY == 'locks'
+    assert wire.OWNERSHIP_KINDS == ('snapshot', 'change', 'leases') and wire.TABLE_KEY == 'locks'
+    assert wire.QUEUE_SHOWN == 8 and wire.LEASES_KIND == 'leases'
     assert LEASE_PROCEDURES == ('acquire', 'renew', 'release', 'watch', 'preempt')
 
 
