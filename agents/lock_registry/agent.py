@@ -18,6 +18,7 @@ from ocs import ocs_agent, site_config
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.agents.lock_registry import director as access_director
+from ocs_locking.agents.lock_registry import history as history_db
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
                                                      load_access_file, resolve_db,
@@ -116,6 +117,8 @@ class LockRegistryAgent:
         #: holds, or None (the ``why`` task's hint; None: no statistics)
         self.usual_hold = None
         self.lease_feed = None      # LeaseFeed: the leases on ``ownership`` (serve_lease_feed)
+        #: LockHistory: spans of agent locks (None: --no-history)
+        self.lock_history = None
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
@@ -298,6 +301,8 @@ class LockRegistryAgent:
         short hold is seen too)."""
         if not changes and not removed:
             return
+        if self.lock_history is not None:
+            self.lock_history.observe(changes, removed, time.time())
         # changes come before the removals of the same call; a row seen
         # again after its removal is a row again
         seen = {r['lock'] for r in changes}
@@ -488,6 +493,8 @@ class LockRegistryAgent:
                 self._publish_snapshot()
             self._publish_stats(n % parts, parts)
             n += 1
+            if self.lock_history is not None:
+                self.lock_history.flush(now)
             self._update_session()
             yield dsleep(tick)
         self._session = None
@@ -568,6 +575,8 @@ class LockRegistryAgent:
             data['resources'] = self.leases.resources.as_dict()
         if self.director is not None:
             data['access_director'] = self.director.status()
+        if self.lock_history is not None:
+            data['lock_history'] = self.lock_history.status()
         # the lock rows in what is left of the budget
         page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
         session.data = dict({TABLE_KEY: page}, **data)
@@ -623,6 +632,64 @@ class LockRegistryAgent:
         session.data = {'why': answer}
         return True, '; '.join(answer['lines'])
 
+    def history(self, session, params):
+        """history(kind='lease', resource=None, owner=None, action=None, since=None, limit=20)
+
+        **Task** - Who had what, newest first: the site leases' audit log,
+        the spans of agent locks' holds, or both.
+
+        Parameters:
+            kind (str, optional): ``lease`` (the audit log of site leases;
+                the default), ``lock`` (spans of agent locks) or ``all``.
+            resource (str, optional): a lease path (that path and everything
+                below it) or, for spans, a lock (``sim-device-1/hw``) or an
+                agent's instance-id (each of its locks).
+            owner (str, optional): only rows of this lease owner, or spans of
+                this job (exactly).
+            action (str or list, optional): only these lease audit actions
+                (``grant``, ``renew``, ``release``, ``refuse``, ...); leaves
+                out spans.
+            since (float, optional): only rows newer than this many seconds
+                ago (a span still open then counts), on the registry's clock.
+            limit (int, optional): at most this many rows, in [1, 1000].
+                Default 20.
+
+        Notes:
+            Bad input is refused in one line and changes nothing.
+            session.data holds the rows, each with ``kind`` and ``at`` (an
+            audit row's time, a span's start). A span folds one holder's
+            holds (see :mod:`ocs_locking.lock_history`); ``held`` and
+            ``longest`` are seconds, ``end`` None while open::
+
+                >>> response.session['data']
+                {'history': [
+                    {'kind': 'lock', 'at': 1700000000.0, 'id': '3-17',
+                     'lock': 'sim-device-1/hw', 'agent': 'sim-device-1', 'name': 'hw',
+                     'job': 'acq', 'op': 'acq', 'session_id': 0,
+                     'start': 1700000000.0, 'end': 1700000157.0, 'holds': 1570,
+                     'held': 151.2, 'longest': 0.2, 'lent': 14, 'gave_up': 2,
+                     'token': 1570, 'outcome': 'released'},
+                    {'kind': 'lease', 'at': 1699999990.0, 'action': 'grant',
+                     'resource': 'satp1/hwp', 'owner': 'alice', 'token': 7, ...}]}
+
+            Lease audit rows are as in :meth:`LeaseOps.history
+            <ocs_locking.agents.lock_registry.leases.LeaseOps.history>`.
+            ``outcome``: ``open``, ``released``, ``stale`` (its agent went
+            silent holding it), ``closed``, ``gone`` (its agent left the
+            table holding it), ``unknown`` (the registry stopped while it
+            was open).
+        """
+        try:
+            rows = history_db.read_history(
+                params, self.leases, self.lock_history,
+                self.leases.clock() if self.leases is not None else time.time())
+        except ValueError as e:
+            session.data = {'error': str(e)}
+            return False, f'Refused: {e}'
+        session.data = {'history': rows}
+        spans = sum(1 for r in rows if r['kind'] == 'lock')
+        return True, f'{len(rows) - spans} audit record(s), {spans} lock span(s).'
+
 
 def make_parser(parser=None):
     if parser is None:
@@ -650,6 +717,7 @@ def make_parser(parser=None):
     pgroup.add_argument('--page-rows', type=int, default=PAGE_ROWS,
                         help='Most rows in one page of the status task.')
     add_arguments(pgroup)       # --db and the audit retention (leases.py)
+    history_db.add_arguments(pgroup)    # --history-db and its retention
     access_director.add_arguments(pgroup)   # --access-director, --access-config
     return parser
 
@@ -671,7 +739,7 @@ def main(args=None):
         # the director's own controls messages never come back to it (WAMP
         # excludes the publisher): it takes its base rules directly
         args.access_policy, args.access_director = 'none', True
-    complaint = check_arguments(args)
+    complaint = check_arguments(args) or history_db.check_arguments(args)
     if complaint:
         parser.error(complaint)
     base = None
@@ -697,10 +765,21 @@ def main(args=None):
                                          'max_locks_per_agent': args.max_locks_per_agent,
                                          'max_rows': args.max_rows},
                                  session_rows=args.session_rows, page_rows=args.page_rows)
+    if not args.no_history:
+        try:
+            registry.lock_history = history_db.LockHistory(
+                resolve_db(args.history_db, site_dir(args)), days=args.history_days,
+                rows=args.history_rows, fold_gap=args.history_fold, log=agent.log)
+        except ValueError as e:
+            parser.exit(1, f'lock-registry: {e}\n')
+        registry.usual_hold = registry.lock_history.usual
+        from twisted.internet import reactor
+        reactor.addSystemEventTrigger('before', 'shutdown', registry.lock_history.close)
     agent.register_process('monitor', registry.monitor, registry._stop_monitor,
                            blocking=False, startup=True)
     agent.register_task('status', registry.status, blocking=False)
     agent.register_task('why', registry.why, blocking=False)
+    agent.register_task('history', registry.history, blocking=False)
     # the audit names the agent whose session made a lease call (identify)
     try:
         leases = registry.leases = LeaseOps(
@@ -722,7 +801,7 @@ def main(args=None):
             site_agents=site_agents(args.site_file) if args.site_file else None)
     agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
                         blocking=False)
-    for name in ('renew', 'release', 'history', 'leases'):
+    for name in ('renew', 'release', 'leases'):
         agent.register_task(name, getattr(leases, name), blocking=False)
     # Revoking someone else's lease needs an advanced credential.
     agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
