@@ -6,7 +6,7 @@
     ocs-locks reserve satp1/hwp --lease 30 --note "manual work"   # hold until Ctrl-C
     ocs-locks release satp1/hwp --token 7
     ocs-locks force-release satp1/hwp --reason "stuck schedule" --password PW
-    ocs-locks history [satp1/hwp] [--owner NAME] [--action ACTION] [--since 10m]
+    ocs-locks history [sim-device-1/hw|satp1/hwp] [--kind all|lock|lease] [--owner NAME] [--action ACTION] [--since 10m]
                       [--limit 20] [--json]
     ocs-locks resources [--json] [--file FILE]   # the declared resources
     ocs-locks run satp1/hwp --lease 30 -- ./calibrate.sh   # hold it while a command runs

@@ -1,11 +1,13 @@
 """Text and JSON for ``ocs-locks``: the lock table and the audit log (pure)."""
 import time
 
+from ..lock_history import SPAN_KEYS
 from ..wire import one_line
 
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
            'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines',
-           'format_resources', 'format_site_leases', 'format_waiters']
+           'format_resources', 'format_site_leases', 'format_waiters', 'SPAN_ROW_KEYS',
+           'span_text']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -14,10 +16,15 @@ __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
 JSON_KEYS = ('lock', 'agent', 'job', 'session_id', 'since', 'waiters', 'alive', 'held_for',
              'queue')
 
-#: The keys of every ``ocs-locks history --json`` row (contract). ``caller``:
-#: who made the call (``{'identity', 'verified', 'via', ...}``) or None.
-HISTORY_KEYS = ('at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok',
-                'caller')
+#: The keys of every ``ocs-locks history --json`` row of a site lease
+#: (contract; ``kind`` is ``lease``). ``caller``: who made the call
+#: (``{'identity', 'verified', 'via', ...}``) or None.
+HISTORY_KEYS = ('kind', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
+                'ok', 'caller')
+#: The keys of every ``ocs-locks history --json`` row of an agent lock's span
+#: (contract; ``kind`` is ``lock``, ``at`` its start; see
+#: :data:`ocs_locking.lock_history.SPAN_KEYS`).
+SPAN_ROW_KEYS = ('kind', 'at') + SPAN_KEYS
 
 
 def json_rows(rows):
@@ -32,8 +39,15 @@ def _queue(row):
 
 
 def history_rows(rows):
-    """Audit rows with exactly :data:`HISTORY_KEYS`."""
-    return [{k: r.get(k) for k in HISTORY_KEYS} for r in rows]
+    """History rows with exactly :data:`HISTORY_KEYS` (site leases; a row
+    without ``kind`` from an older registry is one) or
+    :data:`SPAN_ROW_KEYS` (``kind`` ``lock``)."""
+    out = []
+    for r in rows:
+        kind = 'lock' if r.get('kind') == 'lock' else 'lease'
+        keys = SPAN_ROW_KEYS if kind == 'lock' else HISTORY_KEYS
+        out.append(dict({k: r.get(k) for k in keys}, kind=kind))
+    return out
 
 
 def clock(t):
@@ -157,9 +171,75 @@ def caller_text(caller):
     return who if caller.get('verified') is True else f'{who} (declared)'
 
 
-def format_history(rows):
-    """The audit log as text: time, action, resource, owner, token, client,
-    by (the caller: verified, or marked declared), detail."""
+def _span_secs(x):
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return '?'
+    if x < 120:
+        return f'{x:.1f} s' if x < 10 else f'{x:.0f} s'
+    m, sec = divmod(int(x), 60)
+    return f'{m}m{sec:02d}s' if m < 60 else f'{m // 60}h{m % 60:02d}m'
+
+
+def _count(n, one, many):
+    return f'{n} {one if n == 1 else many}'
+
+
+def span_text(span):
+    """One span as a line: ``12:01:03-12:03:40 held 2m31s in 1570 holds
+    (longest 0.2 s), lent 14 times, 2 gave up; released``."""
+    end = span.get('end')
+    outcome = span.get('outcome')
+    when = f"{clock(span.get('start'))}-{clock(end) if end is not None else 'now'}"
+    holds = span.get('holds') if isinstance(span.get('holds'), int) else 0
+    text = f"{when} held {_span_secs(span.get('held'))}"
+    if holds != 1:
+        text += f" in {_count(holds, 'hold', 'holds')} (longest " \
+                f"{_span_secs(span.get('longest'))})"
+    for key, one, many in (('lent', 'lent once', 'lent {} times'),
+                           ('gave_up', '1 gave up', '{} gave up')):
+        n = span.get(key)
+        if isinstance(n, int) and n > 0:
+            text += ', ' + (one if n == 1 else many.format(n))
+    if outcome != 'open':
+        text += f'; {_text(outcome, 20)}'
+    elif end is None:
+        text += '; holding'
+    return text
+
+
+def _holder_text(span):
+    job = _text(span.get('job') or '?', 40)
+    return job if span.get('session_id') is None else f"{job} (session {span['session_id']})"
+
+
+def format_spans(rows):
+    """Spans of agent locks as text: lock, holder, and :func:`span_text`."""
+    header = ('LOCK', 'HOLDER', 'HELD')
+    lines = [(_text(r.get('lock'), 80), _holder_text(r), span_text(r)) for r in rows]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    fmt = '  '.join(f'{{:<{w}}}' for w in widths[:-1]) + '  {}'
+    return [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
+
+
+def format_history(rows, kind='lease'):
+    """History as text: the spans of agent locks (:func:`format_spans`),
+    then the audit log of site leases (time, action, resource, owner,
+    token, client, by (the caller: verified, or marked declared), detail).
+    ``kind``: what was asked for (``lease``, ``lock`` or ``all``)."""
+    spans = [r for r in rows if r.get('kind') == 'lock']
+    rows = [r for r in rows if r.get('kind') != 'lock']
+    if kind != 'lease' and not spans and not rows:
+        return '(no history records)'
+    out = format_spans(spans) if spans else []
+    if kind == 'lock' or (spans and not rows):
+        return '\n'.join(out)
+    if out:
+        out.append('')
+    out += _format_audit(rows)
+    return '\n'.join(out)
+
+
+def _format_audit(rows):
     header = ('TIME', 'ACTION', 'RESOURCE', 'OWNER', 'TOKEN', 'CLIENT', 'BY', 'DETAIL')
     lines = []
     for r in rows:
@@ -173,7 +253,7 @@ def format_history(rows):
     out = [fmt.format(*header).rstrip()] + [fmt.format(*line).rstrip() for line in lines]
     if not lines:
         out.append('(no audit records)')
-    return '\n'.join(out)
+    return out
 
 
 def _seconds(value, fallback):

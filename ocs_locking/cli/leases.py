@@ -224,6 +224,12 @@ def history_params(args):
     user gave (the registry's defaults stand for the rest). ``since`` is an
     age in seconds, never a time of this host's clock."""
     params = {}
+    kind = getattr(args, 'kind', 'lease') or 'lease'
+    if kind != 'lease':
+        params['kind'] = kind           # an older registry knows leases only
+    if args.action and kind == 'lock':
+        raise CliError('--action filters the site leases\' audit only: give --kind lease '
+                       'or all')
     if args.resource is not None:
         params['resource'] = _check_resource(args.resource)
     if args.owner is not None:
@@ -250,7 +256,7 @@ def history_params(args):
 def _history_refusal(message):
     if 'params included unexpected values' in message:
         return (f'this registry cannot filter its history that way ({message}); '
-                'it needs a newer lock registry')
+                'it needs a newer lock registry (or give --kind lease)')
     return message
 
 
@@ -258,7 +264,8 @@ def cmd_history(args):
     params = history_params(args)
     _, data = _run_task(args, 'history', params, refusal=_history_refusal)
     rows = [r for r in data.get('history') or [] if isinstance(r, dict)]
-    _say(json.dumps(history_rows(rows), indent=1) if args.json else format_history(rows))
+    _say(json.dumps(history_rows(rows), indent=1) if args.json
+         else format_history(rows, getattr(args, 'kind', 'lease') or 'lease'))
     return 0
 
 

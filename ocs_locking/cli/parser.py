@@ -168,10 +168,16 @@ def make_parser():
     pr.add_argument('--password', default=None,
                     help='the level-2 password (default: $OCS_LOCKS_PASSWORD, then the '
                          'ocs password file, ~/.ocs-passwords.yaml or $OCS_PASSWORDS_FILE)')
-    h = command('history', "print the registry's audit log, newest first")
-    h.add_argument('resource', nargs='?', default=None, metavar='RESOURCE',
-                   help='only this resource and what lies below it')
-    h.add_argument('--owner', default=None, help='only rows of this owner')
+    h = command('history', "print who had what, newest first: agent locks' holds (spans) "
+                           "and the site leases' audit log")
+    h.add_argument('resource', nargs='?', default=None, metavar='LOCK|RESOURCE',
+                   help='only this lock (sim-device-1/hw) or agent (each of its locks), '
+                        'and this resource and what lies below it')
+    h.add_argument('--kind', choices=('all', 'lock', 'lease'), default='all',
+                   help='lock: spans of agent locks; lease: the site leases\' audit log; '
+                        'all (default): both')
+    h.add_argument('--owner', default=None,
+                   help='only rows of this lease owner, and spans of this job')
     h.add_argument('--action', action='append', default=None, metavar='ACTION',
                    help='only this audit action (grant, queue, renew, release, '
                         'force_release, expire, timeout, cancel, preempt, notice); repeat '

@@ -2,8 +2,11 @@
 import json
 import time
 
+import pytest
+
 from ocs_locking import cli
-from ocs_locking.cli.formatters import RECEIVED, clock, format_history, health_lines, history_rows
+from ocs_locking.cli.formatters import (RECEIVED, clock, format_history, health_lines,
+                                        history_rows, span_text)
 
 ROWS = [
     {'lock': 'dev-1/hw', 'agent': 'dev-1', 'job': 'acq', 'session_id': 3, 'since': 90.0,
@@ -58,6 +61,47 @@ def test_history_rows_keep_exactly_the_documented_keys():
     """When audit rows are printed as JSON, each has exactly HISTORY_KEYS."""
     rows = history_rows([{'at': 1.0, 'action': 'grant', 'id': 4, 'extra': 1}])
     assert list(rows[0]) == list(cli.HISTORY_KEYS) and rows[0]['ok'] is None
+    assert rows[0]['kind'] == 'lease'       # an older registry's row is a lease's
+
+
+def span(**kw):
+    out = {'kind': 'lock', 'lock': 'dev/hw', 'job': 'acq', 'session_id': 0,
+           'start': time.mktime((2026, 12, 1, 12, 1, 3, 0, 0, -1)), 'end': None,
+           'holds': 1, 'held': 4.25, 'longest': 4.25, 'lent': 0, 'gave_up': 0,
+           'outcome': 'open'}
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize('kw, text', [
+    ({}, '12:01:03-now held 4.2 s; holding'),
+    ({'end': time.mktime((2026, 12, 1, 12, 3, 40, 0, 0, -1)), 'holds': 1570, 'held': 151.2,
+      'longest': 0.2, 'lent': 14, 'gave_up': 2, 'outcome': 'released'},
+     '12:01:03-12:03:40 held 2m31s in 1570 holds (longest 0.2 s), lent 14 times, 2 gave up; '
+     'released'),
+    ({'held': 7300.0, 'longest': 60.0, 'holds': 2, 'lent': 1, 'gave_up': 1,
+      'outcome': 'unknown'},
+     '12:01:03-now held 2h01m in 2 holds (longest 60 s), lent once, 1 gave up; unknown'),
+    ({'held': 'x', 'holds': None, 'outcome': 'stale', 'end': 1.0},
+     '12:01:03-' + clock(1.0) + ' held ? in 0 holds (longest 4.2 s); stale'),
+])
+def test_span_text_says_when_how_long_how_often_and_how_it_ended(kw, text):
+    """When a span is printed, one line says its times, how long it held
+    in how many holds, how often it lent the lock, how many gave up, and
+    how it ended (a malformed field prints as '?')."""
+    assert span_text(span(**kw)) == text
+
+
+def test_format_history_of_both_kinds_prints_spans_then_the_audit():
+    """When both kinds are asked for, the spans come first, then the audit
+    log; nothing at all says '(no history records)'."""
+    lines = format_history([span(), {'kind': 'lease', 'at': 1.0, 'action': 'grant'}], 'all')
+    assert lines.splitlines()[0].split() == ['LOCK', 'HOLDER', 'HELD']
+    assert lines.splitlines()[1].startswith('dev/hw  acq (session 0)  12:01:03-now')
+    assert lines.splitlines()[3].split()[0] == 'TIME'
+    assert format_history([], 'all') == '(no history records)'
+    assert format_history([], 'lock') == '(no history records)'
+    assert format_history([span()], 'lock').count('\n') == 1
 
 
 def test_clock_is_a_local_time_of_day_or_a_question_mark():

@@ -48,15 +48,18 @@ def registry(monkeypatch):
 
 
 def test_ocs_locks_history_sends_only_the_filters_given(registry, capsys):
-    """When history runs with no filter, the task gets no params (the
-    registry's defaults stand); with filters, exactly those, since as an
+    """When history runs with no filter, the task gets only kind all (the
+    registry's defaults stand for the rest; --kind lease sends nothing, as
+    an older registry expects); with filters, exactly those, since as an
     age in seconds and one action as a string."""
     assert cli.main(['history']) == 0
+    assert cli.main(['history', '--kind', 'lease']) == 0
     assert cli.main(['history', 'satp1', '--owner', 'alice', '--action', 'grant',
                      '--since', '10m', '--limit', '5']) == 0
     assert registry.history.calls == [
-        {}, {'resource': 'satp1', 'owner': 'alice', 'action': 'grant', 'since': 600.0,
-             'limit': 5}]
+        {'kind': 'all'}, {},
+        {'kind': 'all', 'resource': 'satp1', 'owner': 'alice', 'action': 'grant',
+         'since': 600.0, 'limit': 5}]
     assert capsys.readouterr().out.splitlines()[1].split()[2:5] == ['grant', 'satp1/hwp',
                                                                     'alice']
 
@@ -66,7 +69,7 @@ def test_ocs_locks_history_sends_several_actions_as_a_list(registry):
     (a repeated one once)."""
     assert cli.main(['history', '--action', 'grant', '--action', 'expire',
                      '--action', 'grant']) == 0
-    assert registry.history.calls == [{'action': ['grant', 'expire']}]
+    assert registry.history.calls == [{'kind': 'all', 'action': ['grant', 'expire']}]
 
 
 @pytest.mark.parametrize('argv,error', [
@@ -77,7 +80,9 @@ def test_ocs_locks_history_sends_several_actions_as_a_list(registry):
     (['--limit', '0'], '--limit must be 1..1000, not 0'),
     (['--limit', '1001'], '--limit must be 1..1000, not 1001'),
     (['--owner', ' '], "--owner must be 1..128 characters, not ' '"),
-    (['Bad/Path'], None)])
+    (['Bad/Path'], None),
+    (['--kind', 'lock', '--action', 'grant'], "--action filters the site leases' audit "
+                                              "only: give --kind lease or all")])
 def test_ocs_locks_history_bad_filter_is_one_line_and_asks_nothing(registry, capsys, argv,
                                                                    error):
     """When a history filter is not valid, one line names it and the
@@ -97,7 +102,39 @@ def test_ocs_locks_history_of_an_older_registry_says_it_cannot_filter(registry, 
     assert cli.main(['history', '--since', '1h']) == 1
     assert capsys.readouterr().err == (
         "ocs-locks: history: this registry cannot filter its history that way (params "
-        "included unexpected values: ['since']); it needs a newer lock registry\n")
+        "included unexpected values: ['since']); it needs a newer lock registry "
+        "(or give --kind lease)\n")
+
+
+SPAN = {'kind': 'lock', 'at': 1.0, 'id': '1-1', 'lock': 'sim-device-1/hw',
+        'agent': 'sim-device-1', 'name': 'hw', 'job': 'acq', 'op': 'acq', 'session_id': 0,
+        'start': 1.0, 'end': 158.0, 'holds': 1570, 'held': 151.2, 'longest': 0.2,
+        'lent': 14, 'gave_up': 2, 'token': 1570, 'outcome': 'released'}
+
+
+def test_ocs_locks_history_kind_lock_prints_spans(registry, capsys):
+    """When --kind lock is asked, the spans print one line each: the lock,
+    the holder and what the span held."""
+    registry.history.data = {'history': [SPAN]}
+    assert cli.main(['history', 'sim-device-1/hw', '--kind', 'lock', '--since', '1h']) == 0
+    assert registry.history.calls == [{'kind': 'lock', 'resource': 'sim-device-1/hw',
+                                       'since': 3600.0}]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ['LOCK', 'HOLDER', 'HELD']
+    assert lines[1].startswith('sim-device-1/hw  acq (session 0)  ')
+    assert lines[1].endswith(' held 2m31s in 1570 holds (longest 0.2 s), lent 14 times, '
+                             '2 gave up; released')
+
+
+def test_ocs_locks_history_json_keeps_each_kinds_keys(registry, capsys):
+    """When --json is asked for both kinds, each row has exactly its kind's
+    documented keys."""
+    import json
+    from ocs_locking.cli.formatters import HISTORY_KEYS, SPAN_ROW_KEYS
+    registry.history.data = {'history': [SPAN, dict(ROW, kind='lease')]}
+    assert cli.main(['history', '--json']) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [tuple(r) for r in rows] == [SPAN_ROW_KEYS, HISTORY_KEYS]
 
 
 @pytest.mark.parametrize('lease', ['1e-9', '0', '-1', '0.49', '3600.1', 'inf', 'nan'])
