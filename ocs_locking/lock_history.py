@@ -17,8 +17,9 @@ Folding rules:
 * a waiter that gave up is counted in ``gave_up`` of the span holding the
   lock then (or the latest span when nobody held it).
 
-Each span says how it ended (``outcome``): ``open`` (held now, or within
-``fold_gap`` of its last hold), ``released``, ``stale`` (its agent went
+Each span says how it ended (``outcome``): ``open`` (held now, or lent to
+another operation), ``released`` (a span released less than ``fold_gap``
+ago opens again if its holder returns), ``stale`` (its agent went
 silent while holding), ``closed`` (the lock was closed), ``gone`` (its agent
 left the table while holding), ``unknown`` (the registry stopped while it was
 open; set by the store). Times are the registry's own clock at arrival
@@ -134,8 +135,9 @@ class SpanFolder:
         st.acquired, st.timed_out = row.get('acquired', 0), row.get('timed_out', 0)
         if st.current is not None and (row.get('alive') is False or row.get('closed')):
             self._finish(st, st.current, now, 'closed' if row.get('closed') else 'stale')
-        elif row.get('closed') and st.last is not None and st.last['outcome'] == 'open':
-            self._finish(st, st.last, st.last['end'] or now, 'closed')
+        elif row.get('closed') and st.last is not None and st.last['outcome'] != 'closed' \
+                and (st.last['outcome'] == 'open' or now - st.last['end'] <= self.fold_gap):
+            self._finish(st, st.last, now, 'closed')    # released as the lock closed
 
     def removed(self, key, now):
         """The row ``key`` left the table (its agent went away)."""
@@ -230,7 +232,11 @@ class SpanFolder:
         span['end'] = now
         self._touch(span)
         handed_over = _holder(row) is not None or row.get('waiters', 0) > 0
-        if handed_over and st.lender is None:
+        # released, unless lent (a borrower handing it on does not lend it);
+        # a return within fold_gap opens it again
+        lends = handed_over and st.lender is None
+        span['outcome'] = 'open' if lends else 'released'
+        if lends:
             st.lender = span                # lent: it comes back to this span
         elif not handed_over and st.lender is not None and st.lender is not span:
             st.lender = None                # the borrower let go with nobody waiting

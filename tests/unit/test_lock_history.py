@@ -51,7 +51,7 @@ def test_a_loops_holds_fold_into_one_span(site):
     assert len(spans) == 1
     (span,) = spans.values()
     assert set(span) == set(SPAN_KEYS)
-    assert (span['job'], span['holds'], span['outcome']) == ('acq', 50, 'open')
+    assert (span['job'], span['holds'], span['outcome']) == ('acq', 50, 'released')
     assert span['held'] == pytest.approx(5.0)
     assert span['longest'] == pytest.approx(0.1)
     assert span['start'] == 1000.0
@@ -70,6 +70,8 @@ def test_a_borrower_gets_its_own_span_and_the_lender_counts_it(site):
     assert (acq[0]['holds'], acq[0]['lent']) == (10, 2)
     assert [h['holds'] for h in heater] == [1, 1]
     assert all(h['held'] == pytest.approx(0.5) for h in heater)
+    # a borrower handing the lock back (acq waiting) does not lend it
+    assert [h['outcome'] for h in heater] == ['released', 'released']
 
 
 def test_a_gap_longer_than_the_fold_gap_starts_a_new_span_and_settles_the_old(site):
@@ -78,16 +80,30 @@ def test_a_gap_longer_than_the_fold_gap_starts_a_new_span_and_settles_the_old(si
     site.folder.tick(site.now)
     site.hold('acq', 0, 1.0)
     spans = sorted(site.take().values(), key=lambda s: s['start'])
-    assert [(s['holds'], s['outcome']) for s in spans] == [(1, 'released'), (1, 'open')]
+    assert [(s['holds'], s['outcome']) for s in spans] == [(1, 'released'), (1, 'released')]
     assert spans[0]['end'] == 1001.0
 
 
-def test_tick_settles_a_span_whose_holder_did_not_return(site):
+def test_a_released_span_opens_again_when_its_holder_returns_within_the_gap(site):
     site.hold('acq', 0, 1.0)
-    site.folder.tick(site.now + 1.0)
-    assert list(site.take().values())[0]['outcome'] == 'open'
-    site.folder.tick(site.now + 2.5)
-    assert list(site.take().values())[0]['outcome'] == 'released'
+    (span,) = site.take().values()
+    assert (span['outcome'], span['end']) == ('released', 1001.0)
+    site.now += 1.5
+    site.folder.tick(site.now)
+    site.send('acquired', 'acq', 0)
+    (span,) = site.take().values()
+    assert (span['outcome'], span['end'], span['holds']) == ('open', None, 2)
+
+
+def test_a_lenders_span_stays_open_while_lent(site):
+    site.hold('acq', 0, 1.0, waiters_after=1)
+    site.send('acquired', 'set_heater', 5)
+    spans = site.take()
+    assert {s['job']: s['outcome'] for s in spans.values()} == {'acq': 'open',
+                                                               'set_heater': 'open'}
+    site.now += 10.0
+    site.folder.tick(site.now)      # lent for longer than the gap: still open
+    assert {s['job'] for s in site.folder.open_spans(site.now)} == {'acq', 'set_heater'}
 
 
 def test_a_hold_in_progress_counts_in_held_and_longest(site):
