@@ -434,8 +434,8 @@ def test_ocs_locks_release_force_release_and_history(site, registry):
     assert rows[2]['detail']['reason'] == 'test' and rows[2]['caller']['via'] == 'ocs-task'
     assert rows[3]['ok'] is False and rows[3]['detail']['call'] == 'release'
     assert rows[3]['detail']['reason'].startswith("that lease_id does not hold 'it/cmd'")
-    assert all(set(r) == {'at', 'action', 'resource', 'owner', 'token', 'client', 'detail',
-                          'ok', 'caller'} for r in rows)
+    assert all(set(r) == {'kind', 'at', 'action', 'resource', 'owner', 'token', 'client',
+                          'detail', 'ok', 'caller'} and r['kind'] == 'lease' for r in rows)
     for bad, what in ((['reserve', 'it/x', '--lease', '0'], '--lease must be 0.5..3600 s'),
                       (['reserve', 'Bad'], 'segment'),
                       (['history', '--limit', '0'], '--limit must be 1..1000')):

@@ -76,8 +76,8 @@ def acked(peer, topic, payload):
     return peer.error('publish', topic, payload, options=PublishOptions(acknowledge=True))
 
 
-def history(site):
-    proc = ocs_locks(site, 'history', '--json')
+def history(site, kind='lease'):
+    proc = ocs_locks(site, 'history', '--json', '--kind', kind, '--limit', '1000')
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -128,6 +128,10 @@ def test_a_foreign_sessions_forged_messages_are_refused_and_change_nothing(
     assert all(r['job'] != 'forged' for r in t.values())
     assert {'sim-device-1/hw', 'sim-device-2/hw'} <= set(t)
     assert history(site) == before_history
+    # the agents' lock history has the genuine set_heater, and nothing forged
+    spans = history(site, 'lock')
+    assert any(s['job'] == 'set_heater' for s in spans)
+    assert all(s['job'] != 'forged' for s in spans)
 
 
 def test_the_registry_drops_what_the_router_lets_through(site, registry, peer):
