@@ -73,6 +73,15 @@ reactor in one background thread, and with ocs's ``OCSClient`` (HTTP).
     handler (one reactor thread, one clock). Target: the component adds
     less than 0.5 ms to both medians.
 
+(d) **The lock history.** The registry keeps every lock's holds as spans in
+    SQLite (``--history-db``). On the site of (a), after it: the demo's
+    traffic (``acq`` at 10 Hz lending the lock to one ``set_heater`` a
+    second) for 60 s: the spans and file octets the history grew by, and
+    per hour. Then (b) runs with the history on (its target: flat memory,
+    the last window's RSS < 1.1x the first's; every load lock's spans kept),
+    and, in full runs, the same load again on a site whose registry has
+    ``--no-history`` (the baseline, ``--no-compare-history`` skips it).
+
 Parts (a) and (b) share one site and one reactor thread (the subscriber, the load
 generator and its 50 sessions). The bench's own reactor lag (how late the
 generator's 5 ms ticks ran) is reported so a slow bench is not mistaken for
@@ -82,7 +91,7 @@ The site of (a) and (b) runs the bus component (the demo config);
 ``--stock`` runs them on ocs's stock config instead.
 
 ``--quick``: (a) 20 changes, (b) 5 agents x 2 locks at 100 events/s for 5 s
-in 1-s windows, (c) 4 rounds of 50 publishes (< 60 s). ``--json PATH``
+in 1-s windows, (c) 4 rounds of 50 publishes, (d) 10 s, no baseline (< 60 s). ``--json PATH``
 writes the results. ``main()`` returns 0 when every target passes.
 """
 import argparse
@@ -131,9 +140,10 @@ def _ms(v):
 
 # -- the site -------------------------------------------------------------------------
 
-def write_site_config(workdir, stock=False):
+def write_site_config(workdir, stock=False, history=True):
     """The bench site config (crossbar config beside it, as Site expects);
-    ``stock``: ocs's stock crossbar config instead of the bus component."""
+    ``stock``: ocs's stock crossbar config instead of the bus component;
+    ``history=False``: the registry keeps no lock history (``--no-history``)."""
     with open(SITE_TEMPLATE) as f:
         data = yaml.safe_load(f)
     host = data['hosts'][HOST]
@@ -143,6 +153,9 @@ def write_site_config(workdir, stock=False):
     instances = [i for i in host['agent-instances'] if i['instance-id'] in keep]
     for inst in instances:      # no declared resources: they name agents this site drops
         inst['arguments'] = [a for a in inst.get('arguments') or [] if a[0] != '--resources']
+        if inst['instance-id'] == 'lock-registry':
+            inst['arguments'].append(['--history-db', HISTORY_DB] if history
+                                     else ['--no-history'])
     instances.insert(1, {'agent-class': 'RegistryAgent', 'instance-id': 'registry',
                          'arguments': []})
     host['agent-instances'] = instances
@@ -157,6 +170,28 @@ def write_site_config(workdir, stock=False):
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, sort_keys=False)
     return path
+
+
+#: The registry's lock history file, beside the bench site file.
+HISTORY_DB = 'lock-history.db'
+
+
+def history_size(site):
+    """``(spans, bytes)`` of the registry's lock history now: the spans in
+    it and the octets of the pages in use (read through its WAL, as the
+    registry last committed them); (0, 0) without a history file."""
+    import sqlite3
+    path = os.path.join(os.path.dirname(os.path.abspath(site.site_file)), HISTORY_DB)
+    if not os.path.exists(path):
+        return 0, 0
+    db = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=BOUND)
+    try:
+        spans = db.execute('SELECT count(*) FROM spans').fetchone()[0]
+        pages = db.execute('PRAGMA page_count').fetchone()[0] - \
+            db.execute('PRAGMA freelist_count').fetchone()[0]
+        return spans, pages * db.execute('PRAGMA page_size').fetchone()[0]
+    finally:
+        db.close()
 
 
 # -- the reactor thread ---------------------------------------------------------------
@@ -608,6 +643,8 @@ def run_scale(site, rt, wamp, quick):
             others = other_rows[0]
         data1 = registry.monitor.status().session.get('data') or {}
         seq1, dropped1 = data1.get('seq', 0), data1.get('dropped', 0)
+        registry.history(kind='lock', limit=1)     # the registry writes before a query
+        spans, history_bytes = history_size(site)
         table = data1.get('locks') or {}
         load_rows = [k for k in table if k.startswith('load-')]
         load_agents = {k.split('/')[0] for k in load_rows}
@@ -657,10 +694,68 @@ def run_scale(site, rt, wamp, quick):
             'table_load_rows': len(load_rows), 'table_load_agents': len(load_agents),
             'expected_rows': n_agents * n_locks, 'drain_s': drain_s,
             'bench_max_tick_lag_ms': gen.max_lag * 1e3,
-            'registry_pid': reg_pid,
+            'registry_pid': reg_pid, 'history_spans': spans,
+            'history_bytes': history_bytes,
         },
         # for diagnosis (JSON only): p99 latency of the events published in each second
         'p99_by_second_ms': [_ms(_p99(by_second.get(i, []))) for i in range(int(duration))]}
+
+
+# -- (d) the lock history ---------------------------------------------------------------
+
+def run_history_growth(site, quick):
+    """The demo's traffic (acq at 10 Hz lending its lock to one set_heater a
+    second) for 10 s (quick) or 60 s: the spans and octets the registry's
+    lock history grew by, and per hour."""
+    duration = 10.0 if quick else 60.0
+    client = site.wait_agent(DEVICE_AGENT)
+    registry = site.wait_agent('lock-registry')
+    _set_acq(client, True)
+    registry.history(kind='lock', limit=1)
+    spans0, bytes0 = history_size(site)
+    m0 = time.monotonic()
+    calls = 0
+    while time.monotonic() - m0 < duration:
+        if not client.set_heater(value=float(calls % 50)).session.get('success'):
+            raise RuntimeError('set_heater failed while measuring the history growth')
+        calls += 1
+        time.sleep(max(0.0, m0 + calls - time.monotonic()))     # one call a second
+    elapsed = time.monotonic() - m0
+    registry.history(kind='lock', limit=1)
+    spans1, bytes1 = history_size(site)
+    per_hour = 3600.0 / elapsed
+    # the file grows a 4 KiB page at a time: octets per span from the whole file
+    per_span = bytes1 / spans1 if spans1 else 0.0
+    return {'duration_s': elapsed, 'calls': calls, 'spans': spans1 - spans0,
+            'bytes': bytes1 - bytes0, 'spans_per_hour': (spans1 - spans0) * per_hour,
+            'bytes_per_span': per_span,
+            'bytes_per_hour': (spans1 - spans0) * per_hour * per_span, 'total_spans': spans1,
+            'total_bytes': bytes1}
+
+
+def print_d(d, b, b_off=None):
+    g = d['growth']
+    print(f"(d) lock history: the demo's traffic on {DEVICE_AGENT} (acq at 10 Hz, one "
+          f"set_heater a second) for {g['duration_s']:.0f} s\n")
+    print('| history growth | in the run | per hour |')
+    print('|---|---:|---:|')
+    print(f"| spans | {g['spans']} | {g['spans_per_hour']:,.0f} |")
+    print(f"| octets (file pages in use: {g['total_bytes']:,} for {g['total_spans']} spans, "
+          f"{g['bytes_per_span']:.0f} per span) | {g['bytes']:,} | "
+          f"{g['bytes_per_hour'] / 1024:,.0f} KiB |")
+    print(f"| set_heater calls | {g['calls']} | |")
+    print()
+    runs = [('history on', b)] + ([('--no-history (baseline)', b_off)] if b_off else [])
+    print('| (b) load | last window p99 (ms) | registry CPU % (mean) '
+          '| registry RSS first -> last (MB) | dropped | missing | spans after |')
+    print('|---|---:|---:|---:|---:|---:|---:|')
+    for name, run in runs:
+        w, sm = run['windows'], run['summary']
+        cpu = statistics.mean(r['registry_cpu_pct'] for r in w)
+        print(f"| {name} | {_f(w[-1]['p99_ms'], '{:.2f}')} | {cpu:.0f} | "
+              f"{w[0]['registry_rss_mb']:.1f} -> {w[-1]['registry_rss_mb']:.1f} | "
+              f"{sm['registry_dropped']} | {sm['missing']} | {sm['history_spans']} |")
+    print()
 
 
 # -- report -----------------------------------------------------------------------------
@@ -889,6 +984,14 @@ def targets(a, b, c=None):
              and s['table_load_agents'] == b['agents']),
         dict(name='(b) no event missing', detail=f"{s['missing']} of {s['published']}",
              passed=s['missing'] == 0 and s['published'] == s['expected']),
+    ] + [
+        dict(name='(b) flat memory with the lock history on: last window RSS < first x 1.1',
+             detail=f"{b['windows'][0]['registry_rss_mb']:.1f} -> "
+                    f"{b['windows'][-1]['registry_rss_mb']:.1f} MB",
+             passed=b['windows'][-1]['registry_rss_mb']
+             < 1.1 * b['windows'][0]['registry_rss_mb']),
+        dict(name='(b) the lock history kept the load locks\' spans',
+             detail=f"{s['history_spans']} spans", passed=s['history_spans'] >= s['expected_rows']),
     ] + ([] if c is None else [
         dict(name='(c) bus component adds < 0.5 ms to the median event latency',
              detail=f"{c['event_added_ms']:+.3f} ms", passed=c['event_added_ms'] < 0.5),
@@ -897,7 +1000,7 @@ def targets(a, b, c=None):
     ])
 
 
-def run(quick, keep=False, stock=False):
+def run(quick, keep=False, stock=False, compare_history=True):
     workdir = tempfile.mkdtemp(prefix='registry-bench-')
     rt = site = wamp = None
     try:
@@ -910,12 +1013,25 @@ def run(quick, keep=False, stock=False):
         n = 20 if quick else 200
         a = {'free': run_propagation(site, watch, n, acq=False),
              'acq': run_propagation(site, watch, n, acq=True)}
+        d = {'growth': run_history_growth(site, quick)}
         b = run_scale(site, rt, wamp, quick)
         wamp.close()
         site.close()
         site = None
+        if compare_history:
+            # the same load on a registry that keeps no history (the baseline)
+            other = os.path.join(workdir, 'no-history')
+            os.makedirs(other)
+            site = Site(write_site_config(other, stock, history=False), HOST,
+                        os.path.join(other, 'run'), port=0, teardown='kill')
+            site.start()
+            wamp = Wamp(rt, site)
+            d['b_no_history'] = run_scale(site, rt, wamp, quick)
+            wamp.close()
+            site.close()
+            site = None
         c = run_bus_cost(rt, workdir, quick)
-        return a, b, c, workdir
+        return a, b, c, d, workdir
     finally:
         if wamp is not None:
             wamp.close()
@@ -933,18 +1049,23 @@ def main(args=None):
                    help='(a) 20 changes, (b) 5 agents x 2 locks, 100 events/s, 5 s (< 60 s)')
     p.add_argument('--json', metavar='PATH', help='write the results dict here')
     p.add_argument('--keep', action='store_true', help='keep the site work dir (logs)')
+    p.add_argument('--no-compare-history', action='store_true',
+                   help='skip the (b) load on a --no-history registry (the baseline of (d); '
+                        'on by default in full runs)')
     p.add_argument('--stock', action='store_true',
                    help="run (a) and (b) on ocs's stock crossbar config (no bus component)")
     opts = p.parse_args(args)
     start = time.perf_counter()
     try:
-        a, b, c, workdir = run(opts.quick, opts.keep, opts.stock)
+        a, b, c, d, workdir = run(opts.quick, opts.keep, opts.stock,
+                                  compare_history=not (opts.quick or opts.no_compare_history))
     except (SiteError, RuntimeError, concurrent.futures.TimeoutError) as e:
         print(f'registry_bench: {type(e).__name__}: {e}', file=sys.stderr)
         return 1
     print_a(a)
     print_b(b)
     print_c(c)
+    print_d(d, b, d.get('b_no_history'))
     tg = targets(a, b, c)
     for t in tg:
         print(f"{'PASS' if t['passed'] else 'FAIL'}: {t['name']} ({t['detail']})")
@@ -954,7 +1075,7 @@ def main(args=None):
           + (f'; site logs in {workdir}' if opts.keep else ''))
     if opts.json:
         with open(opts.json, 'w') as fh:
-            json.dump(dict(results={'a': a, 'b': b, 'c': c}, targets=tg, baseline=OCS,
+            json.dump(dict(results={'a': a, 'b': b, 'c': c, 'd': d}, targets=tg, baseline=OCS,
                            quick=opts.quick, elapsed_s=elapsed), fh, indent=2)
     return 0 if all(t['passed'] for t in tg) else 1
 

@@ -170,6 +170,14 @@ def test_registry_bench_quick_prints_tables_and_accounts_for_every_event(site_be
     for name in ('stock', 'bus'):
         assert c[name]['publishes'] == 200, name
         assert 0 < c[name]['ack_median_ms'] and 0 < c[name]['event_median_ms'], name
+    # (d) the lock history: the demo's traffic grew it, one span per set_heater at least
+    assert '| history growth | in the run | per hour |' in printed
+    g = data['results']['d']['growth']
+    assert g['calls'] >= 5 and g['spans'] >= g['calls'] and g['bytes'] >= 0
+    assert g['spans_per_hour'] > 0
+    assert s['history_spans'] >= s['expected_rows']
+    assert '(b) flat memory with the lock history on: last window RSS < first x 1.1' in \
+        {t['name'] for t in data['targets']}
 
 
 @pytest.mark.integration
