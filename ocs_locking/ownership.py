@@ -279,6 +279,7 @@ class OwnershipTable:
         # of the lock's latest queue (FIFO, at most QUEUE_SHOWN)
         self._queues = {}
         self.out_of_sequence = 0    # messages dropped for their seq
+        self._heard = {}        # key -> when the latest message about it arrived (``now``)
 
     @property
     def dropped(self):
@@ -381,8 +382,10 @@ class OwnershipTable:
                 'lock': key, 'agent': instance_id, 'name': m['lock'], 'job': None,
                 'op': None, 'session_id': None, 'since': None, 'held_since': None,
                 'waiters': 0, 'token': 0, 'alive': agent.alive, 'closed': False,
-                'acquired': 0, 'timed_out': 0, 'longest_hold': 0.0, 'updated': now}
+                'acquired': 0, 'timed_out': 0, 'longest_hold': 0.0, 'updated': now,
+                'flags': []}
         self._apply(key, row, m, now)
+        self._heard[key] = now
         changed.append(row)
         return self._changes(changed)
 
@@ -489,6 +492,7 @@ class OwnershipTable:
                     self._lender.pop(r['lock'], None)
                     self._local.pop(r['lock'], None)
                     self._queues.pop(r['lock'], None)
+                    self._heard.pop(r['lock'], None)
                     removed.append(r['lock'])
         if removed:
             self.seq += 1
@@ -507,6 +511,9 @@ class OwnershipTable:
             now = self._now
         out['held_for'] = None if local is None or now is None else \
             round(max(0.0, now - local[1]), 3)
+        if local is not None and now is not None:      # the hold in progress counts
+            out['longest_hold'] = round(max(row['longest_hold'], now - local[0]), 3)
+        out['flags'] = list(row.get('flags', ()))
         out['queue'] = [{'job': j, 'op': o, 'session_id': sid, 'since': since,
                          'waited_for': None if now is None else round(max(0.0, now - t), 3)}
                         for j, o, sid, since, t in self._queues.get(row['lock'], ())]
@@ -525,6 +532,23 @@ class OwnershipTable:
     def rows_by_key(self, now=None):
         """Every row keyed ``<instance-id>/<lock>`` (copies), for session.data."""
         return {k: self._out(r, now) for k, r in self.rows.items()}
+
+    def silent_for(self, key, now):
+        """Seconds since the latest message about lock ``key`` arrived (on
+        the clock this table is given), or None for an unknown key."""
+        heard = self._heard.get(key)
+        return None if heard is None else max(0.0, now - heard)
+
+    def set_flags(self, key, flags, now):
+        """Set row ``key``'s ``flags`` (see :mod:`ocs_locking.flags`);
+        returns the changed row (a copy) in a list, [] when unchanged."""
+        row = self.rows.get(key)
+        flags = list(flags)
+        if row is None or row.get('flags', []) == flags:
+            return []
+        self._now = now
+        row['flags'] = flags
+        return self._changes([row])
 
     def held_for(self, now):
         """``{key: seconds}`` of every held lock: how long its hold has lasted

@@ -6,7 +6,7 @@ Twisted, no network). See the Events page of the docs for the message shapes.
 """
 import json
 
-__all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'EVENTS',
+__all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'ALERTS_FEED', 'EVENTS',
            'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
            'WATCH_EVENTS', 'WATCH_WAIT', 'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
            'error_reason', 'one_line', 'json_size', 'split_rows', 'QUEUE_SHOWN', 'LEASES_KIND']
@@ -19,6 +19,10 @@ HEARTBEAT_FEED = 'heartbeat'
 OWNERSHIP_FEED = 'ownership'
 #: The registry's recorded statistics feed (fixed keys, for InfluxDB).
 STATS_FEED = 'lock_stats'
+#: The registry's recorded alerts feed: one block per kind of flag
+#: (``stuck``, ``silent``, ``expiring``), fixed fields ``<kind>_count`` and
+#: ``<kind>_worst_s`` (see :mod:`ocs_locking.flags`).
+ALERTS_FEED = 'alerts'
 
 #: Lock event names, in the order of a lock's life.
 EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
@@ -30,9 +34,12 @@ EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
 #: grant); both are the agent's own clock, for display. ``held_for`` is how
 #: long the hold has lasted (from ``held_since``) when the row was sent, in
 #: seconds, measured without comparing two hosts' clocks (None when free).
+#: ``longest_hold``: the longest single hold seen, the one in progress
+#: included. ``flags``: what the registry finds unusual about the row now
+#: (``stuck``, ``silent``; see :mod:`ocs_locking.flags`), [] when nothing.
 ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_since',
             'held_for', 'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out',
-            'longest_hold', 'updated', 'queue')
+            'longest_hold', 'updated', 'queue', 'flags')
 
 #: The key of the table in the registry's ``monitor`` and ``status``
 #: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).

@@ -24,12 +24,14 @@ from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, ch
                                                      load_access_file, resolve_db,
                                                      resource_tree, site_agents, site_dir)
 from ocs_locking.agents.lock_registry.lease_feed import LeaseFeed
+from ocs_locking.agents.lock_registry.lease_pages import with_expires_in
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
+from ocs_locking.flags import STUCK_MIN, alert_blocks, count_flags, lock_flags
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
 from ocs_locking.wamp import JoinEdge
 from ocs_locking.why import explain
-from ocs_locking.wire import (BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
+from ocs_locking.wire import (ALERTS_FEED, BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
                               OWNERSHIP_FEED, PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic,
                               json_size, split_rows)
 
@@ -54,6 +56,8 @@ HOLD_MESSAGES = 1000
 HOLD_BYTES = 4 * MESSAGE_BUDGET
 #: The reason a message is dropped when the held messages are at a bound.
 OVERFLOW = 'pending overflow'
+#: Seconds a job's usual hold (from the lock history) is reused for flags.
+USUAL_CACHE = 60.0
 
 
 def _slug(key):
@@ -117,11 +121,19 @@ class LockRegistryAgent:
         #: holds, or None (the ``why`` task's hint; None: no statistics)
         self.usual_hold = None
         self.lease_feed = None      # LeaseFeed: the leases on ``ownership`` (serve_lease_feed)
+        self._usual_cache = {}      # (lock, job) -> (when asked, usual or None)
+        self._expiring = set()      # (resource, token) of the leases flagged expiring
+        self._alerts = None         # the latest alerts counts published
+        self._alerts_at = None      # when they were published
+        #: {kind: (count, worst seconds)} of the flags now (monitor's ``alerts``)
+        self.alert_counts = None
         #: LockHistory: spans of agent locks (None: --no-history)
         self.lock_history = None
         self._session = None
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
+                            agg_params={'frame_length': 60}, buffer_time=0)
+        agent.register_feed(ALERTS_FEED, record=True,
                             agg_params={'frame_length': 60}, buffer_time=0)
         options = {'match': 'wildcard', 'details_arg': 'details'}
         agent.subscribe_on_start(self._on_locks, feed_topic(address_root, '', LOCKS_FEED), options)
@@ -386,6 +398,53 @@ class LockRegistryAgent:
                 'block_name': slug, 'timestamp': now, 'data': data,
                 'influxdb_tags': tags})
 
+    def _usual(self, row, now):
+        key = (row['lock'], row['job'])
+        hit = self._usual_cache.get(key)
+        if hit is None or now - hit[0] > USUAL_CACHE:
+            hit = self._usual_cache[key] = (now, self.usual_hold(*key))
+            if len(self._usual_cache) > 4 * self.table.limits['max_rows']:
+                self._usual_cache = {key: hit}
+        return hit[1]
+
+    def _flag(self, now):
+        """Flag what is stuck or unusual (:mod:`ocs_locking.flags`): set
+        the rows' ``flags`` (publishing the rows whose flags changed),
+        publish the leases when one starts or stops expiring, and record the
+        ``alerts`` blocks when a count changed or every ``stats_every``.
+        Returns the counts (``{kind: (count, worst seconds)}``)."""
+        flagged, changed = [], []
+        for row in self.table.snapshot(now):
+            usual = None
+            if self.usual_hold is not None and row['job'] is not None \
+                    and (row['held_for'] or 0.0) > STUCK_MIN:
+                usual = self._usual(row, now)
+            silent = self.table.silent_for(row['lock'], now)
+            flags = lock_flags(row, usual, silent)
+            changed += self.table.set_flags(row['lock'], flags, now)
+            if flags:
+                flagged.append(dict(row, flags=list(flags), silent_for=silent))
+        self._publish(changed)
+        grants = []
+        if self.leases is not None:
+            grants = with_expires_in(self.leases.state.snapshot()['grants'],
+                                     self.leases.clock())
+            expiring = {(g['resource'], g['token']) for g in grants if g.get('flags')}
+            if expiring != self._expiring:
+                self._expiring = expiring
+                if self.lease_feed is not None:
+                    self.lease_feed.publish()
+        counts = self.alert_counts = count_flags(flagged + grants)
+        numbers = {kind: n for kind, (n, _) in counts.items()}
+        if numbers != self._alerts or self._alerts_at is None \
+                or now - self._alerts_at >= self.stats_every:
+            # at once when a count changed (the worst only grows meanwhile)
+            self._alerts, self._alerts_at = numbers, now
+            for kind, data in alert_blocks(counts).items():
+                self.agent.publish_to_feed(ALERTS_FEED, {'block_name': kind, 'timestamp': now,
+                                                         'data': data})
+        return counts
+
     def _update_session(self):
         session = self._session
         if session is None:
@@ -412,6 +471,9 @@ class LockRegistryAgent:
             BUS_KEY: self.bus_status()})
         if self.leases is not None:
             session.data[HEALTH_KEY] = self.leases.health()
+        if self.alert_counts is not None:
+            session.data['alerts'] = {kind: {'count': n, 'worst_s': worst}
+                                      for kind, (n, worst) in self.alert_counts.items()}
 
     def session_table(self, now=None):
         """The rows the monitor's session.data keeps: the first
@@ -448,7 +510,8 @@ class LockRegistryAgent:
                     'since': 1700000090.0, 'held_since': 1700000000.0,
                     'held_for': 100.0, 'waiters': 0, 'token': 42, 'alive': True,
                     'closed': False, 'acquired': 42, 'timed_out': 0,
-                    'longest_hold': 0.12, 'updated': 1700000100.0}},
+                    'longest_hold': 100.0, 'updated': 1700000100.0, 'queue': [],
+                    'flags': []}},
                  'agents': {'sim-device-1': {'alive': True, 'last_seen': 1700000100.0}},
                  'seq': 1234, 'dropped': 0, 'timestamp': 1700000100.2,
                  'total': 1, 'agents_total': 1,
@@ -460,7 +523,10 @@ class LockRegistryAgent:
                                     'page_rows': 1000, 'message_budget': 1048576,
                                     'payload_limit': 16777216}},
                  'lease_health': {'storage': {'ok': True, 'error': None},
-                                  'procedures': {'registered': True, 'missing': []}}}
+                                  'procedures': {'registered': True, 'missing': []}},
+                 'alerts': {'stuck': {'count': 0, 'worst_s': 0.0},
+                            'silent': {'count': 0, 'worst_s': 0.0},
+                            'expiring': {'count': 0, 'worst_s': 0.0}}}
 
             ``locks`` keeps at most ``--session-rows`` rows (the first by
             key; ``total`` is the table's size: ``status`` pages through
@@ -474,6 +540,19 @@ class LockRegistryAgent:
             ``lease_health`` (refreshed every tick, when the registry serves
             site-wide leases) is what ``ocs-locks status`` warns about: lease
             storage failing, lease procedures not registered.
+
+            Every tick the monitor also flags what is stuck or unusual
+            (:mod:`ocs_locking.flags`): a row's ``flags`` say ``stuck`` (held
+            far beyond that job's usual, from the lock history) or
+            ``silent`` (no lock message from a live agent for 20 s), a
+            lease's ``expiring`` (under a quarter of its lease left); a row
+            whose flags change goes out on ``ownership``. ``alerts`` counts
+            them with the worst (longest held or silent, least left), and
+            the recorded ``alerts`` feed gets one block per kind
+            (``stuck``, ``silent``, ``expiring``; fields ``<kind>_count``
+            and ``<kind>_worst_s``) when a count changes and every
+            ``--stats-every`` seconds. ``longest_hold`` includes the hold in
+            progress.
 
         """
         session.set_status('running')
@@ -492,6 +571,7 @@ class LockRegistryAgent:
                 last_snapshot = now
                 self._publish_snapshot()
             self._publish_stats(n % parts, parts)
+            self._flag(now)
             n += 1
             if self.lock_history is not None:
                 self.lock_history.flush(now)

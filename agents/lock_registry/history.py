@@ -51,15 +51,23 @@ CREATE INDEX IF NOT EXISTS spans_open ON spans (outcome) WHERE outcome = 'open';
 _COLUMNS = ', '.join('"end"' if k == 'end' else k for k in SPAN_KEYS)
 
 
+def _pct(values, q):
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
 def usual_from(spans):
-    """``{'n', 'median', 'p90'}`` of the mean hold of each span (its
-    ``held`` / ``holds``), or None with no span."""
-    means = sorted(s['held'] / s['holds'] for s in spans if s['holds'])
-    if not means:
+    """``{'n', 'median', 'p90', 'span_median', 'span_p90'}`` of spans: the
+    median and 90th percentile of each span's mean hold (``held`` /
+    ``holds``), and of its length (``end`` - ``start``, lent moments
+    included: what a row's ``held_for`` measures); None with no span."""
+    spans = [s for s in spans if s['holds']]
+    if not spans:
         return None
-    n = len(means)
-    return {'n': n, 'median': means[(n - 1) // 2],
-            'p90': means[min(n - 1, math.ceil(0.9 * n) - 1)]}
+    means = sorted(s['held'] / s['holds'] for s in spans)
+    lengths = sorted(max(0.0, s['end'] - s['start']) if s.get('end') is not None
+                     else s['held'] for s in spans)
+    return {'n': len(means), 'median': _pct(means, 0.5), 'p90': _pct(means, 0.9),
+            'span_median': _pct(lengths, 0.5), 'span_p90': _pct(lengths, 0.9)}
 
 
 class LockHistory:
@@ -222,10 +230,11 @@ class LockHistory:
             return None
         with self._lock:
             rows = self._db.execute(
-                'SELECT held, holds FROM spans WHERE lock = ? AND job = ? AND holds > 0 '
-                "AND outcome != 'open' ORDER BY start DESC LIMIT ?",
+                'SELECT held, holds, start, "end" FROM spans WHERE lock = ? AND job = ? '
+                "AND holds > 0 AND outcome = 'released' ORDER BY start DESC LIMIT ?",
                 (lock, job, USUAL_SPANS)).fetchall()
-        return usual_from([{'held': h, 'holds': n} for h, n in rows])
+        return usual_from([{'held': h, 'holds': n, 'start': t0, 'end': t1}
+                           for h, n, t0, t1 in rows])
 
     def status(self):
         """``{'ok', 'error', 'path', 'spans', 'pending', 'boot'}`` (public)."""

@@ -8,6 +8,7 @@ from ``offset``: at most ``limit`` rows and at most ``budget`` octets of JSON
 (:func:`ocs_locking.wire.split_rows`), with the totals, so that a client
 reads every page (``ocs-locks leases`` does).
 """
+from ocs_locking.flags import lease_flags
 from ocs_locking.wire import MESSAGE_BUDGET, split_rows
 
 __all__ = ['lease_page', 'LEASE_PAGE_ROWS', 'TOTAL_KEYS', 'with_expires_in']
@@ -41,6 +42,14 @@ def lease_page(snapshot, offset=0, limit=LEASE_PAGE_ROWS, budget=MESSAGE_BUDGET)
 def with_expires_in(grants, now):
     """Copies of the grant rows with ``expires_in``: seconds left as of
     ``now`` (the clock that wrote ``expires``: the registry's), so that a
-    client counts down on its own clock instead of comparing two hosts'."""
-    return [dict(g, expires_in=round(max(0.0, g['expires'] - now), 3))
-            if isinstance(g.get('expires'), (int, float)) else dict(g) for g in grants]
+    client counts down on its own clock instead of comparing two hosts'.
+    ``flags``: ``['expiring']`` when less than a quarter of the lease is
+    left (:func:`ocs_locking.flags.lease_flags`), else []."""
+    out = []
+    for g in grants:
+        if isinstance(g.get('expires'), (int, float)):
+            left = round(max(0.0, g['expires'] - now), 3)
+            out.append(dict(g, expires_in=left, flags=list(lease_flags(g, left))))
+        else:
+            out.append(dict(g))
+    return out

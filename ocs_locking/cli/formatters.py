@@ -1,6 +1,7 @@
 """Text and JSON for ``ocs-locks``: the lock table and the audit log (pure)."""
 import time
 
+from ..flags import lease_flags
 from ..lock_history import SPAN_KEYS
 from ..wire import one_line
 
@@ -88,7 +89,8 @@ def _held_for(row, now):
 
 
 def format_table(rows, now=None):
-    """The table as text: lock, holder, held for, waiters, agent alive.
+    """The table as text: lock, holder, held for, waiters, agent alive (and
+    the row's flags, ``alive [stuck]``).
 
     ``now``: this process's ``time.monotonic()``, for rows marked with when
     they were received (:data:`RECEIVED`); default: now."""
@@ -102,9 +104,12 @@ def format_table(rows, now=None):
             holder = _text(r.get('job')) if r.get('job') else '(unnamed)'
             if r.get('session_id') is not None:
                 holder += f" (session {_text(r['session_id'], 20)})"
+        agent = 'alive' if r.get('alive') is True else 'STALE'
+        flags = _flags(r)
+        if flags:
+            agent += f" [{', '.join(flags)}]"
         lines.append((_text(r.get('lock', '?'), 130), holder, _held_for(r, now),
-                      _text(r.get('waiters', 0), 20),
-                      'alive' if r.get('alive') is True else 'STALE'))
+                      _text(r.get('waiters', 0), 20), agent))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths)
     out = [fmt.format(*header)] + [fmt.format(*line) for line in lines]
@@ -325,7 +330,17 @@ def _left(grant, received, now):
     if isinstance(received, (int, float)) and now is not None:
         left -= max(0.0, now - received)
     left = max(0.0, left)
-    return f'{left:.1f} s' if left < 10 else f'{left:.0f} s'
+    text = f'{left:.1f} s' if left < 10 else f'{left:.0f} s'
+    # expiring: counted down here too, so the flag shows between messages
+    if lease_flags(grant, left) or 'expiring' in _flags(grant):
+        text += ' [expiring]'
+    return text
+
+
+def _flags(row):
+    """A row's ``flags`` as display words (an older registry's row has none)."""
+    flags = row.get('flags')
+    return [_text(f, 20) for f in flags] if isinstance(flags, list) else []
 
 
 def format_site_leases(data, now=None):

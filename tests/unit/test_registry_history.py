@@ -91,7 +91,8 @@ def test_usual_is_the_median_and_p90_of_past_mean_holds(path):
     for i in range(10):
         hold(h, 100.0 * (i + 1), float(i + 1))
     h.flush(5000.0)
-    assert h.usual('dev/hw', 'acq') == {'n': 10, 'median': 5.0, 'p90': 9.0}
+    assert h.usual('dev/hw', 'acq') == {'n': 10, 'median': 5.0, 'p90': 9.0,
+                                        'span_median': 5.0, 'span_p90': 9.0}
     assert h.usual('dev/hw', 'nobody') is None
     assert usual_from([]) is None
     h.close()
