@@ -26,7 +26,7 @@ registry's), every duration measured on it.
 
 __all__ = ['FLAG_KINDS', 'ALERT_FIELDS', 'STUCK_FACTOR', 'STUCK_MIN', 'USUAL_MIN',
            'SILENT_AFTER', 'EXPIRING_FRACTION', 'lock_flags', 'lease_flags', 'alert_blocks',
-           'count_flags']
+           'count_flags', 'lease_lengths']
 
 #: The flags, in display order.
 FLAG_KINDS = ('stuck', 'silent', 'expiring')
@@ -66,14 +66,35 @@ def lock_flags(row, usual=None, silent_for=None):
     return tuple(flags)
 
 
-def lease_flags(grant, expires_in):
+def lease_flags(grant, expires_in, lease=None):
     """The flags of one site lease: ``('expiring',)`` with less than
-    :data:`EXPIRING_FRACTION` of its lease left, else ()."""
-    lease = grant.get('lease')
+    :data:`EXPIRING_FRACTION` of its lease left, else (). ``lease``: its
+    length in seconds (default: the grant's ``lease``, when it says)."""
+    lease = grant.get('lease') if lease is None else lease
     if isinstance(lease, (int, float)) and not isinstance(lease, bool) and lease > 0 \
             and expires_in is not None and expires_in < EXPIRING_FRACTION * lease:
         return ('expiring',)
     return ()
+
+
+def lease_lengths(grants, known):
+    """How long each lease is, from what the registry saw: ``{(resource,
+    token): (expires, seconds)}`` for ``grants`` (with ``expires_in``).
+    A grant does not store its lease, but each time its ``expires`` moves
+    (a grant, a renewal) the seconds then left are (at most one tick under)
+    its lease; ``known`` is the previous answer."""
+    out = {}
+    for g in grants:
+        left = g.get('expires_in')
+        if not isinstance(left, (int, float)):
+            continue
+        key = (g.get('resource'), g.get('token'))
+        prev = known.get(key)
+        if prev is not None and prev[0] == g.get('expires'):
+            out[key] = prev
+        else:
+            out[key] = (g.get('expires'), max(prev[1] if prev else 0.0, float(left)))
+    return out
 
 
 def _worst(kind, row):

@@ -27,7 +27,7 @@ from ocs_locking.agents.lock_registry.lease_feed import LeaseFeed
 from ocs_locking.agents.lock_registry.lease_pages import with_expires_in
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
-from ocs_locking.flags import STUCK_MIN, alert_blocks, count_flags, lock_flags
+from ocs_locking.flags import STUCK_MIN, alert_blocks, count_flags, lease_lengths, lock_flags
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
 from ocs_locking.wamp import JoinEdge
 from ocs_locking.why import explain
@@ -427,8 +427,11 @@ class LockRegistryAgent:
         self._publish(changed)
         grants = []
         if self.leases is not None:
-            grants = with_expires_in(self.leases.state.snapshot()['grants'],
-                                     self.leases.clock())
+            grants = self.leases.state.snapshot()['grants']
+            clock = self.leases.clock()
+            lengths = self.leases.lease_lengths = lease_lengths(
+                with_expires_in(grants, clock), self.leases.lease_lengths)
+            grants = with_expires_in(grants, clock, lengths)
             expiring = {(g['resource'], g['token']) for g in grants if g.get('flags')}
             if expiring != self._expiring:
                 self._expiring = expiring

@@ -375,6 +375,9 @@ class LeaseOps:
         self.clock = clock
         self.audit_days, self.audit_rows = audit_days, audit_rows
         self.identify = identify
+        #: how long each lease is, as the registry saw (flags.lease_lengths;
+        #: kept by the LockRegistryAgent's monitor), for the expiring flag
+        self.lease_lengths = {}
         #: lease calls refused for a missing or wrong lease_id, per call name
         self.refused_lease_ids = {'renew': 0, 'release': 0}
         base = os.getcwd() if base is None else base
@@ -1334,7 +1337,8 @@ class LeaseOps:
         """One page of the lease tables (:func:`.lease_pages.lease_page`)
         within ``budget`` octets (default: the registry's message budget)."""
         snapshot = self.state.snapshot()
-        snapshot['grants'] = with_expires_in(snapshot['grants'], self.clock())
+        snapshot['grants'] = with_expires_in(snapshot['grants'], self.clock(),
+                                             self.lease_lengths)
         return lease_page(snapshot, offset, limit, self.budget if budget is None else budget)
 
     def history_query(self, resource=None, owner=None, action=None, since=None, limit=20):

@@ -1,6 +1,7 @@
 """History of agent locks on the demo site for real: crossbar on loopback, the
 registry and the SimulatedDeviceAgents launched with ocs-agent-cli, OCSClient
-and ocs-locks as clients. The registry restart (kill -9) runs last."""
+and ocs-locks as clients; and the flags of the same site (an expiring lease).
+The registry restart (kill -9) runs last."""
 import json
 import os
 import subprocess
@@ -122,6 +123,35 @@ def test_a_bad_history_target_is_one_line_and_the_history_stays(site, heated):
     assert reply.session['success'] is False
     assert reply.session['messages'][-2][1].startswith('Refused: lock must be ')
     assert len(spans(registry, resource=LOCK)) >= len(heated)
+
+
+def alert_counts(registry):
+    data = registry.monitor.status().session.get('data') or {}
+    return {k: v['count'] for k, v in (data.get('alerts') or {}).items()}
+
+
+def wait_for(pred, what):
+    deadline = time.monotonic() + WAIT
+    while not pred():
+        assert time.monotonic() < deadline, f'never saw {what}'
+        time.sleep(0.2)
+
+
+def test_a_lease_left_unrenewed_is_flagged_expiring_until_it_ends(site):
+    """When a lease is not renewed and less than a quarter of it is left,
+    the registry counts it in its alerts (the recorded alerts feed's
+    ``expiring`` block), ocs-locks status marks it, and the count goes back
+    to 0 once it expired."""
+    registry = site.wait_agent('lock-registry')
+    reply = registry.acquire(resource='it/expiring', owner='flag-test', lease=20)
+    assert reply.session['success'], reply
+    wait_for(lambda: alert_counts(registry).get('expiring') == 1, 'the lease expiring')
+    p = ocs_locks(site, 'status')
+    line = next(x for x in p.stdout.splitlines() if x.startswith('it/expiring'))
+    assert '[expiring]' in line, p.stdout
+    wait_for(lambda: alert_counts(registry).get('expiring') == 0, 'the lease gone')
+    assert 'it/expiring' not in ocs_locks(site, 'status').stdout
+    assert alert_counts(registry) == {'stuck': 0, 'silent': 0, 'expiring': 0}
 
 
 def test_the_history_survives_a_registry_kill9(site, heated):

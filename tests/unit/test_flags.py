@@ -9,7 +9,7 @@ from ocs_locking.agents.lock_registry.agent import LockRegistryAgent
 from ocs_locking.agents.lock_registry.lease_pages import with_expires_in
 from ocs_locking.cli.formatters import format_site_leases, format_table
 from ocs_locking.flags import (ALERT_FIELDS, FLAG_KINDS, SILENT_AFTER, STUCK_MIN, alert_blocks,
-                               count_flags, lease_flags, lock_flags)
+                               count_flags, lease_flags, lease_lengths, lock_flags)
 from ocs_locking.wire import ALERTS_FEED, OWNERSHIP_FEED
 from tests.unit.test_registry_agent import FakeAgent, NowReactor, info, topic
 
@@ -47,10 +47,23 @@ def test_a_live_agents_lock_is_silent_when_its_messages_stopped():
 def test_a_lease_is_expiring_with_less_than_a_quarter_left():
     assert lease_flags({'lease': 30.0}, 7.0) == ('expiring',)
     assert lease_flags({'lease': 30.0}, 8.0) == ()
+    assert lease_flags({}, 7.0, lease=30.0) == ('expiring',)
     assert lease_flags({'lease': None}, 0.0) == ()
-    grants = with_expires_in([{'resource': 'a/b', 'lease': 30.0, 'expires': 105.0},
-                              {'resource': 'a/c', 'lease': 30.0, 'expires': 125.0}], 100.0)
-    assert [g['flags'] for g in grants] == [['expiring'], []]
+
+
+def test_lease_lengths_are_learnt_from_each_grant_and_renewal():
+    """A grant does not store its lease: the registry learns it from the
+    seconds left each time ``expires`` moves, and flags from that."""
+    g = [{'resource': 'a/b', 'token': 7, 'expires': 130.0}]
+    lengths = lease_lengths(with_expires_in(g, 100.5), {})
+    assert lengths == {('a/b', 7): (130.0, 29.5)}
+    assert lease_lengths(with_expires_in(g, 120.0), lengths) == lengths    # not moved
+    assert [x['flags'] for x in with_expires_in(g, 123.0, lengths)] == [['expiring']]
+    assert [x['flags'] for x in with_expires_in(g, 110.0, lengths)] == [[]]
+    renewed = [dict(g[0], expires=150.0)]
+    lengths = lease_lengths(with_expires_in(renewed, 120.0), lengths)
+    assert lengths == {('a/b', 7): (150.0, 30.0)}
+    assert lease_lengths([], lengths) == {}                                # released
 
 
 def test_alert_blocks_have_the_same_fields_every_time():
