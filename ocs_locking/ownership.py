@@ -53,6 +53,7 @@ import math
 import re
 
 from .errors import BadLockMessage
+from .stats import PeriodStats
 from .wire import EVENTS, QUEUE_SHOWN, ROW_KEYS
 
 __all__ = ['OwnershipTable', 'BadLockMessage', 'Refused', 'EVENTS', 'ROW_KEYS', 'SEQ_JUMP',
@@ -280,6 +281,8 @@ class OwnershipTable:
         self._queues = {}
         self.out_of_sequence = 0    # messages dropped for their seq
         self._heard = {}        # key -> when the latest message about it arrived (``now``)
+        #: holds and waits that ended, per key, between two lock_stats records
+        self.period = PeriodStats()
 
     @property
     def dropped(self):
@@ -427,6 +430,8 @@ class OwnershipTable:
 
     def _apply(self, key, row, m, now):
         event = m['event']
+        if event == 'acquired':
+            self._count_wait(key, row, m, now)      # before the row takes m's queue
         row['waiters'] = m['waiters']
         if m['queue']:
             self._queues[key] = [(j, o, sid, since, now - (age or 0.0))
@@ -445,6 +450,7 @@ class OwnershipTable:
                 local = self._local.pop(key, None)
                 if local is not None:
                     row['longest_hold'] = max(row['longest_hold'], now - local[0])
+                    self.period.hold(key, now - local[0])
                 holder = _holder(row)
                 if m['waiters'] == 0:
                     self._lender.pop(key, None)     # a real end of the hold
@@ -460,6 +466,18 @@ class OwnershipTable:
             row['closed'] = True
             self._lender.pop(key, None)
         row['updated'] = now
+
+    def _count_wait(self, key, row, m, now):
+        """How long the grant in ``m`` waited: from its entry in the lock's
+        queue (our clock); 0 when the lock was free with nobody queued;
+        unknown (not counted) otherwise (an agent that sends no queue)."""
+        who = (m['job'], m['op'], m['session_id'])
+        for job, op, sid, _since, began in self._queues.get(key, ()):
+            if (job, op, sid) == who:
+                self.period.wait(key, max(0.0, now - began))
+                return
+        if _holder(row) is None and not self._queues.get(key) and row['waiters'] == 0:
+            self.period.wait(key, 0.0)
 
     def expire(self, now):
         """Mark stale the locks of agents silent for longer than ``expiry``."""
@@ -493,6 +511,7 @@ class OwnershipTable:
                     self._local.pop(r['lock'], None)
                     self._queues.pop(r['lock'], None)
                     self._heard.pop(r['lock'], None)
+                    self.period.forget(r['lock'])
                     removed.append(r['lock'])
         if removed:
             self.seq += 1

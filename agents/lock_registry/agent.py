@@ -29,14 +29,21 @@ from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.flags import STUCK_MIN, alert_blocks, count_flags, lease_lengths, lock_flags
 from ocs_locking.ownership import LIMITS, BadLockMessage, OwnershipTable, Refused
+from ocs_locking.stats import PERIOD_FIELDS, PeriodStats
 from ocs_locking.wamp import JoinEdge
 from ocs_locking.why import explain
 from ocs_locking.wire import (ALERTS_FEED, BUS_KEY, HEALTH_KEY, HEARTBEAT_FEED, LOCKS_FEED, MESSAGE_BUDGET,
                               OWNERSHIP_FEED, PAYLOAD_LIMIT, STATS_FEED, TABLE_KEY, feed_topic,
                               json_size, split_rows)
 
-#: Fields of every ``lock_stats`` block (InfluxDB fields; the lock is a tag).
-STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'alive')
+#: Fields of every ``lock_stats`` block (InfluxDB fields; the lock or
+#: lease, its agent and its kind are tags): the state now, counters that
+#: only grow, and the holds and waits that ended since the block's last
+#: record (:data:`ocs_locking.stats.PERIOD_FIELDS`).
+STATS_FIELDS = ('held', 'waiters', 'held_for', 'acquired', 'timed_out', 'refused',
+                'alive') + PERIOD_FIELDS
+#: The ``agent`` tag of a site lease's ``lock_stats`` blocks.
+LEASE_AGENT = 'site-lease'
 
 #: Rows kept in the ``monitor`` session.data (the rest: ``status`` pages),
 #: and the most rows one ``status`` page returns.
@@ -121,6 +128,9 @@ class LockRegistryAgent:
         #: holds, or None (the ``why`` task's hint; None: no statistics)
         self.usual_hold = None
         self.lease_feed = None      # LeaseFeed: the leases on ``ownership`` (serve_lease_feed)
+        #: holds, waits, grants and timeouts of site leases (watch_lease_stats)
+        self.lease_stats = PeriodStats()
+        self._leases_touched = set()    # resources with news since the last lease records
         self._usual_cache = {}      # (lock, job) -> (when asked, usual or None)
         self._expiring = set()      # (resource, token) of the leases flagged expiring
         self._alerts = None         # the latest alerts counts published
@@ -376,27 +386,75 @@ class LockRegistryAgent:
         self.lease_feed = LeaseFeed(self.agent, leases, self.reactor)
         return self.lease_feed
 
+    def watch_lease_stats(self, leases):
+        """Count the site leases' grants, holds, waits, expiries (from the
+        lease state's changes) and refusals for their ``lock_stats`` blocks."""
+        def on_change(action, item):
+            now = leases.clock()
+            if action == 'grant':
+                for g in item.holders:
+                    self.lease_stats.count(g.resource, 'acquired')
+                    self.lease_stats.wait(g.resource, item.queued_for or 0.0)
+                    self._leases_touched.add(g.resource)
+            elif action in ('release', 'expire', 'force_release'):
+                self.lease_stats.hold(item.resource, now - item.granted_at)
+                if action == 'expire':
+                    self.lease_stats.count(item.resource, 'timed_out')
+                self._leases_touched.add(item.resource)
+        leases.state.add_listener(on_change)
+
+    def _record(self, now, slug, values, lock, agent, kind):
+        data = {f'{slug}_{k}': v for k, v in values.items()}
+        tags = {f'{slug}_{k}': {'lock': lock, 'agent': agent, 'kind': kind, '_field': k}
+                for k in values}
+        self.agent.publish_to_feed(STATS_FEED, {'block_name': slug, 'timestamp': now,
+                                                'data': data, 'influxdb_tags': tags})
+
     def _publish_stats(self, part=0, parts=1):
         """Record figures for one slice of the locks (all when parts == 1), so
-        a big site's records are spread over the stats period."""
+        a big site's records are spread over the stats period; the site
+        leases with the first slice."""
         now = time.time()
         rows = self.table.snapshot(now)
         for row in rows[part::parts]:
-            slug = _slug(row['lock'])
             values = {
                 'held': int(row['job'] is not None or row['since'] is not None),
                 'waiters': row['waiters'],
                 'held_for': row['held_for'] or 0.0,
                 'acquired': row['acquired'],
                 'timed_out': row['timed_out'],
+                'refused': row['timed_out'],    # an operation refused its lock gave up
                 'alive': int(row['alive']),
+                **self.table.period.take(row['lock']),
             }
-            data = {f'{slug}_{k}': v for k, v in values.items()}
-            tags = {f'{slug}_{k}': {'lock': row['lock'], 'agent': row['agent'], '_field': k}
-                    for k in values}
-            self.agent.publish_to_feed(STATS_FEED, {
-                'block_name': slug, 'timestamp': now, 'data': data,
-                'influxdb_tags': tags})
+            self._record(now, _slug(row['lock']), values, row['lock'], row['agent'], 'lock')
+        if part == 0 and self.leases is not None:
+            self._publish_lease_stats(now)
+
+    def _publish_lease_stats(self, now):
+        clock = self.leases.clock()
+        snapshot = self.leases.state.snapshot()
+        held = {g['resource']: g for g in snapshot['grants']}
+        waiting = {}
+        for w in snapshot['waiting']:
+            for r in w['resources']:
+                waiting[r] = waiting.get(r, 0) + 1
+        refusals = self.leases.refusal_counts
+        touched, self._leases_touched = self._leases_touched, set()
+        for resource in sorted(set(held) | set(waiting) | touched | self.lease_stats.pending()):
+            g = held.get(resource)
+            values = {
+                'held': int(g is not None),
+                'waiters': waiting.get(resource, 0),
+                'held_for': round(max(0.0, clock - g['granted_at']), 3) if g else 0.0,
+                'acquired': self.lease_stats.counter(resource, 'acquired'),
+                'timed_out': self.lease_stats.counter(resource, 'timed_out'),
+                'refused': refusals.get(resource, 0),
+                'alive': 1,
+                **self.lease_stats.take(resource),
+            }
+            self._record(now, 'lease_' + _slug(resource), values, resource, LEASE_AGENT,
+                         'lease')
 
     def _usual(self, row, now):
         key = (row['lock'], row['job'])
@@ -875,6 +933,7 @@ def main(args=None):
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
     registry.serve_lease_feed(leases)
+    registry.watch_lease_stats(leases)
     if args.access_config is not None:
         access_director.serve_rules_to(agent, base)
     if args.access_director:

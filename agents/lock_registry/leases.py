@@ -378,6 +378,8 @@ class LeaseOps:
         #: how long each lease is, as the registry saw (flags.lease_lengths;
         #: kept by the LockRegistryAgent's monitor), for the expiring flag
         self.lease_lengths = {}
+        #: refused lease calls per resource (lock_stats ``refused``)
+        self.refusal_counts = {}
         #: lease calls refused for a missing or wrong lease_id, per call name
         self.refused_lease_ids = {'renew': 0, 'release': 0}
         base = os.getcwd() if base is None else base
@@ -843,6 +845,9 @@ class LeaseOps:
         per resource, owner, call and caller identity every
         REFUSE_AUDIT_EVERY seconds. (Reasons never hold a lease id.)"""
         now = self.clock()
+        for r in str(resource).split(',')[:64]:         # every refusal counts in lock_stats
+            if len(self.refusal_counts) < 100000 or r in self.refusal_counts:
+                self.refusal_counts[r] = self.refusal_counts.get(r, 0) + 1
         if self.store.error is not None:
             return                  # nothing is written meanwhile (the tick logs why)
         who = str((caller or {}).get('identity', ''))[:200]

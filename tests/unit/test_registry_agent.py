@@ -118,7 +118,7 @@ def test_LockRegistryAgent_lock_stats_pass_ocs_feed_checks(reg):
         assert sorted(t['_field'] for t in block['influxdb_tags'].values()) == \
             sorted(STATS_FIELDS)
     tags = blocks[0]['influxdb_tags']['dev_1_hw_waiters']
-    assert tags == {'lock': 'dev-1/hw', 'agent': 'dev-1', '_field': 'waiters'}
+    assert tags == {'lock': 'dev-1/hw', 'agent': 'dev-1', 'kind': 'lock', '_field': 'waiters'}
 
 
 def test_LockRegistryAgent_status_returns_the_sorted_table(reg):
