@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # pip's notes about unreachable local mirrors are noise; real errors still fail.
 QUIET_PIP := sed -u '/^WARNING: Location/d'
 
-.PHONY: run test test-fast venv crossbar bench docs clean
+.PHONY: run test test-fast venv crossbar influxdb bench docs clean
 TEST_JOBS ?= -n 2 --dist loadfile
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -36,6 +36,17 @@ $(CBVENV)/.installed: site-config/crossbar/requirements.txt
 venv: $(VENV)/.installed
 crossbar: $(CBVENV)/.installed
 
+# InfluxDB 1.x from Debian for the recorded-statistics test (the test starts
+# its own server on a loopback port; the package's service is not used).
+INFLUXD ?= /usr/bin/influxd
+influxdb:
+	@test -x $(INFLUXD) || { \
+	  echo "installing Debian's influxdb (for tests/integration/test_influx.py)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+	    apt-get install -y -qq --no-install-recommends influxdb > /dev/null; }
+	@test -x $(INFLUXD)
+
 # make run PORT=18011 moves the router (default: the port in SITE's hub.wamp_server);
 # SITE=docs/examples/own_agent_site.yaml runs another site config.
 SITE ?= site-config/default.yaml
@@ -43,8 +54,8 @@ PORT ?=
 run: venv crossbar
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run $(SITE) --host demo --workdir run $(if $(PORT),--port $(PORT)) --watch
 
-test: venv crossbar
-	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' $(TEST_JOBS) tests docs
+test: venv crossbar influxdb
+	OCS_LOCKING_INFLUXD=$(INFLUXD) OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' $(TEST_JOBS) tests docs
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m 'not integration' --doctest-glob='*.rst' tests/unit tests/test_docs.py docs

@@ -392,7 +392,7 @@ class LockRegistryAgent:
         def on_change(action, item):
             now = leases.clock()
             if action == 'grant':
-                for g in item.holders:
+                for g in item.grants:
                     self.lease_stats.count(g.resource, 'acquired')
                     self.lease_stats.wait(g.resource, item.queued_for or 0.0)
                     self._leases_touched.add(g.resource)
@@ -502,8 +502,11 @@ class LockRegistryAgent:
             # at once when a count changed (the worst only grows meanwhile)
             self._alerts, self._alerts_at = numbers, now
             for kind, data in alert_blocks(counts).items():
+                # InfluxDB: measurement LockRegistryAgent, tags feed=alerts and
+                # alert=<kind>, fields count and worst_s
+                tags = {k: {'alert': kind, '_field': k[len(kind) + 1:]} for k in data}
                 self.agent.publish_to_feed(ALERTS_FEED, {'block_name': kind, 'timestamp': now,
-                                                         'data': data})
+                                                         'data': data, 'influxdb_tags': tags})
         return counts
 
     def _update_session(self):
