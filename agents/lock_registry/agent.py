@@ -777,7 +777,7 @@ class LockRegistryAgent:
         return True, '; '.join(answer['lines'])
 
     def history(self, session, params):
-        """history(kind='lease', resource=None, owner=None, action=None, since=None, limit=20)
+        """history(kind='lease', resource=None, owner=None, action=None, since=None, at=None, limit=20)
 
         **Task** - Who had what, newest first: the site leases' audit log,
         the spans of agent locks' holds, or both.
@@ -795,6 +795,9 @@ class LockRegistryAgent:
                 out spans.
             since (float, optional): only rows newer than this many seconds
                 ago (a span still open then counts), on the registry's clock.
+            at (float, optional): as it was this many seconds ago: only the
+                spans open then, and the audit rows up to then (newest
+                first), on the registry's clock.
             limit (int, optional): at most this many rows, in [1, 1000].
                 Default 20.
 

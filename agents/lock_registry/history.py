@@ -192,11 +192,12 @@ class LockHistory:
 
     # -- output ---------------------------------------------------------------------
 
-    def query(self, lock=None, job=None, since=None, limit=20, now=None):
+    def query(self, lock=None, job=None, since=None, limit=20, now=None, at=None):
         """Spans newest first (by start): of one lock (``<instance>/<lock>``)
         or of each lock of one agent (``<instance>``), of one job, that
-        were open at or after ``since`` (a time of the registry's clock).
-        Open spans count their hold in progress to ``now``."""
+        were open at or after ``since`` and that were open at ``at`` (times
+        of the registry's clock). Open spans count their hold in progress
+        to ``now``."""
         if now is not None and not self.closed:
             self.flush(now)
         where, args = [], []
@@ -213,6 +214,9 @@ class LockHistory:
         if since is not None:
             where.append('("end" IS NULL OR "end" >= ?)')
             args.append(since)
+        if at is not None:
+            where.append('start <= ? AND ("end" IS NULL OR "end" >= ?)')
+            args += [at, at]
         sql = f'SELECT {_COLUMNS} FROM spans' + (' WHERE ' + ' AND '.join(where) if where else '')
         with self._lock:
             rows = self._db.execute(sql + ' ORDER BY start DESC, rowid DESC LIMIT ?',
@@ -251,11 +255,11 @@ class LockHistory:
 
 # -- the history task ---------------------------------------------------------------
 
-def _age(since):
-    if isinstance(since, bool) or not isinstance(since, (int, float)) \
-            or not math.isfinite(since) or since < 0:
-        raise ValueError(f'since must be an age in seconds >= 0, not {since!r:.40}')
-    return float(since)
+def _age(value, name='since'):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f'{name} must be an age in seconds >= 0, not {value!r:.40}')
+    return float(value)
 
 
 def read_history(params, leases, lock_history, now):
@@ -265,21 +269,23 @@ def read_history(params, leases, lock_history, now):
     ``params``: ``kind`` (:data:`KINDS`, default ``lease``), ``resource``
     (a lease path, or a lock / agent for spans), ``owner`` (the lease owner,
     or the span's job), ``action`` (lease audit rows only), ``since`` (an
-    age in seconds), ``limit`` (1..1000). ``leases`` (LeaseOps) or
+    age in seconds), ``at`` (an age in seconds: the spans open then, and
+    the audit rows up to then), ``limit`` (1..1000). ``leases`` (LeaseOps) or
     ``lock_history`` (LockHistory) may be None: that kind is then empty.
     Raises ValueError (one line) for bad input.
     """
     params = dict(params or {})
     kind = params.pop('kind', None) or 'lease'
-    extra = sorted(set(params) - {'resource', 'owner', 'action', 'since', 'limit'})
+    extra = sorted(set(params) - {'resource', 'owner', 'action', 'since', 'limit', 'at'})
     if extra:
         raise ValueError(f'history takes no {", ".join(map(str, extra))[:60]}')
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {", ".join(KINDS)}, not {kind!r:.40}')
     if params.get('action') is not None and kind == 'lock':
         raise ValueError('action filters the lease audit only, not kind lock')
-    if params.get('since') is not None:
-        _age(params['since'])
+    for name in ('since', 'at'):
+        if params.get(name) is not None:
+            _age(params[name], name)
     limit = params.get('limit', 20)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValueError(f'limit must be an integer in [1, 1000], not {limit!r:.40}')
@@ -309,8 +315,9 @@ def read_history(params, leases, lock_history, now):
             if not isinstance(owner, str) or not owner.strip() or len(owner) > 128:
                 raise ValueError(f'owner must be 1..128 characters, not {owner!r:.40}')
         since = None if params.get('since') is None else now - params['since']
+        at = None if params.get('at') is None else now - params['at']
         spans = lock_history.query(lock=resource, job=params.get('owner'), since=since,
-                                   limit=limit, now=now)
+                                   limit=limit, now=now, at=at)
         rows += [dict(s, kind='lock', at=s['start']) for s in spans]
     rows.sort(key=lambda r: r.get('at') or 0.0, reverse=True)
     return rows[:limit]

@@ -1346,7 +1346,8 @@ class LeaseOps:
                                              self.lease_lengths)
         return lease_page(snapshot, offset, limit, self.budget if budget is None else budget)
 
-    def history_query(self, resource=None, owner=None, action=None, since=None, limit=20):
+    def history_query(self, resource=None, owner=None, action=None, since=None, limit=20,
+                      at=None):
         """The history task's arguments checked and turned into
         :meth:`LeaseStore.history` keywords; raises LeaseError naming the
         first bad one."""
@@ -1370,10 +1371,16 @@ class LeaseOps:
                     or not math.isfinite(since) or since < 0:
                 raise LeaseError(f'since must be an age in seconds >= 0, not {since!r:.40}')
             cutoff = self.clock() - since
+        until = None
+        if at is not None:
+            if isinstance(at, bool) or not isinstance(at, (int, float)) \
+                    or not math.isfinite(at) or at < 0:
+                raise LeaseError(f'at must be an age in seconds >= 0, not {at!r:.40}')
+            until = self.clock() - at
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise LeaseError(f'limit must be an integer in [1, 1000], not {limit!r:.40}')
         return {'resource': resource, 'owner': owner, 'actions': actions, 'since': cutoff,
-                'limit': limit}
+                'until': until, 'limit': limit}
 
     @ocs_agent.param('offset', default=0, type=int, check=lambda n: 0 <= n <= 10 ** 9)
     @ocs_agent.param('limit', default=LEASE_PAGE_ROWS, type=int,

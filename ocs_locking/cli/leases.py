@@ -11,7 +11,7 @@ import time
 from ..errors import CliError
 from ..leases.paths import MAX_LEASE, MIN_LEASE
 from .formatters import clock, format_history, history_rows
-from .parser import parse_age
+from .parser import parse_age, parse_at
 from .signals import Interrupter
 from .site import load_site, registry_client
 
@@ -245,6 +245,8 @@ def history_params(args):
         params['action'] = actions[0] if len(actions) == 1 else actions
     if args.since is not None:
         params['since'] = parse_age(args.since)
+    if getattr(args, 'at', None) is not None:
+        params['at'] = round(parse_at(args.at), 3)
     if args.limit is not None:
         low, high = HISTORY_LIMIT
         if not low <= args.limit <= high:

@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 import sys
+import time
 
 from ..errors import CliError
 
@@ -55,6 +56,35 @@ def parse_age(text, option='--since'):
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_AGE):
         raise CliError(f'{option} must be more than 0 and at most 366d, not {text.strip()!r}')
     return seconds
+
+
+_CLOCK = re.compile(r'^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$')
+
+
+def parse_at(text, now=None):
+    """Seconds ago from ``--at``: a time of day on this host's clock
+    (``03:12``, ``03:12:30``: the latest such time, today or yesterday) or
+    an age (``90``, ``10m``, ``2h``: that long ago). The registry counts
+    the age back on its own clock (the hosts' clocks differ by their skew
+    at most). Raises CliError for anything else."""
+    m = _CLOCK.match(text) if isinstance(text, str) else None
+    if m is None:
+        try:
+            return parse_age(text, '--at')
+        except CliError:
+            raise CliError(f'--at must be a time of day like 03:12 or 03:12:30, or an age '
+                           f'like 90, 10m or 2h, not {text!r:.40}') from None
+    h, mi, sec = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    if h > 23 or mi > 59 or sec > 59:
+        raise CliError(f'--at must be a time of day like 03:12 (00:00..23:59:59), '
+                       f'not {text.strip()!r}')
+    now = time.time() if now is None else now
+    local = time.localtime(now)
+    then = time.mktime((local.tm_year, local.tm_mon, local.tm_mday, h, mi, sec, 0, 0, -1))
+    if then > now:                  # later today: yesterday's
+        day = time.localtime(now - 86400)
+        then = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, h, mi, sec, 0, 0, -1))
+    return max(0.0, now - then)
 
 
 def _add_site_options(parser, top):
@@ -184,6 +214,9 @@ def make_parser():
                         'for several')
     h.add_argument('--since', default=None, metavar='AGE',
                    help='only rows younger than AGE: 90 (seconds), 30s, 10m, 2h, 1d')
+    h.add_argument('--at', default=None, metavar='TIME',
+                   help='as it was then: the spans open at TIME and the audit rows up to '
+                        'it; TIME is a time of day (03:12, the latest) or an age (2h)')
     h.add_argument('--limit', type=int, default=None,
                    help='at most this many rows, 1..1000 (default 20)')
     h.add_argument('--json', action='store_true', help='print a JSON list of rows')

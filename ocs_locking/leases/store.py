@@ -602,7 +602,8 @@ class LeaseStore:
                'caller': caller}
         self._transaction(lambda db: self._insert_audit(db, [row]))
 
-    def history(self, resource=None, limit=100, owner=None, actions=None, since=None):
+    def history(self, resource=None, limit=100, owner=None, actions=None, since=None,
+                until=None):
         """Audit rows newest first, as dicts (``detail`` decoded, ``ok`` a bool).
 
         Args:
@@ -612,6 +613,7 @@ class LeaseStore:
             actions (list): keep the rows whose action is one of these.
             since (float): keep the rows at or after this time (the clock
                 the rows were written with).
+            until (float): keep the rows at or before this time.
         """
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 1):
@@ -622,8 +624,10 @@ class LeaseStore:
         if actions is not None and (isinstance(actions, str) or not all(
                 isinstance(a, str) for a in actions)):
             raise ValueError(f'actions must be a list of strings or None, not {actions!r:.80}')
-        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
-            raise ValueError(f'since must be a time in seconds or None, not {since!r:.80}')
+        for name, value in (('since', since), ('until', until)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise ValueError(f'{name} must be a time in seconds or None, not {value!r:.80}')
         where, args = [], []
         if resource is not None:
             where.append('(resource = ? OR substr(resource, 1, ?) = ?)')
@@ -638,6 +642,9 @@ class LeaseStore:
         if since is not None:
             where.append('at >= ?')
             args.append(float(since))
+        if until is not None:
+            where.append('at <= ?')
+            args.append(float(until))
         sql = f'SELECT {", ".join(_AUDIT_KEYS)} FROM audit'
         if where:
             sql += ' WHERE ' + ' AND '.join(where)

@@ -113,6 +113,20 @@ def test_ocs_locks_history_prints_spans_and_filters_by_job(site, heated):
     assert all(tuple(r) == SPAN_ROW_KEYS and r['kind'] == 'lock' for r in rows)
 
 
+def test_ocs_locks_history_at_gives_who_held_the_lock_then(site, heated):
+    """When history is asked what was held at a moment (--at, here 1 s ago),
+    it gives the spans open then: the acq loop's, none that ended before."""
+    before = time.time()
+    p = ocs_locks(site, 'history', LOCK, '--kind', 'lock', '--at', '1s', '--json')
+    after = time.time()
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert any(r['job'] == 'acq' and r['end'] is None for r in rows), rows
+    # the registry took "1 s ago" on its clock, between our before and after
+    for r in rows:
+        assert r['start'] <= after - 1 and (r['end'] is None or r['end'] >= before - 1), r
+
+
 def test_a_bad_history_target_is_one_line_and_the_history_stays(site, heated):
     """When history is asked about something that is not a lock, the answer
     is one line and nothing stored is lost."""

@@ -72,3 +72,20 @@ def test_parser_module_knows_every_client_site_option():
     for attr in ('site', 'site_file', 'site_host', 'site_hub', 'site_http', 'site_realm',
                  'address_root', *cli_parser.AGENT_ONLY):
         assert hasattr(args, attr)
+
+
+def test_history_at_is_a_time_of_day_or_an_age_sent_as_seconds_ago():
+    """When --at names a time of day it is the latest such time (today, or
+    yesterday if later than now), sent as seconds ago; an age is taken as
+    it is; anything else is one line naming --at."""
+    import time as _time
+
+    from ocs_locking.cli.parser import parse_at
+    now = _time.mktime((2026, 12, 3, 10, 0, 0, 0, 0, -1))
+    assert parse_at('09:30', now) == 1800.0
+    assert parse_at('09:59:30', now) == 30.0
+    assert parse_at('10:30', now) == 86400.0 - 1800.0      # later today: yesterday's
+    assert parse_at('2h', now) == 7200.0
+    for bad in ('25:00', '9:61', 'noon', ''):
+        with pytest.raises(CliError, match='^--at must be a time of day like 03:12'):
+            parse_at(bad, now)

@@ -49,6 +49,20 @@ def test_spans_are_written_at_flush_and_read_back_newest_first(path):
     h.close()
 
 
+def test_at_gives_the_spans_open_then(path):
+    """When asked what was held at a time, only the spans open then come:
+    started before it and not ended before it (or still open)."""
+    h = LockHistory(path)
+    hold(h, 100.0, 10.0)                    # 100..110
+    hold(h, 200.0, 10.0, job='set_heater')  # 200..210
+    h.observe([row(job='late', acquired=99)], (), 300.0)     # 300.. open
+    h.flush(305.0)
+    assert [s['job'] for s in h.query(at=105.0)] == ['acq']
+    assert [s['job'] for s in h.query(at=150.0)] == []
+    assert [s['job'] for s in h.query(at=400.0, now=400.0)] == ['late']
+    h.close()
+
+
 def test_a_query_sees_an_open_span_with_its_hold_in_progress(path):
     h = LockHistory(path)
     h.observe([row()], (), 100.0)
@@ -144,6 +158,7 @@ def test_check_arguments_names_the_bad_option(name, value, complaint):
     ({'kind': 'lock', 'limit': 0}, r'^limit must be an integer in \[1, 1000\], not 0$'),
     ({'kind': 'lock', 'owner': ''}, '^owner must be 1..128 characters'),
     ({'kind': 'all', 'colour': 'red'}, '^history takes no colour$'),
+    ({'kind': 'lock', 'at': -5}, r'^at must be an age in seconds >= 0, not -5$'),
 ])
 def test_read_history_refuses_bad_input_in_one_line(path, params, error):
     h = LockHistory(path)
