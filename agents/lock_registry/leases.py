@@ -1346,6 +1346,16 @@ class LeaseOps:
                                              self.lease_lengths)
         return lease_page(snapshot, offset, limit, self.budget if budget is None else budget)
 
+    def _ago(self, name, age):
+        """The time ``age`` seconds ago on the registry's clock (None for
+        None); LeaseError naming ``name`` for anything but an age >= 0."""
+        if age is None:
+            return None
+        if isinstance(age, bool) or not isinstance(age, (int, float)) \
+                or not math.isfinite(age) or age < 0:
+            raise LeaseError(f'{name} must be an age in seconds >= 0, not {age!r:.40}')
+        return self.clock() - age
+
     def history_query(self, resource=None, owner=None, action=None, since=None, limit=20,
                       at=None):
         """The history task's arguments checked and turned into
@@ -1365,18 +1375,7 @@ class LeaseOps:
                 if a not in AUDIT_ACTIONS:
                     raise LeaseError(f'action must be one of {", ".join(AUDIT_ACTIONS)}, '
                                      f'not {a!r:.40}')
-        cutoff = None
-        if since is not None:
-            if isinstance(since, bool) or not isinstance(since, (int, float)) \
-                    or not math.isfinite(since) or since < 0:
-                raise LeaseError(f'since must be an age in seconds >= 0, not {since!r:.40}')
-            cutoff = self.clock() - since
-        until = None
-        if at is not None:
-            if isinstance(at, bool) or not isinstance(at, (int, float)) \
-                    or not math.isfinite(at) or at < 0:
-                raise LeaseError(f'at must be an age in seconds >= 0, not {at!r:.40}')
-            until = self.clock() - at
+        cutoff, until = self._ago('since', since), self._ago('at', at)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise LeaseError(f'limit must be an integer in [1, 1000], not {limit!r:.40}')
         return {'resource': resource, 'owner': owner, 'actions': actions, 'since': cutoff,
