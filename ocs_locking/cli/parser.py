@@ -206,4 +206,10 @@ def make_parser():
     cb.add_argument('--pythonpath', default=None, metavar='DIR',
                     help="add DIR (holding ocs_locking/) to the router worker's python "
                          "path, instead of installing ocs-locking in crossbar's environment")
+    page = cb.add_mutually_exclusive_group()
+    page.add_argument('--page', default='locks', metavar='PATH',
+                      help='serve the live page at /PATH/ on the websocket\'s web transport '
+                           '(default locks)')
+    page.add_argument('--no-page', dest='page', action='store_const', const=None,
+                      help='do not serve the live page')
     return parser
