@@ -404,10 +404,12 @@
 
   // -- OCS tasks and lease procedures -----------------------------------------
 
+  // the task's own message: the last one that is not ocs's 'Status is now "done".'
   function lastMessage(session) {
-    var msgs = (session && session.messages) || [];
-    var last = msgs[msgs.length - 1];
-    return Array.isArray(last) ? String(last[1]) : '';
+    var msgs = ((session && session.messages) || []).filter(function (m) {
+      return Array.isArray(m) && !/^Status is now "/.test(String(m[1]));
+    });
+    return msgs.length ? String(msgs[msgs.length - 1][1]) : '';
   }
 
   /* Run the registry's task `op` as OCSClient does; resolves to its

@@ -1,0 +1,253 @@
+"""The live page for real: the demo site (crossbar serving ocs_locking/web at
+/locks/, the registry and the simulated devices under ocs-agent-cli) and a
+headless Debian chromium driven by Playwright (``make browser`` installs
+it; Playwright's own browsers are never downloaded).
+
+Every wait is on the page's DOM (``wait_for_selector`` / ``expect`` with a
+bounded timeout) or on a process's output, never a sleep.
+
+``OCS_LOCKING_PAGE_SHOT=1`` also writes the screenshot the tests take to
+docs/_static/page.png (the one the operators guide shows).
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from ocs.ocs_client import OCSClient
+
+from tests.support import reserve_process
+from tools.devsite import Site
+
+playwright_api = pytest.importorskip('playwright.sync_api')
+expect = playwright_api.expect
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
+SHOT = os.path.join(REPO, 'docs', '_static', 'page.png')
+#: Debian's chromium: the binary itself (/usr/bin/chromium is a shell wrapper)
+CHROMIUM = next((p for p in ('/usr/lib/chromium/chromium', '/usr/bin/chromium')
+                 if os.path.exists(p)), None)
+PASSWORD = 'demo-operator'      # the demo registry's level-2 password (site-config)
+WAIT_MS = 15000                 # bound on a page wait that is not a latency claim
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(CHROMIUM is None, reason='no chromium: run `make browser`')]
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    with Site(SITE_FILE, 'demo', tmp_path_factory.mktemp('site'), port=0, teardown='kill') as s:
+        yield s
+
+
+@pytest.fixture(scope='module')
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox'])
+        yield b
+        b.close()
+
+
+class Console(list):
+    """What the page wrote to its console, and its uncaught errors."""
+
+    def text(self):
+        return '\n'.join(self)
+
+
+def open_page(browser, site, **context):
+    ctx = browser.new_context(**context)
+    page = ctx.new_page()
+    page.console = Console()
+    page.on('console', lambda m: page.console.append(f'{m.type}: {m.text}'))
+    page.on('pageerror', lambda e: page.console.append(f'pageerror: {e}'))
+    reply = page.goto(site.page_url)
+    assert reply.status == 200
+    page.wait_for_selector('#conn[data-state="live"]', timeout=WAIT_MS)
+    return page
+
+
+@pytest.fixture()
+def page(browser, site):
+    page = open_page(browser, site)
+    yield page
+    page.context.close()
+
+
+def lock_row(page, key):
+    return page.locator(f'#locks tr[data-lock="{key}"]')
+
+
+def lease_row(page, resource):
+    return page.locator(f'#leases tr[data-resource="{resource}"]')
+
+
+def ocs_locks(site, *args):
+    proc = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args, *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_page_is_served_by_the_router_and_shows_the_demo_locks(site, page):
+    """When the page is opened at the banner's address, crossbar serves it
+    (no cache), it joins the router and shows both demo locks held by acq,
+    their agents alive, with nothing on its console."""
+    import urllib.request
+    assert site.page_url == f'http://127.0.0.1:{site.port}/locks/'
+    with urllib.request.urlopen(site.page_url + 'locks.js', timeout=10) as r:
+        assert r.headers['Cache-Control'] == 'max-age=0, public'
+    for key in ('sim-device-1/hw', 'sim-device-2/hw'):
+        row = lock_row(page, key)
+        expect(row.locator('td.holder')).to_contain_text(re.compile(r'^acq \(session \d+\)'),
+                                                         timeout=WAIT_MS)
+        expect(row.locator('td.agent')).to_have_text(f'{key.split("/")[0]} alive')
+    assert page.console == [], page.console.text()
+
+
+def test_a_set_heater_shows_on_the_page_within_a_second(site, page):
+    """When set_heater (OCSClient, over HTTP) takes sim-device-1's lock from
+    acq, the page shows it among the lock's recent holders, with its
+    session, within a second of the reply."""
+    client = OCSClient('sim-device-1', args=site.client_args)
+    expect(lock_row(page, 'sim-device-1/hw').locator('td.holder')).to_contain_text(
+        'acq', timeout=WAIT_MS)
+    reply = client.set_heater(value=12.5)
+    replied = time.monotonic()
+    assert reply.session['success'], reply
+    sid = reply.session['session_id']
+    page.wait_for_selector(f'#locks tr[data-lock="sim-device-1/hw"] .recent:has-text('
+                           f'"set_heater (session {sid})")', timeout=1000)
+    assert time.monotonic() - replied < 1.0
+
+
+def test_a_reservation_from_the_cli_shows_and_a_force_release_from_the_page_revokes_it(
+        site, page):
+    """When `ocs-locks reserve` holds page/cli, the page shows its owner and
+    note; a force-release from the page (reason and the level-2 password
+    asked on the page) revokes it: the CLI's reservation is lost, `ocs-locks
+    leases` no longer lists it, and the password is nowhere on the page nor
+    its console."""
+    with reserve_process(site, 'page/cli', '--lease', '60', '--note', 'from the cli',
+                         '--owner', 'carol') as r:
+        line = r.proc.stdout.readline()
+        assert line.startswith("Reserved page/cli for 'carol'"), \
+            line + (r.proc.stderr.read() if r.proc.poll() is not None else '')
+        row = lease_row(page, 'page/cli')
+        expect(row.locator('td.owner')).to_have_text('carol', timeout=WAIT_MS)
+        expect(row.locator('td.note')).to_have_text('from the cli')
+        row.locator('button[data-action="force"]').click()
+        page.fill('#force-form input[name="reason"]', 'page test')
+        page.fill('#force-form input[name="password"]', PASSWORD)
+        page.click('#force-submit')
+        expect(row).to_have_count(0, timeout=WAIT_MS)
+        expect(page.locator('#message')).to_contain_text('Revoked page/cli from carol')
+        assert r.proc.wait(30) == 1         # its reservation was lost
+    assert 'lost the reservation of page/cli' in r.err
+    assert 'page/cli' not in ocs_locks(site, 'leases')
+    assert page.input_value('#force-form input[name="password"]') == ''
+    assert PASSWORD not in page.content()
+    assert PASSWORD not in page.console.text()
+
+
+def test_a_wrong_password_is_refused_and_the_lease_stays(site, page):
+    """When the password is not a level-2 one, the registry refuses the
+    force-release in one line on the page and the lease stays."""
+    with reserve_process(site, 'page/kept', '--lease', '60', '--owner', 'dave') as r:
+        assert r.proc.stdout.readline().startswith("Reserved page/kept for 'dave'")
+        row = lease_row(page, 'page/kept')
+        row.locator('button[data-action="force"]').click(timeout=WAIT_MS)
+        page.fill('#force-form input[name="reason"]', 'page test')
+        page.fill('#force-form input[name="password"]', 'not-it')
+        page.click('#force-submit')
+        expect(page.locator('#message')).to_contain_text('Force-release refused',
+                                                         timeout=WAIT_MS)
+        assert 'page/kept' in ocs_locks(site, 'leases')
+        expect(row).to_have_count(1)
+
+
+def test_reserve_and_release_from_the_page_reach_ocs_locks_status(site, page):
+    """When the page reserves page/mine, `ocs-locks status` lists the lease
+    (the owner and note given on the page), the page marks it as its own and
+    draws it in its timeline; when the page releases it, `ocs-locks status`
+    no longer lists it."""
+    page.fill('#reserve input[name="resource"]', 'page/mine')
+    page.fill('#reserve input[name="owner"]', 'erin')
+    page.fill('#reserve input[name="note"]', 'from the page')
+    page.fill('#reserve input[name="lease"]', '30')
+    page.click('#reserve button[type="submit"]')
+    row = lease_row(page, 'page/mine')
+    expect(row).to_have_attribute('data-mine', 'yes', timeout=WAIT_MS)
+    expect(row.locator('td.owner')).to_have_text('erin (this page)')
+    status = ocs_locks(site, 'status')
+    assert re.search(r'page/mine\s+erin\s+\d+', status), status
+    assert 'from the page' in status
+    row.locator('button[data-action="history"]').click()
+    expect(page.locator('#detail .timeline .span.open')).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator('#detail ol.spans')).to_contain_text('erin (token')
+    row.locator('button[data-action="release"]').click()
+    expect(row).to_have_count(0, timeout=WAIT_MS)
+    expect(page.locator('#message')).to_contain_text('Released')
+    assert 'page/mine' not in ocs_locks(site, 'status')
+    assert page.console == [], page.console.text()
+
+
+def test_why_answers_for_a_lock_row(page):
+    """When why is clicked on a lock, the page shows the registry's answer."""
+    lock_row(page, 'sim-device-2/hw').locator('button[data-action="why"]').click(
+        timeout=WAIT_MS)
+    expect(page.locator('#detail-body')).to_contain_text(
+        re.compile(r'sim-device-2/hw is held by acq \(session \d+\)'), timeout=WAIT_MS)
+
+
+def test_the_history_of_a_lock_is_a_timeline_or_says_the_registry_has_none(page):
+    """When history is clicked on a lock, the page shows the lock's last
+    hour as a timeline, or, from a registry whose history task does not take
+    kind='lock' (it refuses the parameter), says there is no lock history."""
+    lock_row(page, 'sim-device-1/hw').locator('button[data-action="history"]').click(
+        timeout=WAIT_MS)
+    answer = page.locator('#detail .timeline, #detail-body p:has-text('
+                          '"no lock history on this registry")')
+    expect(answer.first).to_be_visible(timeout=WAIT_MS)
+
+
+def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
+    """When the page is opened on a phone-sized screen (375 x 667) with a
+    lease held and an answer open, nothing is wider than the screen. A
+    screenshot of the page on a desktop screen is taken too."""
+    with reserve_process(site, 'page/phone', '--lease', '60', '--owner', 'frank',
+                         '--note', 'a rather long note that must wrap on a phone') as r, \
+            reserve_process(site, 'page/phone', '--lease', '60', '--owner', 'grace',
+                            '--timeout', '60', '--note', 'next in line') as queued:
+        assert r.proc.stdout.readline().startswith("Reserved page/phone for 'frank'")
+        phone = open_page(browser, site, viewport={'width': 375, 'height': 667},
+                          device_scale_factor=2, is_mobile=True, has_touch=True)
+        try:
+            expect(lease_row(phone, 'page/phone')).to_have_count(1, timeout=WAIT_MS)
+            expect(phone.locator('#waiting li')).to_contain_text('grace for page/phone',
+                                                                timeout=WAIT_MS)
+            lock_row(phone, 'sim-device-1/hw').locator('button[data-action="why"]').click()
+            expect(phone.locator('#detail-body li').first).to_be_visible(timeout=WAIT_MS)
+            width, inner = phone.evaluate(
+                '[document.scrollingElement.scrollWidth, window.innerWidth]')
+            assert width <= inner, (width, inner)
+            phone.screenshot(path=str(tmp_path / 'phone.png'), full_page=True)
+        finally:
+            phone.context.close()
+        desk = open_page(browser, site, viewport={'width': 1100, 'height': 760})
+        try:
+            expect(lease_row(desk, 'page/phone').locator('td.queue')).to_have_text(
+                '1', timeout=WAIT_MS)
+            lease_row(desk, 'page/phone').locator('button[data-action="history"]').click()
+            expect(desk.locator('#detail .timeline .span')).to_have_count(1, timeout=WAIT_MS)
+            shot = tmp_path / 'page.png'
+            desk.screenshot(path=str(shot), full_page=True)
+        finally:
+            desk.context.close()
+    assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    if os.environ.get('OCS_LOCKING_PAGE_SHOT') == '1':
+        shutil.copy(shot, SHOT)
