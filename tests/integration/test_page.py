@@ -9,6 +9,7 @@ bounded timeout) or on a process's output, never a sleep.
 ``OCS_LOCKING_PAGE_SHOT=1`` also writes the screenshot the tests take to
 docs/_static/page.png (the one the operators guide shows).
 """
+import contextlib
 import os
 import re
 import shutil
@@ -219,11 +220,14 @@ def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
     """When the page is opened on a phone-sized screen (375 x 667) with a
     lease held and an answer open, nothing is wider than the screen. A
     screenshot of the page on a desktop screen is taken too."""
-    with reserve_process(site, 'page/phone', '--lease', '60', '--owner', 'frank',
-                         '--note', 'a rather long note that must wrap on a phone') as r, \
-            reserve_process(site, 'page/phone', '--lease', '60', '--owner', 'grace',
-                            '--timeout', '60', '--note', 'next in line') as queued:
+    with contextlib.ExitStack() as stack:
+        r = stack.enter_context(reserve_process(
+            site, 'page/phone', '--lease', '60', '--owner', 'frank',
+            '--note', 'a rather long note that must wrap on a phone'))
         assert r.proc.stdout.readline().startswith("Reserved page/phone for 'frank'")
+        # then a request that waits behind it (started once frank holds it)
+        stack.enter_context(reserve_process(site, 'page/phone', '--lease', '60', '--owner',
+                                            'grace', '--timeout', '60', '--note', 'next'))
         phone = open_page(browser, site, viewport={'width': 375, 'height': 667},
                           device_scale_factor=2, is_mobile=True, has_touch=True)
         try:
