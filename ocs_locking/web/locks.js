@@ -15,8 +15,8 @@
  *   alone and stays in memory; the page renews its leases while it is open.
  *
  * The address's query string may name the realm, the address root, the
- * registry's instance-id and the WebSocket URL (?realm=&root=&registry=&ws=);
- * the defaults are ocs_locking.web.DEFAULTS.
+ * registry's instance-id and the WebSocket's path on this page's origin
+ * (?realm=&root=&registry=&ws=/ws); the defaults are ocs_locking.web.DEFAULTS.
  */
 (function () {
   'use strict';
@@ -26,8 +26,10 @@
     realm: query.get('realm') || 'test_realm',
     root: query.get('root') || 'observatory',
     registry: query.get('registry') || 'lock-registry',
-    ws: query.get('ws') || ((window.location.protocol === 'https:' ? 'wss://' : 'ws://') +
-                            window.location.host + '/ws')
+    // a path on this page's own origin only: a link must not be able to send
+    // the password typed here to another router
+    ws: (window.location.protocol === 'https:' ? 'wss://' : 'ws://') + window.location.host +
+        (/^\/[\w\-.\/]*$/.test(query.get('ws') || '') ? query.get('ws') : '/ws')
   };
   var REGISTRY = CONFIG.root + '.' + CONFIG.registry;
   var OPS = REGISTRY + '.ops';
@@ -48,7 +50,10 @@
     changes: [],              // recent change messages, re-applied over an older status
     mine: new Map(),          // request_id -> {resources, lease_id, lease, timer}
     ignored: 0,
-    refreshAt: 0
+    refreshAt: 0,
+    // seconds from each message's timestamp (the registry's clock) to the
+    // end of its drawing (this browser's clock): the last 100
+    latency: []
   };
 
   // -- pure helpers (window.ocsLocksPage for the tests) ---------------------
@@ -118,8 +123,6 @@
       }).sort(function (a, b) { return a.start - b.start; });
   }
 
-  window.ocsLocksPage = {lockSpans: lockSpans, leaseSpans: leaseSpans, seconds: seconds,
-                         config: CONFIG, state: state};
 
   // -- the DOM --------------------------------------------------------------
 
@@ -399,7 +402,10 @@
       }
       return;
     }
-    onMessage(data[0], received);
+    if (onMessage(data[0], received) && typeof data[0].timestamp === 'number') {
+      state.latency.push(Date.now() / 1000 - data[0].timestamp);
+      if (state.latency.length > 100) state.latency.shift();
+    }
   }
 
   // -- OCS tasks and lease procedures -----------------------------------------
@@ -658,6 +664,7 @@
       password = null;
     });
     setInterval(tick, 500);
+    $('where').textContent = CONFIG.registry + ' in ' + CONFIG.realm;
 
     if (typeof autobahn === 'undefined') {
       setConn('error', 'no autobahn');
@@ -683,6 +690,12 @@
     };
     connection.open();
   }
+
+  // for the tests: the pure helpers, the state, and drawing a message as if
+  // the feed had brought it
+  window.ocsLocksPage = {lockSpans: lockSpans, leaseSpans: leaseSpans, seconds: seconds,
+                         config: CONFIG, state: state, timeline: timeline,
+                         draw: function (msg) { return onMessage(msg, performance.now()); }};
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();

@@ -126,6 +126,89 @@ def test_a_set_heater_shows_on_the_page_within_a_second(site, page):
     assert time.monotonic() - replied < 1.0
 
 
+def test_the_page_draws_each_ownership_message_within_100_ms(site, page):
+    """When set_heater runs a few times, every ownership message the page
+    draws is on the screen within 100 ms (median) of the registry
+    stamping it (its ``timestamp``; one host, one clock)."""
+    client = OCSClient('sim-device-1', args=site.client_args)
+    page.evaluate('window.ocsLocksPage.state.latency.length = 0')
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0):
+        assert client.set_heater(value=value).session['success']
+    page.wait_for_function('window.ocsLocksPage.state.latency.length >= 5', timeout=WAIT_MS)
+    latency = sorted(page.evaluate('window.ocsLocksPage.state.latency'))
+    assert latency[len(latency) // 2] < 0.1, latency
+
+
+def test_a_rows_flags_and_a_stale_agent_are_shown(page):
+    """When a row carries flags (stuck, silent, ...) and its agent is
+    stale, the page shows each flag and the agent as stale; a removal takes
+    the row away (drawn and read in one turn: no snapshot in between)."""
+    shown = page.evaluate("""() => {
+        const p = window.ocsLocksPage;
+        p.draw({kind: 'change', seq: 1, rows: [{lock: 'ghost/hw', agent: 'ghost', name: 'hw',
+                job: 'acq', session_id: 3, held_for: 12, waiters: 2, alive: false,
+                queue: [{job: 'set_heater', session_id: 4, waited_for: 1.5}],
+                flags: ['stuck', 'silent']}], removed: []});
+        const tr = document.querySelector('#locks tr[data-lock="ghost/hw"]');
+        const out = {flags: Array.from(tr.querySelectorAll('td.flags .flag'), e => e.textContent),
+                     agent: tr.querySelector('td.agent').textContent,
+                     queue: tr.querySelector('td.waiters ol').textContent};
+        p.draw({kind: 'change', seq: 2, rows: [], removed: ['ghost/hw']});
+        out.gone = document.querySelector('#locks tr[data-lock="ghost/hw"]') === null;
+        return out;
+    }""")
+    assert shown == {'flags': ['stuck', 'silent'], 'agent': 'ghost stale',
+                     'queue': 'set_heater (session 4) waited 1.5 s', 'gone': True}
+
+
+def test_lock_history_rows_and_lease_audit_rows_become_timeline_spans(page):
+    """When the history task answers (kind 'lock' rows of a registry that
+    keeps lock history, or a resource's audit rows), the page cuts them
+    into spans of the last hour: open ones last until now, a release
+    without its grant in the hour starts at the hour's start."""
+    spans = page.evaluate("""() => {
+        const p = window.ocsLocksPage, from = 1000, to = 4600;
+        const locks = p.lockSpans([
+            {kind: 'lock', at: 1200, lock: 'a/hw', job: 'acq', session_id: 0, start: 500,
+             end: 1200, outcome: 'released'},
+            {kind: 'lock', at: 4000, lock: 'a/hw', job: 'set_heater', session_id: 7,
+             start: 4000, end: null},
+            {kind: 'lease', at: 3000, action: 'grant'}], from, to);
+        const leases = p.leaseSpans([
+            {at: 1500, action: 'release', resource: 'r', owner: 'bob', token: 1},
+            {at: 2000, action: 'grant', resource: 'r', owner: 'amy', token: 2},
+            {at: 2100, action: 'renew', resource: 'r', owner: 'amy', token: 2},
+            {at: 2500, action: 'force_release', resource: 'r', owner: 'op', token: 2},
+            {at: 3000, action: 'grant', resource: 'r', owner: 'cat', token: 3},
+            {at: 3100, action: 'refuse', resource: 'r', owner: 'dan', ok: false}], from, to);
+        const box = p.timeline(locks, from, to, 'none');
+        return {locks: locks.map(s => [s.start, s.end, s.open, s.label]),
+                leases: leases.map(s => [s.start, s.end, s.outcome, s.label]),
+                drawn: box.querySelectorAll('.timeline .span').length};
+    }""")
+    assert spans['locks'] == [[1000, 1200, False, 'acq (session 0)'],
+                              [4000, 4600, True, 'set_heater (session 7)']]
+    assert spans['leases'] == [[1000, 1500, 'released', 'bob (token 1)'],
+                               [2000, 2500, 'revoked', 'amy (token 2)'],
+                               [3000, 4600, 'held', 'cat (token 3)']]
+    assert spans['drawn'] == 2
+
+
+def test_a_link_cannot_point_the_page_at_another_router(site, browser):
+    """When the page's address names a WebSocket on another host, the page
+    still joins its own origin's router (the password typed there goes
+    nowhere else); the registry and realm it talks to are in its header."""
+    page = browser.new_page()
+    try:
+        page.goto(site.page_url + '?ws=ws://evil.example:1/ws')
+        page.wait_for_selector('#conn[data-state="live"]', timeout=WAIT_MS)
+        assert page.evaluate('window.ocsLocksPage.config.ws') == \
+            f'ws://127.0.0.1:{site.port}/ws'
+        assert page.text_content('#where') == 'lock-registry in test_realm'
+    finally:
+        page.close()
+
+
 def test_a_reservation_from_the_cli_shows_and_a_force_release_from_the_page_revokes_it(
         site, page):
     """When `ocs-locks reserve` holds page/cli, the page shows its owner and
