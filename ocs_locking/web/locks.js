@@ -254,8 +254,8 @@
     return grant && state.mine.get(grant.request_id);
   }
 
-  function fillLease(tr, key) {
-    var g = grantsByResource().get(key), now = performance.now();
+  function fillLease(tr, key, grants) {
+    var g = (grants || grantsByResource()).get(key), now = performance.now();
     var queue = state.leases.waiting.filter(function (w) {
       return (w.resources || []).indexOf(key) >= 0;
     }).length;
@@ -281,9 +281,10 @@
   }
 
   function renderLeases() {
-    var keys = Array.from(grantsByResource().keys()).sort();
+    var grants = grantsByResource(), keys = Array.from(grants.keys()).sort();
     syncRows($('leases').tBodies[0], keys, 'data-resource',
-             function () { return buildCells(LEASE_CELLS, LEASE_LABELS); }, fillLease);
+             function () { return buildCells(LEASE_CELLS, LEASE_LABELS); },
+             function (tr, key) { fillLease(tr, key, grants); });
     $('leases-empty').hidden = keys.length > 0;
     var ul = $('waiting');
     ul.textContent = '';
@@ -396,6 +397,8 @@
     var publisher = details && details.publisher;
     if (state.publisher !== null && publisher !== state.publisher) {
       state.ignored += 1;     // not the registry's session: a forgery, or a new registry
+      $('bus').textContent = (state.busText ? state.busText + '; ' : '') + 'ignored ' +
+        state.ignored + ' ownership message(s) not from the registry\'s session';
       if (Date.now() > state.refreshAt) {
         state.refreshAt = Date.now() + 5000;
         loadStatus();
@@ -421,16 +424,18 @@
   /* Run the registry's task `op` as OCSClient does; resolves to its
    * session ({success, data, messages, ...}). `password` goes in the start
    * call only. A task already running (another client) is waited for, then
-   * started again (at most 5 times). */
+   * started again (at most 5 times; never a call with a password). */
   function runTask(op, params, password, tries) {
     var s = state.session;
     if (!s) return Promise.reject(new Error('not connected to the router'));
     var kw = password ? {password: password} : {};
+    var privileged = !!password;
     password = null;
     return s.call(OPS, ['start', op, params || {}], kw).then(function (r) {
       kw = null;
       if (r[0] !== OCS_OK) {
-        if (/already in progress/.test(r[1]) && (tries || 0) < 5) {
+        // a privileged call is not retried: its password is gone already
+        if (/already in progress/.test(r[1]) && !privileged && (tries || 0) < 5) {
           return s.call(OPS, ['wait', op, {}], {timeout: 5}).then(function () {
             return runTask(op, params, null, (tries || 0) + 1);
           });
@@ -651,10 +656,9 @@
       ev.preventDefault();
       reserve(ev.target);
     });
-    $('force-cancel').addEventListener('click', function () {
-      $('force-form').password.value = '';
-      $('force').close();
-    });
+    $('force-cancel').addEventListener('click', function () { $('force').close(); });
+    // however the dialog closes (Cancel, Escape, submit), no password stays in it
+    $('force').addEventListener('close', function () { $('force-form').password.value = ''; });
     $('force-form').addEventListener('submit', function (ev) {
       ev.preventDefault();
       var form = ev.target, password = form.password.value;

@@ -240,11 +240,18 @@ def test_a_reservation_from_the_cli_shows_and_a_force_release_from_the_page_revo
 
 def test_a_wrong_password_is_refused_and_the_lease_stays(site, page):
     """When the password is not a level-2 one, the registry refuses the
-    force-release in one line on the page and the lease stays."""
+    force-release in one line on the page and the lease stays; a dialog
+    closed with Escape keeps no password either."""
     with reserve_process(site, 'page/kept', '--lease', '60', '--owner', 'dave') as r:
         assert r.proc.stdout.readline().startswith("Reserved page/kept for 'dave'")
         row = lease_row(page, 'page/kept')
+        # a dialog left with Escape keeps no password
         row.locator('button[data-action="force"]').click(timeout=WAIT_MS)
+        page.fill('#force-form input[name="password"]', PASSWORD)
+        page.keyboard.press('Escape')
+        expect(page.locator('#force')).not_to_be_visible()
+        expect(page.locator('#force-form input[name="password"]')).to_have_value('')
+        row.locator('button[data-action="force"]').click()
         page.fill('#force-form input[name="reason"]', 'page test')
         page.fill('#force-form input[name="password"]', 'not-it')
         page.click('#force-submit')
