@@ -477,14 +477,17 @@
         }
       });
       if (data.leases) setLeases(data.leases, received);
-      var list = $('resources');
-      list.textContent = '';
-      ((data.resources || {}).resources || []).forEach(function (r) {
-        list.appendChild(el('option', {value: r.path}));
-      });
+      var paths = ((data.resources || {}).resources || []).map(function (r) { return r.path; });
+      [['resources', paths], ['targets', Array.from(state.rows.keys()).sort().concat(paths)]]
+        .forEach(function (pair) {
+          var list = $(pair[0]);
+          list.textContent = '';
+          pair[1].forEach(function (v) { list.appendChild(el('option', {value: v})); });
+        });
       renderLocks();
       renderLeases();
       setConn('live', 'live');
+      document.querySelector('main').classList.remove('offline');
     }).catch(function (e) {
       setConn('error', 'no registry');
       say('Could not read the registry: ' + errorText(e), true);
@@ -652,6 +655,12 @@
     $('locks').addEventListener('click', onAction);
     $('leases').addEventListener('click', onAction);
     $('detail-close').addEventListener('click', function () { $('detail').hidden = true; });
+    $('lookup').addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      var target = ev.target.target.value.trim();
+      if (ev.submitter && ev.submitter.value === 'history') history(target);
+      else why(target);
+    });
     $('reserve').addEventListener('submit', function (ev) {
       ev.preventDefault();
       reserve(ev.target);
@@ -689,6 +698,7 @@
     };
     connection.onclose = function (reason) {
       state.session = null;
+      document.querySelector('main').classList.add('offline');   // the table may be old
       setConn('down', reason === 'unreachable' ? 'router unreachable' : 'reconnecting');
       return false;             // keep retrying
     };

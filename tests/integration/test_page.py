@@ -265,7 +265,7 @@ def test_reserve_and_release_from_the_page_reach_ocs_locks_status(site, page):
     """When the page reserves page/mine, `ocs-locks status` lists the lease
     (the owner and note given on the page), the page marks it as its own and
     draws it in its timeline; when the page releases it, `ocs-locks status`
-    no longer lists it."""
+    no longer lists it, and its history (looked up by name) ends released."""
     page.fill('#reserve input[name="resource"]', 'page/mine')
     page.fill('#reserve input[name="owner"]', 'erin')
     page.fill('#reserve input[name="note"]', 'from the page')
@@ -284,15 +284,30 @@ def test_reserve_and_release_from_the_page_reach_ocs_locks_status(site, page):
     expect(row).to_have_count(0, timeout=WAIT_MS)
     expect(page.locator('#message')).to_contain_text('Released')
     assert 'page/mine' not in ocs_locks(site, 'status')
+    # its hour, looked up by name now that no row shows it
+    page.fill('#lookup input[name="target"]', 'page/mine')
+    page.click('#lookup button[value="history"]')
+    expect(page.locator('#detail ol.spans')).to_contain_text(
+        re.compile(r'erin \(token \d+\) [\d.]+ s released'), timeout=WAIT_MS)
+    expect(page.locator('#detail .timeline .span.open')).to_have_count(0)
     assert page.console == [], page.console.text()
 
 
-def test_why_answers_for_a_lock_row(page):
-    """When why is clicked on a lock, the page shows the registry's answer."""
+def test_why_answers_for_a_lock_row_and_for_a_name_looked_up(page):
+    """When why is clicked on a lock, or asked for a resource by name, the
+    page shows the registry's answer; a bad name is refused in one line."""
     lock_row(page, 'sim-device-2/hw').locator('button[data-action="why"]').click(
         timeout=WAIT_MS)
     expect(page.locator('#detail-body')).to_contain_text(
         re.compile(r'sim-device-2/hw is held by acq \(session \d+\)'), timeout=WAIT_MS)
+    page.fill('#lookup input[name="target"]', 'demo/sim-device-2')
+    page.click('#lookup button[value="why"]')
+    expect(page.locator('#detail-title')).to_have_text('why demo/sim-device-2')
+    expect(page.locator('#detail-body li').first).to_contain_text('demo/sim-device-2',
+                                                                  timeout=WAIT_MS)
+    page.fill('#lookup input[name="target"]', 'no such thing')
+    page.click('#lookup button[value="why"]')
+    expect(page.locator('#detail-body p.bad')).to_be_visible(timeout=WAIT_MS)
 
 
 def test_the_history_of_a_lock_is_a_timeline_or_says_the_registry_has_none(page):
@@ -345,3 +360,24 @@ def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
     assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     if os.environ.get('OCS_LOCKING_PAGE_SHOT') == '1':
         shutil.copy(shot, SHOT)
+
+
+def test_the_page_follows_a_restarted_registry(site, page):
+    """When the registry is killed and started again (a new WAMP session:
+    the bus's verified publisher changes), the page takes the new
+    registry's status and follows its feed again: a set_heater shows."""
+    expect(lock_row(page, 'sim-device-1/hw')).to_have_count(1, timeout=WAIT_MS)
+    site.kill_agent('lock-registry')
+    site.start_agent('lock-registry')
+    site.wait_agent('lock-registry')
+    client = OCSClient('sim-device-1', args=site.client_args)
+    deadline = time.monotonic() + 30
+    while True:     # until the new registry has the lock again and the page shows it
+        sid = client.set_heater(value=7.0).session['session_id']
+        try:
+            page.wait_for_selector(f'#locks tr[data-lock="sim-device-1/hw"] .recent:has-text('
+                                   f'"set_heater (session {sid})")', timeout=2000)
+            break
+        except playwright_api.TimeoutError:
+            assert time.monotonic() < deadline, page.text_content('header')
+    expect(page.locator('#conn')).to_have_attribute('data-state', 'live')
