@@ -198,10 +198,13 @@
     var holder = cell(tr, 'holder');
     holder.textContent = holderText(row) || 'free';
     holder.classList.toggle('free', !holderText(row));
-    var recent = state.recent.get(key) || [];
+    // earlier holds (when each ended, on this browser's clock), not the current holder's
+    var recent = (state.recent.get(key) || []).filter(function (h) {
+      return holderText(h) !== holderText(row);
+    });
     if (recent.length) {
       holder.appendChild(el('span', {'class': 'recent'}, 'recently: ' + recent.map(function (h) {
-        return holderText(h) + ' at ' + clock(h.at);
+        return holderText(h) + ' until ' + clock(h.at);
       }).join(', ')));
     }
     cell(tr, 'held').textContent = seconds(heldFor(row, now));

@@ -351,6 +351,9 @@ def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
         try:
             expect(lease_row(desk, 'page/phone').locator('td.queue')).to_have_text(
                 '1', timeout=WAIT_MS)
+            OCSClient('sim-device-1', args=site.client_args).set_heater(value=20.0)
+            expect(lock_row(desk, 'sim-device-1/hw').locator('.recent')).to_contain_text(
+                'set_heater', timeout=WAIT_MS)
             lease_row(desk, 'page/phone').locator('button[data-action="history"]').click()
             expect(desk.locator('#detail .timeline .span')).to_have_count(1, timeout=WAIT_MS)
             shot = tmp_path / 'page.png'
