@@ -198,7 +198,8 @@ def make_parser():
                     help='read and check this resources file instead of asking the registry '
                          '(against the agents of --site-file, when given)')
     cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
-                                    '(--address-root default observatory, --registry)')
+                                    'and serve the live page (--address-root default '
+                                    'observatory, --registry)')
     cb.add_argument('input', metavar='IN.json', help="crossbar config to read (e.g. ocs's)")
     cb.add_argument('output', metavar='OUT.json', help='where to write the result')
     cb.add_argument('--realm', default=None,
