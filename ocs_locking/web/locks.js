@@ -154,7 +154,9 @@
   // one row per key, kept across updates (buttons stay where they are)
   function syncRows(tbody, keys, attr, build, fill) {
     var have = new Map();
-    Array.prototype.forEach.call(tbody.rows, function (tr) { have.set(tr.getAttribute(attr), tr); });
+    Array.prototype.forEach.call(tbody.rows, function (tr) {
+      have.set(tr.getAttribute(attr), tr);
+    });
     keys.forEach(function (key, i) {
       var tr = have.get(key);
       if (!tr) {

@@ -28,7 +28,8 @@ def test_banner_names_every_part_and_the_commands_to_talk_to_it():
     assert 'bridge-1          simulated device on 127.0.0.1:18101 (4 channels)' in lines[3]
     assert lines[5].strip() == 'sim-device-1      SimulatedDeviceAgent (pid 12)'
     assert "OCSClient('sim-device-1', args=['--site-file', '/w/site.yaml'" in lines[8]
-    assert lines[9].strip() == '.venv/bin/ocs-locks --site-file /w/site.yaml --site-host demo status'
+    assert lines[9].strip() == \
+        '.venv/bin/ocs-locks --site-file /w/site.yaml --site-host demo status'
     assert lines[-1] == 'Ctrl-C stops everything this command started.'
 
 
