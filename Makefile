@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # pip's notes about unreachable local mirrors are noise; real errors still fail.
 QUIET_PIP := sed -u '/^WARNING: Location/d'
 
-.PHONY: run test test-fast venv crossbar influxdb bench docs clean
+.PHONY: run test test-fast venv crossbar influxdb web browser bench docs clean
 TEST_JOBS ?= -n 2 --dist loadfile
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -47,14 +47,34 @@ influxdb:
 	    apt-get install -y -qq --no-install-recommends influxdb > /dev/null; }
 	@test -x $(INFLUXD)
 
+# The live page's one JavaScript dependency, autobahn-browser (MIT), from npm
+# at the version package-lock.json pins (no CDN): `npm ci` into node_modules/,
+# then copied into the package (ocs_locking/web/, gitignored), where crossbar's
+# static service finds it beside index.html. npm itself comes from apt if missing.
+WEB := ocs_locking/web
+$(WEB)/autobahn.min.js: package.json package-lock.json
+	command -v npm > /dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm))
+	npm ci --no-audit --no-fund --loglevel=error
+	cp node_modules/autobahn-browser/autobahn.min.js $@
+	cp node_modules/autobahn-browser/LICENSE $(WEB)/autobahn.LICENSE
+web: $(WEB)/autobahn.min.js
+
+# The headless browser of the page's tests: Debian's chromium (driven by
+# Playwright from PyPI, pointed at /usr/bin/chromium; never `playwright install`).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
+	$(CHROMIUM) --version
+browser: $(CHROMIUM)
+
 # make run PORT=18011 moves the router (default: the port in SITE's hub.wamp_server);
 # SITE=docs/examples/own_agent_site.yaml runs another site config.
 SITE ?= site-config/default.yaml
 PORT ?=
-run: venv crossbar
+run: venv crossbar web
 	OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar $(VENV)/bin/python -m tools.devsite run $(SITE) --host demo --workdir run $(if $(PORT),--port $(PORT)) --watch
 
-test: venv crossbar influxdb
+test: venv crossbar influxdb web browser
 	OCS_LOCKING_INFLUXD=$(INFLUXD) OCS_LOCKING_CROSSBAR=$(CURDIR)/$(CBVENV)/bin/crossbar PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -p no:cacheprovider --doctest-glob='*.rst' $(TEST_JOBS) tests docs
 
 test-fast: venv

@@ -29,8 +29,13 @@ def test_wheel_contains_agents_and_plugin_entry_point(tmp_path):
     for path in ('ocs_locking/agents/simulated_device/agent.py',
                  'ocs_locking/agents/simulated_device/server.py',
                  'ocs_locking/agents/lock_registry/agent.py',
-                 'ocs_locking/ownership.py', 'ocs_locking/leases/state.py', 'ocs_locking/lock.py'):
+                 'ocs_locking/ownership.py', 'ocs_locking/leases/state.py', 'ocs_locking/lock.py',
+                 'ocs_locking/web/index.html', 'ocs_locking/web/locks.js',
+                 'ocs_locking/web/locks.css'):
         assert path in names
+    # the page's autobahn bundle, once `make web` has put it in the package
+    if os.path.exists(os.path.join(REPO, 'ocs_locking', 'web', 'autobahn.min.js')):
+        assert 'ocs_locking/web/autobahn.min.js' in names
     cfg = configparser.ConfigParser()
     cfg.read_string(entry_points)
     assert cfg['ocs.plugins']['ocs_locking'] == 'ocs_locking.plugin'
@@ -129,7 +134,7 @@ PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.why', 'ocs_locking.lock_hi
                 'ocs_locking.leases.paths', 'ocs_locking.leases.state',
                 'ocs_locking.leases.holder', 'ocs_locking.leases.audit',
                 'ocs_locking.leases.keys', 'ocs_locking.leases.resources',
-                'ocs_locking.bus.rules', 'ocs_locking.bus.config',
+                'ocs_locking.bus.rules', 'ocs_locking.bus.config', 'ocs_locking.web',
                 'ocs_locking.agents.lock_registry.sessions',
                 'ocs_locking.agents.lock_registry.lease_pages',
                 'ocs_locking.agents.lock_registry.lease_feed')
@@ -182,6 +187,7 @@ sys.path.insert(0, %r)
 import autobahn.twisted.wamp, twisted.internet.defer, txaio
 before = set(sys.modules)
 import ocs_locking.bus.authorizer, ocs_locking.bus.rules, ocs_locking.bus.config
+import ocs_locking.web      # crossbar's static service imports it to find the page
 loaded = {m.split('.')[0] for m in set(sys.modules) - before}
 print(sorted(loaded - set(sys.stdlib_module_names) - {'ocs_locking'}))
 """

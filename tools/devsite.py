@@ -47,6 +47,8 @@ import urllib.request
 
 import yaml
 
+from ocs_locking.bus.config import page_paths
+from ocs_locking.web import page_url
 from tools import siteconfig
 from tools.processes import exit_text, kill as _kill_procs, signal_group, spawn, stop as _stop_proc
 from tools.siteconfig import (SiteError, check_port, device_specs,
@@ -192,6 +194,17 @@ class Site:
         self.device_procs = {}
 
     @property
+    def page_url(self):
+        """The live page's address on this site's router (None when its
+        crossbar config serves no page, e.g. ocs's stock config)."""
+        if not self.page_paths:
+            return None
+        registry = next((i['instance-id'] for i in self.instances
+                         if i['agent-class'] == 'LockRegistryAgent'), 'lock-registry')
+        return page_url('127.0.0.1', self.port, self.realm, self.address_root, registry,
+                        self.page_paths[0])
+
+    @property
     def client_args(self):
         """Arguments for ``OCSClient(..., args=site.client_args)``."""
         return ['--site-file', self.site_file, '--site-host', self.host]
@@ -204,6 +217,7 @@ class Site:
             raise SiteError(f'cannot read crossbar config {template}: {e}') from None
         cfg = siteconfig.crossbar_config(cfg, self.port, where=f'crossbar config {template}',
                                          address_root=self.address_root)
+        self.page_paths = page_paths(cfg)
         os.makedirs(self.cbdir, exist_ok=True)
         siteconfig.link_code(self.cbdir)    # the bus component's code (pythonpath 'code')
         with open(os.path.join(self.cbdir, 'config.json'), 'w') as f:

@@ -27,6 +27,9 @@ def banner(site):
     lines = [f'ocs-locking demo site is up (logs in {site.workdir}/logs):',
              f'  crossbar router   ws://127.0.0.1:{site.port}/ws   '
              f'(HTTP calls: http://127.0.0.1:{site.port}/call, realm {site.realm})']
+    page = getattr(site, 'page_url', None)
+    if page:
+        lines.append(f'  live page         {page}   (locks, leases, why, history, reserve)')
     for dev in site.devices:
         lines.append(f"  {dev['name']:<17} simulated device on 127.0.0.1:{dev['port']} "
                      f"({dev['channels']} channels)")

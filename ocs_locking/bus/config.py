@@ -8,7 +8,9 @@ roles of the websocket transports) are authorized by
 ``ocs_locking.bus.authorize``, and the HTTP bridge's role(s) (``caller`` /
 ``publisher`` paths) keep their static permissions with caller and
 publisher disclosure on, plus a call permission for ``ocs_locking.bus.info``.
-Running it on its own output changes nothing.
+Each web transport that carries the agents' websocket also serves the live
+page (:func:`add_page`: a ``static`` path ``locks`` from the package
+``ocs_locking.web``). Running it on its own output changes nothing.
 
 Every problem is a :class:`ConfigError` with one line naming it.
 """
@@ -17,12 +19,17 @@ import json
 
 from . import rules
 
-__all__ = ['ConfigError', 'COMPONENT_CLASS', 'COMPONENT_ROLE', 'parse', 'rewrite',
-           'add_pythonpath', 'dumps', 'uses_component', 'summary']
+__all__ = ['ConfigError', 'COMPONENT_CLASS', 'COMPONENT_ROLE', 'PAGE_PATH', 'PAGE_PACKAGE',
+           'parse', 'rewrite', 'add_page', 'page_paths', 'add_pythonpath', 'dumps',
+           'uses_component', 'summary']
 
 COMPONENT_CLASS = 'ocs_locking.bus.authorizer.BusAuthorizer'
 COMPONENT_ROLE = 'ocs_locking_bus'
 _ACTIONS = ('call', 'register', 'publish', 'subscribe')
+#: The live page's path on the router's web transport (``/locks/``), and
+#: the package whose files crossbar's static service serves there.
+PAGE_PATH = 'locks'
+PAGE_PACKAGE = 'ocs_locking.web'
 
 
 class ConfigError(ValueError):
@@ -134,9 +141,10 @@ def _roles_of(router, realm_name):
 
 
 def rewrite(cfg, address_root='observatory', registry='lock-registry', realm=None,
-            where='crossbar config'):
+            where='crossbar config', page=PAGE_PATH):
     """A copy of crossbar config ``cfg`` that runs the bus component (see
-    the module docstring); ConfigError for a config without a router or realm."""
+    the module docstring) and serves the live page at ``page`` (None: not);
+    ConfigError for a config without a router or realm."""
     for name, value in (('address root', address_root), ('registry', registry)):
         if not isinstance(value, str) or not value or '.' in value or ' ' in value:
             raise ConfigError(f'{name} must be one URI component (no dots), not {value!r}')
@@ -196,7 +204,55 @@ def rewrite(cfg, address_root='observatory', registry='lock-registry', realm=Non
             break
     else:
         components.append(component)
+    return cfg if page is None else add_page(cfg, page, where)
+
+
+def _static_page():
+    # cache_timeout 0: crossbar's default (12 h) would keep an old page in
+    # browsers after an upgrade
+    return {'type': 'static', 'package': PAGE_PACKAGE, 'resource': '.',
+            'options': {'cache_timeout': 0}}
+
+
+def add_page(cfg, path=PAGE_PATH, where='crossbar config'):
+    """A copy of ``cfg`` whose router web transports that carry a
+    websocket path also serve the live page at ``/<path>/``: crossbar's
+    static service on the package :data:`PAGE_PACKAGE` (the router worker
+    must import ``ocs_locking``: installed in crossbar's environment, or on
+    its python path, see :func:`add_pythonpath`). A path of that name that
+    is not the page is refused (ConfigError); running it twice is once."""
+    if not isinstance(path, str) or not path or '/' in path or path != path.strip():
+        raise ConfigError(f'the page path must be one URL component (no /), not {path!r}')
+    cfg = copy.deepcopy(cfg)
+    for worker in cfg.get('workers') or []:
+        if not isinstance(worker, dict) or worker.get('type') != 'router':
+            continue
+        for transport in worker.get('transports') or []:
+            paths = transport.get('paths') if isinstance(transport, dict) else None
+            if transport.get('type') != 'web' or not isinstance(paths, dict) or not any(
+                    isinstance(p, dict) and p.get('type') == 'websocket'
+                    for p in paths.values()):
+                continue
+            old = paths.get(path)
+            if old is not None and not (isinstance(old, dict) and old.get('type') == 'static'
+                                        and old.get('package') == PAGE_PACKAGE):
+                raise ConfigError(f'{where}: the web transport already has a path {path!r} '
+                                  f'that is not the live page; choose another (--page)')
+            paths[path] = _static_page()
     return cfg
+
+
+def page_paths(cfg):
+    """The paths at which ``cfg``'s router transports serve the live page."""
+    found = []
+    for worker in cfg.get('workers') or []:
+        for transport in (worker.get('transports') or []) if isinstance(worker, dict) else []:
+            paths = transport.get('paths') if isinstance(transport, dict) else None
+            for name, p in (paths or {}).items() if isinstance(paths, dict) else ():
+                if isinstance(p, dict) and p.get('type') == 'static' \
+                        and p.get('package') == PAGE_PACKAGE and name not in found:
+                    found.append(name)
+    return found
 
 
 def summary(cfg):
@@ -208,8 +264,10 @@ def summary(cfg):
             roles = [r.get('name') for r in realm.get('roles') or []
                      if isinstance(r, dict) and r.get('authorizer') == rules.AUTHORIZE_URI]
             if roles:
+                pages = ''.join(f'; the live page at /{p}/' for p in page_paths(cfg))
                 return (f'component ocs_locking.bus in realm {realm.get("name")!r}; '
-                        f'role(s) {", ".join(roles)} authorized by {rules.AUTHORIZE_URI}')
+                        f'role(s) {", ".join(roles)} authorized by {rules.AUTHORIZE_URI}'
+                        f'{pages}')
     return 'no bus component'
 
 

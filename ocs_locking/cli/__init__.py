@@ -10,7 +10,7 @@
                       [--limit 20] [--json]
     ocs-locks resources [--json] [--file FILE]   # the declared resources
     ocs-locks run satp1/hwp --lease 30 -- ./calibrate.sh   # hold it while a command runs
-    ocs-locks crossbar-config IN.json OUT.json   # run the bus component (no network)
+    ocs-locks crossbar-config IN.json OUT.json   # the bus component, the page (no network)
 
 It reads the site config like other ocs tools (``--site-file``,
 ``--site-host``, ``$OCS_CONFIG_DIR``...), before or after the command.

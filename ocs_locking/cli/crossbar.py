@@ -1,7 +1,8 @@
 """``ocs-locks crossbar-config IN.json OUT.json``: run the bus component.
 
 Reads a crossbar config (e.g. the one ocs generates), rewrites it with
-:func:`ocs_locking.bus.config.rewrite` and writes the result; running it on
+:func:`ocs_locking.bus.config.rewrite` (the bus component, and the live page
+at ``/locks/`` unless ``--no-page``) and writes the result; running it on
 its own output changes nothing. No network, no site config needed.
 """
 import os
@@ -23,7 +24,8 @@ def cmd_crossbar_config(opts):
         cfg = bus_config.parse(text, where=f'crossbar config {opts.input}')
         out = bus_config.rewrite(cfg, address_root=opts.address_root or 'observatory',
                                  registry=opts.registry, realm=opts.realm,
-                                 where=f'crossbar config {opts.input}')
+                                 where=f'crossbar config {opts.input}',
+                                 page=getattr(opts, 'page', 'locks'))
         if opts.pythonpath:
             out = bus_config.add_pythonpath(out, os.path.abspath(opts.pythonpath))
     except bus_config.ConfigError as e:

@@ -237,7 +237,8 @@ def make_parser():
                     help='read and check this resources file instead of asking the registry '
                          '(against the agents of --site-file, when given)')
     cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
-                                    '(--address-root default observatory, --registry)')
+                                    'and serve the live page (--address-root default '
+                                    'observatory, --registry)')
     cb.add_argument('input', metavar='IN.json', help="crossbar config to read (e.g. ocs's)")
     cb.add_argument('output', metavar='OUT.json', help='where to write the result')
     cb.add_argument('--realm', default=None,
@@ -245,4 +246,10 @@ def make_parser():
     cb.add_argument('--pythonpath', default=None, metavar='DIR',
                     help="add DIR (holding ocs_locking/) to the router worker's python "
                          "path, instead of installing ocs-locking in crossbar's environment")
+    page = cb.add_mutually_exclusive_group()
+    page.add_argument('--page', default='locks', metavar='PATH',
+                      help='serve the live page at /PATH/ on the websocket\'s web transport '
+                           '(default locks)')
+    page.add_argument('--no-page', dest='page', action='store_const', const=None,
+                      help='do not serve the live page')
     return parser

@@ -29,6 +29,11 @@ def load(path):
         return json.load(f)
 
 
+#: the live page's path as the rewrite adds it
+PAGE = {'type': 'static', 'package': 'ocs_locking.web', 'resource': '.',
+        'options': {'cache_timeout': 0}}
+
+
 def roles(cfg, realm=0):
     return {r['name']: r for r in cfg['workers'][0]['realms'][realm]['roles']}
 
@@ -48,7 +53,9 @@ def test_ocs_generated_config_gets_the_component_its_role_the_authorizer_and_dis
     info = [p for p in controller if p['uri'] == rules.INFO_URI]
     assert info and info[0]['allow']['call'] and info[0]['match'] == 'exact'
     assert worker['options'] == {'pythonpath': ['..']}      # ocs's own option untouched
-    assert worker['transports'] == ocs_generated()['workers'][0]['transports']
+    transports = ocs_generated()['workers'][0]['transports']
+    transports[0]['paths']['locks'] = PAGE         # the live page, beside the websocket
+    assert worker['transports'] == transports
 
 
 def test_the_components_role_has_exact_permissions_and_no_prefix():
@@ -155,6 +162,62 @@ def test_parse_names_the_problem():
         bc.parse('{"workers": [', where='f.json')
     with pytest.raises(bc.ConfigError, match='not list'):
         bc.parse('[]')
+
+
+# -- the live page --------------------------------------------------------------------
+
+def test_the_page_is_served_beside_the_websocket_only_and_twice_is_once():
+    cfg = ocs_generated()
+    cfg['workers'][0]['transports'].append({'type': 'web', 'paths': {'/': {'type': 'static'}}})
+    cfg['workers'].append({'type': 'container', 'transports': [{'type': 'web', 'paths': {
+        'ws': {'type': 'websocket'}}}]})
+    out = bc.add_page(cfg)
+    assert out['workers'][0]['transports'][0]['paths']['locks'] == PAGE
+    assert 'locks' not in out['workers'][0]['transports'][1]['paths']   # no websocket there
+    assert out['workers'][1] == cfg['workers'][1]                       # not a router
+    assert bc.add_page(out) == out
+    assert bc.page_paths(out) == ['locks']
+    assert bc.page_paths(bc.add_page(cfg, 'page')) == ['page']
+    assert bc.page_paths(bc.rewrite(ocs_generated(), page=None)) == []
+    assert 'the live page at /locks/' in bc.summary(bc.rewrite(ocs_generated()))
+
+
+@pytest.mark.parametrize('path', ['', 'a/b', ' locks', None, 3])
+def test_a_page_path_that_is_not_one_url_component_is_refused(path):
+    with pytest.raises(bc.ConfigError, match='the page path must be one URL component'):
+        bc.add_page(ocs_generated(), path)
+
+
+def test_a_path_of_that_name_that_is_not_the_page_is_refused():
+    cfg = ocs_generated()
+    cfg['workers'][0]['transports'][0]['paths']['locks'] = {'type': 'static', 'directory': 'x'}
+    with pytest.raises(bc.ConfigError, match="already has a path 'locks' that is not the live"):
+        bc.add_page(cfg)
+
+
+def test_command_page_options(tmp_path):
+    src, out = tmp_path / 'in.json', tmp_path / 'out.json'
+    src.write_text(json.dumps(ocs_generated()))
+    assert main(['crossbar-config', str(src), str(out), '--page', 'status']) == 0
+    assert bc.page_paths(json.loads(out.read_text())) == ['status']
+    assert main(['crossbar-config', str(src), str(out), '--no-page']) == 0
+    assert bc.page_paths(json.loads(out.read_text())) == []
+
+
+def test_page_url_names_only_what_differs_from_the_pages_defaults():
+    from ocs_locking.web import page_url
+    assert page_url('127.0.0.1', 18001) == 'http://127.0.0.1:18001/locks/'
+    assert page_url('h', 1, realm='my realm', registry='reg', path='p') == \
+        'http://h:1/p/?realm=my+realm&registry=reg'
+    assert page_url('h', 1, address_root='site') == 'http://h:1/locks/?root=site'
+
+
+def test_the_page_defaults_are_the_ones_locks_js_assumes():
+    from ocs_locking.web import DEFAULTS
+    with open(os.path.join(REPO, 'ocs_locking', 'web', 'locks.js')) as f:
+        js = f.read()
+    for key, value in DEFAULTS:
+        assert f"query.get('{key}') || '{value}'" in js
 
 
 # -- the command ------------------------------------------------------------------------

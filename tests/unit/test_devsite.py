@@ -250,3 +250,18 @@ def test_demo_site_file_holds_no_password_and_the_access_file_is_copied_mode_060
                                         r"'lock-registry-access\.yaml' \(.*\): No such file"):
         Site(str(tmp_path / 'other' / 'site.yaml'), 'demo', str(tmp_path / 'run2'),
              crossbar=sys.executable)
+
+
+def test_the_demo_router_serves_the_live_page_and_the_stock_one_does_not(tmp_path):
+    """When the demo's crossbar config is written, the site knows the live
+    page's address on its port (the banner prints it); ocs's stock config
+    serves no page."""
+    from tools.siteconfig import stock_crossbar_config
+    s = site(tmp_path, port=18011)
+    assert s.page_url == 'http://127.0.0.1:18011/locks/'
+    with open(os.path.join(s.cbdir, 'config.json')) as f:
+        paths = json.load(f)['workers'][0]['transports'][0]['paths']
+    assert paths['locks']['package'] == 'ocs_locking.web'
+    stock = Site(DEMO, 'demo', str(tmp_path / 'stock'), crossbar=sys.executable, port=18012,
+                 crossbar_config=stock_crossbar_config())
+    assert stock.page_url is None

@@ -13,7 +13,8 @@ def fake_site():
         instances=[{'instance-id': 'lock-registry', 'agent-class': 'LockRegistryAgent'},
                    {'instance-id': 'sim-device-1', 'agent-class': 'SimulatedDeviceAgent'}],
         agents={'lock-registry': SimpleNamespace(pid=11), 'sim-device-1': SimpleNamespace(pid=12)},
-        client_args=['--site-file', '/w/site.yaml', '--site-host', 'demo'])
+        client_args=['--site-file', '/w/site.yaml', '--site-host', 'demo'],
+        page_url='http://127.0.0.1:18001/locks/')
 
 
 def test_banner_names_every_part_and_the_commands_to_talk_to_it():
@@ -23,11 +24,20 @@ def test_banner_names_every_part_and_the_commands_to_talk_to_it():
     assert lines[1].split() == ['crossbar', 'router', 'ws://127.0.0.1:18001/ws', '(HTTP',
                                 'calls:', 'http://127.0.0.1:18001/call,', 'realm',
                                 'test_realm)']
-    assert 'bridge-1          simulated device on 127.0.0.1:18101 (4 channels)' in lines[2]
-    assert lines[4].strip() == 'sim-device-1      SimulatedDeviceAgent (pid 12)'
-    assert "OCSClient('sim-device-1', args=['--site-file', '/w/site.yaml'" in lines[7]
-    assert lines[8].strip() == '.venv/bin/ocs-locks --site-file /w/site.yaml --site-host demo status'
+    assert lines[2].split()[:3] == ['live', 'page', 'http://127.0.0.1:18001/locks/']
+    assert 'bridge-1          simulated device on 127.0.0.1:18101 (4 channels)' in lines[3]
+    assert lines[5].strip() == 'sim-device-1      SimulatedDeviceAgent (pid 12)'
+    assert "OCSClient('sim-device-1', args=['--site-file', '/w/site.yaml'" in lines[8]
+    assert lines[9].strip() == \
+        '.venv/bin/ocs-locks --site-file /w/site.yaml --site-host demo status'
     assert lines[-1] == 'Ctrl-C stops everything this command started.'
+
+
+def test_a_site_without_the_page_has_no_page_line():
+    """When the router serves no page (ocs's stock config), the banner says nothing of one."""
+    site = fake_site()
+    site.page_url = None
+    assert 'live page' not in runner.banner(site)
 
 
 def test_watch_header_is_the_banner_then_every_notice():
