@@ -60,6 +60,8 @@
 
   function seconds(s) {
     if (typeof s !== 'number' || !isFinite(s)) return '';
+    if (s < 0.01) return (s * 1000).toFixed(1) + ' ms';
+    if (s < 1) return Math.round(s * 1000) + ' ms';
     if (s < 60) return s.toFixed(1) + ' s';
     if (s < 3600) return Math.floor(s / 60) + ' min ' + Math.floor(s % 60) + ' s';
     return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
@@ -84,9 +86,12 @@
       if (!r || r.kind !== 'lock' || typeof r.start !== 'number') return;
       var end = typeof r.end === 'number' ? r.end : to;
       if (end < from || r.start > to) return;
+      var more = [r.outcome || (r.end == null ? 'open' : '')];
+      if (r.lent > 0) more.push('lent ' + r.lent + 'x');
+      if (r.gave_up > 0) more.push(r.gave_up + ' gave up');
       out.push({start: Math.max(r.start, from), end: Math.min(end, to), open: r.end == null,
-                label: holderText(r) || String(r.job || '?'), outcome: r.outcome || '',
-                detail: r});
+                label: holderText(r) || String(r.job || '?'),
+                outcome: more.filter(Boolean).join(', '), detail: r});
     });
     return out.sort(function (a, b) { return a.start - b.start; });
   }
@@ -225,10 +230,7 @@
     tr.dataset.agentState = agentState(row);
     var flags = cell(tr, 'flags');
     flags.textContent = '';
-    (Array.isArray(row.flags) ? row.flags : []).forEach(function (f) {
-      flags.appendChild(el('span', {'class': 'flag flag-' + String(f).replace(/\W/g, '')},
-                           String(f)));
-    });
+    flagSpans(flags, Array.isArray(row.flags) ? row.flags : []);
     var actions = cell(tr, 'actions');
     if (!actions.firstChild) {
       actions.appendChild(button('why', key, 'why'));
@@ -259,6 +261,37 @@
     return grant && state.mine.get(grant.request_id);
   }
 
+  var EXPIRING_FRACTION = 0.25;    // ocs_locking.flags.EXPIRING_FRACTION
+
+  /* A lease's flags: the registry's, and 'expiring' counted down here too
+   * (less than a quarter of its lease left), so it shows between messages. */
+  function leaseFlags(g, left) {
+    var flags = (Array.isArray(g.flags) ? g.flags : []).map(String);
+    if (flags.indexOf('expiring') < 0 && typeof g.lease === 'number' && g.lease > 0 &&
+        typeof left === 'number' && left < EXPIRING_FRACTION * g.lease) {
+      flags.push('expiring');
+    }
+    return flags;
+  }
+
+  function flagSpans(td, flags) {
+    flags.forEach(function (f) {
+      td.appendChild(el('span', {'class': 'flag flag-' + String(f).replace(/\W/g, '')},
+                        String(f)));
+    });
+  }
+
+  function timeLeft(g, now) {
+    return typeof g.expires_in === 'number'
+      ? Math.max(0, g.expires_in - (now - state.leases.received) / 1000) : null;
+  }
+
+  function fillLeft(td, g, now) {
+    var left = timeLeft(g, now);
+    td.textContent = seconds(left) + ' ';
+    flagSpans(td, leaseFlags(g, left));
+  }
+
   function fillLease(tr, key, grants) {
     var g = (grants || grantsByResource()).get(key), now = performance.now();
     var queue = state.leases.waiting.filter(function (w) {
@@ -267,9 +300,7 @@
     cell(tr, 'resource').textContent = key + (g.tree ? '/**' : '');
     cell(tr, 'owner').textContent = g.owner + (mineFor(g) ? ' (this page)' : '');
     cell(tr, 'token').textContent = String(g.token);
-    var left = typeof g.expires_in === 'number'
-      ? Math.max(0, g.expires_in - (now - state.leases.received) / 1000) : null;
-    cell(tr, 'left').textContent = seconds(left);
+    fillLeft(cell(tr, 'left'), g, now);
     cell(tr, 'queue').textContent = String(queue);
     cell(tr, 'note').textContent = g.note || '';
     var mine = !!mineFor(g);
@@ -310,10 +341,7 @@
     var grants = grantsByResource();
     Array.prototype.forEach.call($('leases').tBodies[0].rows, function (tr) {
       var g = grants.get(tr.getAttribute('data-resource'));
-      if (g && typeof g.expires_in === 'number') {
-        cell(tr, 'left').textContent = seconds(Math.max(0, g.expires_in -
-          (now - state.leases.received) / 1000));
-      }
+      if (g) fillLeft(cell(tr, 'left'), g, now);
     });
   }
 

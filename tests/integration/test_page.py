@@ -288,9 +288,22 @@ def test_reserve_and_release_from_the_page_reach_ocs_locks_status(site, page):
     page.fill('#lookup input[name="target"]', 'page/mine')
     page.click('#lookup button[value="history"]')
     expect(page.locator('#detail ol.spans')).to_contain_text(
-        re.compile(r'erin \(token \d+\) [\d.]+ s released'), timeout=WAIT_MS)
+        re.compile(r'erin \(token \d+\) [\d.]+ m?s released'), timeout=WAIT_MS)
     expect(page.locator('#detail .timeline .span.open')).to_have_count(0)
     assert page.console == [], page.console.text()
+
+
+def test_a_lease_nobody_renews_is_flagged_expiring_then_goes(site, page):
+    """When a lease is taken with the registry's acquire task (no lease_id:
+    nobody can renew it) for 4 s, the page flags it expiring once less than
+    a quarter is left, then drops it when it expires."""
+    registry = OCSClient('lock-registry', args=site.client_args)
+    reply = registry.acquire(resource='page/expiring', owner='hal', lease=4.0)
+    assert reply.session['success'], reply
+    row = lease_row(page, 'page/expiring')
+    expect(row.locator('td.owner')).to_have_text('hal', timeout=WAIT_MS)
+    expect(row.locator('td.left .flag-expiring')).to_have_text('expiring', timeout=WAIT_MS)
+    expect(row).to_have_count(0, timeout=WAIT_MS)
 
 
 def test_why_answers_for_a_lock_row_and_for_a_name_looked_up(page):
@@ -310,15 +323,21 @@ def test_why_answers_for_a_lock_row_and_for_a_name_looked_up(page):
     expect(page.locator('#detail-body p.bad')).to_be_visible(timeout=WAIT_MS)
 
 
-def test_the_history_of_a_lock_is_a_timeline_or_says_the_registry_has_none(page):
+def test_the_history_of_a_lock_is_a_timeline_of_its_holds(site, page):
     """When history is clicked on a lock, the page shows the lock's last
-    hour as a timeline, or, from a registry whose history task does not take
-    kind='lock' (it refuses the parameter), says there is no lock history."""
+    hour from the registry's lock history (the history task's kind='lock'):
+    acq's hold, still open, and a set_heater that borrowed the lock, released.
+    (A registry without lock history refuses the parameter: the page then
+    says "no lock history on this registry".)"""
+    client = OCSClient('sim-device-1', args=site.client_args)
+    sid = client.set_heater(value=3.0).session['session_id']
     lock_row(page, 'sim-device-1/hw').locator('button[data-action="history"]').click(
         timeout=WAIT_MS)
-    answer = page.locator('#detail .timeline, #detail-body p:has-text('
-                          '"no lock history on this registry")')
-    expect(answer.first).to_be_visible(timeout=WAIT_MS)
+    spans = page.locator('#detail ol.spans')
+    expect(spans).to_contain_text(
+        re.compile(rf'set_heater \(session {sid}\) [\d.]+ m?s released'), timeout=WAIT_MS)
+    expect(spans).to_contain_text(re.compile(r'-now acq \(session \d+\) .* open'))
+    expect(page.locator('#detail .timeline .span.open')).to_have_count(1)
 
 
 def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
@@ -354,8 +373,9 @@ def test_on_a_phone_nothing_overflows_sideways(site, browser, tmp_path):
             OCSClient('sim-device-1', args=site.client_args).set_heater(value=20.0)
             expect(lock_row(desk, 'sim-device-1/hw').locator('.recent')).to_contain_text(
                 'set_heater', timeout=WAIT_MS)
-            lease_row(desk, 'page/phone').locator('button[data-action="history"]').click()
-            expect(desk.locator('#detail .timeline .span')).to_have_count(1, timeout=WAIT_MS)
+            lock_row(desk, 'sim-device-1/hw').locator('button[data-action="history"]').click()
+            expect(desk.locator('#detail ol.spans')).to_contain_text('set_heater',
+                                                                    timeout=WAIT_MS)
             shot = tmp_path / 'page.png'
             desk.screenshot(path=str(shot), full_page=True)
         finally:
