@@ -16,6 +16,7 @@ from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive
                     check_resource, check_resources, check_seconds, check_text, check_time,
                     conflicts, overlap, when)
 from ..errors import LeaseError, LeaseStoreError
+from .waitfor import closing_cycle, cycle_text
 
 __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'Preemption',
            'conflicts', 'check_resource', 'ACTIONS', 'MAX_GRACE']
@@ -334,6 +335,7 @@ class LeaseState:
                 return self._grant(req, now)
             if timeout == 0:
                 return Outcome('busy', None, (), holders, ahead + 1)
+            self._check_deadlock(req, holders)
             self._check_queue_room(owner, client)
             self._last_rid += 1
             self._waiting.append(req)
@@ -725,6 +727,23 @@ class LeaseState:
             self._set(self._keys, rid, _MISSING)
         self._remember(Outcome(_ENDED_AS[action], rid, grants))
         return list(grants)
+
+    def _check_deadlock(self, req, holders):
+        """Raise LeaseError (the cycle spelled out) if ``req`` waiting would
+        close a cycle of owners each waiting for another's grant: nobody in
+        it could go on before a timeout. Only looked for when a holder in
+        the way is itself waiting (the common queue costs nothing more)."""
+        waiters = {w.owner for w in self._waiting}
+        if not any(g.owner in waiters and g.owner != req.owner for g in holders):
+            return
+        grants = [{'resource': g.resource, 'owner': g.owner, 'tree': g.tree}
+                  for g in self.holders()]
+        waiting = [{'owner': w.owner, 'resources': w.resources, 'tree': w.tree}
+                   for w in self._waiting]
+        found = closing_cycle(grants, waiting, {'owner': req.owner,
+                                                'resources': req.resources, 'tree': req.tree})
+        if found is not None:
+            raise LeaseError(cycle_text(*found, grants))
 
     def _check_queue_room(self, owner, client):
         """Raise LeaseError unless a request of ``owner`` from ``client`` may

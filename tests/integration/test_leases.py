@@ -627,3 +627,33 @@ def test_ocs_locks_why_follows_a_lease_holder_into_the_lease_it_waits_for(site, 
     assert bad.returncode == 1 and bad.stdout == ''
     assert bad.stderr == ("ocs-locks: why: no lock 'sim-device-1/nope' (agent 'sim-device-1' "
                           "reports sim-device-1/hw)\n"), bad.stderr
+
+
+def test_lease_request_that_would_close_a_deadlock_is_refused_at_once(site, registry):
+    """When alice holds it/dl-mount and bob, holding it/dl-hwp, waits for it,
+    alice's request to wait for it/dl-hwp would close a cycle: the registry
+    refuses it at once (long before its 20 s timeout) with the cycle spelled
+    out, and bob is served as soon as alice releases."""
+    ok, _, mount = take(registry, resource='it/dl-mount', owner='alice', lease=30)
+    assert ok
+    bob = ocs_client(site)
+    ok, _, hwp = take(bob, resource='it/dl-hwp', owner='bob', lease=30)
+    assert ok
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=take(bob, resource='it/dl-mount', owner='bob', lease=30, timeout=20)))
+    t.start()
+    poll(lambda: leases(registry)['waiting'], 'bob waiting')
+    t0 = time.monotonic()
+    ok, msg, _ = take(registry, resource='it/dl-hwp', owner='alice', lease=30, timeout=20)
+    assert time.monotonic() - t0 < 20, 'the request waited for its timeout'
+    assert not ok
+    assert ('deadlock: alice holds it/dl-mount, waits for it/dl-hwp held by bob, which '
+            'waits for it/dl-mount') in msg and msg.count('\n') == 0
+    assert answer(registry.release(resource='it/dl-mount', lease_id=mount['lease_id']))[0]
+    t.join(20)
+    assert not t.is_alive()
+    ok, msg, got = result['r']
+    assert ok, msg
+    for g in (got, hwp):
+        assert answer(registry.release(resource=g['resource'], lease_id=g['lease_id']))[0]

@@ -759,3 +759,25 @@ def test_LeaseState_cancel_with_a_bad_reason_changes_nothing(state):
     with pytest.raises(LeaseError, match=r'^reason must be a string, not 5$'):
         state.cancel(w.request_id, 1, reason=5)
     assert state.poll(w.request_id).status == 'queued'
+
+
+def test_LeaseState_refuses_at_once_a_wait_that_would_close_a_deadlock(state):
+    """When schedule-A holds satp1/mount and ops-console, holding satp1/hwp,
+    waits for it, schedule-A asking to wait for satp1/hwp would close a
+    cycle: it is refused at once with the cycle spelled out, nothing is
+    queued, and the waiting request is untouched (it is served once
+    schedule-A releases)."""
+    mount = state.acquire('satp1/mount', 'schedule-A', 30, 0.0).grants[0]
+    hwp = state.acquire('satp1/hwp', 'ops-console', 30, 0.0).grants[0]
+    queued = state.acquire('satp1/mount', 'ops-console', 30, 1.0, timeout=20)
+    assert queued.status == 'queued'
+    with pytest.raises(LeaseError, match=(
+            r'^deadlock: schedule-A holds satp1/mount, waits for satp1/hwp held by '
+            r'ops-console, which waits for satp1/mount$')):
+        state.acquire('satp1/hwp', 'schedule-A', 30, 2.0, timeout=20)
+    assert [w.owner for w in state._waiting] == ['ops-console']
+    # without a timeout it is only busy, as any request for a held resource
+    assert state.acquire('satp1/hwp', 'schedule-A', 30, 2.0).status == 'busy'
+    state.release('satp1/mount', mount.token, 3.0)
+    assert state.poll(queued.request_id).status == 'granted'
+    assert hwp.owner == 'ops-console'
