@@ -75,7 +75,8 @@ def site_benches(tmp_path_factory):
     """Both site benchmarks, started together when the module's first test
     asks for them; killed at the end of the module if still running."""
     benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
-               for name in ('registry_bench', 'site_lock_bench', 'liveness_bench')}
+               for name in ('registry_bench', 'site_lock_bench', 'liveness_bench',
+                            'deadlock_bench')}
     yield benches
     for bench in benches.values():
         bench.stop()
@@ -236,3 +237,17 @@ def test_liveness_bench_quick_prints_both_registries_for_every_kill(site_benches
     trials = result['results']['trials']
     assert len(trials) == 2
     assert all(t['ours'] >= 0 and t['ocs'] > 0 for t in trials)
+
+
+@pytest.mark.integration
+def test_deadlock_bench_quick_refuses_every_cycle_and_prints_its_table(site_benches):
+    """When deadlock_bench runs in quick mode (a real site), every request
+    that would close a cycle is refused, with the cycle in the message, and
+    the table sets it beside the busy refusal (the baseline)."""
+    _, printed, _, out = site_benches['deadlock_bench'].result()
+    assert '| refusal | trials refused | median (ms) | p99 (ms) | max (ms) |' in printed
+    data = json.loads(out.read_text())
+    r = data['results']
+    assert r['deadlock']['refused'] == r['busy']['refused'] == 5
+    assert r['messages'][0].startswith('Refused: deadlock: alice holds bench/dl-')
+    assert len(data['trials']) == 5
