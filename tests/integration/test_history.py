@@ -144,8 +144,8 @@ def alert_counts(registry):
     return {k: v['count'] for k, v in (data.get('alerts') or {}).items()}
 
 
-def wait_for(pred, what):
-    deadline = time.monotonic() + WAIT
+def wait_for(pred, what, bound=WAIT):
+    deadline = time.monotonic() + bound
     while not pred():
         assert time.monotonic() < deadline, f'never saw {what}'
         time.sleep(0.2)
@@ -157,12 +157,17 @@ def test_a_lease_left_unrenewed_is_flagged_expiring_until_it_ends(site):
     ``expiring`` block), ocs-locks status marks it, and the count goes back
     to 0 once it expired."""
     registry = site.wait_agent('lock-registry')
-    reply = registry.acquire(resource='it/expiring', owner='flag-test', lease=20)
+    # a 60 s lease is expiring for its last 15 s: room for a status command
+    # started on a loaded machine to see it before it ends
+    reply = registry.acquire(resource='it/expiring', owner='flag-test', lease=60)
     assert reply.session['success'], reply
-    wait_for(lambda: alert_counts(registry).get('expiring') == 1, 'the lease expiring')
-    p = ocs_locks(site, 'status')
-    line = next(x for x in p.stdout.splitlines() if x.startswith('it/expiring'))
-    assert '[expiring]' in line, p.stdout
+
+    def marked():
+        lines = ocs_locks(site, 'status').stdout.splitlines()
+        return any(x.startswith('it/expiring') and '[expiring]' in x for x in lines)
+    wait_for(lambda: alert_counts(registry).get('expiring') == 1, 'the lease expiring',
+             bound=75)
+    wait_for(marked, 'ocs-locks status marking the lease expiring', bound=30)
     wait_for(lambda: alert_counts(registry).get('expiring') == 0, 'the lease gone')
     assert 'it/expiring' not in ocs_locks(site, 'status').stdout
     assert alert_counts(registry) == {'stuck': 0, 'silent': 0, 'expiring': 0}

@@ -295,10 +295,10 @@ def test_reserve_and_release_from_the_page_reach_ocs_locks_status(site, page):
 
 def test_a_lease_nobody_renews_is_flagged_expiring_then_goes(site, page):
     """When a lease is taken with the registry's acquire task (no lease_id:
-    nobody can renew it) for 4 s, the page flags it expiring once less than
+    nobody can renew it) for 12 s, the page flags it expiring once less than
     a quarter is left, then drops it when it expires."""
     registry = OCSClient('lock-registry', args=site.client_args)
-    reply = registry.acquire(resource='page/expiring', owner='hal', lease=4.0)
+    reply = registry.acquire(resource='page/expiring', owner='hal', lease=12.0)
     assert reply.session['success'], reply
     row = lease_row(page, 'page/expiring')
     expect(row.locator('td.owner')).to_have_text('hal', timeout=WAIT_MS)
