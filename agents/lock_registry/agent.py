@@ -410,12 +410,14 @@ class LockRegistryAgent:
         self.agent.publish_to_feed(STATS_FEED, {'block_name': slug, 'timestamp': now,
                                                 'data': data, 'influxdb_tags': tags})
 
-    def _publish_stats(self, part=0, parts=1):
+    def _publish_stats(self, part=0, parts=1, rows=None, now=None):
         """Record figures for one slice of the locks (all when parts == 1), so
         a big site's records are spread over the stats period; the site
-        leases with the first slice."""
-        now = time.time()
-        rows = self.table.snapshot(now)
+        leases with the first slice. ``rows``: the table's snapshot as of
+        ``now``, when the caller has one (the monitor's tick)."""
+        if rows is None:
+            now = time.time()
+            rows = self.table.snapshot(now)
         for row in rows[part::parts]:
             values = {
                 'held': int(row['job'] is not None or row['since'] is not None),
@@ -465,14 +467,15 @@ class LockRegistryAgent:
                 self._usual_cache = {key: hit}
         return hit[1]
 
-    def _flag(self, now):
+    def _flag(self, now, rows=None):
         """Flag what is stuck or unusual (:mod:`ocs_locking.flags`): set
         the rows' ``flags`` (publishing the rows whose flags changed),
         publish the leases when one starts or stops expiring, and record the
         ``alerts`` blocks when a count changed or every ``stats_every``.
-        Returns the counts (``{kind: (count, worst seconds)}``)."""
+        Returns the counts (``{kind: (count, worst seconds)}``). ``rows``:
+        the table's snapshot as of ``now``, when the caller has one."""
         flagged, changed = [], []
-        for row in self.table.snapshot(now):
+        for row in self.table.snapshot(now) if rows is None else rows:
             usual = None
             if self.usual_hold is not None and row['job'] is not None \
                     and (row['held_for'] or 0.0) > STUCK_MIN:
@@ -634,8 +637,9 @@ class LockRegistryAgent:
             if now - last_snapshot >= self.snapshot_every:
                 last_snapshot = now
                 self._publish_snapshot()
-            self._publish_stats(n % parts, parts)
-            self._flag(now)
+            rows = self.table.snapshot(now)     # one copy of the table per tick
+            self._publish_stats(n % parts, parts, rows, now)
+            self._flag(now, rows)
             n += 1
             if self.lock_history is not None:
                 self.lock_history.flush(now)
