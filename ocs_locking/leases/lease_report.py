@@ -33,7 +33,7 @@ def report_name(resource, name=None):
     if name is None:
         out = 'lease:' + str(resource).replace('/', ':')
         if len(out) > 64:       # a long path: its end (the row's ``lease`` says it all)
-            out = 'lease:~' + out[-57:]
+            out = 'lease:' + out[-58:]
     if not isinstance(out, str) or not _NAME.match(out):
         raise ValueError(f'a SiteLock is reported as a lock named with 1-64 letters, digits '
                          f'or _.:- (pass name=...), not {out!r:.80}')
