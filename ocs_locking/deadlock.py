@@ -12,7 +12,8 @@ Parties (the nodes):
   the lock event gave no session id), named ``sim-1 acq (session 3)``;
 * a lease *owner* that is not seen as an agent's operation (a script's
   Reservation, an operator's console, an agent whose SiteLock is not
-  reported): its owner string.
+  reported): its owner string, with the operation that asked when the
+  request said (``party``: ``sim-1 cal (session 4)``).
 
 Edges, ``a -> b``: ``a`` waits for something ``b`` holds.
 
@@ -47,6 +48,11 @@ def _op(agent, job, session_id):
 
 def _owner(owner):
     return f'owner\x00{owner}'
+
+
+def _label(item):
+    """A lease owner, with the operation that asked (``party``) when known."""
+    return item['owner'] if not item.get('party') else f"{item['owner']} {item['party']}"
 
 
 def party_name(node):
@@ -90,7 +96,7 @@ class _Graph:
         if row is not None and (row.get('job') is not None or
                                 row.get('session_id') is not None):
             return self.op(row['agent'], row.get('job'), row.get('session_id'))
-        return _owner(g['owner'])
+        return _owner(_label(g))
 
     def edge(self, a, b, label):
         if a != b:
@@ -130,7 +136,7 @@ class _Graph:
                 continue        # its SiteLock row says which operation waits
             for g in self.in_the_way(list(w.get('resources') or ()), w.get('tree', False),
                                      owner):
-                self.edge(_owner(owner), self.grant_holder(g), ('lease', g['resource']))
+                self.edge(_owner(_label(w)), self.grant_holder(g), ('lease', g['resource']))
         return self
 
     def _request(self, owner, resource):

@@ -328,10 +328,14 @@ class SiteLock:
         # is given up (cancelled, which withdraws the request) only
         # ANSWER_MARGIN later, when the registry did not answer at all.
         give_up = _give_up(timeout)
+        # which operation asks, for the registry's deadlock check (an older
+        # registry takes no ``party``: sent only when the caller names one)
+        party = {} if job is None and session_id is None else \
+            {'party': job if session_id is None else f'{job or "operation"} (session {session_id})'}
         try:
             call = defer.maybeDeferred(
                 self.agent.call, self._uri('acquire'), self.resource, self._owner, self.lease,
-                timeout, self.tree, self.note, self.agent.agent_address)
+                timeout, self.tree, self.note, self.agent.agent_address, **party)
             call.addTimeout(give_up, self.reactor)
             reply = yield call
             ans = Answer.from_reply(reply)

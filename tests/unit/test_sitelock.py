@@ -209,9 +209,9 @@ class QueuedAgent(KeyedAgent):
         super().__init__()
         self.pending = []
 
-    def call(self, uri, *args):
+    def call(self, uri, *args, **kwargs):
         if uri.endswith('.acquire'):
-            self.calls.append(('acquire', args))
+            self.calls.append(('acquire', args, kwargs))
             d = defer.Deferred()
             self.pending.append(d)
             return d
@@ -242,6 +242,8 @@ def test_reported_SiteLock_names_the_operation_that_waits_then_holds():
     msgs = feed.published
     assert [m['event'] for m in msgs] == ['snapshot', 'waiting', 'acquired', 'released']
     assert all(m['lease'] == 'demo/hwp' and m['lock'] == 'lease:demo:hwp' for m in msgs)
+    # the request names the operation too, for the registry's deadlock check
+    assert agent.calls[0][2] == {'party': 'cal (session 4)'}
     assert msgs[1]['queue'][0]['job'] == 'cal' and msgs[1]['queue'][0]['session_id'] == 4
     assert (msgs[2]['job'], msgs[2]['session_id'], msgs[2]['queue']) == ('cal', 4, [])
     table = OwnershipTable()
