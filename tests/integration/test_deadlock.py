@@ -105,10 +105,11 @@ class Rows:
             left = deadline - time.monotonic()
             assert left > 0, f'the ownership feed never showed {what}'
             try:
-                topic, args, _ = self.w.events.get(timeout=left)
+                event = self.w.events.get(timeout=left)
             except queue.Empty:
                 continue
-            at = time.monotonic()
+            topic, args, _ = event
+            at = event.arrived
             msg = args[0][0] if args and isinstance(args[0], list) else (args[0] if args else {})
             if topic.endswith('.' + ALERTS_FEED):     # a recorded feed: blocks by name
                 self.alerts += list(msg.values()) if isinstance(msg, dict) else []
