@@ -768,6 +768,7 @@ class LockRegistryAgent:
             data['access_director'] = self.director.status()
         if self.lock_history is not None:
             data['lock_history'] = self.lock_history.status()
+        data['deadlocks'] = self.deadlocks.public()[:20]
         # the lock rows in what is left of the budget
         page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
         session.data = dict({TABLE_KEY: page}, **data)

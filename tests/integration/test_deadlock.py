@@ -176,6 +176,12 @@ def test_two_operations_taking_two_locks_in_opposite_orders_are_reported_within_
                                                  agent.op2.status().session['session_id'])]
     data = registry(site).monitor.status().session['data']
     assert [d['locks'] for d in data['deadlocks']] == [['dl-1/a', 'dl-1/b']]
+    status = subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *site.client_args,
+                             'status'], capture_output=True, text=True, timeout=WAIT)
+    assert any(line.startswith('DEADLOCK (for ') and line.endswith(why['deadlocks'][0])
+               for line in status.stdout.splitlines()), status.stdout
+    assert any(line.startswith('dl-1/a ') and line.endswith('[deadlock]')
+               for line in status.stdout.splitlines()), status.stdout
     rows.alert(lambda a: a.get('block_name') == 'deadlock' and
                2 in a['data']['deadlock_count'], 'the alerts block counting the deadlock')
     ok(agent.untangle())
