@@ -258,6 +258,11 @@ class BookingOps:
                 'late': round(first.granted_at - b.start, 6)}
         if len(grants) > 1:
             data['grants'] = [{'resource': g.resource, 'token': g.token} for g in grants]
+        # The access director's credential of the grant, handed over once
+        # (the claim's reply goes to the caller alone).
+        privs = self.leases.grant_privs(b.request_id) if self.leases.grant_privs else None
+        if privs is not None:
+            data['privs'] = privs
         return True, (f"Booking {b.booking_id} holds {', '.join(g.resource for g in grants)} "
                       f"(token {first.token}) until {utc_day(first.expires)}."), data
 

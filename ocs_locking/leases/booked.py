@@ -55,9 +55,10 @@ class Calendar:
             self._client = OCSClientTransport(self._client)
         return self._client
 
-    def call(self, name, wait=0.0, **params):
-        """The answer's data, or ReservationError with the one-line reason."""
-        ans = self.client.lease_call(name, params, wait)
+    def call(self, name, params_wait=0.0, **params):
+        """The answer's data, or ReservationError with the one-line reason
+        (``params_wait``: how long the registry may take, seconds)."""
+        ans = self.client.lease_call(name, params, params_wait)
         if not ans.ok:
             raise ReservationError(f'{name.replace("_", "-")}: {ans.reason}')
         return ans.data

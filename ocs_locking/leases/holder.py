@@ -254,7 +254,8 @@ class LeaseHolder:
         the booking's claim key."""
         self.tokens = dict(data.get('tokens') or {data['resource']: data['token']})
         self.lease_id = lease_id
-        self.grant_privs = None
+        privs = data.get('privs')
+        self.grant_privs = privs if isinstance(privs, str) else None
         self.expires = data.get('expires')
         self.request_id = data.get('request_id')
         self.deadline = sent + _duration(data.get('expires_in'))

@@ -447,8 +447,11 @@ class Reservation:
             wait = CLAIM_POLL if give_up is None else \
                 max(0.0, min(CLAIM_POLL, give_up - self._clock()))
             sent = self._clock()
-            ans = self._call('claim', wait, booking=bid, claim=key, wait=wait,
-                             client=self.client_id)
+            params = {'booking': bid, 'claim': key, 'wait': wait, 'client': self.client_id}
+            try:
+                ans = self.client.lease_call('claim', params, wait)
+            except ReservationError as e:
+                ans = Answer(False, str(e), answered=False)
             if ans.ok and ans.data.get('state') == 'held':
                 with self._lock:
                     self._core.booked(ans.data, key, sent)
