@@ -160,6 +160,25 @@ def test_ocs_locks_book_calendar_next_free_unbook(site, registry):
     assert start >= after[0]['end'] - 0.5     # (it was booked when next-free was asked)
 
 
+def test_the_booking_example_in_the_docs_runs(site, registry):
+    """When the docs' booking example runs against the site, it books the
+    next free window of demo/hwp and runs every step under the booked
+    lease, from its start, with the booking's one token."""
+    import importlib.util
+    path = os.path.join(REPO, 'docs', 'examples', 'book_hwp.py')
+    spec = importlib.util.spec_from_file_location('book_hwp', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    b = example.book_calibration(site.client_args, 5.0, after_in=AHEAD)
+    assert b['resources'] == ['demo/hwp'] and b['end'] - b['start'] == 5.0
+    seen = []
+    assert example.run_calibration(site.client_args, b['booking_id'], b['claim'], [1, 2, 3],
+                                   lambda step, token: seen.append((step, token))) == 'done'
+    assert [s for s, _ in seen] == [1, 2, 3] and len({t for _, t in seen}) == 1
+    (grant,) = [r for r in audit(registry, 'demo/hwp', 'grant')
+                if r['detail'].get('booking') == b['booking_id']]
+    assert grant['token'] == seen[0][1] and grant['at'] >= b['start']
+
 def test_bookings_persist_across_a_registry_restart_and_a_missed_start_activates_at_once(
         site, registry, cal):
     """When the registry is stopped across a booking's start, the booking
@@ -185,3 +204,4 @@ def test_bookings_persist_across_a_registry_restart_and_a_missed_start_activates
         Calendar(args=site.client_args).unbook(later['booking_id'], b['claim'])
     Calendar(args=site.client_args).unbook(later['booking_id'], later['claim'])
     assert reg is not None
+
