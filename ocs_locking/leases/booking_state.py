@@ -1,15 +1,15 @@
 """How bookings become leases: LeaseState's calendar part (pure, mixed in).
 
 :class:`BookedLeases` is mixed into :class:`~.state.LeaseState`; it keeps
-the bookings (:mod:`.bookings`) beside the grants and changes them inside
-the same operations (``_op``): one batch, one store transaction
+the bookings (:mod:`ocs_locking.leases.bookings`) beside the grants and
+changes them inside the same operations (``_op``): one batch, one store transaction
 (``apply(bookings=...)``), rolled back together, so a standby that
 replicates what ``apply`` writes replicates the calendar too.
 
 Contract (all times on the registry's clock, passed in):
 
 * **Booking** (:meth:`book`) is refused at once, in one line, when the
-  window is bad (:func:`.bookings.check_window`), overlaps a live booking
+  window is bad (:func:`~ocs_locking.leases.bookings.check_window`), overlaps a live booking
   on a conflicting path (whoever's), or the calendar is full; nothing
   changes then.
 * **Warning ahead.** From ``start - warn_ahead`` (or at once, for a
@@ -171,7 +171,7 @@ class BookedLeases:
 
     def next_free(self, resources, length, after, tree=False):
         """The earliest start >= ``after`` of a free window of ``length``
-        seconds on ``resources`` (see :func:`.bookings.next_free`), or None."""
+        seconds on ``resources`` (see :func:`ocs_locking.leases.bookings.next_free`), or None."""
         if not isinstance(tree, bool):
             raise bad_value('tree', 'True or False', tree)
         names = check_resources(resources, tree, self.max_resources)
