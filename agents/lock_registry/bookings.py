@@ -291,6 +291,9 @@ class BookingOps:
             if after is None and after_in is None:
                 after_in = 0.0
             after = max(now, _time('after', after, after_in, now))
+            for path in [resource] if isinstance(resource, str) else \
+                    resource if isinstance(resource, (list, tuple)) else ():
+                self.leases.resources.check(path)
             t = self.state.next_free(resource, length, after, tree)
         except LeaseError as e:
             return False, f'Refused: {e}', {'error': str(e)}

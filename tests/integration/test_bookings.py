@@ -179,6 +179,22 @@ def test_the_booking_example_in_the_docs_runs(site, registry):
                 if r['detail'].get('booking') == b['booking_id']]
     assert grant['token'] == seen[0][1] and grant['at'] >= b['start']
 
+def test_ocs_locks_reserve_booking_holds_from_the_start_to_the_end(site, registry, cal):
+    """When an operator runs ``ocs-locks reserve --booking ID --claim KEY``
+    before the start, it waits, holds the booking's lease from the start
+    (printing its token) and exits 0 when the booking is over."""
+    b = cal.book('it/booked-f', 'operator', start_in=AHEAD, end_in=AHEAD + 2)
+    out = ocs_locks(site, 'reserve', '--booking', str(b['booking_id']), '--claim', b['claim'])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"Waiting for booking {b['booking_id']} (it/booked-f)")
+    assert lines[1].startswith(f"Holding it/booked-f (booking {b['booking_id']}): token(s) "
+                               f"it/booked-f=")
+    assert lines[2].startswith(f"Booking {b['booking_id']} is over:") and 'ended' in lines[2]
+    wrong = ocs_locks(site, 'reserve', '--booking', str(b['booking_id']), '--claim', 'f' * 32)
+    assert wrong.returncode == 1 and wrong.stderr.count('\n') == 1
+    assert 'that claim key is not the key of booking' in wrong.stderr
+
 def test_bookings_persist_across_a_registry_restart_and_a_missed_start_activates_at_once(
         site, registry, cal):
     """When the registry is stopped across a booking's start, the booking
