@@ -117,8 +117,8 @@ def test_only_the_procedure_reply_carries_the_claim_key(ops):
                                  'note': '', 'client': ''})
     assert ok and 'claim' not in session.data and session.data['claimable'] is False
     cal = ops.do_calendar()[2]
-    msg = leases_message(ops.state.snapshot(), 1, T0, T0, 10 ** 6, None,
-                         ops.state.bookings())
+    msg = leases_message(ops.state.snapshot(), 1, T0, T0, 10 ** 6,
+                         bookings=ops.state.bookings())
     assert [b['booking_id'] for b in msg['bookings']] == [1, 2]
     assert key not in repr(cal) and key not in repr(msg)
 
