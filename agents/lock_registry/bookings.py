@@ -223,13 +223,21 @@ class BookingOps:
         d = defer.Deferred(canceller=lambda d: self._forget(b.booking_id, d))
         self._claims.setdefault(b.booking_id, []).append(d)
         timer = self.reactor.callLater(wait, lambda: d.called or d.callback(None))
-        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            self._forget(b.booking_id, d)       # (fired by its timer: not kept)
+            return result
+        d.addBoth(done)
         return d.addCallback(lambda _: self._claim_answer(self.state.booking(b.booking_id)))
 
     def _forget(self, bid, d):
         waiting = self._claims.get(bid, [])
         if d in waiting:
             waiting.remove(d)
+        if not waiting:
+            self._claims.pop(bid, None)
 
     def _claim_answer(self, b):
         now = self.clock()

@@ -76,6 +76,7 @@ def test_claim_wait_ends_at_its_bound_with_starts_in(ops):
     d = fired(ops.do_claim(data['booking_id'], data['claim'], wait=2))
     ops.reactor_.advance(2)
     assert d[0][0] and d[0][2]['state'] == 'booked' and d[0][2]['starts_in'] == 98.0
+    assert ops._claims == {}            # nothing kept for a poll that ended
 
 
 @pytest.mark.parametrize('resource, kw, message', [
