@@ -8,6 +8,7 @@ import json
 
 __all__ = ['LOCKS_FEED', 'HEARTBEAT_FEED', 'OWNERSHIP_FEED', 'STATS_FEED', 'ALERTS_FEED', 'EVENTS',
            'ROW_KEYS', 'TABLE_KEY', 'HEALTH_KEY', 'OWNERSHIP_KINDS', 'LEASE_PROCEDURES',
+           'BOOKING_PROCEDURES',
            'WATCH_EVENTS', 'WATCH_WAIT', 'BUS_KEY', 'BUS_INFO', 'PAYLOAD_LIMIT', 'MESSAGE_BUDGET', 'feed_topic', 'lease_uri',
            'error_reason', 'one_line', 'json_size', 'split_rows', 'QUEUE_SHOWN', 'LEASES_KIND']
 
@@ -92,6 +93,10 @@ OWNERSHIP_KINDS = ('snapshot', 'change', 'leases')
 #: holder to give way, as the OCS task does, and answers a requester's
 #: grant with its lease_id (the reply goes to the caller alone).
 LEASE_PROCEDURES = ('acquire', 'renew', 'release', 'watch', 'preempt')
+#: The registry's booking procedures (``<registry>.lease.book`` ...): book
+#: (its reply carries the secret claim key), unbook, claim (a long poll
+#: answered at the booking's start), calendar, next_free.
+BOOKING_PROCEDURES = ('book', 'unbook', 'claim', 'calendar', 'next_free')
 #: The ``event`` of a watch's answer (its ``data``): the lease was
 #: force-released (``by``, ``reason``, ``at``), expired (``at``), released
 #: by its holder, is asked to give way (``preempt``: ``by``, ``reason``,
@@ -121,8 +126,9 @@ def lease_uri(registry_address, name):
     """The URI of the registry's lease procedure ``name``
     (``observatory.lock-registry.lease.acquire``), from the registry's agent
     address (``observatory.lock-registry``)."""
-    if name not in LEASE_PROCEDURES:
-        raise ValueError(f'no lease procedure {name!r}; one of {", ".join(LEASE_PROCEDURES)}')
+    if name not in LEASE_PROCEDURES + BOOKING_PROCEDURES:
+        raise ValueError(f'no lease procedure {name!r}; one of '
+                         f'{", ".join(LEASE_PROCEDURES + BOOKING_PROCEDURES)}')
     return f'{registry_address}.lease.{name}'
 
 

@@ -76,7 +76,7 @@ def site_benches(tmp_path_factory):
     asks for them; killed at the end of the module if still running."""
     benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
                for name in ('registry_bench', 'site_lock_bench', 'liveness_bench',
-                            'deadlock_bench')}
+                            'deadlock_bench', 'booking_bench')}
     yield benches
     for bench in benches.values():
         bench.stop()
@@ -257,3 +257,18 @@ def test_deadlock_bench_quick_refuses_every_cycle_and_prints_its_table(site_benc
     assert '| detection: the closing row -> both rows flagged deadlock |' in printed
     assert data['agent']['reported'] == len(data['agent_trials']) == 5
     assert all(t['total'] >= t['detection'] >= 0 for t in data['agent_trials'])
+
+
+@pytest.mark.integration
+def test_booking_bench_quick_grants_every_booking_and_prints_its_table(site_benches):
+    """When booking_bench runs in quick mode (a real site), every booking
+    becomes its booker's lease, never before its start (the registry's
+    audit), and the table sets it beside the client-side timer (the
+    baseline)."""
+    _, printed, _, out = site_benches['booking_bench'].result()
+    assert '| from the start T to the grant | booker sees it: median (ms) |' in printed
+    assert 'client-side timer to T, then Reservation.acquire' in printed
+    data = json.loads(out.read_text())
+    r = data['results']
+    assert r['granted'] == len(data['trials']) == 5
+    assert r['booked_audit']['min_ms'] >= 0 and r['booked_end']['min_ms'] >= 0

@@ -20,6 +20,7 @@ from twisted.internet.defer import inlineCallbacks
 from ocs_locking.agents.lock_registry import director as access_director
 from ocs_locking.agents.lock_registry import history as history_db
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
+from ocs_locking.agents.lock_registry.bookings import BookingOps
 from ocs_locking.agents.lock_registry.deadlocks import DeadlockWatch
 from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
                                                      load_access_file, resolve_db,
@@ -1004,6 +1005,12 @@ def main(args=None):
     agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
     # So does asking its holder to give way.
     agent.register_task('preempt', leases.preempt, blocking=False, min_privs=2)
+    # Booked reservations (agents/lock_registry/bookings.py); cancelling
+    # someone else's booking is privileged.
+    bookings = registry.bookings = BookingOps(leases)
+    for name in ('book', 'calendar', 'next_free'):
+        agent.register_task(name, getattr(bookings, name), blocking=False)
+    agent.register_task('unbook', bookings.unbook, blocking=False, min_privs=2)
     runner.run(agent, auto_reconnect=True)
 
 

@@ -30,16 +30,27 @@ __all__ = ['LeaseFeed', 'MIN_INTERVAL', 'leases_message']
 MIN_INTERVAL = 0.1
 
 
-def leases_message(snapshot, seq, now, timestamp, budget, lengths=None, extra=None):
+#: The most bookings on the feed (the soonest; ``bookings_total`` says how many).
+FEED_BOOKINGS = 100
+
+
+def leases_message(snapshot, seq, now, timestamp, budget, lengths=None, extra=None,
+                   bookings=()):
     """The leases message for ``snapshot`` (:meth:`LeaseState.snapshot`) as
     of ``now`` (the lease state's clock), within ``budget`` octets
-    (``lengths``, ``extra``: see :func:`.lease_pages.with_expires_in`)."""
+    (``lengths``, ``extra``: see :func:`.lease_pages.with_expires_in`), with
+    the live ``bookings`` (Booking values, by start: the calendar, each with
+    ``starts_in``/``ends_in`` on the registry's clock; never a key)."""
+    cal = [dict(b.public(), starts_in=round(b.start - now, 3), ends_in=round(b.end - now, 3))
+           for b in list(bookings)[:FEED_BOOKINGS]]
+    budget -= json_size(cal) + 40
     page = lease_page({'grants': with_expires_in(snapshot['grants'], now, lengths, extra),
                        'waiting': snapshot['waiting'], 'counters': {}},
                       0, LEASE_PAGE_ROWS, budget)
     return {'kind': LEASES_KIND, 'seq': seq, 'timestamp': timestamp, 'grants': page['grants'],
             'waiting': page['waiting'], 'grants_total': page['grants_total'],
-            'waiting_total': page['waiting_total']}
+            'waiting_total': page['waiting_total'], 'bookings': cal,
+            'bookings_total': len(bookings)}
 
 
 class LeaseFeed:
@@ -78,9 +89,11 @@ class LeaseFeed:
         self._last = self.reactor.seconds()
         self.seq += 1
         budget = self.leases.budget - json_size({'kind': LEASES_KIND, 'seq': self.seq})
-        message = leases_message(self.leases.state.snapshot(), self.seq,
+        state = self.leases.state
+        message = leases_message(state.snapshot(), self.seq,
                                  self.leases.clock(), time.time(), budget,
                                  getattr(self.leases, 'lease_lengths', None),
-                                 getattr(self.leases, 'flagged_leases', None))
+                                 getattr(self.leases, 'flagged_leases', None),
+                                 state.bookings() if hasattr(state, 'bookings') else ())
         self.agent.publish_to_feed(OWNERSHIP_FEED, message)
         return message

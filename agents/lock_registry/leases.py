@@ -286,7 +286,7 @@ def resolve_db(db, base):
 
 
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'request_id', 'lease', 'queued_for')
-_RENEW_KEYS = ('resource', 'token', 'expires', 'lease')
+_RENEW_KEYS = ('resource', 'token', 'expires', 'lease', 'expires_in')
 
 
 def _compact(data):
@@ -1085,14 +1085,17 @@ class LeaseOps:
         refused = self._check_holder('renew', resource, lease_id, client, caller)
         if refused is not None:
             return refused
+        now = self.clock()
         try:
             self._check_renewal(resource, lease)
-            g = self.state.renew(resource, lease_id, lease, self.clock(), client=client,
+            g = self.state.renew(resource, lease_id, lease, now, client=client,
                                  caller=caller)
         except LeaseError as e:
             return self._lease_id_refused('renew', resource, client, caller, e)
+        # expires_in: what is left now on the registry's clock (a booked
+        # lease's renewal keeps its end, or is capped at the next booking)
         return (True, f'Renewed {g.resource} (token {g.token}) until {when(g.expires)}.',
-                dict(g.as_dict(), lease=lease))
+                dict(g.as_dict(), lease=lease, expires_in=round(g.expires - now, 6)))
 
     @ocs_agent.param('resource', type=str)
     @ocs_agent.param('lease_id', default=None)

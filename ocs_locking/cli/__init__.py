@@ -10,6 +10,11 @@
                       [--limit 20] [--json]
     ocs-locks resources [--json] [--file FILE]   # the declared resources
     ocs-locks run satp1/hwp --lease 30 -- ./calibrate.sh   # hold it while a command runs
+    ocs-locks book satp1/hwp --start 02:00 --end +1h --note "HWP calibration"
+    ocs-locks calendar [satp1/hwp] [--local] [--json]    # the bookings
+    ocs-locks next-free satp1/hwp satp1/mount --length 1h   # for schedules
+    ocs-locks unbook 7 --claim KEY
+    ocs-locks reserve --booking 7 --claim KEY    # hold a booking's lease from its start
     ocs-locks crossbar-config IN.json OUT.json   # the bus component, the page (no network)
 
 It reads the site config like other ocs tools (``--site-file``,
@@ -28,6 +33,7 @@ import os
 import sys
 
 from ..errors import CliError
+from .bookings import COMMANDS as BOOKING_COMMANDS
 from .crossbar import cmd_crossbar_config
 from .formatters import HISTORY_KEYS, JSON_KEYS, format_history, format_table, json_rows
 from .leases import (cmd_force_release, cmd_history, cmd_leases, cmd_preempt, cmd_release,
@@ -50,6 +56,7 @@ COMMANDS = {'status': cmd_status, 'watch': cmd_watch, 'reserve': cmd_reserve,
             'history': cmd_history, 'leases': cmd_leases, 'resources': cmd_resources,
             'crossbar-config': cmd_crossbar_config, 'run': cmd_run,
             'why': cmd_why}
+COMMANDS.update(BOOKING_COMMANDS)
 
 #: The exit status of a CliError, by command (default 1).
 FAILED = {'run': run.RUN_FAILED}
@@ -75,7 +82,7 @@ def _run(opts):
             print(f'ocs-locks: {e}', file=sys.stderr, flush=True)
         except OSError:
             pass
-        return FAILED.get(opts.command, 1)
+        return getattr(e, 'status', None) or FAILED.get(opts.command, 1)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:     # | head: the reader has all it wanted

@@ -58,6 +58,11 @@ def cmd_reserve(args):
     """Hold a Reservation until Ctrl-C, SIGTERM or SIGHUP (release, exit 0),
     or until it is lost (exit 1)."""
     from ..leases.reservation import Reservation, ReservationError, RetryPolicy
+    if getattr(args, 'booking', None) is not None:
+        from .bookings import cmd_reserve_booking
+        return cmd_reserve_booking(args)
+    if not args.resources:
+        raise CliError('give the RESOURCE(s) to reserve (or --booking ID --claim KEY)')
     if not MIN_LEASE <= args.lease <= MAX_LEASE:
         raise CliError(f'--lease must be {MIN_LEASE:g}..{MAX_LEASE:g} seconds, '
                        f'not {args.lease:g}')

@@ -137,8 +137,13 @@ def make_parser():
     w.add_argument('--header', default=None,
                    help='a line to show above the table (e.g. how to stop a demo)')
     r = command('reserve', 'reserve resources site-wide until Ctrl-C (or SIGTERM, SIGHUP)')
-    r.add_argument('resources', nargs='+', metavar='RESOURCE',
+    r.add_argument('resources', nargs='*', metavar='RESOURCE',
                    help="resource path(s), e.g. satp1/hwp (several: all or nothing)")
+    r.add_argument('--booking', type=int, default=None, metavar='ID',
+                   help="hold booking ID's lease from its start to its end, instead "
+                        '(with --claim)')
+    r.add_argument('--claim', default=None, metavar='KEY',
+                   help='the claim key book printed (default: $OCS_LOCKS_CLAIM)')
     r.add_argument('--lease', type=float, default=30.0,
                    help='lease in seconds, renewed every lease/3 (default 30)')
     r.add_argument('--note', default='', help='why (shown to others, kept in the audit log)')
@@ -236,6 +241,8 @@ def make_parser():
     rs.add_argument('--file', default=None, metavar='FILE',
                     help='read and check this resources file instead of asking the registry '
                          '(against the agents of --site-file, when given)')
+    from .bookings import add_commands
+    add_commands(command)           # book, unbook, calendar, next-free
     cb = command('crossbar-config', 'rewrite a crossbar config to run the bus component '
                                     'and serve the live page (--address-root default '
                                     'observatory, --registry)')

@@ -202,6 +202,7 @@ class LeaseHolder:
         self.lost = None            # why the lease was lost, once it is
         self.watch_delay = WATCH_RETRY      # the next retry's delay after a failed watch
         self.preempt = None         # (reason, deadline) of a preempt notice, once told
+        self.booking = None         # the booking id of a booked lease (see booked())
 
     @property
     def what(self):
@@ -240,9 +241,37 @@ class LeaseHolder:
         # Never later than now + lease, whatever the registry reports.
         start = min(sent + _duration(data.get('queued_for')), self.clock())
         self.deadline = start + self.lease
+        self.booking = None
         self.lost = None
         self.watch_delay = WATCH_RETRY
         self.preempt = None
+
+    def booked(self, data, lease_id, sent):
+        """The booking's lease, claimed by a request sent at ``sent``:
+        ``data`` as the registry's ``claim`` answers it; it holds until
+        ``sent + expires_in`` (seconds left on the registry's clock when it
+        answered, so never later than the registry's end); ``lease_id``:
+        the booking's claim key."""
+        self.tokens = dict(data.get('tokens') or {data['resource']: data['token']})
+        self.lease_id = lease_id
+        privs = data.get('privs')
+        self.grant_privs = privs if isinstance(privs, str) else None
+        self.expires = data.get('expires')
+        self.request_id = data.get('request_id')
+        self.deadline = sent + _duration(data.get('expires_in'))
+        self.booking = (data.get('booking') or {}).get('booking_id')
+        self.lost = None
+        self.watch_delay = WATCH_RETRY
+        self.preempt = None
+
+    def extended(self, data, sent):
+        """A booked lease's renewal sent at ``sent`` was accepted: it holds
+        ``expires_in`` more seconds (capped by the registry at the next
+        booking), never less than before."""
+        if self.lost is None and self.tokens:
+            self.deadline = max(self.deadline, sent + _duration(data.get('expires_in')))
+            self.expires = data.get('expires', self.expires)
+            self.preempt = None
 
     def renewed(self, data, sent):
         """A renewal sent at ``sent`` was accepted."""
@@ -288,6 +317,9 @@ class LeaseHolder:
             return Notice('lost', self.lose(
                 f"{what} was revoked: force-released by {data.get('by') or 'someone'}: "
                 f"{data.get('reason') or ''!r:.200} at {utc(data.get('at'))}"))
+        if event == 'expired' and self.booking is not None:
+            return Notice('lost', self.lose(
+                f"{what}: booking {self.booking} ended at {utc(data.get('at'))}"))
         if event == 'expired':
             return Notice('lost', self.lose(
                 f"{what} expired at the registry at {utc(data.get('at'))} "

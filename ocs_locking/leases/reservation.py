@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 
 #: Seconds between renewal retries after a failed renewal (as SiteLock).
 RETRY = 0.5
+#: A booked Reservation's claim long polls last at most this long (seconds);
+#: one answered sooner than CLAIM_MIN_POLL is followed by a RETRY pause;
+#: CLAIM_RETRIES unanswered polls in a row give up.
+CLAIM_POLL, CLAIM_MIN_POLL, CLAIM_RETRIES = 20.0, 0.2, 10
+#: The nominal lease of a booked Reservation (it is not renewed: it holds
+#: until the booking's end).
+MAX_BOOKED_LEASE = 3600.0
 #: The most lease watches a process runs at once (one thread each, shared
 #: by every Reservation of the process; more wait for a thread).
 WATCH_THREADS = 32
@@ -313,6 +320,10 @@ class Reservation:
         self._watch_stop = threading.Event()    # wakes a watch's retry pause
         #: answers of the lease watch, by event (for tests and benchmarks)
         self.watch_events = {}
+        self._booking = None                # (booking id, claim key): see booked()
+        self._claim_wait = None
+        #: a booked lease's claim answer (``late``: its grant after the start)
+        self.claimed = None
 
     # -- state (kept by the core) ---------------------------------------------------
 
@@ -401,6 +412,81 @@ class Reservation:
             except Exception:
                 log.exception('on_lost callback failed')
 
+    # -- booked reservations ----------------------------------------------------------
+
+    @classmethod
+    def booked(cls, booking, claim, registry='lock-registry', args=None, client=None,
+               wait=None, **kw):
+        """The Reservation of booking ``booking`` (its id), held with its
+        ``claim`` key (see :mod:`.booked`): :meth:`acquire` (or ``with``)
+        waits for the booking's start (at most ``wait`` seconds; None: as
+        long as the booking lasts) and collects its lease; the lease holds
+        until the booking's end without renewals (:meth:`extend` asks for
+        more); ``on_preempt`` fires before the end. The booking's resources,
+        owner and tree come from the registry. Other keywords as for
+        Reservation (``on_lost``, ``on_preempt``, ``client_id``, ``watch``...).
+        Raises ReservationError (one line) for a wrong key, an unknown or
+        finished booking, or an unreachable registry."""
+        from .booked import Calendar
+        cal = Calendar(registry, args, client)
+        data = cal.call('claim', booking=booking, claim=claim, wait=0.0)
+        b = data['booking']
+        res = cls(b['resources'], b['owner'], lease=MAX_BOOKED_LEASE, note=b['note'],
+                  tree=b['tree'], registry=registry, args=args, client=cal.client, **kw)
+        res._booking = (booking, claim)
+        res._claim_wait = wait
+        return res
+
+    def _claim(self):
+        """Wait for the booking's start (long polls of the registry's
+        ``claim``, each at most CLAIM_POLL s) and take its lease."""
+        bid, key = self._booking
+        give_up = None if self._claim_wait is None else self._clock() + self._claim_wait
+        failures = 0
+        while True:
+            wait = CLAIM_POLL if give_up is None else \
+                max(0.0, min(CLAIM_POLL, give_up - self._clock()))
+            sent = self._clock()
+            params = {'booking': bid, 'claim': key, 'wait': wait, 'client': self.client_id}
+            try:
+                ans = self.client.lease_call('claim', params, wait)
+            except ReservationError as e:
+                ans = Answer(False, str(e), answered=False)
+            if ans.ok and ans.data.get('state') == 'held':
+                with self._lock:
+                    self._core.booked(ans.data, key, sent)
+                    self._told = None
+                self.claimed = ans.data
+                self._start_watching()
+                return self
+            if ans.answered and not ans.ok:
+                raise ReservationError(f'cannot claim booking {bid}: {ans.reason}')
+            if not ans.answered:
+                failures += 1
+                if failures > CLAIM_RETRIES:
+                    raise ReservationError(f'cannot claim booking {bid}: {ans.reason}')
+            if give_up is not None and self._clock() >= give_up:
+                raise ReservationBusy(f'booking {bid} has not started within '
+                                      f'{self._claim_wait:g} s: {ans.message}')
+            if not ans.answered or self._clock() - sent < CLAIM_MIN_POLL:
+                self._sleep(RETRY)          # answered early, or no answer: not a spin
+
+    def extend(self, seconds):
+        """Extend a booked lease to ``seconds`` from now (never shortened;
+        capped by the registry at the next booking on its resources).
+        Returns the seconds it now holds; ReservationError (one line, the
+        lease kept) when the registry refuses (another booking starts at
+        the end)."""
+        core = self._core
+        sent = self._clock()
+        ans = self._call('renew', resource=core.first, lease_id=core.lease_id, lease=seconds,
+                         client=self.client_id)
+        if not ans.ok:
+            raise ReservationError(f'cannot extend {", ".join(self.resources)}: {ans.reason}')
+        with self._lock:
+            core.extended(ans.data, sent)
+            return core.deadline - self._clock()
+
     # -- acquire --------------------------------------------------------------------
 
     def acquire(self):
@@ -410,6 +496,8 @@ class Reservation:
             raise ReservationError(f'already holding {", ".join(self.resources)}')
         self._stop_renewing()
         self._core.released()
+        if self._booking is not None:
+            return self._claim()
         policy = self.retry
         start = self._clock()
         delays = policy.delays()

@@ -17,6 +17,7 @@ from .paths import (MAX_LEASE, ancestors, bad_value, check_lease, check_positive
                     conflicts, overlap, when)
 from ..errors import LeaseError, LeaseStoreError
 from .waitfor import closing_cycle, cycle_text
+from .booking_state import BookedLeases
 
 __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'Preemption',
            'conflicts', 'check_resource', 'ACTIONS', 'MAX_GRACE']
@@ -32,7 +33,7 @@ KEEP_DONE = 1000        # finished requests remembered for poll()
 MAX_WAITING_PER_OWNER, MAX_WAITING_PER_CLIENT, MAX_WAITING = 64, 64, 1000
 #: Audit actions, also the names listeners are called with.
 ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'timeout',
-           'cancel', 'preempt', 'notice')
+           'cancel', 'preempt', 'notice', 'book', 'unbook', 'missed')
 #: Every action an audit row may carry: ACTIONS, ``regrant`` (folded
 #: re-grants to one holder, see LeaseState) and ``refuse`` (a refused call,
 #: ``ok`` false, written by the registry). ``preempt``: a holder was asked to
@@ -188,18 +189,19 @@ class _Batch:
     def __init__(self):
         self.counters, self.grants, self.audit, self.notices = {}, {}, [], []
         self.folds = []         # updates of the newest ``regrant`` row of a resource
+        self.bookings = {}      # booking id -> stored booking dict, or None (deleted)
         self.caller = None      # who made this call (its audit rows' ``caller``)
         self.undo = []          # (dict, key, old value or _MISSING), newest last
 
 
 _MISSING = object()
 #: Copied whole before each operation (small); the big dicts are journaled.
-_STATE = ('_grants', '_waiting', '_last_rid')
+_STATE = ('_grants', '_waiting', '_last_rid', '_last_bid')
 # _counters, _done, _ended, _runs and _renewed grow with use: changed through
 # _set, which journals the old value in the batch's undo list.
 
 
-class LeaseState:
+class LeaseState(BookedLeases):
     """Leased, fenced, tree-scoped locks on site-wide resources.
 
     Contract:
@@ -257,6 +259,9 @@ class LeaseState:
       request id are loaded at start, so a restart loses no grant and reuses
       no token or id; waiting requests and finished outcomes are not kept
       (their callers' sessions ended with the registry: they ask again).
+    * **Bookings.** Future windows booked on resources (:meth:`book`)
+      become leases at their start and end at their end: see
+      :mod:`.booking_state`. They persist like grants.
     * **Threads.** Not thread-safe: one thread (the reactor) calls it.
     """
 
@@ -264,7 +269,7 @@ class LeaseState:
                  max_waiting=MAX_WAITING, fold_window=FOLD_WINDOW,
                  renew_audit_every=RENEW_AUDIT_EVERY,
                  max_waiting_per_owner=MAX_WAITING_PER_OWNER,
-                 max_waiting_per_client=MAX_WAITING_PER_CLIENT):
+                 max_waiting_per_client=MAX_WAITING_PER_CLIENT, bookings=None):
         self.max_lease = check_lease(max_lease, name='max_lease')
         self.fold_window = check_seconds('fold_window', fold_window, 3600, zero_ok=True)
         self.renew_audit_every = check_seconds('renew_audit_every', renew_audit_every, 86400,
@@ -303,6 +308,7 @@ class LeaseState:
         self._counters.update(loaded['counters'])
         self._last_rid = max([loaded['last_request_id']] +
                              [g.request_id for g in self._grants.values()])
+        self._init_bookings(loaded, **(bookings or {}))
 
     def add_listener(self, callback):
         """Call ``callback(action, item)`` after each change is stored."""
@@ -373,8 +379,10 @@ class LeaseState:
             write = last is None or now - last >= self.renew_audit_every
             if write:
                 self._set(self._renewed, held.request_id, now)
+            booked = self._booked_renewal(held, lease, now)
             for g in self._request_grants(held.request_id):
-                g = self._grants[g.resource] = replace(g, expires=now + lease)
+                g = self._grants[g.resource] = replace(
+                    g, expires=now + lease if booked is None else booked)
                 self._batch.grants[g.resource] = g
                 if write:       # sampled: one row per request per renew_audit_every
                     self._audit('renew', now, g, client=client, expires=g.expires)
@@ -584,19 +592,22 @@ class LeaseState:
             raise LeaseError(f'lease storage is failing, so nothing is granted, renewed or '
                              f'released: {down}')
         saved = {'_grants': dict(self._grants), '_waiting': list(self._waiting),
-                 '_last_rid': self._last_rid}         # _STATE, copied
+                 '_last_rid': self._last_rid, '_last_bid': self._last_bid}  # _STATE, copied
         batch = self._batch = _Batch()
         try:
             due = self._expire(now)         # (the timer's doing: no caller)
             batch.caller = caller
             yield due
             if batch.counters or batch.grants or batch.audit or batch.folds \
-                    or self._last_rid != saved['_last_rid']:     # a queued request's id
-                changes = dict(
+                    or batch.bookings or self._last_rid != saved['_last_rid']:
+                changes = dict(     # (a queued request's id changes _last_rid alone)
                     counters=batch.counters, audit=batch.audit, last_request_id=self._last_rid,
                     grants={r: g and self._stored(g) for r, g in batch.grants.items()})
                 if batch.folds:
                     changes['folds'] = batch.folds
+                if batch.bookings:
+                    changes['bookings'] = batch.bookings
+                    changes['last_booking_id'] = self._last_bid
                 self._store.apply(**changes)
         except BaseException as e:
             for k, v in saved.items():
@@ -662,7 +673,9 @@ class LeaseState:
             due = [g.expires for g in self._grants.values() if g.expires <= now]
             due += [w.deadline for w in self._waiting if w.deadline <= now]
             due += [p.deadline for p in self._preempts.values() if p.deadline <= now]
+            due += self._bookings_due(now)
             if not due:
+                self._warn_bookings(now)
                 return {'expired': expired, 'timed_out': timed_out, 'granted': granted}
             t = min(due)
             for rid in sorted({g.request_id for g in self._grants.values() if g.expires <= t}):
@@ -673,6 +686,7 @@ class LeaseState:
                 self._end(p.holder_rid, 'force_release', now, client=p.client, by=p.by,
                           reason=f'preempted: {p.reason} (not released within its '
                                  f'{p.grace:g} s grace)'[:MAX_NOTE])
+            self._activate_bookings(t, now)
             granted += self._serve(now)
             late = [w for w in self._waiting if w.deadline <= t]
             for w in late:
@@ -697,8 +711,15 @@ class LeaseState:
         return granted
 
     def _grant(self, req, now):
-        lease_id = new_lease_id()
-        self._set(self._keys, req.request_id, lease_key(lease_id))
+        booked = self._booked_grant(req, now)
+        if booked is None:
+            lease_id, expires, booking = new_lease_id(), now + req.lease, None
+            self._set(self._keys, req.request_id, lease_key(lease_id))
+        else:       # its key is the booking's claim key (None: nobody's)
+            booking, key, expires = booked
+            lease_id = None
+            if key is not None:
+                self._set(self._keys, req.request_id, key)
         grants = []
         for r in req.resources:
             covering = (r,) + ancestors(r)
@@ -711,10 +732,11 @@ class LeaseState:
                         1 + getattr(self._store, 'token_base', 0))
             self._set(self._counters, r, token)
             self._batch.counters[r] = token
-            g = Grant(r, req.owner, token, now + req.lease, req.tree, req.note, req.client,
+            g = Grant(r, req.owner, token, expires, req.tree, req.note, req.client,
                       now, req.request_id)
             self._grants[r] = self._batch.grants[r] = g
-            self._audit_grant(g, now, now - req.queued_at, req.caller)
+            self._audit_grant(g, now, now - req.queued_at, req.caller,
+                              booking and booking.booking_id)
             grants.append(g)
         out = Outcome('granted', req.request_id, tuple(grants), queued_for=now - req.queued_at,
                       lease_id=lease_id)
@@ -723,6 +745,7 @@ class LeaseState:
 
     def _end(self, rid, action, now, client=None, by=None, reason=None):
         grants = self._request_grants(rid)
+        booking = self._booked_end(rid, action, now)
         for g in grants:
             del self._grants[g.resource]
             self._batch.grants[g.resource] = None
@@ -732,6 +755,8 @@ class LeaseState:
                                                 self._keys.get(rid)))
             detail = {'holder': g.owner, 'reason': reason} if by else \
                 {'expires': g.expires} if action == 'expire' else {}
+            if booking is not None:
+                detail['booking'] = booking
             if not self._fold_release(g, action, now, client):
                 self._audit(action, now, g, owner=by or g.owner,
                             client=g.client if client is None else client, **detail)
@@ -799,6 +824,7 @@ class LeaseState:
 
     def _withdraw(self, req, action, now, **detail):
         self._waiting.remove(req)
+        self._booked_end(req.request_id, action, now)
         if req.request_id in self._parties:
             self._set(self._parties, req.request_id, _MISSING)
         out = Outcome('timed_out' if action == 'timeout' else 'cancelled', req.request_id)
@@ -848,9 +874,11 @@ class LeaseState:
     # its release): the holds it folds are of this one path, one after the
     # other, and anything that could conflict with them ends the fold.
 
-    def _audit_grant(self, g, now, queued_for=0.0, caller=None):
+    def _audit_grant(self, g, now, queued_for=0.0, caller=None, booking=None):
         run = self._runs.get(g.resource)
         extra = {'queued_for': round(queued_for, 6)} if queued_for > 0 else {}
+        if booking is not None:
+            extra['booking'] = booking
         if run is not None and not run['open'] and run['tree'] == g.tree \
                 and now - run['released_at'] <= self.fold_window:
             owners = dict(run['owners'])

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 EPOCH_BITS = 32
 MAX_EPOCH = 2 ** (53 - EPOCH_BITS) - 1
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: WAL pages after which a commit checkpoints by itself (if checkpoint() is
 #: not called often enough); SQLite's default is 1000.
 AUTOCHECKPOINT = 20000
@@ -85,6 +85,10 @@ PAGE_SIZE = 1024
 # (``prune``), and the fold finds its row scanning back from the newest id,
 # a few rows (it is the resource's latest ``regrant``, within the fold
 # window). Dropped in place.
+# Version 7: booked reservations. ``bookings`` keeps each booking as JSON
+# (``Booking.stored()``: its claim key's SHA-256, never the key), written in
+# the same transaction as the grants it becomes; ``meta.last_booking_id``
+# keeps booking ids from repeating. Created in place (empty).
 _AUDIT_V3 = ('id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, '
              'resource TEXT, owner TEXT, token INTEGER, client TEXT, detail TEXT, '
              'ok INTEGER NOT NULL DEFAULT 1')
@@ -99,11 +103,12 @@ _KEYED_V3 = {
 _KEYED = dict(_KEYED_V3, grants=_KEYED_V3['grants'] + ', lease_key TEXT')
 _PRIVS = ('CREATE TABLE grant_privs (request_id INTEGER PRIMARY KEY, hash TEXT NOT NULL, '
           'value TEXT NOT NULL)')
+_BOOKINGS = 'CREATE TABLE IF NOT EXISTS bookings (id INTEGER PRIMARY KEY, data TEXT NOT NULL)'
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE audit (""" + _AUDIT + """);
 """ + ''.join(f'CREATE TABLE {name} ({cols}) WITHOUT ROWID;\n' for name, cols in _KEYED.items()) \
-    + _PRIVS + ';\n'
+    + _PRIVS + ';\n' + _BOOKINGS + ';\n'
 _GRANT_KEYS = ('resource', 'owner', 'token', 'expires', 'tree', 'note', 'client',
                'granted_at', 'request_id', 'lease_key')
 _AUDIT_KEYS = ('id', 'at', 'action', 'resource', 'owner', 'token', 'client', 'detail', 'ok',
@@ -420,6 +425,8 @@ class LeaseStore:
             self._migrate_v4(db)
         if row[0] in (1, 2, 3, 4, 5):
             self._migrate_v5(db)
+        if row[0] in (1, 2, 3, 4, 5, 6):
+            self._migrate_v6(db)
             log.info('lease store %s: schema migrated from version %d to %d', self.path,
                      row[0], SCHEMA_VERSION)
             return
@@ -473,6 +480,12 @@ class LeaseStore:
         db.execute('DROP INDEX IF EXISTS audit_by_resource')
         db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
 
+    def _migrate_v6(self, db):
+        """Version 6 to 7, in the opening transaction: the ``bookings``
+        table (empty)."""
+        db.execute(_BOOKINGS)
+        db.execute('UPDATE schema_version SET version = ?', (SCHEMA_VERSION,))
+
     def _transaction(self, work, checked=True):
         """``work(db)`` in one transaction. A failure raises LeaseStoreError
         (one line); with ``checked``, refused while :attr:`error` is set and
@@ -513,21 +526,31 @@ class LeaseStore:
             counters = dict(self._db.execute('SELECT resource, last_token FROM counters'))
             rid = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'last_request_id'").fetchone()
+            bookings = [json.loads(r[0]) for r in self._db.execute(
+                'SELECT data FROM bookings ORDER BY id')]
+            bid = self._meta('last_booking_id')
         for g in grants:
             g['tree'] = bool(g['tree'])
-        return {'grants': grants, 'counters': counters, 'last_request_id': rid[0] if rid else 0}
+        return {'grants': grants, 'counters': counters, 'last_request_id': rid[0] if rid else 0,
+                'bookings': bookings, 'last_booking_id': bid or 0}
 
-    def apply(self, counters=None, grants=None, audit=(), last_request_id=None, folds=()):
+    def apply(self, counters=None, grants=None, audit=(), last_request_id=None, folds=(),
+              bookings=None, last_booking_id=None):
         """Write one operation's changes in one transaction, committed
         before it returns (the caller replies only after that).
 
         ``counters``: {resource: last token}; ``grants``: {resource: grant
         dict, or None to delete}; ``audit``: rows as for :meth:`record`;
         ``folds``: ``{'resource', 'token', 'owner', 'at', 'detail'}`` updates
-        of the newest ``regrant`` row of that resource, after the new rows.
+        of the newest ``regrant`` row of that resource, after the new rows;
+        ``bookings``: {booking id: ``Booking.stored()`` dict, or None to
+        delete}, with ``last_booking_id``.
         """
-        reserved = self._transaction(lambda db: self._write(db, counters, grants, audit,
-                                                            last_request_id, folds))
+        def work(db):
+            if bookings:
+                self._write_bookings(db, bookings, last_booking_id)
+            return self._write(db, counters, grants, audit, last_request_id, folds)
+        reserved = self._transaction(work)
         self._last_rid = reserved           # written (or already there)
 
     def _write(self, db, counters, grants, audit, last_request_id, folds=()):
@@ -556,6 +579,18 @@ class LeaseStore:
         reserved = last_request_id + self._rid_block - 1
         db.execute("INSERT OR REPLACE INTO meta VALUES ('last_request_id', ?)", (reserved,))
         return reserved
+
+    @staticmethod
+    def _write_bookings(db, bookings, last_booking_id):
+        for bid, b in sorted(bookings.items()):
+            if b is None:
+                db.execute('DELETE FROM bookings WHERE id = ?', (int(bid),))
+            else:
+                db.execute('INSERT OR REPLACE INTO bookings VALUES (?, ?)',
+                           (int(bid), _detail_json(b)))
+        if last_booking_id is not None:
+            db.execute("INSERT INTO meta VALUES ('last_booking_id', ?) ON CONFLICT (key) DO "
+                       "UPDATE SET value = max(value, excluded.value)", (int(last_booking_id),))
 
     @staticmethod
     def _insert_audit(db, rows):

@@ -43,7 +43,7 @@
     session: null,
     rows: new Map(),          // lock -> row (+ _received: performance.now() ms)
     recent: new Map(),        // lock -> [{job, session_id, at}] newest first
-    leases: {grants: [], waiting: [], received: 0},
+    leases: {grants: [], waiting: [], bookings: [], received: 0},
     publisher: null,          // the registry's session, when the bus is verified
     busText: '',
     parts: null,              // a snapshot in parts: {seq, parts, got: Map, changes: []}
@@ -331,6 +331,54 @@
     });
   }
 
+  // -- the calendar: bookings from the leases message ---------------------------
+
+  var BOOKING_CELLS = ['id', 'resources', 'owner', 'start', 'end', 'when', 'state', 'note'];
+  var BOOKING_LABELS = ['Booking', 'Resources', 'Owner', 'Start (UTC)', 'End (UTC)', 'When',
+                        'State', 'Note'];
+
+  function utcText(t) {
+    if (typeof t !== 'number' || !isFinite(t)) return '';
+    return new Date(t * 1000).toISOString().replace('T', ' ').slice(0, 19);
+  }
+
+  /* "in 1 h 2 min" / "ends in 5 min 3 s": counted from the registry's own
+   * starts_in / ends_in (its clock) and this page's clock since the message. */
+  function bookingWhen(b, now) {
+    var gone = (now - state.leases.received) / 1000;
+    var start = b.starts_in - gone, end = b.ends_in - gone;
+    if (typeof b.starts_in !== 'number') return '';
+    if (start > 0) return 'in ' + seconds(start);
+    return end > 0 ? 'ends in ' + seconds(end) : 'ended';
+  }
+
+  function fillBooking(tr, key, byId) {
+    var b = byId.get(key), now = performance.now();
+    cell(tr, 'id').textContent = String(b.booking_id);
+    cell(tr, 'resources').textContent = (b.resources || []).join(', ') + (b.tree ? '/**' : '');
+    cell(tr, 'owner').textContent = b.owner;
+    cell(tr, 'start').textContent = utcText(b.start);
+    cell(tr, 'start').title = new Date(b.start * 1000).toString();
+    cell(tr, 'end').textContent = utcText(b.end);
+    cell(tr, 'end').title = new Date(b.end * 1000).toString();
+    cell(tr, 'when').textContent = bookingWhen(b, now);
+    cell(tr, 'state').textContent = b.state;
+    cell(tr, 'note').textContent = b.note || '';
+    tr.dataset.state = b.state;
+  }
+
+  function renderBookings() {
+    var byId = new Map();
+    (state.leases.bookings || []).forEach(function (b) {
+      if (b && typeof b.booking_id === 'number') byId.set(String(b.booking_id), b);
+    });
+    var keys = Array.from(byId.keys());      // by start, as the registry sent them
+    syncRows($('bookings').tBodies[0], keys, 'data-booking',
+             function () { return buildCells(BOOKING_CELLS, BOOKING_LABELS); },
+             function (tr, key) { fillBooking(tr, key, byId); });
+    $('bookings-empty').hidden = keys.length > 0;
+  }
+
   // the clocks that count on between messages: held for, time left
   function tick() {
     var now = performance.now();
@@ -342,6 +390,12 @@
     Array.prototype.forEach.call($('leases').tBodies[0].rows, function (tr) {
       var g = grants.get(tr.getAttribute('data-resource'));
       if (g) fillLeft(cell(tr, 'left'), g, now);
+    });
+    Array.prototype.forEach.call($('bookings').tBodies[0].rows, function (tr) {
+      var b = (state.leases.bookings || []).find(function (x) {
+        return String(x.booking_id) === tr.getAttribute('data-booking');
+      });
+      if (b) cell(tr, 'when').textContent = bookingWhen(b, now);
     });
   }
 
@@ -379,9 +433,11 @@
   }
 
   function setLeases(block, received) {
+    // (a block without bookings, the status task's, keeps the last calendar)
+    var bookings = Array.isArray(block.bookings) ? block.bookings : state.leases.bookings;
     state.leases = {grants: Array.isArray(block.grants) ? block.grants : [],
                     waiting: Array.isArray(block.waiting) ? block.waiting : [],
-                    received: received};
+                    bookings: bookings || [], received: received};
   }
 
   function onMessage(msg, received) {
@@ -389,6 +445,7 @@
     if (msg.kind === 'leases') {
       setLeases(msg, received);
       renderLeases();
+      renderBookings();
       return true;
     }
     if (msg.kind === 'change') {

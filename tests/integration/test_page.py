@@ -408,3 +408,26 @@ def test_the_page_follows_a_restarted_registry(site, page):
         except playwright_api.TimeoutError:
             assert time.monotonic() < deadline, page.text_content('header')
     expect(page.locator('#conn')).to_have_attribute('data-state', 'live')
+
+
+def test_a_booking_shows_on_the_calendar_in_utc_and_goes_when_cancelled(site, page):
+    """When a resource is booked, the page's Bookings table shows it from
+    the ownership feed (id, owner, start and end in UTC, how long until it
+    starts, its note; never its claim key), and the row goes when the
+    booking is cancelled."""
+    from ocs_locking.leases.booked import Calendar
+    cal = Calendar(args=site.client_args, client_id='test_page')
+    b = cal.book('it/page-booked', 'calibrator', start_in=3600, end_in=5400,
+                 note='page calendar')
+    row = page.locator(f'#bookings tr[data-booking="{b["booking_id"]}"]')
+    expect(row).to_contain_text('page calendar', timeout=WAIT_MS)
+    start = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(b['start']))
+    expect(row.locator('td.start')).to_have_text(start)
+    expect(row.locator('td.owner')).to_have_text('calibrator')
+    expect(row.locator('td.state')).to_have_text('booked')
+    expect(row.locator('td.when')).to_have_text(re.compile(r'^in (59 min|1 h 0 min)'))
+    assert b['claim'] not in page.content()
+    cal.unbook(b['booking_id'], b['claim'])
+    expect(row).to_have_count(0, timeout=WAIT_MS)
+    expect(page.locator('#bookings-empty')).to_be_visible()
+    assert 'pageerror' not in page.console.text()

@@ -74,7 +74,8 @@ def test_ocs_locks_history_sends_several_actions_as_a_list(registry):
 
 @pytest.mark.parametrize('argv,error', [
     (['--action', 'granted'], "--action must be one of grant, queue, renew, release, "
-                              "force_release, expire, timeout, cancel, preempt, notice, not 'granted'"),
+                              "force_release, expire, timeout, cancel, preempt, notice, book, unbook, "
+                              "missed, not 'granted'"),
     (['--since', 'yesterday'], "--since must be an age like 90, 30s, 10m, 2h or 1d, "
                                "not 'yesterday'"),
     (['--limit', '0'], '--limit must be 1..1000, not 0'),

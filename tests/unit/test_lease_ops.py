@@ -276,7 +276,8 @@ def test_LeaseOps_procedures_answer_compact_grants(timed):
                                         {'resource': 'y', 'token': 1}]
     renewed = timed._rpc_renew('hwp', data['lease_id'], lease=9)
     assert renewed['data'] == {'resource': 'hwp', 'token': 1,
-                               'expires': timed.clock_() + 9, 'lease': 9}
+                               'expires': timed.clock_() + 9, 'lease': 9,
+                               'expires_in': 9.0}
     refused = timed._rpc_release('hwp', 'f' * 32)
     assert refused['ok'] is False and refused['data']['error'].startswith(
         "that lease_id does not hold 'hwp'")

@@ -162,7 +162,8 @@ def test_LeaseStore_operation_is_one_transaction():
                                               r"NOT NULL constraint failed: audit\.at$"):
         store.apply(counters={'a': 2, 'b': 1}, last_request_id=9,
                     audit=[{'at': 1, 'action': 'grant'}, {'at': None, 'action': 'broken'}])
-    assert store.load() == {'grants': [], 'counters': {'a': 1}, 'last_request_id': 0}
+    assert store.load() == {'grants': [], 'counters': {'a': 1}, 'last_request_id': 0,
+                            'bookings': [], 'last_booking_id': 0}
     assert len(store.history()) == 1
     assert store.error.startswith('write to lease database')
     with pytest.raises(LeaseStoreError):
@@ -456,7 +457,7 @@ def test_LeaseStore_migrates_a_version_1_file_to_without_rowid_tables(path):
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(V1_SCHEMA)
     store, state = reopen(path)
-    assert SCHEMA_VERSION == 6 and store.epoch == 1
+    assert SCHEMA_VERSION == 7 and store.epoch == 1
     assert [(g.resource, g.token, g.request_id) for g in state.holders()] == [('a', 7, 5)]
     assert state.snapshot()['counters'] == {'a': 7, 'b': 2}
     assert [r['action'] for r in store.history()] == ['grant']
@@ -514,7 +515,7 @@ def test_LeaseStore_migrates_a_version_5_file_dropping_the_audit_index(path):
     store.close()
     assert sql(path, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_by_resource'") \
         == [(0,)]
-    assert sql(path, 'SELECT version FROM schema_version') == [(6,)]
+    assert sql(path, 'SELECT version FROM schema_version') == [(SCHEMA_VERSION,)]
 
 
 def v3_file(path):
@@ -629,3 +630,22 @@ def test_LeaseStore_new_files_use_small_pages_and_old_ones_keep_theirs(path, tmp
     assert [(g.resource, g.token) for g in state.holders()] == [('a', 7)]
     store.close()
     assert sql(old, 'PRAGMA page_size') == [(4096,)]
+
+
+def test_LeaseStore_migrates_a_version_6_file_adding_the_bookings_table(path):
+    """When a store written by schema version 6 (no bookings) is opened, it
+    becomes version 7 in place: its grants stay held, the ``bookings``
+    table is added (empty), and a booking made then survives a restart."""
+    with LeaseStore(path) as store:
+        state = LeaseState(store)
+        out = state.acquire('a', 'alice', 100, 1000.0)
+    sql(path, 'DROP TABLE bookings')
+    sql(path, 'UPDATE schema_version SET version = 6')
+    store, state = reopen(path)
+    assert state.holding('a', out.lease_id).owner == 'alice'
+    state.book('b', 'bob', 1100.0, 1200.0, 1000.0)
+    store.close()
+    store, state = reopen(path)
+    assert [(b.booking_id, b.resources) for b in state.bookings()] == [(1, ('b',))]
+    store.close()
+    assert sql(path, 'SELECT version FROM schema_version') == [(7,)]

@@ -37,8 +37,11 @@ def test_lease_uri_names_only_lease_procedures():
     name is refused in one line."""
     assert lease_uri('observatory.lock-registry', 'renew') == \
         'observatory.lock-registry.lease.renew'
+    assert lease_uri('observatory.lock-registry', 'claim') == \
+        'observatory.lock-registry.lease.claim'
     with pytest.raises(ValueError, match=r"^no lease procedure 'history'; one of acquire, "
-                                         r"renew, release, watch, preempt$"):
+                                         r"renew, release, watch, preempt, book, unbook, claim, "
+                                         r"calendar, next_free$"):
         lease_uri('observatory.lock-registry', 'history')
 
 
