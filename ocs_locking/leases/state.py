@@ -291,6 +291,9 @@ class LeaseState:
         self._preempts = {}   # holder's request id -> Preemption, while it holds
         self._keys = {}       # request id -> lease_key(lease_id) of each current grant;
         #                       absent for grants stored before lease ids (never renewable)
+        self._load()
+
+    def _load(self):
         loaded = self._store.load()
         for row in loaded['grants']:
             row = dict(row)
@@ -301,6 +304,15 @@ class LeaseState:
         self._counters.update(loaded['counters'])
         self._last_rid = max([loaded['last_request_id']] +
                              [g.request_id for g in self._grants.values()])
+
+    def reload(self):
+        """Forget everything in memory and load the store again (a standby
+        taking over: its store was written behind this state's back).
+        Waiting requests, preemptions and finished outcomes are dropped, as
+        at a restart. Listeners stay."""
+        self._grants, self._counters, self._waiting, self._done = {}, {}, [], {}
+        self._ended, self._runs, self._renewed, self._preempts, self._keys = {}, {}, {}, {}, {}
+        self._load()
 
     def add_listener(self, callback):
         """Call ``callback(action, item)`` after each change is stored."""
