@@ -32,9 +32,8 @@ takes over: it cannot know what the primary granted. Reactor thread only.
 """
 import time
 
-from autobahn.twisted.util import sleep
 from autobahn.wamp.exception import ApplicationError
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import inlineCallbacks
 
 from ocs_locking.agents.lock_registry.replication import pull_uri
@@ -168,7 +167,7 @@ class Standby:
                 self._lost_sync(str(e))
             except LeaseStoreError as e:
                 self._lost_sync(f'the standby\'s store failed: {e}')
-                yield sleep(RETRY)
+                yield self._sleep(RETRY)
             except Exception as e:
                 if rnd != self._round:
                     return
@@ -178,11 +177,14 @@ class Standby:
                     won = yield self._elect(error_reason(e))
                     if won:
                         return
-                    yield sleep(ELECT_RETRY)
+                    yield self._sleep(ELECT_RETRY)
                 else:
                     self._say(f'cannot follow {self.service}: {error_reason(e)} (retrying '
                               f'every {RETRY:g} s)')
-                    yield sleep(RETRY)
+                    yield self._sleep(RETRY)
+
+    def _sleep(self, seconds):
+        return task.deferLater(self.reactor, seconds, lambda: None)
 
     def _lost_sync(self, why):
         why = one_line(why, 200)
