@@ -13,6 +13,14 @@ Every message is a dict (the wire contract)::
                 "since": 1700000001.5, "age": 0.2}]}
 
 ``event`` is one of acquired, released, waiting, gave_up, closed, snapshot.
+A reported :class:`~ocs_locking.leases.sitelock.SiteLock`
+(``report_locks(agent, self.site_lock)``) sends the same messages under its
+own lock name (``lease:satp1:hwp`` by default) with one more key,
+``"lease": "satp1/hwp"``: its holder is the operation that acquired the
+lease (``site_lock.acquire(timeout, job=..., session_id=...)``), its queue
+the operation whose acquire waits in the registry's queue. The registry
+follows waits through them across agents' locks and site leases and reports
+a deadlock (:mod:`ocs_locking.deadlock`).
 A snapshot that stands for folded events also says how many grants and
 give-ups it folded (``folded_acquired``, ``folded_gave_up``) so counters stay
 exact.
@@ -41,6 +49,7 @@ import threading
 import time
 
 from .listeners import Listeners
+from .leases.lease_report import LeaseReport
 from .lock import TimeoutLock
 from .wamp import JoinEdge
 from .wire import LOCKS_FEED, QUEUE_SHOWN
@@ -59,7 +68,8 @@ def snapshot_message(lock):
     """
     st = lock.status()
     h = st.holder
-    return {'lock': st.name, 'event': 'closed' if st.closed and h is None else 'snapshot',
+    lease = {'lease': lock.lease_resource} if isinstance(lock, LeaseReport) else {}
+    return {**lease, 'lock': st.name, 'event': 'closed' if st.closed and h is None else 'snapshot',
             'job': h.job if h else None, 'op': h.op if h else None,
             'session_id': h.session_id if h else None, 'since': h.since if h else None,
             'waiters': len(st.waiters), 'token': h.token if h else st.counters.acquired,
@@ -111,9 +121,15 @@ class LockReporter:
         reactor.callWhenRunning(self._start)
 
     def attach(self, lock):
-        """Publish this lock's events from now on (and include it in snapshots)."""
-        if not isinstance(lock, TimeoutLock):
-            raise TypeError(f'can only report a TimeoutLock, not {lock!r}')
+        """Publish this lock's events from now on (and include it in
+        snapshots). A :class:`~ocs_locking.leases.sitelock.SiteLock` is
+        reported as a lock of its own (its ``report``): its holder and
+        waiter are the agent's operations holding and waiting for the
+        lease, and its messages carry ``lease`` (the resource)."""
+        if isinstance(getattr(lock, 'report', None), LeaseReport):
+            lock = lock.report
+        if not isinstance(lock, (TimeoutLock, LeaseReport)):
+            raise TypeError(f'can only report a TimeoutLock or a SiteLock, not {lock!r}')
         if lock.name in self.locks and self.locks[lock.name] is not lock:
             raise ValueError(f"this agent already reports a lock named '{lock.name}'; "
                              f"give each lock its own name")
@@ -140,7 +156,9 @@ class LockReporter:
                 self.reactor.callFromThread(self.reactor.callLater, delay,
                                             self._publish_folded, name)
                 return
-            self._out.put({'lock': name, 'event': ev.event, 'job': ev.job,
+            lease = getattr(self.locks.get(name), 'lease_resource', None)
+            self._out.put({**({'lease': lease} if lease else {}),
+                           'lock': name, 'event': ev.event, 'job': ev.job,
                            'op': ev.op, 'session_id': ev.session_id,
                            'since': ev.since, 'waiters': ev.waiters,
                            'token': ev.token, 'queue': queue_entries(ev.queue)})

@@ -1,6 +1,6 @@
 """Stuck and unusual: the flags the registry puts on lock rows and leases (pure).
 
-Three kinds, each a word in a row's ``flags`` list and a block of the
+Four kinds, each a word in a row's ``flags`` list and a block of the
 registry's recorded ``alerts`` feed:
 
 ``stuck``
@@ -19,6 +19,10 @@ registry's recorded ``alerts`` feed:
 ``expiring``
     A site lease with less than ``EXPIRING_FRACTION`` of its lease left: its
     holder renews at a third at the latest, so it missed its renewal.
+``deadlock``
+    A lock or a site lease in a cycle of waits (:mod:`ocs_locking.deadlock`):
+    each party in it waits for the next, so none goes on until one gives up.
+    Its worst is how long the oldest cycle has been seen (``deadlock_for``).
 
 Pure: no OCS, no Twisted, no I/O. Every time is on one clock (the
 registry's), every duration measured on it.
@@ -29,7 +33,7 @@ __all__ = ['FLAG_KINDS', 'ALERT_FIELDS', 'STUCK_FACTOR', 'STUCK_MIN', 'USUAL_MIN
            'count_flags', 'lease_lengths']
 
 #: The flags, in display order.
-FLAG_KINDS = ('stuck', 'silent', 'expiring')
+FLAG_KINDS = ('stuck', 'silent', 'expiring', 'deadlock')
 #: A hold is stuck beyond this many times the job's usual (p90) span ...
 STUCK_FACTOR = 10.0
 #: ... and beyond this many seconds.
@@ -102,6 +106,8 @@ def _worst(kind, row):
         return row.get('held_for') or 0.0
     if kind == 'silent':
         return row.get('silent_for') or 0.0
+    if kind == 'deadlock':
+        return row.get('deadlock_for') or 0.0
     return row.get('expires_in') or 0.0
 
 

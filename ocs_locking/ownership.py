@@ -53,6 +53,7 @@ import math
 import re
 
 from .errors import BadLockMessage
+from .leases.paths import check_resource
 from .stats import PeriodStats
 from .wire import EVENTS, QUEUE_SHOWN, ROW_KEYS
 
@@ -172,7 +173,13 @@ def parse_lock_message(msg):
     boot = _time(msg, 'boot')
     folded = {k: _int(msg, k, optional=True) or 0 for k in ('folded_acquired', 'folded_gave_up')}
     waiters = _int(msg, 'waiters', most=MAX_WAITERS)
-    return {**folded, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
+    lease = msg.get('lease')
+    if lease is not None:
+        try:
+            lease = check_resource(lease)
+        except ValueError as e:
+            raise BadLockMessage(f'lease must be a resource path or null: {e}') from None
+    return {**folded, 'lease': lease, 'lock': name, 'event': event, 'job': _opt_text(msg, 'job'),
             'op': _opt_text(msg, 'op'), 'session_id': _int(msg, 'session_id', optional=True),
             'since': _time(msg, 'since'), 'waiters': waiters,
             'token': _int(msg, 'token'), 'seq': _int(msg, 'seq'), 'boot': boot,
@@ -386,7 +393,7 @@ class OwnershipTable:
                 'op': None, 'session_id': None, 'since': None, 'held_since': None,
                 'waiters': 0, 'token': 0, 'alive': agent.alive, 'closed': False,
                 'acquired': 0, 'timed_out': 0, 'longest_hold': 0.0, 'updated': now,
-                'flags': []}
+                'flags': [], 'lease': None}
         self._apply(key, row, m, now)
         self._heard[key] = now
         changed.append(row)
@@ -433,6 +440,7 @@ class OwnershipTable:
         if event == 'acquired':
             self._count_wait(key, row, m, now)      # before the row takes m's queue
         row['waiters'] = m['waiters']
+        row['lease'] = m['lease']
         if m['queue']:
             self._queues[key] = [(j, o, sid, since, now - (age or 0.0))
                                  for j, o, sid, since, age in m['queue']]
@@ -551,6 +559,22 @@ class OwnershipTable:
     def rows_by_key(self, now=None):
         """Every row keyed ``<instance-id>/<lock>`` (copies), for session.data."""
         return {k: self._out(r, now) for k, r in self.rows.items()}
+
+    def waits(self):
+        """What the wait-for graph needs (:mod:`ocs_locking.deadlock`),
+        cheaply: the rows (``lock``, ``agent``, ``job``, ``session_id``,
+        ``lease``, ``queue``) of the live agents that have a waiter or a
+        reported SiteLock; rows of other agents cannot be in a cycle."""
+        agents = {self.rows[k]['agent'] for k in self._queues if k in self.rows}
+        agents |= {r['agent'] for r in self.rows.values() if r.get('lease')}
+        out = []
+        for key, r in self.rows.items():
+            if r['agent'] in agents and r['alive'] and not r['closed']:
+                out.append({'lock': key, 'agent': r['agent'], 'job': r['job'],
+                            'session_id': r['session_id'], 'lease': r.get('lease'),
+                            'queue': [{'job': j, 'session_id': sid}
+                                      for j, _o, sid, _s, _t in self._queues.get(key, ())]})
+        return out
 
     def silent_for(self, key, now):
         """Seconds since the latest message about lock ``key`` arrived (on

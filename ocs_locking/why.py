@@ -22,6 +22,7 @@ it waits for a site lease when a waiting lease request's owner is its
 agent (a :class:`SiteLock`'s default owner). A lease owner waits for the
 other leases it has asked for.
 """
+from .deadlock import site_deadlocks
 from .leases.paths import check_resource, conflicts
 
 __all__ = ['explain', 'lock_reason', 'lease_reason', 'MAX_CHAIN', 'REASON_KEYS']
@@ -256,7 +257,10 @@ def _lease_answer(view, resource):
 
 def explain(target, rows, leases=None, now=0.0, usual=None):
     """The answer to "why is ``target`` busy": ``{'target', 'kind' ('lock',
-    'lease' or 'agent'), 'lines', 'holder', 'chain', 'queue'}``.
+    'lease' or 'agent'), 'lines', 'holder', 'chain', 'queue', 'deadlocks'}``
+    (``deadlocks``: the line of each deadlock through the target, see
+    :func:`ocs_locking.deadlock.site_deadlocks`; also the answer's second
+    lines).
 
     ``target`` is a lock key (``sim-device-1/hw``), an agent's instance-id
     (each of its locks, in turn) or a site resource (``demo/hwp``). Raises
@@ -267,6 +271,18 @@ def explain(target, rows, leases=None, now=0.0, usual=None):
     if not isinstance(target, str) or not target or len(target) > 400:
         raise ValueError(f'why: the target must be a lock (agent/lock) or a resource, '
                          f'not {target!r:.60}')
+    answer = _explain(target, rows, leases, now, usual)
+    # a deadlock through the target, spelled out (agents' locks included)
+    mine = [d for d in site_deadlocks(rows, leases)
+            if answer['target'] in d['locks'] or answer['target'] in d['leases'] or
+            (answer['kind'] == 'agent' and any(k.startswith(answer['target'] + '/')
+                                               for k in d['locks']))]
+    answer['deadlocks'] = [d['text'] for d in mine]
+    answer['lines'][1:1] = answer['deadlocks']
+    return answer
+
+
+def _explain(target, rows, leases, now, usual):
     view = _View(rows, leases, now, usual)
     if target in view.rows:
         return _lock_answer(view, view.rows[target])

@@ -36,10 +36,13 @@ EVENTS = ('waiting', 'acquired', 'released', 'gave_up', 'closed', 'snapshot')
 #: seconds, measured without comparing two hosts' clocks (None when free).
 #: ``longest_hold``: the longest single hold seen, the one in progress
 #: included. ``flags``: what the registry finds unusual about the row now
-#: (``stuck``, ``silent``; see :mod:`ocs_locking.flags`), [] when nothing.
+#: (``stuck``, ``silent``, ``deadlock``; see :mod:`ocs_locking.flags`), [] when
+#: nothing. ``lease``: for an agent's reported SiteLock, the site resource
+#: it stands for (its holder and queue are the operations holding and
+#: waiting for the lease in that agent); None for a lock.
 ROW_KEYS = ('lock', 'agent', 'name', 'job', 'op', 'session_id', 'since', 'held_since',
             'held_for', 'waiters', 'token', 'alive', 'closed', 'acquired', 'timed_out',
-            'longest_hold', 'updated', 'queue', 'flags')
+            'longest_hold', 'updated', 'queue', 'flags', 'lease')
 
 #: The key of the table in the registry's ``monitor`` and ``status``
 #: session.data (rows keyed by lock in ``monitor``, a sorted list in ``status``).

@@ -20,6 +20,7 @@ from twisted.internet.defer import inlineCallbacks
 from ocs_locking.agents.lock_registry import director as access_director
 from ocs_locking.agents.lock_registry import history as history_db
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
+from ocs_locking.agents.lock_registry.deadlocks import DeadlockWatch
 from ocs_locking.agents.lock_registry.leases import (RID_BLOCK, LeaseOps, add_arguments,
                                                      check_arguments,
                                                      load_access_file, resolve_db,
@@ -146,6 +147,9 @@ class LockRegistryAgent:
         #: ``status()`` is the ``replication`` block of ``status``
         self.replication = None
         self._session = None
+        #: cycles of waits across agents' locks and site leases (watch_deadlocks)
+        self.deadlocks = DeadlockWatch(self.table, None, time.time,
+                                       lambda: self._flag(time.time()), reactor, self.log)
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
                             agg_params={'frame_length': 60}, buffer_time=0)
@@ -246,6 +250,7 @@ class LockRegistryAgent:
         if self.table.out_of_sequence != out_of_sequence:
             self._count_drop(f'{LOCKS_FEED}: out of sequence', details)
         self._publish(changes)
+        self.deadlocks.rows_changed(changes)
 
     def _dropped(self, details, err):
         """One log line per dropped lock message, rate-limited per reason."""
@@ -299,6 +304,7 @@ class LockRegistryAgent:
             self.log.info('{agent} left the bus: its {n} lock(s) marked not alive',
                           agent=instance_id, n=len(changes))
             self._publish(changes)
+            self.deadlocks.poke()
 
     def _on_lost(self, registration_id):
         """The router dropped one of the registry's registrations: the
@@ -392,6 +398,12 @@ class LockRegistryAgent:
         self.lease_feed = LeaseFeed(self.agent, leases, self.reactor)
         return self.lease_feed
 
+    def watch_deadlocks(self, leases):
+        """Follow waits into ``leases`` too (their grants and queue) when
+        looking for deadlocks (:mod:`.deadlocks`)."""
+        self.deadlocks.leases = leases.state.snapshot
+        leases.state.add_listener(self.deadlocks.lease_changed)
+
     def watch_lease_stats(self, leases):
         """Count the site leases' grants, holds, waits, expiries (from the
         lease state's changes) and refusals for their ``lock_stats`` blocks."""
@@ -481,6 +493,7 @@ class LockRegistryAgent:
         Returns the counts (``{kind: (count, worst seconds)}``). ``rows``:
         the table's snapshot as of ``now``, when the caller has one."""
         flagged, changed = [], []
+        dead_locks, dead_leases = self.deadlocks.flagged()
         for row in self.table.snapshot(now) if rows is None else rows:
             usual = None
             if self.usual_hold is not None and row['job'] is not None \
@@ -488,9 +501,12 @@ class LockRegistryAgent:
                 usual = self._usual(row, now)
             silent = self.table.silent_for(row['lock'], now)
             flags = lock_flags(row, usual, silent)
+            if row['lock'] in dead_locks:
+                flags = tuple(flags) + ('deadlock',)
             changed += self.table.set_flags(row['lock'], flags, now)
             if flags:
-                flagged.append(dict(row, flags=list(flags), silent_for=silent))
+                flagged.append(dict(row, flags=list(flags), silent_for=silent,
+                                    deadlock_for=dead_locks.get(row['lock'])))
         self._publish(changed)
         grants = []
         if self.leases is not None:
@@ -499,7 +515,12 @@ class LockRegistryAgent:
             lengths = self.leases.lease_lengths = lease_lengths(
                 with_expires_in(grants, clock), self.leases.lease_lengths)
             grants = with_expires_in(grants, clock, lengths)
-            expiring = {(g['resource'], g['token']) for g in grants if g.get('flags')}
+            for g in grants:
+                if g['resource'] in dead_leases:
+                    g['flags'] = list(g.get('flags') or ()) + ['deadlock']
+                    g['deadlock_for'] = dead_leases[g['resource']]
+            expiring = {(g['resource'], g['token'], tuple(g['flags']))
+                        for g in grants if g.get('flags')}
             if expiring != self._expiring:
                 self._expiring = expiring
                 if self.lease_feed is not None:
@@ -547,6 +568,7 @@ class LockRegistryAgent:
         if self.alert_counts is not None:
             session.data['alerts'] = {kind: {'count': n, 'worst_s': worst}
                                       for kind, (n, worst) in self.alert_counts.items()}
+        session.data['deadlocks'] = self.deadlocks.public()
 
     def session_table(self, now=None):
         """The rows the monitor's session.data keeps: the first
@@ -599,7 +621,14 @@ class LockRegistryAgent:
                                   'procedures': {'registered': True, 'missing': []}},
                  'alerts': {'stuck': {'count': 0, 'worst_s': 0.0},
                             'silent': {'count': 0, 'worst_s': 0.0},
-                            'expiring': {'count': 0, 'worst_s': 0.0}}}
+                            'expiring': {'count': 0, 'worst_s': 0.0},
+                            'deadlock': {'count': 2, 'worst_s': 3.2}},
+                 'deadlocks': [{'text': 'deadlock: sim-1 acq (session 3) holds '
+                                        'sim-1/hw, waits for demo/hwp (site lease) '
+                                        'held by ops-console, which waits for sim-1/hw',
+                                'parties': ['sim-1 acq (session 3)', 'ops-console'],
+                                'locks': ['sim-1/hw'], 'leases': ['demo/hwp'],
+                                'local': True, 'for': 3.2}]}
 
             ``locks`` keeps at most ``--session-rows`` rows (the first by
             key; ``total`` is the table's size: ``status`` pages through
@@ -622,10 +651,18 @@ class LockRegistryAgent:
             whose flags change goes out on ``ownership``. ``alerts`` counts
             them with the worst (longest held or silent, least left), and
             the recorded ``alerts`` feed gets one block per kind
-            (``stuck``, ``silent``, ``expiring``; fields ``<kind>_count``
+            (``stuck``, ``silent``, ``expiring``, ``deadlock``; fields ``<kind>_count``
             and ``<kind>_worst_s``) when a count changes and every
             ``--stats-every`` seconds. ``longest_hold`` includes the hold in
             progress.
+
+            ``deadlocks``: every cycle of waits across agents' locks and
+            site leases (:mod:`ocs_locking.deadlock`), oldest first, each
+            spelled out with the locks and leases it runs through and how
+            long it has been seen (``for``). Found within ~50 ms of the
+            message that closes it; its rows and leases are flagged
+            ``deadlock``. A lease request that would close a cycle of site
+            leases alone is refused instead.
 
         """
         session.set_status('running')
@@ -645,6 +682,7 @@ class LockRegistryAgent:
                 self._publish_snapshot()
             rows = self.table.snapshot(now)     # one copy of the table per tick
             self._publish_stats(n % parts, parts, rows, now)
+            self.deadlocks.check()
             self._flag(now, rows)
             n += 1
             if self.lock_history is not None:
@@ -967,6 +1005,7 @@ def main(args=None):
     leases.answer_after, replicas.wall = replicas.synced, leases.clock
     registry.serve_lease_feed(leases)
     registry.watch_lease_stats(leases)
+    registry.watch_deadlocks(leases)
     if args.access_config is not None:
         access_director.serve_rules_to(agent, base)
     if args.access_director:

@@ -605,10 +605,10 @@ class LeaseOps:
     # releasing by token hears why it is refused instead of a TypeError.
 
     def _rpc_acquire(self, resource, owner, lease=None, timeout=0.0, tree=False, note='',
-                     client='', details=None):
+                     client='', details=None, party=None):
         d = self.do_acquire(resource, owner, lease, timeout, tree, note, client,
                             compact=True, secret=True,
-                            caller=caller_of(details, client, self.identify))
+                            caller=caller_of(details, client, self.identify), party=party)
         if self.enforced is not None:
             d.addCallback(self._after_enforced)
         return d.addCallback(lambda r: {'ok': r[0], 'message': r[1], 'data': r[2]})
@@ -961,7 +961,8 @@ class LeaseOps:
         return defer.succeed((True, f'Withdrew request {rid}.'))
 
     def do_acquire(self, resource, owner, lease=None, timeout=0.0, tree=False, note='',
-                   client='', on_queued=None, compact=False, secret=False, caller=None):
+                   client='', on_queued=None, compact=False, secret=False, caller=None,
+                   party=None):
         """The acquire itself: a Deferred firing ``(ok, message, data)``
         (already fired unless the request queues); ``on_queued(outcome)`` is
         called if the request has to wait. The grant is committed to the
@@ -969,12 +970,14 @@ class LeaseOps:
         lease procedures return it (see :func:`_compact`); ``secret``: with
         its ``lease_id`` (for a reply that goes to the caller alone);
         ``caller``: who asks, for the audit (see :func:`caller_of`).
-        ``lease`` None: the declared default (see :meth:`checked_lease`)."""
+        ``lease`` None: the declared default (see :meth:`checked_lease`);
+        ``party``: the owner's operation asking (see LeaseState.acquire)."""
         now = self.clock()
         try:
             lease = self.checked_lease(resource, tree, lease)
             out = self.state.acquire(resource, owner, lease, now, timeout=timeout,
-                                     tree=tree, note=note, client=client, caller=caller)
+                                     tree=tree, note=note, client=client, caller=caller,
+                                     party=party)
         except LeaseError as e:
             self._audit_refusal('acquire', resource, owner, client, e, caller)
             return defer.succeed(self._refusal(e))

@@ -60,6 +60,7 @@ from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
                       ReactorBlockingError)
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, lease_uri
 from .holder import GUARD_MARGIN, Answer, LeaseHolder
+from .lease_report import LeaseReport, report_name
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
            'GUARD_MARGIN']
@@ -124,7 +125,7 @@ class SiteLock:
 
     def __init__(self, agent, resource, owner=None, lease=10.0, tree=False, note='',
                  registry='lock-registry', on_lost=None, on_revoked=None,
-                 clock=time.monotonic, reactor=None, on_preempt=None, watch=True):
+                 clock=time.monotonic, reactor=None, on_preempt=None, watch=True, name=None):
         if isinstance(resource, (list, tuple)):
             raise ValueError(f'SiteLock holds one resource, not a list: {resource!r:.80}')
         if on_revoked is not None:
@@ -132,6 +133,9 @@ class SiteLock:
                           DeprecationWarning, stacklevel=2)
             on_lost = on_lost or on_revoked
         self._core = LeaseHolder(resource, lease, clock, tree=tree, owner=owner)
+        #: what report_locks(agent, site_lock) publishes (see lease_report)
+        self.report = LeaseReport(report_name(resource, name), resource)
+        self.name = self.report.name
         if reactor is None:
             from twisted.internet import reactor
         self.agent = agent
@@ -232,6 +236,7 @@ class SiteLock:
         self._told = self._core.lost
         log.warning('site lock %s lost: %s', self.resource, self._core.lost)
         self.reactor.callFromThread(self._stop_renewing)
+        self.reactor.callFromThread(self.report.released)
         if self.on_lost is not None:
             self.reactor.callFromThread(self.on_lost, self._core.lost)
 
@@ -298,9 +303,13 @@ class SiteLock:
     # -- reactor API ----------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def acquire_deferred(self, timeout=0.0):
+    def acquire_deferred(self, timeout=0.0, job=None, *, op=None, session_id=None):
         """Ask for the lease, waiting up to ``timeout`` s in the registry's
-        queue. Fires with this SiteLock when granted; fails with :class:`LeaseBusy` (naming
+        queue. ``job``, ``op``, ``session_id``: the operation asking (as for
+        :meth:`TimeoutLock.acquire <ocs_locking.TimeoutLock.acquire>`): a
+        reported SiteLock (``report_locks(agent, site_lock)``) names it as
+        the lease's waiter, then holder, so the registry can follow waits
+        across the agent's own locks and site leases (deadlocks). Fires with this SiteLock when granted; fails with :class:`LeaseBusy` (naming
         the holders) when busy and :class:`LeaseUnavailable` when refused or
         the registry cannot be reached (:attr:`last_refusal` says why too),
         or when this SiteLock already holds its lease.
@@ -313,14 +322,20 @@ class SiteLock:
             raise LeaseUnavailable(f'already holding {self.resource} '
                                    f'(token {self._core.token})')
         sent = self.clock()
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            self.report.waiting(job, op, session_id)
         # One deadline: the registry answers at ``timeout`` itself; the call
         # is given up (cancelled, which withdraws the request) only
         # ANSWER_MARGIN later, when the registry did not answer at all.
         give_up = _give_up(timeout)
+        # which operation asks, for the registry's deadlock check (an older
+        # registry takes no ``party``: sent only when the caller names one)
+        party = {} if job is None and session_id is None else \
+            {'party': job if session_id is None else f'{job or "operation"} (session {session_id})'}
         try:
             call = defer.maybeDeferred(
                 self.agent.call, self._uri('acquire'), self.resource, self._owner, self.lease,
-                timeout, self.tree, self.note, self.agent.agent_address)
+                timeout, self.tree, self.note, self.agent.agent_address, **party)
             call.addTimeout(give_up, self.reactor)
             reply = yield call
             ans = Answer.from_reply(reply)
@@ -332,8 +347,10 @@ class SiteLock:
                          answered=False)
         if not ans.ok:
             self.last_refusal = ans.reason
+            self.report.gave_up()
             raise self._core.refusal(ans)
         self._core.granted(ans.data, sent)
+        self.report.acquired(job, op, session_id)
         self._told = None
         self._stop_renewing()
         self._renewer = task.LoopingCall(self._renew)
@@ -375,6 +392,7 @@ class SiteLock:
         token, lease_id = self._core.token, self._core.lease_id
         lost = self._core.lost
         self._core.released()
+        self.report.released()
         if token is None or lost is not None:
             return False
         try:
@@ -386,7 +404,7 @@ class SiteLock:
 
     # -- thread API -----------------------------------------------------------------
 
-    def _blocking(self, fn, *args, timeout):
+    def _blocking(self, fn, *args, timeout, kwargs=None):
         if threadable.isInIOThread():
             raise ReactorBlockingError(
                 f'SiteLock.{fn.__name__.replace("_deferred", "")}() would block the reactor '
@@ -395,7 +413,7 @@ class SiteLock:
         out = {}
 
         def run():
-            d = fn(*args)
+            d = fn(*args, **(kwargs or {}))
             d.addCallbacks(lambda r: out.setdefault('value', r),
                            lambda f: out.setdefault('error', f.value))
             d.addBoth(lambda _: done.set())
@@ -406,12 +424,13 @@ class SiteLock:
             raise out['error']
         return out['value']
 
-    def acquire(self, timeout=0.0):
+    def acquire(self, timeout=0.0, job=None, *, op=None, session_id=None):
         """Thread version of :meth:`acquire_deferred` (this SiteLock, or raises).
         It answers by ``timeout`` (the registry's answer) or at the latest
         ``timeout + ANSWER_MARGIN`` (the call given up)."""
-        return self._blocking(self.acquire_deferred, timeout,
-                              timeout=_give_up(timeout) + 5)
+        return self._blocking(self.acquire_deferred, timeout, job,
+                              timeout=_give_up(timeout) + 5,
+                              kwargs={'op': op, 'session_id': session_id})
 
     def release(self):
         """Thread version of :meth:`release_deferred`."""

@@ -23,7 +23,7 @@ __all__ = ['LeaseState', 'LeaseError', 'Grant', 'Outcome', 'Request', 'Preemptio
 
 log = logging.getLogger(__name__)
 
-MAX_OWNER, MAX_CLIENT, MAX_NOTE = 128, 200, 500
+MAX_OWNER, MAX_CLIENT, MAX_NOTE, MAX_PARTY = 128, 200, 500, 200
 KEEP_DONE = 1000        # finished requests remembered for poll()
 #: Default limits on waiting requests: per owner, per caller (the ``client``
 #: identity; requests with no client are counted by owner only) and in all.
@@ -289,6 +289,8 @@ class LeaseState:
         self._runs_bound = 64   # prune idle runs when there are more than this
         self._renewed = {}    # request id -> time of its last renew audit row
         self._preempts = {}   # holder's request id -> Preemption, while it holds
+        self._parties = {}    # request id -> the owner's operation asking (acquire's
+        #                       ``party``), while it waits or holds; memory only
         self._keys = {}       # request id -> lease_key(lease_id) of each current grant;
         #                       absent for grants stored before lease ids (never renewable)
         self._load()
@@ -321,8 +323,15 @@ class LeaseState:
     # -- requests -----------------------------------------------------------------
 
     def acquire(self, resources, owner, lease, now, timeout=0.0, tree=False, note='',
-                client='', caller=None):
+                client='', caller=None, party=None):
         """Ask for ``resources`` (a path or a list) for ``lease`` seconds.
+
+        ``party``: which of the owner's operations asks (``cal (session
+        4)``; a SiteLock says so), or None for the owner as a whole. The
+        deadlock check tells an owner's parties apart: one operation of an
+        agent waiting for a lease does not make another operation of it,
+        holding a lease, a waiter. Kept in memory only (after a restart a
+        grant's holder is its owner as a whole).
 
         Returns an Outcome: ``granted`` (with the secret ``lease_id``),
         ``queued`` (poll its ``request_id``; the Outcome of its grant, given
@@ -336,16 +345,20 @@ class LeaseState:
         lease = check_lease(lease, self.max_lease)
         timeout = check_seconds('timeout', timeout, self.max_timeout, zero_ok=True)
         note, client = check_text('note', note, MAX_NOTE), check_text('client', client, MAX_CLIENT)
+        party = None if party is None else (check_text('party', party, MAX_PARTY) or None)
         now = check_time(now)
         with self._op(now, caller):
             req = Request(self._last_rid + 1, names, owner, lease, tree, note, client, now,
                           now + timeout, caller)
             holders = self._conflicting(names, tree)
             ahead = sum(overlap(w.resources, w.tree, names, tree) for w in self._waiting)
+            if party is not None:
+                self._set(self._parties, req.request_id, party)
             if not holders and not ahead:
                 self._last_rid += 1
                 return self._grant(req, now)
             if timeout == 0:
+                self._set(self._parties, req.request_id, _MISSING)
                 return Outcome('busy', None, (), holders, ahead + 1)
             self._check_deadlock(req, holders)
             self._check_queue_room(owner, client)
@@ -558,8 +571,12 @@ class LeaseState:
 
     def snapshot(self):
         """The whole state as plain data (JSON-ready)."""
-        return {'grants': [g.as_dict() for g in self.holders()],
-                'waiting': [dict(w.as_dict(), position=self.poll(w.request_id).queue_position)
+        def party(rid):
+            p = self._parties.get(rid)
+            return {} if p is None else {'party': p}
+        return {'grants': [dict(g.as_dict(), **party(g.request_id)) for g in self.holders()],
+                'waiting': [dict(w.as_dict(), position=self.poll(w.request_id).queue_position,
+                                 **party(w.request_id))
                             for w in self._waiting],
                 'counters': dict(sorted(self._counters.items()))}
 
@@ -737,6 +754,8 @@ class LeaseState:
             self._set(self._renewed, rid, _MISSING)
         if rid in self._keys:
             self._set(self._keys, rid, _MISSING)
+        if rid in self._parties:
+            self._set(self._parties, rid, _MISSING)
         self._remember(Outcome(_ENDED_AS[action], rid, grants))
         return list(grants)
 
@@ -745,17 +764,29 @@ class LeaseState:
         close a cycle of owners each waiting for another's grant: nobody in
         it could go on before a timeout. Only looked for when a holder in
         the way is itself waiting (the common queue costs nothing more)."""
-        waiters = {w.owner for w in self._waiting}
-        if not any(g.owner in waiters and g.owner != req.owner for g in holders):
+        who = self._who
+        waiters = {who(w.request_id, w.owner) for w in self._waiting}
+        me = who(req.request_id, req.owner)
+        if not any(who(g.request_id, g.owner) in waiters and who(g.request_id, g.owner) != me
+                   for g in holders):
             return
-        grants = [{'resource': g.resource, 'owner': g.owner, 'tree': g.tree}
+        grants = [{'resource': g.resource, 'owner': who(g.request_id, g.owner), 'tree': g.tree}
                   for g in self.holders()]
-        waiting = [{'owner': w.owner, 'resources': w.resources, 'tree': w.tree}
-                   for w in self._waiting]
-        found = closing_cycle(grants, waiting, {'owner': req.owner,
+        waiting = [{'owner': who(w.request_id, w.owner), 'resources': w.resources,
+                    'tree': w.tree} for w in self._waiting]
+        found = closing_cycle(grants, waiting, {'owner': me,
                                                 'resources': req.resources, 'tree': req.tree})
         if found is not None:
             raise LeaseError(cycle_text(*found, grants))
+
+    def _who(self, request_id, owner):
+        """A party of the wait-for graph: the owner, or its operation."""
+        party = self._parties.get(request_id)
+        return owner if party is None else f'{owner} {party}'
+
+    def party(self, request_id):
+        """The operation (acquire's ``party``) of a waiting or granted request, or None."""
+        return self._parties.get(request_id)
 
     def _check_queue_room(self, owner, client):
         """Raise LeaseError unless a request of ``owner`` from ``client`` may
@@ -780,6 +811,8 @@ class LeaseState:
 
     def _withdraw(self, req, action, now, **detail):
         self._waiting.remove(req)
+        if req.request_id in self._parties:
+            self._set(self._parties, req.request_id, _MISSING)
         out = Outcome('timed_out' if action == 'timeout' else 'cancelled', req.request_id)
         self._remember(out)
         self._record_request(action, req, now, out, **detail)

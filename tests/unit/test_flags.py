@@ -69,8 +69,10 @@ def test_lease_lengths_are_learnt_from_each_grant_and_renewal():
 def test_alert_blocks_have_the_same_fields_every_time():
     counts = count_flags([row(flags=['stuck'], held_for=70.0), row(flags=['stuck'], held_for=90.0),
                           {'flags': ['expiring'], 'expires_in': 3.0},
-                          {'flags': ['expiring'], 'expires_in': 1.5}, {'flags': []}])
-    assert counts == {'stuck': (2, 90.0), 'silent': (0, 0.0), 'expiring': (2, 1.5)}
+                          {'flags': ['expiring'], 'expires_in': 1.5}, {'flags': []},
+                          row(flags=['deadlock'], deadlock_for=2.5)])
+    assert counts == {'stuck': (2, 90.0), 'silent': (0, 0.0), 'expiring': (2, 1.5),
+                      'deadlock': (1, 2.5)}
     blocks = alert_blocks(counts)
     assert list(blocks) == list(FLAG_KINDS)
     assert all(tuple(blocks[k]) == ALERT_FIELDS[k] for k in FLAG_KINDS)

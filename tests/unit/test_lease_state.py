@@ -781,3 +781,37 @@ def test_LeaseState_refuses_at_once_a_wait_that_would_close_a_deadlock(state):
     state.release('satp1/mount', mount.token, 3.0)
     assert state.poll(queued.request_id).status == 'granted'
     assert hwp.owner == 'ops-console'
+
+
+def test_LeaseState_tells_an_agents_operations_apart_in_the_deadlock_check(state):
+    """When one operation of agent sim-1 holds demo/y and another of its
+    operations waits for demo/x (held by ops-console), ops-console waiting
+    for demo/y closes no cycle (the holder of demo/y waits for nothing): it
+    is queued, not refused. Once the holding operation itself waits for
+    demo/x, ops-console's wait would close one and is refused, naming the
+    operations."""
+    state.acquire('demo/x', 'ops-console', 30, 0.0)
+    state.acquire('demo/y', 'sim-1', 30, 0.0, party='acq (session 3)')
+    assert state.acquire('demo/x', 'sim-1', 30, 1.0, timeout=20,
+                         party='cal (session 4)').status == 'queued'
+    assert state.snapshot()['waiting'][0]['party'] == 'cal (session 4)'
+    out = state.acquire('demo/y', 'ops-console', 30, 2.0, timeout=20)
+    assert out.status == 'queued'
+    state.cancel(out.request_id, 2.5)
+    state.acquire('demo/x', 'sim-1', 30, 3.0, timeout=20, party='acq (session 3)')
+    with pytest.raises(LeaseError, match=(
+            r'^deadlock: ops-console holds demo/x, waits for demo/y held by sim-1 acq '
+            r'\(session 3\), which waits for demo/x$')):
+        state.acquire('demo/y', 'ops-console', 30, 4.0, timeout=20)
+
+
+def test_LeaseState_party_is_checked_and_forgotten_with_its_request(state):
+    """A bad party is refused in one line and changes nothing; a party is
+    kept while its request waits or holds, and dropped when it ends."""
+    with pytest.raises(LeaseError, match=r'^party must be a string'):
+        state.acquire('demo/x', 'sim-1', 30, 0.0, party=5)
+    assert state.snapshot()['grants'] == []
+    g = state.acquire('demo/x', 'sim-1', 30, 0.0, party='acq')
+    assert state.party(g.request_id) == 'acq'
+    state.release('demo/x', g.lease_id, 1.0)
+    assert state.party(g.request_id) is None and state._parties == {}

@@ -457,3 +457,47 @@ def test_registry_publishes_the_leases_after_each_snapshot(reg, tmp_path):
     msg = reg.agent.published[-1][1]
     assert [g['owner'] for g in msg['grants']] == ['alice'] and msg['seq'] == feed.seq
     assert lease_id not in repr(msg)
+
+
+def two_lock_msgs(seq, name, job, sid, waiter, waiter_sid):
+    return {'lock': name, 'event': 'waiting', 'job': waiter, 'op': waiter,
+            'session_id': waiter_sid, 'since': 1000.0, 'waiters': 1, 'token': 0, 'seq': seq,
+            'boot': 1.0, 'queue': [{'job': waiter, 'op': waiter, 'session_id': waiter_sid,
+                                    'since': 1000.0, 'age': 0.1}]}
+
+
+def test_a_cycle_of_an_agents_own_locks_is_flagged_and_counted_on_alerts():
+    """When two operations of an agent hold one lock each and wait for the
+    other's, the registry finds the cycle SETTLE s after the message that
+    closes it (not at the next tick): both rows are flagged 'deadlock' on
+    the ownership feed, an alerts block counts it, and it is spelled out in
+    the monitor's data; when one gives up, the flags go."""
+    from ocs_locking.agents.lock_registry.deadlocks import SETTLE
+    clock = Clock()
+    reg = LockRegistryAgent(FakeAgent(), reactor=clock)
+    for seq, (name, job, sid) in enumerate((('l1', 'j1', 1), ('l2', 'j2', 2)), 1):
+        held = dict(lock_msg(seq, job=job), lock=name, session_id=sid)
+        reg._on_locks([held, info('dev-1')], details=topic('dev-1'))
+    reg._on_locks([two_lock_msgs(3, 'l1', 'j1', 1, 'j2', 2), info('dev-1')],
+                  details=topic('dev-1'))
+    clock.advance(SETTLE)
+    assert reg.deadlocks.current == {}      # one wait is no cycle
+    reg._on_locks([two_lock_msgs(4, 'l2', 'j2', 2, 'j1', 1), info('dev-1')],
+                  details=topic('dev-1'))
+    clock.advance(SETTLE)
+    [d] = reg.deadlocks.public()
+    assert d['text'] == ('deadlock: dev-1 j1 (session 1) holds dev-1/l1, waits for dev-1/l2 '
+                         'held by dev-1 j2 (session 2), which waits for dev-1/l1')
+    flags = {r['lock']: r['flags'] for r in reg.table.snapshot()}
+    assert flags == {'dev-1/l1': ['deadlock'], 'dev-1/l2': ['deadlock']}
+    alerts = [m for name, m in reg.agent.published if name == 'alerts'
+              and m['block_name'] == 'deadlock']
+    assert alerts[-1]['data'] == {'deadlock_count': 2, 'deadlock_worst_s': 0.0}
+    assert reg.agent.log.warn.call_count == 1
+    # j1 gives up waiting for l2
+    gave_up = dict(two_lock_msgs(5, 'l2', 'j2', 2, 'j1', 1), event='gave_up', waiters=0,
+                   queue=[])
+    reg._on_locks([gave_up, info('dev-1')], details=topic('dev-1'))
+    clock.advance(SETTLE)
+    assert reg.deadlocks.current == {}
+    assert all(r['flags'] == [] for r in reg.table.snapshot())

@@ -200,3 +200,90 @@ def test_SiteLock_renews_and_releases_with_its_lease_id_never_the_token(caplog):
         ('watch', ('bridge', KeyedAgent.LEASE_ID)), ('renew', ('bridge', KeyedAgent.LEASE_ID)), ('release', ('bridge', KeyedAgent.LEASE_ID))]
     assert lock.token is None and lock._core.lease_id is None
     assert KeyedAgent.LEASE_ID not in caplog.text + repr(vars(lock))
+
+
+class QueuedAgent(KeyedAgent):
+    """A registry whose acquire answers only when told (the request waits in its queue)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending = []
+
+    def call(self, uri, *args, **kwargs):
+        if uri.endswith('.acquire'):
+            self.calls.append(('acquire', args, kwargs))
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return super().call(uri, *args)
+
+
+def test_reported_SiteLock_names_the_operation_that_waits_then_holds():
+    """When a reported SiteLock's acquire waits in the registry's queue, the
+    agent's locks feed says which operation waits for which lease; when it
+    is granted, that operation holds the row; released, the row is free:
+    every message is one the registry's table accepts, with ``lease``."""
+    from ocs_locking.events import LockReporter
+    from ocs_locking.ownership import OwnershipTable
+    from .test_events import FakeAgent, Reactor
+    reactor, feed, agent = Reactor(), FakeAgent(), QueuedAgent()
+    reporter = LockReporter(feed, min_interval=0.0, reactor=reactor)
+    lock = SiteLock(agent, 'demo/hwp', lease=9, clock=Clock(), reactor=reactor)
+    assert lock.name == 'lease:demo:hwp'
+    reporter.attach(lock)
+    reactor.advance(0)
+    lock.acquire_deferred(30, 'cal', op='cal', session_id=4)
+    reactor.advance(0)
+    agent.pending[0].callback({'ok': True, 'message': '', 'data': {
+        'resource': 'demo/hwp', 'token': 7, 'expires': 1.7e9, 'queued_for': 1.0,
+        'lease_id': KeyedAgent.LEASE_ID}})
+    lock.release_deferred()
+    reactor.advance(0)
+    msgs = feed.published
+    assert [m['event'] for m in msgs] == ['snapshot', 'waiting', 'acquired', 'released']
+    assert all(m['lease'] == 'demo/hwp' and m['lock'] == 'lease:demo:hwp' for m in msgs)
+    # the request names the operation too, for the registry's deadlock check
+    assert agent.calls[0][2] == {'party': 'cal (session 4)'}
+    assert msgs[1]['queue'][0]['job'] == 'cal' and msgs[1]['queue'][0]['session_id'] == 4
+    assert (msgs[2]['job'], msgs[2]['session_id'], msgs[2]['queue']) == ('cal', 4, [])
+    table = OwnershipTable()
+    for m in msgs[:2]:
+        table.lock_message('dev-1', m, 100.0)
+    [row] = table.waits()
+    assert row['lease'] == 'demo/hwp' and row['queue'] == [{'job': 'cal', 'session_id': 4}]
+    for m in msgs[2:]:
+        table.lock_message('dev-1', m, 100.0)
+    assert table.snapshot()[0]['job'] is None and table.snapshot()[0]['lease'] == 'demo/hwp'
+
+
+def test_reported_SiteLock_that_is_refused_gives_up_in_its_row():
+    """When the queued acquire is refused (timed out in the queue), the
+    waiting operation leaves the row (``gave_up``)."""
+    from ocs_locking.events import LockReporter
+    from .test_events import FakeAgent, Reactor
+    from ocs_locking.errors import LeaseUnavailable
+    reactor, feed, agent = Reactor(), FakeAgent(), QueuedAgent()
+    reporter = LockReporter(feed, min_interval=0.0, reactor=reactor)
+    lock = SiteLock(agent, 'demo/hwp', lease=9, clock=Clock(), reactor=reactor,
+                    name='hwp-lease')
+    reporter.attach(lock)
+    reactor.advance(0)
+    out = []
+    lock.acquire_deferred(5, 'cal', session_id=4).addErrback(lambda f: out.append(f.value))
+    agent.pending[0].callback({'ok': False, 'message': 'timed out in the queue', 'data': {}})
+    reactor.advance(0)
+    assert isinstance(out[0], LeaseUnavailable)
+    assert [m['event'] for m in feed.published] == ['snapshot', 'waiting', 'gave_up']
+    assert feed.published[-1]['waiters'] == 0 and feed.published[-1]['lock'] == 'hwp-lease'
+
+
+def test_SiteLock_report_name_must_fit_the_locks_feed():
+    """A name the locks feed cannot carry is refused in one line; a long
+    path gets a shortened default name."""
+    with pytest.raises(ValueError, match=r'^a SiteLock is reported as a lock named .*not '
+                                         r"'bad name'$"):
+        SiteLock(SkewedAgent(0), 'bridge', name='bad name', reactor=FakeReactor())
+    long = '/'.join(['segment-name'] * 6)
+    lock = SiteLock(SkewedAgent(0), long, reactor=FakeReactor())
+    assert lock.name.startswith('lease:') and lock.name.endswith(':segment-name')
+    assert len(lock.name) == 64

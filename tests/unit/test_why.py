@@ -88,7 +88,11 @@ def test_a_cycle_among_leases_is_named_and_ends_the_chain():
     assert a['kind'] == 'lease'
     assert a['lines'][0] == 's/mount (site lease) is held by A (token 1) for 10.0 s, ' \
                             'for another 90.0 s'
-    assert 'closes a cycle' in a['lines'][3]
+    # the cycle spelled out, second, then the chain that closes it
+    assert a['deadlocks'] == ['deadlock: A holds s/mount, waits for s/hwp (site lease) held by '
+                              'B, which waits for s/mount (site lease)']
+    assert a['lines'][1] == a['deadlocks'][0]
+    assert 'closes a cycle' in a['lines'][4]
     assert a['chain'][-1]['cycle'] is True
     assert a['lines'][-1] == '1 waiting: 1. B for 8.0 s'
 
