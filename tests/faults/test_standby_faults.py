@@ -15,6 +15,7 @@ margin. Load threads pause between cycles only to pace themselves.
 """
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -25,8 +26,8 @@ import yaml
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.reservation import Reservation
-from .support import (UNISSUED, client, grant_of, history, lease_rpc, retry, take, wait_for,
-                      wait_lease_rpcs)
+from .support import (UNISSUED, client, give_back, grant_of, history, lease_rpc, retry, take,
+                      take_lease, wait_for, wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
@@ -241,6 +242,34 @@ def test_standby_follows_verified_and_refuses_lease_calls_while_standing_by(site
     assert reply.status != 0 or reply.session is None or not reply.session.get('success')
     assert 'standby for lock-registry' in str(reply.msg)
     assert replication(site, 'lock-registry-b')['role'] == 'standby'
+
+
+def test_frozen_standby_is_dropped_the_primary_goes_on_alone_then_it_follows_again(site):
+    """When the standby freezes (SIGSTOP), the primary's lease calls wait
+    at most about its ack timeout once, then it drops the standby (status
+    says so) and answers alone; thawed (SIGCONT), the standby follows
+    again from a snapshot and is in sync."""
+    wait_following(site, 'lock-registry-b')
+    proc = site.agents['lock-registry-b']
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        got = take_lease(site, 'frozen/x', owner='alone', lease=5.0)
+        assert got['success'] is True, got
+        waited = time.monotonic() - t0
+        drop = wait_for(lambda: replication(site, 'lock-registry')['last_drop'],
+                        'the primary dropping the frozen standby')
+        assert drop['name'] == 'lock-registry-b'
+        assert not replication(site, 'lock-registry')['followers']
+        t1 = time.monotonic()
+        assert give_back(site, 'frozen/x', got['data']['token'])['success'] is True
+        alone = time.monotonic() - t1
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    print(f'standby frozen: first call {waited * 1000:.0f} ms, then {alone * 1000:.0f} ms')
+    assert replication(site, 'lock-registry')['waiting'] == 0
+    wait_following(site, 'lock-registry-b')
+    assert check_audit(history(site)) == []
 
 
 def test_primary_kill9_under_load_standby_answers_within_2s_and_no_lease_is_lost(site):
