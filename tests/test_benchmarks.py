@@ -76,7 +76,7 @@ def site_benches(tmp_path_factory):
     asks for them; killed at the end of the module if still running."""
     benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
                for name in ('registry_bench', 'site_lock_bench', 'liveness_bench',
-                            'deadlock_bench')}
+                            'deadlock_bench', 'failover_bench')}
     yield benches
     for bench in benches.values():
         bench.stop()
@@ -250,4 +250,20 @@ def test_deadlock_bench_quick_refuses_every_cycle_and_prints_its_table(site_benc
     r = data['results']
     assert r['deadlock']['refused'] == r['busy']['refused'] == 5
     assert r['messages'][0].startswith('Refused: deadlock: alice holds bench/dl-')
+    assert len(data['trials']) == 5
+
+
+@pytest.mark.integration
+def test_failover_bench_quick_keeps_every_lease_and_prints_its_table(site_benches):
+    """When failover_bench runs in quick mode (two real sites), every kill
+    of the serving registry is followed by a standby answering, the kept
+    lease renews with its lease id after each, and the table sets failover
+    beside a plain restart (the baseline) and the round trip with and
+    without a standby."""
+    _, printed, _, out = site_benches['failover_bench'].result()
+    assert '| measured | samples | median (ms) | p99 (ms) | max (ms) |' in printed
+    assert 'restart (baseline)' in printed and 'a standby following' in printed
+    data = json.loads(out.read_text())
+    r = data['results']
+    assert r['kept'] == r['failover']['n'] == r['restart']['n'] == 5
     assert len(data['trials']) == 5
