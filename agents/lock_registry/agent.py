@@ -565,6 +565,8 @@ class LockRegistryAgent:
             BUS_KEY: self.bus_status()})
         if self.leases is not None:
             session.data[HEALTH_KEY] = self.leases.health()
+        if self.replication is not None:
+            session.data['replication'] = self.replication.status()
         if self.alert_counts is not None:
             session.data['alerts'] = {kind: {'count': n, 'worst_s': worst}
                                       for kind, (n, worst) in self.alert_counts.items()}

@@ -10,7 +10,7 @@ import sys
 
 from ..wire import BUS_KEY, HEALTH_KEY, TABLE_KEY
 from ..errors import CliError
-from .formatters import (bus_lines, format_site_leases, format_table, format_waiters,
+from .formatters import (bus_lines, replication_lines, format_site_leases, format_table, format_waiters,
                          health_lines, json_rows)
 from .site import load_site, unreachable
 
@@ -75,11 +75,13 @@ def fetch_view(args, site=None):
             def page(offset):
                 return client.status(offset=offset).session.get('data') or {}
             rows, last = read_pages(page)
-            data = dict(last, **{k: data[k] for k in (HEALTH_KEY, BUS_KEY) if k in data})
+            data = dict(last, **{k: data[k] for k in (HEALTH_KEY, BUS_KEY, 'replication')
+                                 if k in data})
     except Exception as e:
         raise unreachable(args, site, e) from None
     rows = sorted(rows, key=lambda r: str(r.get('lock')))
-    return {'rows': rows, 'health': data.get(HEALTH_KEY), 'bus': data.get(BUS_KEY)}
+    return {'rows': rows, 'health': data.get(HEALTH_KEY), 'bus': data.get(BUS_KEY),
+            'replication': data.get('replication')}
 
 
 def fetch_leases(args):
@@ -102,7 +104,8 @@ def cmd_status(args):
     the lock rows only, with their ``queue`` (``ocs-locks leases --json``
     has the leases)."""
     view = fetch_view(args)
-    rows, notes = view['rows'], bus_lines(view['bus']) + health_lines(view['health'])
+    rows, notes = view['rows'], bus_lines(view['bus']) + health_lines(view['health']) + \
+        replication_lines(view.get('replication'))
     if not args.json:
         leases, why = fetch_leases(args)
         lease_lines = format_site_leases(leases) if leases is not None else \

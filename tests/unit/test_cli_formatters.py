@@ -202,3 +202,24 @@ def test_json_rows_gain_the_queue():
     q = [{'job': 'a', 'op': 'a', 'session_id': 1, 'since': 1.0, 'waited_for': 0.5}]
     assert [r['queue'] for r in json_rows([{'lock': 'x', 'queue': q}, {'lock': 'y'}])] == \
         [q, []]
+
+
+def test_replication_lines_say_who_serves_and_who_stands_by():
+    """When the registry's replication block names followers, a takeover
+    and a dropped standby, status says each in one line; a standby's own
+    block, or none at all, adds nothing."""
+    from ocs_locking.cli.formatters import replication_lines
+    rep = {'role': 'primary', 'identity': 'lock-registry-b',
+           'took_over': {'at': 100.0, 'from_epoch': 3, 'epoch': 4},
+           'followers': [{'name': 'lock-registry-a', 'verified': True, 'behind': 0,
+                          'seen_ago': 0.4}], 'last_drop': None}
+    lines = replication_lines(rep)
+    assert lines[0].startswith('registry served by standby lock-registry-b since ')
+    assert lines[0].endswith('(took over from epoch 3; now epoch 4)')
+    assert lines[1] == 'standby lock-registry-a follows (verified): 0 batch(es) behind, ' \
+                       'heard 0.4 s ago'
+    alone = dict(rep, took_over=None, followers=[],
+                 last_drop={'name': 'lock-registry-a', 'ago': 2.0, 'why': 'no ack'})
+    assert replication_lines(alone) == [
+        'WARNING: no standby follows: lock-registry-a was dropped 2.0 s ago (no ack)']
+    assert replication_lines({'role': 'standby'}) == [] == replication_lines(None)
