@@ -202,6 +202,11 @@ class ReplicaServer:
         except Resync as e:
             return {'kind': 'resync', 'reason': str(e)}
         self._release_synced()
+        f = self.replica.followers.get(follower)
+        if f is not None and not f['verified']:
+            # (the router's meta event naming its session may come after
+            # its first pull: asked again at each one until it says)
+            self.replica.identified(follower, *self._identify(follower, details))
         if batches:
             return self._batches(batches)
         wait = self.wait if not isinstance(wait, (int, float)) or isinstance(wait, bool) \
@@ -247,16 +252,8 @@ class ReplicaServer:
                                                 f'{getattr(store, "error", "none")}'}
         loaded = store.load()
         privs = [[rid, h, v] for rid, (h, v) in sorted(store.privs_hashes().items())]
-        session = getattr(details, 'caller', None)
-        identity = None
-        if self.identify is not None and isinstance(session, int):
-            try:
-                identity = self.identify(session)
-            except Exception:
-                identity = None
-        seq = self.replica.attach(follower, self.clock(), identity or
-                                  (f'wamp session {session}' if session is not None else None),
-                                  verified=identity == follower)
+        identity, verified = self._identify(follower, details)
+        seq = self.replica.attach(follower, self.clock(), identity, verified=verified)
         tail = AUDIT_TAIL
         while True:
             audit = list(reversed(store.history(limit=tail))) if tail else []
@@ -270,9 +267,23 @@ class ReplicaServer:
         self.log.info('standby {name} follows (snapshot at batch {seq}: {g} grant(s), '
                       '{a} audit row(s); {who})', name=follower, seq=seq,
                       g=len(loaded['grants']), a=len(audit),
-                      who='verified' if identity == follower else
-                      f'declared; its session is {identity or session!r}')
+                      who='verified' if verified else f'declared; its session is {identity}')
         return reply
+
+    def _identify(self, follower, details):
+        """``(identity, verified)`` of the pull's caller: the instance whose
+        ``.ops`` its session holds (the registry's session map), else its
+        WAMP session; verified when that is ``follower``."""
+        session = getattr(details, 'caller', None)
+        identity = None
+        if self.identify is not None and isinstance(session, int):
+            try:
+                identity = self.identify(session)
+            except Exception:
+                identity = None
+        if identity is None:
+            identity = f'wamp session {session}' if session is not None else None
+        return identity, identity == follower
 
     def status(self):
         """``{'role': 'primary', 'stream', 'seq', 'followers': [...], 'dropped',

@@ -223,6 +223,13 @@ class ReplicaLog:
         self._trim()
         return [[s, op, p] for s, _at, op, p in self._batches if s > after]
 
+    def identified(self, name, identity, verified):
+        """Who ``name``'s session is, as the router says (asked again until
+        verified: the router's word may come after the first pull)."""
+        f = self.followers.get(name)
+        if f is not None:
+            f['identity'], f['verified'] = identity, bool(verified)
+
     def synced(self, seq):
         return all(f['acked'] >= seq for f in self.followers.values())
 

@@ -36,8 +36,9 @@ ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'tim
 #: Every action an audit row may carry: ACTIONS, ``regrant`` (folded
 #: re-grants to one holder, see LeaseState) and ``refuse`` (a refused call,
 #: ``ok`` false, written by the registry). ``preempt``: a holder was asked to
-#: give way; ``notice``: the ask reached it (its lease watch was answered).
-AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse')
+#: give way; ``notice``: the ask reached it (its lease watch was answered);
+#: ``takeover``: a standby registry took the registry's place (docs/standby.rst).
+AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse', 'takeover')
 #: The longest grace a preemption may give its holder, seconds.
 MAX_GRACE = 3600.0
 #: A preempting requester's request waits this long past the grace's end

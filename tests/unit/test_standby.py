@@ -209,3 +209,20 @@ def test_standby_arguments_are_checked_in_one_line(args, complaint):
     the registry refuses to start with one line."""
     got = standby_mode.check_arguments(mock.Mock(**args))
     assert got == complaint if complaint is None else got.startswith(complaint)
+
+
+def test_ReplicaServer_verifies_a_standby_at_a_later_pull_when_the_router_names_it_late(
+        tmp_path):
+    """When the router's word on the standby's session comes after its first
+    pull, the standby is listed as declared, then verified at the next pull."""
+    reactor, agent, server, ops = primary(tmp_path)
+    known = {}
+    server.identify = known.get
+    details = mock.Mock(caller=42)
+    snap = server.pull('lock-registry-b', details=details)
+    [f] = server.status()['followers']
+    assert (f['identity'], f['verified']) == ('wamp session 42', False)
+    known[42] = 'lock-registry-b'
+    server.pull('lock-registry-b', snap['stream'], snap['seq'], details=details)
+    [f] = server.status()['followers']
+    assert (f['identity'], f['verified']) == ('lock-registry-b', True)
