@@ -6,6 +6,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 import types
 
 from twisted.internet import task
@@ -106,6 +107,15 @@ class ReactorActor:
         pass
 
 
+class _Event(tuple):
+    """``(topic, args, details)`` with ``arrived`` (monotonic seconds)."""
+
+    def __new__(cls, items, arrived):
+        ev = super().__new__(cls, items)
+        ev.arrived = arrived
+        return ev
+
+
 class WampPeer:
     """A raw WAMP session on a test router (whatever role its websocket
     gives: ``iocs_agent`` on the demo config), driven from the test thread.
@@ -157,11 +167,14 @@ class WampPeer:
         return self.error('publish', topic, *args, options=PublishOptions(acknowledge=True))
 
     def subscribe(self, topic, match='exact'):
-        """Subscribe; events (with the router's details) go to ``self.events``."""
+        """Subscribe; events (with the router's details) go to ``self.events``;
+        each is a ``(topic, args, details)`` tuple whose ``arrived`` is the
+        monotonic time it arrived (taken in the reactor thread, not when the
+        test reads it)."""
         from autobahn.wamp.types import SubscribeOptions
 
         def handler(*args, details=None):
-            self.events.put((details.topic or topic, args, details))
+            self.events.put(_Event((details.topic or topic, args, details), time.monotonic()))
         return self.run('subscribe', handler, topic,
                         options=SubscribeOptions(match=match, details_arg='details'))
 

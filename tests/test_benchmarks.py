@@ -241,9 +241,11 @@ def test_liveness_bench_quick_prints_both_registries_for_every_kill(site_benches
 
 @pytest.mark.integration
 def test_deadlock_bench_quick_refuses_every_cycle_and_prints_its_table(site_benches):
-    """When deadlock_bench runs in quick mode (a real site), every request
+    """When deadlock_bench runs in quick mode (real sites), every request
     that would close a cycle is refused, with the cycle in the message, and
-    the table sets it beside the busy refusal (the baseline)."""
+    the table sets it beside the busy refusal (the baseline); every cycle
+    through an agent's own locks is reported, its detection time beside
+    the lock event's propagation."""
     _, printed, _, out = site_benches['deadlock_bench'].result()
     assert '| refusal | trials refused | median (ms) | p99 (ms) | max (ms) |' in printed
     data = json.loads(out.read_text())
@@ -251,6 +253,10 @@ def test_deadlock_bench_quick_refuses_every_cycle_and_prints_its_table(site_benc
     assert r['deadlock']['refused'] == r['busy']['refused'] == 5
     assert r['messages'][0].startswith('Refused: deadlock: alice holds bench/dl-')
     assert len(data['trials']) == 5
+    # (b) the cycles through an agent's own locks: every one reported
+    assert '| detection: the closing row -> both rows flagged deadlock |' in printed
+    assert data['agent']['reported'] == len(data['agent_trials']) == 5
+    assert all(t['total'] >= t['detection'] >= 0 for t in data['agent_trials'])
 
 
 @pytest.mark.integration

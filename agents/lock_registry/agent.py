@@ -148,8 +148,8 @@ class LockRegistryAgent:
         self.replication = None
         self._session = None
         #: cycles of waits across agents' locks and site leases (watch_deadlocks)
-        self.deadlocks = DeadlockWatch(self.table, None, time.time,
-                                       lambda: self._flag(time.time()), reactor, self.log)
+        self.deadlocks = DeadlockWatch(self.table, None, time.time, self._deadlocks_changed,
+                                       reactor, self.log)
         agent.register_feed(OWNERSHIP_FEED, record=False, max_messages=100)
         agent.register_feed(STATS_FEED, record=True,
                             agg_params={'frame_length': 60}, buffer_time=0)
@@ -398,6 +398,11 @@ class LockRegistryAgent:
         self.lease_feed = LeaseFeed(self.agent, leases, self.reactor)
         return self.lease_feed
 
+    def _deadlocks_changed(self):
+        """A cycle appeared or went: flags, alerts and the monitor's data now."""
+        self._flag(time.time())
+        self._update_session()
+
     def watch_deadlocks(self, leases):
         """Follow waits into ``leases`` too (their grants and queue) when
         looking for deadlocks (:mod:`.deadlocks`)."""
@@ -514,10 +519,10 @@ class LockRegistryAgent:
             clock = self.leases.clock()
             lengths = self.leases.lease_lengths = lease_lengths(
                 with_expires_in(grants, clock), self.leases.lease_lengths)
-            grants = with_expires_in(grants, clock, lengths)
+            self.leases.flagged_leases = {r: ['deadlock'] for r in dead_leases}
+            grants = with_expires_in(grants, clock, lengths, self.leases.flagged_leases)
             for g in grants:
                 if g['resource'] in dead_leases:
-                    g['flags'] = list(g.get('flags') or ()) + ['deadlock']
                     g['deadlock_for'] = dead_leases[g['resource']]
             expiring = {(g['resource'], g['token'], tuple(g['flags']))
                         for g in grants if g.get('flags')}
@@ -773,6 +778,7 @@ class LockRegistryAgent:
             data['access_director'] = self.director.status()
         if self.lock_history is not None:
             data['lock_history'] = self.lock_history.status()
+        data['deadlocks'] = self.deadlocks.public()[:20]
         # the lock rows in what is left of the budget
         page = split_rows(rows[offset:offset + limit], self.budget - json_size(data))[0]
         session.data = dict({TABLE_KEY: page}, **data)

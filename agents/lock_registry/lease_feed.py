@@ -30,11 +30,11 @@ __all__ = ['LeaseFeed', 'MIN_INTERVAL', 'leases_message']
 MIN_INTERVAL = 0.1
 
 
-def leases_message(snapshot, seq, now, timestamp, budget, lengths=None):
+def leases_message(snapshot, seq, now, timestamp, budget, lengths=None, extra=None):
     """The leases message for ``snapshot`` (:meth:`LeaseState.snapshot`) as
     of ``now`` (the lease state's clock), within ``budget`` octets
-    (``lengths``: see :func:`.lease_pages.with_expires_in`)."""
-    page = lease_page({'grants': with_expires_in(snapshot['grants'], now, lengths),
+    (``lengths``, ``extra``: see :func:`.lease_pages.with_expires_in`)."""
+    page = lease_page({'grants': with_expires_in(snapshot['grants'], now, lengths, extra),
                        'waiting': snapshot['waiting'], 'counters': {}},
                       0, LEASE_PAGE_ROWS, budget)
     return {'kind': LEASES_KIND, 'seq': seq, 'timestamp': timestamp, 'grants': page['grants'],
@@ -80,6 +80,7 @@ class LeaseFeed:
         budget = self.leases.budget - json_size({'kind': LEASES_KIND, 'seq': self.seq})
         message = leases_message(self.leases.state.snapshot(), self.seq,
                                  self.leases.clock(), time.time(), budget,
-                                 getattr(self.leases, 'lease_lengths', None))
+                                 getattr(self.leases, 'lease_lengths', None),
+                                 getattr(self.leases, 'flagged_leases', None))
         self.agent.publish_to_feed(OWNERSHIP_FEED, message)
         return message

@@ -39,20 +39,22 @@ def lease_page(snapshot, offset=0, limit=LEASE_PAGE_ROWS, budget=MESSAGE_BUDGET)
             'waiting_total': w, 'counters_total': len(counters)}
 
 
-def with_expires_in(grants, now, lengths=None):
+def with_expires_in(grants, now, lengths=None, extra=None):
     """Copies of the grant rows with ``expires_in``: seconds left as of
     ``now`` (the clock that wrote ``expires``: the registry's), so that a
     client counts down on its own clock instead of comparing two hosts'.
     ``flags``: ``['expiring']`` when less than a quarter of the lease is
     left (:func:`ocs_locking.flags.lease_flags`; ``lengths``: the
-    registry's :func:`~ocs_locking.flags.lease_lengths`), else []."""
+    registry's :func:`~ocs_locking.flags.lease_lengths`), else []; and the
+    flags ``extra`` gives its resource (``{resource: [flag]}``: ``deadlock``)."""
     out = []
     for g in grants:
         if isinstance(g.get('expires'), (int, float)):
             left = round(max(0.0, g['expires'] - now), 3)
             length = (lengths or {}).get((g.get('resource'), g.get('token')))
             flags = lease_flags(g, left, length[1]) if length else ()
-            out.append(dict(g, expires_in=left, flags=list(flags)))
+            more = (extra or {}).get(g.get('resource'), ())
+            out.append(dict(g, expires_in=left, flags=list(flags) + list(more)))
         else:
             out.append(dict(g))
     return out

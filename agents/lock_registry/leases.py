@@ -378,6 +378,8 @@ class LeaseOps:
         #: how long each lease is, as the registry saw (flags.lease_lengths;
         #: kept by the LockRegistryAgent's monitor), for the expiring flag
         self.lease_lengths = {}
+        #: {resource: [flag]} the registry adds to grants (``deadlock``)
+        self.flagged_leases = {}
         #: refused lease calls per resource (lock_stats ``refused``)
         self.refusal_counts = {}
         #: lease calls refused for a missing or wrong lease_id, per call name
@@ -1366,7 +1368,7 @@ class LeaseOps:
         within ``budget`` octets (default: the registry's message budget)."""
         snapshot = self.state.snapshot()
         snapshot['grants'] = with_expires_in(snapshot['grants'], self.clock(),
-                                             self.lease_lengths)
+                                             self.lease_lengths, self.flagged_leases)
         return lease_page(snapshot, offset, limit, self.budget if budget is None else budget)
 
     def _ago(self, name, age):

@@ -8,7 +8,7 @@ from ..wire import one_line
 __all__ = ['JSON_KEYS', 'HISTORY_KEYS', 'RECEIVED', 'format_table', 'json_rows',
            'format_history', 'history_rows', 'clock', 'health_lines', 'bus_lines',
            'format_resources', 'format_site_leases', 'format_waiters', 'SPAN_ROW_KEYS',
-           'span_text']
+           'span_text', 'deadlock_lines']
 
 #: The keys of every ``ocs-locks status --json`` row (contract). ``held_for``:
 #: seconds the hold had lasted when the registry sent the row (None: free).
@@ -153,6 +153,19 @@ def replication_lines(rep):
         lines.append(f"WARNING: no standby follows: {_text(drop.get('name'), 60)} was "
                      f"dropped {_text(drop.get('ago'), 20)} s ago "
                      f"({one_line(str(drop.get('why')), 120)})")
+def deadlock_lines(deadlocks):
+    """One line per deadlock the registry sees (its ``deadlocks``:
+    cycles of waits through agents' locks and site leases), oldest first;
+    [] when there is none or the registry does not say."""
+    if not isinstance(deadlocks, list):
+        return []
+    lines = []
+    for d in deadlocks:
+        if isinstance(d, dict) and isinstance(d.get('text'), str):
+            age = d.get('for')
+            since = f' (for {age:.1f} s)' if isinstance(age, (int, float)) and \
+                not isinstance(age, bool) else ''
+            lines.append(f"DEADLOCK{since}: {one_line(d['text'], 600)}")
     return lines
 
 

@@ -141,7 +141,7 @@ def test_the_page_draws_each_ownership_message_within_100_ms(site, page):
 
 
 def test_a_rows_flags_and_a_stale_agent_are_shown(page):
-    """When a row carries flags (stuck, silent, ...) and its agent is
+    """When a row carries flags (stuck, silent, deadlock) and its agent is
     stale, the page shows each flag and the agent as stale; a removal takes
     the row away (drawn and read in one turn: no snapshot in between)."""
     shown = page.evaluate("""() => {
@@ -149,16 +149,19 @@ def test_a_rows_flags_and_a_stale_agent_are_shown(page):
         p.draw({kind: 'change', seq: 1, rows: [{lock: 'ghost/hw', agent: 'ghost', name: 'hw',
                 job: 'acq', session_id: 3, held_for: 12, waiters: 2, alive: false,
                 queue: [{job: 'set_heater', session_id: 4, waited_for: 1.5}],
-                flags: ['stuck', 'silent']}], removed: []});
+                flags: ['stuck', 'silent', 'deadlock']}], removed: []});
         const tr = document.querySelector('#locks tr[data-lock="ghost/hw"]');
         const out = {flags: Array.from(tr.querySelectorAll('td.flags .flag'), e => e.textContent),
+                     deadlock: getComputedStyle(tr.querySelector('.flag-deadlock')).fontWeight,
                      agent: tr.querySelector('td.agent').textContent,
                      queue: tr.querySelector('td.waiters ol').textContent};
         p.draw({kind: 'change', seq: 2, rows: [], removed: ['ghost/hw']});
         out.gone = document.querySelector('#locks tr[data-lock="ghost/hw"]') === null;
         return out;
     }""")
-    assert shown == {'flags': ['stuck', 'silent'], 'agent': 'ghost stale',
+    # a deadlock stands out (bold, dark): see ocs_locking/web/locks.css
+    assert shown == {'flags': ['stuck', 'silent', 'deadlock'], 'deadlock': '700',
+                     'agent': 'ghost stale',
                      'queue': 'set_heater (session 4) waited 1.5 s', 'gone': True}
 
 

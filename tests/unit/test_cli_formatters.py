@@ -223,3 +223,16 @@ def test_replication_lines_say_who_serves_and_who_stands_by():
     assert replication_lines(alone) == [
         'WARNING: no standby follows: lock-registry-a was dropped 2.0 s ago (no ack)']
     assert replication_lines({'role': 'standby'}) == [] == replication_lines(None)
+def test_deadlock_lines_name_each_cycle_with_its_age_and_ignore_junk():
+    """The registry's deadlocks become one DEADLOCK line each (oldest
+    first, as given); anything malformed (an older or odd registry) is
+    skipped, never raised."""
+    from ocs_locking.cli.formatters import deadlock_lines
+    lines = deadlock_lines([
+        {'text': 'deadlock: a j1 (session 1) holds a/l1, waits for a/l2 held by a j2 '
+                 '(session 2), which waits for a/l1', 'for': 3.25},
+        {'text': 'deadlock: x\nholds y'}, 'junk', {'text': 7}])
+    assert lines == ['DEADLOCK (for 3.2 s): deadlock: a j1 (session 1) holds a/l1, waits for '
+                     'a/l2 held by a j2 (session 2), which waits for a/l1',
+                     'DEADLOCK: deadlock: x holds y']
+    assert deadlock_lines(None) == deadlock_lines('x') == []
