@@ -153,6 +153,9 @@ def replication_lines(rep):
         lines.append(f"WARNING: no standby follows: {_text(drop.get('name'), 60)} was "
                      f"dropped {_text(drop.get('ago'), 20)} s ago "
                      f"({one_line(str(drop.get('why')), 120)})")
+    return lines
+
+
 def deadlock_lines(deadlocks):
     """One line per deadlock the registry sees (its ``deadlocks``:
     cycles of waits through agents' locks and site leases), oldest first;

@@ -223,6 +223,8 @@ def test_replication_lines_say_who_serves_and_who_stands_by():
     assert replication_lines(alone) == [
         'WARNING: no standby follows: lock-registry-a was dropped 2.0 s ago (no ack)']
     assert replication_lines({'role': 'standby'}) == [] == replication_lines(None)
+
+
 def test_deadlock_lines_name_each_cycle_with_its_age_and_ignore_junk():
     """The registry's deadlocks become one DEADLOCK line each (oldest
     first, as given); anything malformed (an older or odd registry) is
