@@ -76,7 +76,7 @@ def site_benches(tmp_path_factory):
     asks for them; killed at the end of the module if still running."""
     benches = {name: _SiteBench(name, tmp_path_factory.mktemp(name))
                for name in ('registry_bench', 'site_lock_bench', 'liveness_bench',
-                            'deadlock_bench', 'booking_bench')}
+                            'deadlock_bench', 'booking_bench', 'failover_bench')}
     yield benches
     for bench in benches.values():
         bench.stop()
@@ -272,3 +272,19 @@ def test_booking_bench_quick_grants_every_booking_and_prints_its_table(site_benc
     r = data['results']
     assert r['granted'] == len(data['trials']) == 5
     assert r['booked_audit']['min_ms'] >= 0 and r['booked_end']['min_ms'] >= 0
+
+
+@pytest.mark.integration
+def test_failover_bench_quick_keeps_every_lease_and_prints_its_table(site_benches):
+    """When failover_bench runs in quick mode (two real sites), every kill
+    of the serving registry is followed by a standby answering, the kept
+    lease renews with its lease id after each, and the table sets failover
+    beside a plain restart (the baseline) and the round trip with and
+    without a standby."""
+    _, printed, _, out = site_benches['failover_bench'].result()
+    assert '| measured | samples | median (ms) | p99 (ms) | max (ms) |' in printed
+    assert 'restart (baseline)' in printed and 'a standby following' in printed
+    data = json.loads(out.read_text())
+    r = data['results']
+    assert r['kept'] == r['failover']['n'] == r['restart']['n'] == 5
+    assert len(data['trials']) == 5

@@ -136,7 +136,7 @@ PURE_MODULES = ('ocs_locking.ownership', 'ocs_locking.why', 'ocs_locking.lock_hi
                 'ocs_locking.leases.holder', 'ocs_locking.leases.audit',
                 'ocs_locking.leases.keys', 'ocs_locking.leases.resources',
                 'ocs_locking.leases.waitfor', 'ocs_locking.leases.bookings',
-                'ocs_locking.leases.booking_state',
+                'ocs_locking.leases.booking_state', 'ocs_locking.leases.replica',
                 'ocs_locking.bus.rules', 'ocs_locking.bus.config', 'ocs_locking.web',
                 'ocs_locking.agents.lock_registry.sessions',
                 'ocs_locking.agents.lock_registry.lease_pages',

@@ -216,7 +216,8 @@ class Site:
         except (OSError, ValueError) as e:
             raise SiteError(f'cannot read crossbar config {template}: {e}') from None
         cfg = siteconfig.crossbar_config(cfg, self.port, where=f'crossbar config {template}',
-                                         address_root=self.address_root)
+                                         address_root=self.address_root,
+                                         standbys=self.standbys)
         self.page_paths = page_paths(cfg)
         os.makedirs(self.cbdir, exist_ok=True)
         siteconfig.link_code(self.cbdir)    # the bus component's code (pythonpath 'code')
@@ -281,6 +282,14 @@ class Site:
             _stop_proc(proc, signal.SIGINT, timeout)
 
     # -- agents ---------------------------------------------------------------
+
+    @property
+    def standbys(self):
+        """The instances started with ``--standby-for`` (standby registries:
+        the router lets them follow the registry)."""
+        return [inst['instance-id'] for inst in self.instances
+                if any(isinstance(a, (list, tuple)) and a and a[0] == '--standby-for'
+                       or a == '--standby-for' for a in inst.get('arguments') or [])]
 
     def instance(self, instance_id):
         for inst in self.instances:

@@ -107,12 +107,13 @@ def is_loopback(interface):
         return False
 
 
-def crossbar_config(cfg, port, where='crossbar config', address_root=None):
+def crossbar_config(cfg, port, where='crossbar config', address_root=None, standbys=None):
     """A copy of the crossbar config ``cfg`` (a dict) with every transport's
     endpoint on 127.0.0.1:``port``. Refuses a template that sets a port (it
     would be overwritten silently) or a non-loopback interface. A router
     running the bus component gets :data:`CODE_DIR` on its python path and,
-    with ``address_root``, the site's address root in the component's extra."""
+    with ``address_root``, the site's address root in the component's extra
+    (and with ``standbys``, the standby registries that may follow the registry)."""
     cfg = copy.deepcopy(cfg)
     workers = cfg.get('workers') if isinstance(cfg, dict) else None
     if not isinstance(workers, list):
@@ -136,6 +137,8 @@ def crossbar_config(cfg, port, where='crossbar config', address_root=None):
             for c in worker['components']:
                 if isinstance(c, dict) and c.get('classname') == bus_config.COMPONENT_CLASS:
                     c.setdefault('extra', {})['address_root'] = address_root
+                    if standbys:
+                        c['extra']['standbys'] = list(standbys)
     return bus_config.add_pythonpath(cfg, CODE_DIR)
 
 

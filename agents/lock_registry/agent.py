@@ -22,11 +22,14 @@ from ocs_locking.agents.lock_registry import history as history_db
 from ocs_locking.agents.lock_registry.buswatch import BusWatch
 from ocs_locking.agents.lock_registry.bookings import BookingOps
 from ocs_locking.agents.lock_registry.deadlocks import DeadlockWatch
-from ocs_locking.agents.lock_registry.leases import (LeaseOps, add_arguments, check_arguments,
+from ocs_locking.agents.lock_registry.leases import (RID_BLOCK, LeaseOps, add_arguments,
+                                                     check_arguments,
                                                      load_access_file, resolve_db,
                                                      resource_tree, site_agents, site_dir)
 from ocs_locking.agents.lock_registry.lease_feed import LeaseFeed
 from ocs_locking.agents.lock_registry.lease_pages import with_expires_in
+from ocs_locking.agents.lock_registry import standby as standby_mode
+from ocs_locking.agents.lock_registry.replication import ReplicaServer, after_sync
 from ocs_locking.agents.lock_registry.sessions import SessionMap
 from ocs_locking.errors import LeaseStoreError
 from ocs_locking.flags import STUCK_MIN, alert_blocks, count_flags, lease_lengths, lock_flags
@@ -141,6 +144,9 @@ class LockRegistryAgent:
         self.alert_counts = None
         #: LockHistory: spans of agent locks (None: --no-history)
         self.lock_history = None
+        #: the ReplicaServer (a primary) or Standby (--standby-for): its
+        #: ``status()`` is the ``replication`` block of ``status``
+        self.replication = None
         self._session = None
         #: cycles of waits across agents' locks and site leases (watch_deadlocks)
         self.deadlocks = DeadlockWatch(self.table, None, time.time, self._deadlocks_changed,
@@ -565,6 +571,8 @@ class LockRegistryAgent:
             BUS_KEY: self.bus_status()})
         if self.leases is not None:
             session.data[HEALTH_KEY] = self.leases.health()
+        if self.replication is not None:
+            session.data['replication'] = self.replication.status()
         if self.alert_counts is not None:
             session.data['alerts'] = {kind: {'count': n, 'worst_s': worst}
                                       for kind, (n, worst) in self.alert_counts.items()}
@@ -754,6 +762,8 @@ class LockRegistryAgent:
         bus = self.bus_status()
         data = {'total': len(rows), 'offset': offset,
                 'seq': self.table.seq, 'dropped': self.table.dropped, BUS_KEY: bus}
+        if self.replication is not None:
+            data['replication'] = self.replication.status()
         if self.leases is not None:
             # the first rows of the lease tables, in a quarter of the budget
             # (the totals say how many; the leases task pages through them)
@@ -780,6 +790,10 @@ class LockRegistryAgent:
                 if page else f' No rows from {offset} (of {len(rows)}).'
         if not bus['verified']:
             text += f" Bus not verified: {bus['reason']}."
+        if data.get('replication', {}).get('role') == 'standby':
+            f = data['replication']['follower']
+            text += f" Standby for {data['replication']['service']}: {f['state']}" + (
+                f" (batch {f['seq']})." if f['seq'] is not None else '.')
         if self.leases is not None and not procs['registered']:
             text += f" Lease procedures not registered: {', '.join(procs['missing'])}" \
                     f" (retrying until held)."
@@ -915,6 +929,7 @@ def make_parser(parser=None):
     add_arguments(pgroup)       # --db and the audit retention (leases.py)
     history_db.add_arguments(pgroup)    # --history-db and its retention
     access_director.add_arguments(pgroup)   # --access-director, --access-config
+    standby_mode.add_arguments(pgroup)      # --standby-for
     return parser
 
 
@@ -930,7 +945,11 @@ def main(args=None):
         value = getattr(args, name)
         if not 1 <= value <= 10 ** 7:
             parser.error(f"--{name.replace('_', '-')} must be in 1..10000000, not {value}")
-    serves_itself = args.access_policy == f'director:{args.instance_id}'
+    complaint = standby_mode.check_arguments(args)
+    if complaint:
+        parser.error(complaint)
+    standby_for = args.standby_for
+    serves_itself = args.access_policy == f'director:{standby_for or args.instance_id}'
     if serves_itself:
         # the director's own controls messages never come back to it (WAMP
         # excludes the publisher): it takes its base rules directly
@@ -953,7 +972,10 @@ def main(args=None):
         base = load_access_file(resolve_db(args.access_file, site_dir(args)))
     if not args.expiry <= args.forget <= 30 * 86400:
         parser.error(f'--forget must be in [--expiry, 30 days] seconds, not {args.forget}')
-    agent, runner = ocs_agent.init_site_agent(args)
+    # a standby is built as the registry it stands by for (its address,
+    # feeds and procedures); standby.py holds its registration back
+    agent, runner = ocs_agent.init_site_agent(
+        args, address=f'{args.address_root}.{standby_for}' if standby_for else None)
     registry = LockRegistryAgent(agent, address_root=args.address_root, expiry=args.expiry,
                                  snapshot_every=args.snapshot_every,
                                  stats_every=args.stats_every, forget=args.forget,
@@ -976,6 +998,8 @@ def main(args=None):
     agent.register_task('status', registry.status, blocking=False)
     agent.register_task('why', registry.why, blocking=False)
     agent.register_task('history', registry.history, blocking=False)
+    # every store write also goes to the standbys following this registry
+    replicas = ReplicaServer(agent, identify=registry.sessions.agent_of)
     # the audit names the agent whose session made a lease call (identify)
     try:
         leases = registry.leases = LeaseOps(
@@ -984,9 +1008,10 @@ def main(args=None):
             max_waiting_per_owner=args.max_waiting_per_owner,
             max_waiting_per_client=args.max_waiting_per_client,
             access_file=args.access_file, identify=registry.sessions.agent_of,
-            resources=resource_tree(args))
+            resources=resource_tree(args), wrap_store=replicas.wrap)
     except LeaseStoreError as e:
         parser.exit(1, f'lock-registry: {e}\n')
+    leases.answer_after, replicas.wall = replicas.synced, leases.clock
     registry.serve_lease_feed(leases)
     registry.watch_lease_stats(leases)
     registry.watch_deadlocks(leases)
@@ -997,20 +1022,33 @@ def main(args=None):
             agent, leases, base if base is not None else access_director.free_rules(),
             leases.resources,
             site_agents=site_agents(args.site_file) if args.site_file else None)
-    agent.register_task('acquire', leases.acquire, aborter=leases.abort_acquire,
-                        blocking=False)
-    for name in ('renew', 'release', 'leases'):
-        agent.register_task(name, getattr(leases, name), blocking=False)
+    # (a task that writes answers once the standbys have what it wrote)
+    agent.register_task('acquire', after_sync(replicas, leases.acquire),
+                        aborter=leases.abort_acquire, blocking=False)
+    for name in ('renew', 'release'):
+        agent.register_task(name, after_sync(replicas, getattr(leases, name)), blocking=False)
+    agent.register_task('leases', leases.leases, blocking=False)
     # Revoking someone else's lease needs an advanced credential.
-    agent.register_task('force_release', leases.force_release, blocking=False, min_privs=2)
+    agent.register_task('force_release', after_sync(replicas, leases.force_release),
+                        blocking=False, min_privs=2)
     # So does asking its holder to give way.
-    agent.register_task('preempt', leases.preempt, blocking=False, min_privs=2)
+    agent.register_task('preempt', after_sync(replicas, leases.preempt), blocking=False,
+                        min_privs=2)
     # Booked reservations (agents/lock_registry/bookings.py); cancelling
-    # someone else's booking is privileged.
+    # someone else's booking is privileged. Writes answer once the standbys
+    # have them.
     bookings = registry.bookings = BookingOps(leases)
-    for name in ('book', 'calendar', 'next_free'):
+    agent.register_task('book', after_sync(replicas, bookings.book), blocking=False)
+    for name in ('calendar', 'next_free'):
         agent.register_task(name, getattr(bookings, name), blocking=False)
-    agent.register_task('unbook', bookings.unbook, blocking=False, min_privs=2)
+    agent.register_task('unbook', after_sync(replicas, bookings.unbook), blocking=False,
+                        min_privs=2)
+    if standby_for:
+        registry.replication = standby_mode.Standby(
+            agent, leases, args.instance_id, args.address_root, RID_BLOCK,
+            director=registry.director, server=replicas)
+    else:
+        registry.replication = replicas
     runner.run(agent, auto_reconnect=True)
 
 

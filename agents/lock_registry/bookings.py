@@ -38,6 +38,9 @@ __all__ = ['BookingOps', 'MAX_CLAIM_WAIT', 'CALENDAR_ROWS']
 MAX_CLAIM_WAIT = 60.0
 #: The most bookings in a calendar answer, the feed and session data.
 CALENDAR_ROWS = 200
+#: Seconds between a standby's looks at whether it serves (then its
+#: bookings due are applied at once).
+PAUSED_EVERY = 0.1
 #: Lease actions after which the booking timer is re-armed.
 _REARM = ('book', 'unbook', 'booking', 'renew', 'preempt')
 
@@ -99,8 +102,16 @@ class BookingOps:
     def _fire(self):
         """Apply what is due (activations, warnings, ends) and re-arm. The
         reactor's timer may run a little ahead of the registry's clock: then
-        it is armed again for the rest."""
+        it is armed again for the rest. A standby (its lease service
+        ``paused``: its store follows the primary's) changes nothing: it
+        looks again every PAUSED_EVERY s, so that the bookings due are
+        applied as soon as it takes over."""
         self._timer = None
+        paused = getattr(self.leases, 'paused', None)
+        if paused is not None and paused():
+            self._armed_at = None
+            self._timer = self.reactor.callLater(PAUSED_EVERY, self._fire)
+            return
         self.fired += 1
         t, now = self._armed_at, self.clock()
         if t is None or now >= t:

@@ -71,13 +71,7 @@ class LeaseDirector:
         self.counts = {'reset': 0, 'target': 0, 'bad_poll': 0}
         self.hashes = {}        # request id -> HashedPass of its credential
         self._privs = {}        # request id -> clear credential, until handed over
-        try:
-            stored = leases.store.privs_hashes()
-        except (LeaseStoreError, AttributeError) as e:
-            self.log.error('access director: credential hashes not read: {e}', e=e)
-            stored = {}
-        for rid, (h, v) in stored.items():
-            self.hashes[rid] = access.HashedPass(hash=h, value=v)
+        self.reload_hashes()
         self._rules = self.rules()      # the rules last published (at the join)
         self._feed = agent.register_feed(CONTROLS_FEED, record=False)
         self._pending = None    # Deferred: the last publish, until the router acks it
@@ -93,6 +87,16 @@ class LeaseDirector:
         self.reset_every = reset_every
         if callable(getattr(reactor, 'callWhenRunning', None)):
             reactor.callWhenRunning(self._start_loop)
+
+    def reload_hashes(self):
+        """Read the credential hashes of the grants held from the store (at
+        start, and when a standby takes over)."""
+        try:
+            stored = self.leases.store.privs_hashes()
+        except (LeaseStoreError, AttributeError) as e:
+            self.log.error('access director: credential hashes not read: {e}', e=e)
+            stored = {}
+        self.hashes = {rid: access.HashedPass(hash=h, value=v) for rid, (h, v) in stored.items()}
 
     def _start_loop(self):
         self._loop.start(self.reset_every, now=False)

@@ -363,7 +363,7 @@ class LeaseOps:
                  audit_rows=AUDIT_ROWS, new_database=False, base=None,
                  max_waiting_per_owner=MAX_WAITING_PER_OWNER,
                  max_waiting_per_client=MAX_WAITING_PER_CLIENT, identify=None,
-                 access_file=None, budget=MESSAGE_BUDGET, resources=None):
+                 access_file=None, budget=MESSAGE_BUDGET, resources=None, wrap_store=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -390,6 +390,8 @@ class LeaseOps:
         db = resolve_db(db, base)
         try:
             self.store = LeaseStore(db, new_database=new_database, rid_block=RID_BLOCK)
+            if wrap_store is not None:      # every write also goes to standbys (replication.py)
+                self.store = wrap_store(self.store)
             self.state = LeaseState(store=self.store,
                                     max_waiting_per_owner=max_waiting_per_owner,
                                     max_waiting_per_client=max_waiting_per_client)
@@ -421,6 +423,14 @@ class LeaseOps:
         #: the lease watches outstanding (:mod:`.watchers`)
         self.watchers = Watchers(reactor)
         self._ending = {}           # holder's request id -> Deferreds of preempts waiting
+        #: ``answer_after(result) -> result or Deferred``: every lease call's
+        #: answer waits for it (the standbys' acknowledgement of what the
+        #: call wrote: :mod:`.replication`); None: answered at once.
+        self.answer_after = None
+        #: ``paused() -> bool``: True while this registry must not change its
+        #: lease state (a standby: its store follows the primary's); the
+        #: expiry timer then does nothing.
+        self.paused = None
         self.state.add_listener(self._on_change)
         reactor.callWhenRunning(self._schedule)
         if callable(getattr(reactor, 'addSystemEventTrigger', None)):
@@ -482,6 +492,8 @@ class LeaseOps:
             self.log.error('{message}', message=message)
 
     def _expire(self):
+        if self.paused is not None and self.paused():
+            return
         now = self.clock()
         if self.store.error is None:
             try:
@@ -562,10 +574,18 @@ class LeaseOps:
         if registrar is None:
             registrar = self._registrar = Registrar(
                 _DetailsRegistrar(self.agent), self.reactor, self.log,
-                {lease_uri(self.agent.agent_address, n): getattr(self, f'_rpc_{n}')
-                 for n in RPCS})
+                {lease_uri(self.agent.agent_address, n): self._answered(getattr(self, f'_rpc_{n}'))
+                 if n != 'watch' else self._rpc_watch for n in RPCS})
             self.agent.on('leave', lambda session, details=None: registrar.left())
         registrar.joined()
+
+    def _answered(self, fn):
+        """``fn`` whose answer goes through :attr:`answer_after` (if set)."""
+        def call(*args, **kwargs):
+            if self.answer_after is None:
+                return fn(*args, **kwargs)
+            return defer.maybeDeferred(fn, *args, **kwargs).addCallback(self.answer_after)
+        return call
 
     def procedures(self):
         """Whether the lease procedures are registered on the router now:

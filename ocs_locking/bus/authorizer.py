@@ -12,7 +12,9 @@ events (``wamp.registration.on_create``, ``on_unregister``, ``on_delete``,
   ahead of the ``on_create`` meta event is not refused;
 * ``ocs_locking.bus.info``: what is enforced, for the registry's check.
 
-Config ``extra``: ``{"address_root": "observatory", "registry": "lock-registry"}``.
+Config ``extra``: ``{"address_root": "observatory", "registry": "lock-registry",
+"standbys": ["lock-registry-b"]}`` (``standbys``: the registries that may
+follow the registry's lease database; optional, default none).
 A malformed meta event is counted and logged in one line, never raised.
 """
 import collections
@@ -44,6 +46,8 @@ class BusAuthorizer(ApplicationSession):
         extra = (config.extra if config is not None else None) or {}
         self.address_root = str(extra.get('address_root', 'observatory'))
         self.registry = str(extra.get('registry', 'lock-registry'))
+        standbys = extra.get('standbys') or []
+        self.standbys = tuple(str(x) for x in standbys) if isinstance(standbys, list) else ()
         self.regs = rules.RegistrationMap()
         self.dropped = collections.Counter()    # malformed meta events, by kind
         self.refused = collections.Counter()    # refusals, by action
@@ -188,10 +192,12 @@ class BusAuthorizer(ApplicationSession):
 
     def _decide(self, session_id, uri, action, options):
         return rules.decide(self.regs, session_id, uri, action, options,
-                            root=self.address_root, registry=self.registry)
+                            root=self.address_root, registry=self.registry,
+                            standbys=self.standbys)
 
     def info(self):
         """What the component enforces (any session may call it)."""
         return {'component': COMPONENT, 'version': str(VERSION),
                 'address_root': self.address_root, 'registry': self.registry,
+                'standbys': list(self.standbys),
                 'disclose': True}

@@ -141,11 +141,13 @@ def _roles_of(router, realm_name):
 
 
 def rewrite(cfg, address_root='observatory', registry='lock-registry', realm=None,
-            where='crossbar config', page=PAGE_PATH):
+            where='crossbar config', page=PAGE_PATH, standbys=()):
     """A copy of crossbar config ``cfg`` that runs the bus component (see
     the module docstring) and serves the live page at ``page`` (None: not);
     ConfigError for a config without a router or realm."""
-    for name, value in (('address root', address_root), ('registry', registry)):
+    standbys = list(standbys or ())
+    for name, value in [('address root', address_root), ('registry', registry)] + [
+            ('standby', s) for s in standbys]:
         if not isinstance(value, str) or not value or '.' in value or ' ' in value:
             raise ConfigError(f'{name} must be one URI component (no dots), not {value!r}')
     if not isinstance(cfg, dict):
@@ -198,6 +200,8 @@ def rewrite(cfg, address_root='observatory', registry='lock-registry', realm=Non
     component = {'type': 'class', 'classname': COMPONENT_CLASS, 'realm': realm_cfg['name'],
                  'role': COMPONENT_ROLE,
                  'extra': {'address_root': address_root, 'registry': registry}}
+    if standbys:
+        component['extra']['standbys'] = standbys
     for i, c in enumerate(components):
         if isinstance(c, dict) and c.get('classname') == COMPONENT_CLASS:
             components[i] = component

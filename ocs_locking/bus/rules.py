@@ -16,6 +16,10 @@ seen them in the meta events. The rules (issue 10):
   only (:data:`META_SUBSCRIBE`, :data:`META_CALL`);
 * ``call`` on ``ocs_locking.bus.info``: anyone; nothing else under
   ``ocs_locking.``;
+* ``call`` on ``<root>.<registry>.replica.*`` (a standby following the
+  registry's lease database: lease-key and credential hashes travel
+  there): only by the holder of ``<root>.<s>.ops`` for a standby ``s`` the
+  component's config names (``standbys``; none: nobody);
 * everything else as ocs's default permissions allow: call, publish,
   subscribe anything under ``<root>.``; nothing outside it.
 
@@ -154,8 +158,18 @@ def _holds(regs, session_id, ops_uri, what):
     return _deny(f'{what}: only the holder of {ops_uri}', verify=ops_uri)
 
 
+def _replica_caller(regs, session_id, root, standbys):
+    uris = [f'{root}.{s}.ops' for s in standbys]
+    for ops_uri in uris:
+        if regs.holder(ops_uri) == session_id:
+            return _allow(f'replica call: session holds {ops_uri}')
+    unknown = [u for u in uris if regs.holder(u) is None]
+    return _deny(f'replica calls: only a standby registry ({", ".join(standbys) or "none"} '
+                 f'configured)', verify=unknown[0] if unknown else None)
+
+
 def decide(regs, session_id, uri, action, options=None, root='observatory',
-           registry='lock-registry'):
+           registry='lock-registry', standbys=()):
     """The :class:`Decision` for an ``iocs_agent`` session ``session_id``
     doing ``action`` on ``uri`` (``options``: the router's, e.g. ``match``).
     Bad input (a non-string URI, an unknown action, a session id that is not
@@ -186,6 +200,8 @@ def decide(regs, session_id, uri, action, options=None, root='observatory',
 
     if not uri.startswith(root + '.'):
         return _deny(f'{uri} is outside {root}.')
+    if action == 'call' and uri.startswith(f'{root}.{registry}.replica.'):
+        return _replica_caller(regs, session_id, root, tuple(standbys))
     if action in ('call', 'subscribe'):    # any match: ocs subscribes to <root>..feeds.x
         return _allow(f'{action} under root')
     split = _split(uri, root)

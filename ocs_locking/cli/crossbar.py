@@ -25,7 +25,8 @@ def cmd_crossbar_config(opts):
         out = bus_config.rewrite(cfg, address_root=opts.address_root or 'observatory',
                                  registry=opts.registry, realm=opts.realm,
                                  where=f'crossbar config {opts.input}',
-                                 page=getattr(opts, 'page', 'locks'))
+                                 page=getattr(opts, 'page', 'locks'),
+                                 standbys=getattr(opts, 'standby', None) or ())
         if opts.pythonpath:
             out = bus_config.add_pythonpath(out, os.path.abspath(opts.pythonpath))
     except bus_config.ConfigError as e:

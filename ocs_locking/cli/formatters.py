@@ -128,6 +128,34 @@ def bus_lines(bus):
     return [f"bus not verified: {one_line(bus.get('reason') or 'no reason given', 200)}"]
 
 
+def replication_lines(rep):
+    """Who serves the registry and who stands by (its ``replication``
+    block, docs/standby.rst): [] when no standby follows and none ever did,
+    or the block is unknown (an older registry)."""
+    if not isinstance(rep, dict) or rep.get('role') != 'primary':
+        return []
+    lines = []
+    took = rep.get('took_over')
+    if isinstance(took, dict):
+        lines.append(f"registry served by standby {_text(rep.get('identity'), 60)} since "
+                     f"{clock(took.get('at'))} (took over from epoch "
+                     f"{_text(took.get('from_epoch'), 20)}; now epoch "
+                     f"{_text(took.get('epoch'), 20)})")
+    followers = rep.get('followers') if isinstance(rep.get('followers'), list) else []
+    for f in followers:
+        if isinstance(f, dict):
+            who = 'verified' if f.get('verified') else 'NOT verified'
+            lines.append(f"standby {_text(f.get('name'), 60)} follows ({who}): "
+                         f"{_text(f.get('behind'), 20)} batch(es) behind, heard "
+                         f"{_text(f.get('seen_ago'), 20)} s ago")
+    drop = rep.get('last_drop')
+    if not followers and isinstance(drop, dict):
+        lines.append(f"WARNING: no standby follows: {_text(drop.get('name'), 60)} was "
+                     f"dropped {_text(drop.get('ago'), 20)} s ago "
+                     f"({one_line(str(drop.get('why')), 120)})")
+    return lines
+
+
 def deadlock_lines(deadlocks):
     """One line per deadlock the registry sees (its ``deadlocks``:
     cycles of waits through agents' locks and site leases), oldest first;

@@ -253,6 +253,10 @@ def make_parser():
     cb.add_argument('--pythonpath', default=None, metavar='DIR',
                     help="add DIR (holding ocs_locking/) to the router worker's python "
                          "path, instead of installing ocs-locking in crossbar's environment")
+    cb.add_argument('--standby', action='append', default=[], metavar='INSTANCE_ID',
+                    help='a standby registry (--standby-for) the router lets follow the '
+                         "registry's lease database; repeat for several "
+                         '(docs/standby.rst)')
     page = cb.add_mutually_exclusive_group()
     page.add_argument('--page', default='locks', metavar='PATH',
                       help='serve the live page at /PATH/ on the websocket\'s web transport '

@@ -11,7 +11,7 @@ import sys
 from ..wire import BUS_KEY, HEALTH_KEY, TABLE_KEY
 from ..errors import CliError
 from .formatters import (bus_lines, deadlock_lines, format_site_leases, format_table,
-                         format_waiters, health_lines, json_rows)
+                         format_waiters, health_lines, json_rows, replication_lines)
 from .site import load_site, unreachable
 
 __all__ = ['fetch_rows', 'fetch_table', 'fetch_view', 'fetch_leases', 'read_pages',
@@ -75,13 +75,14 @@ def fetch_view(args, site=None):
             def page(offset):
                 return client.status(offset=offset).session.get('data') or {}
             rows, last = read_pages(page)
-            data = dict(last, **{k: data[k] for k in (HEALTH_KEY, BUS_KEY, 'deadlocks')
+            data = dict(last, **{k: data[k] for k in (HEALTH_KEY, BUS_KEY, 'deadlocks',
+                                                      'replication')
                                  if k in data})
     except Exception as e:
         raise unreachable(args, site, e) from None
     rows = sorted(rows, key=lambda r: str(r.get('lock')))
     return {'rows': rows, 'health': data.get(HEALTH_KEY), 'bus': data.get(BUS_KEY),
-            'deadlocks': data.get('deadlocks')}
+            'deadlocks': data.get('deadlocks'), 'replication': data.get('replication')}
 
 
 def fetch_leases(args):
@@ -105,7 +106,8 @@ def cmd_status(args):
     has the leases)."""
     view = fetch_view(args)
     rows, notes = view['rows'], (deadlock_lines(view.get('deadlocks')) + bus_lines(view['bus'])
-                                 + health_lines(view['health']))
+                                 + health_lines(view['health'])
+                                 + replication_lines(view.get('replication')))
     if not args.json:
         leases, why = fetch_leases(args)
         lease_lines = format_site_leases(leases) if leases is not None else \

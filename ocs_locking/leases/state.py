@@ -37,8 +37,9 @@ ACTIONS = ('grant', 'queue', 'renew', 'release', 'force_release', 'expire', 'tim
 #: Every action an audit row may carry: ACTIONS, ``regrant`` (folded
 #: re-grants to one holder, see LeaseState) and ``refuse`` (a refused call,
 #: ``ok`` false, written by the registry). ``preempt``: a holder was asked to
-#: give way; ``notice``: the ask reached it (its lease watch was answered).
-AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse')
+#: give way; ``notice``: the ask reached it (its lease watch was answered);
+#: ``takeover``: a standby registry took the registry's place (docs/standby.rst).
+AUDIT_ACTIONS = ACTIONS + ('regrant', 'refuse', 'takeover')
 #: The longest grace a preemption may give its holder, seconds.
 MAX_GRACE = 3600.0
 #: A preempting requester's request waits this long past the grace's end
@@ -298,6 +299,10 @@ class LeaseState(BookedLeases):
         #                       ``party``), while it waits or holds; memory only
         self._keys = {}       # request id -> lease_key(lease_id) of each current grant;
         #                       absent for grants stored before lease ids (never renewable)
+        self._booking_limits = dict(bookings or {})
+        self._load()
+
+    def _load(self):
         loaded = self._store.load()
         for row in loaded['grants']:
             row = dict(row)
@@ -308,7 +313,17 @@ class LeaseState(BookedLeases):
         self._counters.update(loaded['counters'])
         self._last_rid = max([loaded['last_request_id']] +
                              [g.request_id for g in self._grants.values()])
-        self._init_bookings(loaded, **(bookings or {}))
+        self._init_bookings(loaded, **self._booking_limits)
+
+    def reload(self):
+        """Forget everything in memory and load the store again (a standby
+        taking over: its store was written behind this state's back).
+        Waiting requests, preemptions and finished outcomes are dropped, as
+        at a restart. Listeners stay."""
+        self._grants, self._counters, self._waiting, self._done = {}, {}, [], {}
+        self._ended, self._runs, self._renewed, self._preempts, self._keys = {}, {}, {}, {}, {}
+        self._parties = {}
+        self._load()
 
     def add_listener(self, callback):
         """Call ``callback(action, item)`` after each change is stored."""

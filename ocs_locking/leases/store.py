@@ -606,6 +606,43 @@ class LeaseStore:
         else:
             db.executemany(_INSERT_AUDIT, values)
 
+    # -- a standby's copy (see replica.py) ------------------------------------------
+
+    def install(self, grants, counters, last_request_id, audit=(), privs=()):
+        """Make this file a copy of a primary's (a standby following it), in
+        one transaction: its grants, audit rows and credential hashes
+        replaced by the given ones (``audit`` oldest first; ``privs``:
+        ``[request_id, hash, value]``), counters max'd (they never go down),
+        the request ids reserved up to ``last_request_id``."""
+        def work(db):
+            db.execute('DELETE FROM grants')
+            db.execute('DELETE FROM audit')
+            db.execute('DELETE FROM grant_privs')
+            self._last_rid = None
+            reserved = self._write(db, counters, {g['resource']: g for g in grants}, audit,
+                                   last_request_id)
+            db.executemany('INSERT OR REPLACE INTO grant_privs VALUES (?, ?, ?)',
+                           [(int(r), str(h), str(v)) for r, h, v in privs])
+            return reserved
+        self._last_rid = self._transaction(work)
+
+    def raise_epoch(self, epoch):
+        """Serve from now on in ``epoch`` (a standby taking over: above the
+        primary's), kept in the file and the epoch file; never lowers it."""
+        epoch = max(int(epoch), self.epoch)
+        if epoch > MAX_EPOCH:
+            raise LeaseStoreError(f'lease store {self.path!r}: epoch {epoch} is beyond '
+                                  f'{MAX_EPOCH} (tokens would pass 2**53)')
+        if self.epoch_path is None:
+            self.epoch = epoch
+            return
+        self._sidecar_due = {'db_id': self.db_id, 'epoch': epoch, 'clean': False,
+                             'database': os.path.abspath(self.path)}
+        self._write_epoch()
+        self._sidecar_due = None
+        self.epoch = epoch
+        log.info('lease database %s: now epoch %d', os.path.abspath(self.path), epoch)
+
     # -- the access director's credential hashes ---------------------------------
 
     def set_privs_hash(self, request_id, hash, value):

@@ -193,4 +193,4 @@ def test_info_says_what_is_enforced(bus):
     info = bus.info()
     assert info.pop('version')
     assert info == {'component': 'ocs_locking.bus', 'address_root': 'observatory',
-                    'registry': 'lock-registry', 'disclose': True}
+                    'registry': 'lock-registry', 'standbys': [], 'disclose': True}

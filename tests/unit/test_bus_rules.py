@@ -169,3 +169,25 @@ def test_feed_owner_uri():
     assert rules.feed_owner_uri('observatory.a.feeds.locks', 'observatory') == 'observatory.a.ops'
     assert rules.feed_owner_uri('observatory.a.locks', 'observatory') is None
     assert rules.feed_owner_uri('other.a.feeds.x', 'observatory') is None
+
+
+STANDBY = 404
+
+
+def test_replica_calls_only_by_a_configured_standby(regs):
+    """When a session calls the registry's replica procedures (lease-key
+    and credential hashes travel there), only the holder of a configured
+    standby's .ops is let through; with no standby configured, nobody; a
+    refusal for a standby not seen yet asks to verify its .ops holder."""
+    uri = 'observatory.lock-registry.replica.pull'
+    regs.created(STANDBY, 3, 'observatory.lock-registry-b.ops')
+    standbys = ('lock-registry-b',)
+    assert decide(regs, STANDBY, uri, 'call', standbys=standbys).allow
+    for session in (AGENT, OTHER, REGISTRY):
+        assert not decide(regs, session, uri, 'call', standbys=standbys).allow
+    assert not decide(regs, STANDBY, uri, 'call').allow
+    unseen = decide(regs, OTHER, uri, 'call', standbys=('lock-registry-c',))
+    assert not unseen.allow and unseen.verify == 'observatory.lock-registry-c.ops'
+    # the registry's other procedures stay open to callers
+    assert decide(regs, OTHER, 'observatory.lock-registry.lease.renew', 'call',
+                  standbys=standbys).allow

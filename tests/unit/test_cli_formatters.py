@@ -204,6 +204,27 @@ def test_json_rows_gain_the_queue():
         [q, []]
 
 
+def test_replication_lines_say_who_serves_and_who_stands_by():
+    """When the registry's replication block names followers, a takeover
+    and a dropped standby, status says each in one line; a standby's own
+    block, or none at all, adds nothing."""
+    from ocs_locking.cli.formatters import replication_lines
+    rep = {'role': 'primary', 'identity': 'lock-registry-b',
+           'took_over': {'at': 100.0, 'from_epoch': 3, 'epoch': 4},
+           'followers': [{'name': 'lock-registry-a', 'verified': True, 'behind': 0,
+                          'seen_ago': 0.4}], 'last_drop': None}
+    lines = replication_lines(rep)
+    assert lines[0].startswith('registry served by standby lock-registry-b since ')
+    assert lines[0].endswith('(took over from epoch 3; now epoch 4)')
+    assert lines[1] == 'standby lock-registry-a follows (verified): 0 batch(es) behind, ' \
+                       'heard 0.4 s ago'
+    alone = dict(rep, took_over=None, followers=[],
+                 last_drop={'name': 'lock-registry-a', 'ago': 2.0, 'why': 'no ack'})
+    assert replication_lines(alone) == [
+        'WARNING: no standby follows: lock-registry-a was dropped 2.0 s ago (no ack)']
+    assert replication_lines({'role': 'standby'}) == [] == replication_lines(None)
+
+
 def test_deadlock_lines_name_each_cycle_with_its_age_and_ignore_junk():
     """The registry's deadlocks become one DEADLOCK line each (oldest
     first, as given); anything malformed (an older or odd registry) is

@@ -265,3 +265,19 @@ def test_the_demo_router_serves_the_live_page_and_the_stock_one_does_not(tmp_pat
     stock = Site(DEMO, 'demo', str(tmp_path / 'stock'), crossbar=sys.executable, port=18012,
                  crossbar_config=stock_crossbar_config())
     assert stock.page_url is None
+
+
+def test_a_standby_registry_in_the_site_is_named_to_the_bus_component(tmp_path):
+    """When the site starts a registry with --standby-for, the crossbar
+    config written for it names that instance in the bus component's
+    standbys (the router lets only it follow the registry)."""
+    data = demo_data()
+    data['hosts']['demo']['agent-instances'].append(
+        {'agent-class': 'LockRegistryAgent', 'instance-id': 'lock-registry-b',
+         'arguments': [['--db', 'b.db'], ['--standby-for', 'lock-registry']]})
+    s = site(tmp_path, data)
+    assert s.standbys == ['lock-registry-b']
+    with open(os.path.join(s.cbdir, 'config.json')) as f:
+        cfg = json.load(f)
+    extras = [c['extra'] for w in cfg['workers'] for c in w.get('components', [])]
+    assert extras and all(e['standbys'] == ['lock-registry-b'] for e in extras)
