@@ -142,12 +142,10 @@ AGENT = os.path.join(REPO, 'tests', 'integration', 'deadlock_agent.py')
 AGENT_SITE = {
     'hub': {'wamp_server': 'ws://127.0.0.1:18001/ws', 'wamp_http': 'http://127.0.0.1:18001/call',
             'wamp_realm': 'test_realm', 'address_root': 'observatory'},
-    'hosts': {
-        'registry': {'crossbar_timeout': 0, 'agent-instances': [
-            {'agent-class': 'LockRegistryAgent', 'instance-id': 'lock-registry'}]},
-        'dl': {'crossbar_timeout': 0, 'agent-instances': [
-            {'agent-class': 'DeadlockAgent', 'instance-id': 'dl-1'}]},
-    },
+    'hosts': {'dl': {'crossbar_timeout': 0, 'agent-instances': [
+        {'agent-class': 'LockRegistryAgent', 'instance-id': 'lock-registry'},
+        {'agent-class': 'DeadlockAgent', 'instance-id': 'dl-1', 'agent-file': AGENT,
+         'entrypoint': 'main'}]}},
 }
 WAIT = 60.0
 
@@ -211,7 +209,6 @@ def agent_trial(dl, feed):
 
 
 def run_agent(n, keep=False):
-    import subprocess
     import yaml
     from ocs.ocs_client import OCSClient
     from ocs_locking.wire import OWNERSHIP_FEED, feed_topic
@@ -225,17 +222,8 @@ def run_agent(n, keep=False):
         site_file = os.path.join(workdir, 'site.yaml')
         with open(site_file, 'w') as fh:
             yaml.safe_dump(AGENT_SITE, fh)
-        with Site(site_file, 'registry', os.path.join(workdir, 'run'), port=0,
+        with Site(site_file, 'dl', os.path.join(workdir, 'run'), port=0,
                   teardown='kill') as site:
-            cmd = [sys.executable, '-u', '-m', 'ocs.agent_cli', '--agent', AGENT,
-                   '--entrypoint', 'main', '--site-file', site.site_file, '--site-host', 'dl',
-                   '--instance-id', 'dl-1', '--crossbar-timeout', '0']
-            env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get('PATH', ''))
-            with open(site.log_path('dl-1'), 'ab') as log:
-                site.agents['dl-1'] = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, start_new_session=True, cwd=site.workdir)
             site.wait_agent('dl-1')
             site.wait_agent('lock-registry')
             dl = OCSClient('dl-1', args=site.client_args)

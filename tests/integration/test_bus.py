@@ -22,7 +22,7 @@ FORGED = [{'lock': 'hw', 'event': 'acquired', 'job': 'forged', 'op': None,
            'session_id': None, 'since': 1.0, 'waiters': 0, 'token': 1, 'seq': 10 ** 9,
            'boot': 1.0}, {'agent_address': 'observatory.sim-device-1', 'feed_name': 'locks'}]
 INFO = {'component': 'ocs_locking.bus', 'address_root': 'observatory',
-        'registry': 'lock-registry', 'disclose': True}
+        'registry': 'lock-registry', 'disclose': True, 'standbys': []}
 
 pytestmark = pytest.mark.integration
 

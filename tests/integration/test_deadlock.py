@@ -40,12 +40,11 @@ REPORTED_WITHIN = 1.0
 SITE = {
     'hub': {'wamp_server': 'ws://127.0.0.1:18001/ws', 'wamp_http': 'http://127.0.0.1:18001/call',
             'wamp_realm': 'test_realm', 'address_root': 'observatory'},
-    'hosts': {
-        'registry': {'crossbar_timeout': 0, 'agent-instances': [
-            {'agent-class': 'LockRegistryAgent', 'instance-id': 'lock-registry'}]},
-        'dl': {'crossbar_timeout': 0, 'agent-instances': [
-            {'agent-class': 'DeadlockAgent', 'instance-id': 'dl-1'}]},
-    },
+    'hosts': {'dl': {'crossbar_timeout': 0, 'agent-instances': [
+        {'agent-class': 'LockRegistryAgent', 'instance-id': 'lock-registry'},
+        # not a plugin agent: the site runs it with --agent/--entrypoint
+        {'agent-class': 'DeadlockAgent', 'instance-id': 'dl-1', 'agent-file': AGENT,
+         'entrypoint': 'main'}]}},
 }
 
 
@@ -57,9 +56,8 @@ def site(tmp_path_factory, site_starter):
                 root / 'crossbar' / 'config.json')
     site_file = root / 'site.yaml'
     site_file.write_text(yaml.safe_dump(SITE))
-    s = site_starter(lambda attempt: Site(str(site_file), 'registry',
-                                          root / f'work-{attempt}', port=0,
-                                          teardown='kill'))
+    s = site_starter(lambda attempt: Site(str(site_file), 'dl', root / f'work-{attempt}',
+                                          port=0, teardown='kill'))
     try:
         yield s
     finally:
@@ -68,16 +66,6 @@ def site(tmp_path_factory, site_starter):
 
 @pytest.fixture(scope='module')
 def agent(site):
-    """The deadlock agent, launched as ocs-agent-cli runs a non-plugin agent."""
-    cmd = [sys.executable, '-u', '-m', 'ocs.agent_cli', '--agent', AGENT,
-           '--entrypoint', 'main', '--site-file', site.site_file, '--site-host', 'dl',
-           '--instance-id', 'dl-1', '--crossbar-timeout', '0']
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-               + os.environ.get('PATH', ''))
-    with open(site.log_path('dl-1'), 'ab') as log:
-        site.agents['dl-1'] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True, cwd=site.workdir)
     return site.wait_agent('dl-1', timeout=WAIT)
 
 

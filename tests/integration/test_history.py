@@ -170,7 +170,7 @@ def test_a_lease_left_unrenewed_is_flagged_expiring_until_it_ends(site):
     wait_for(marked, 'ocs-locks status marking the lease expiring', bound=30)
     wait_for(lambda: alert_counts(registry).get('expiring') == 0, 'the lease gone')
     assert 'it/expiring' not in ocs_locks(site, 'status').stdout
-    assert alert_counts(registry) == {'stuck': 0, 'silent': 0, 'expiring': 0}
+    assert alert_counts(registry) == {'stuck': 0, 'silent': 0, 'expiring': 0, 'deadlock': 0}
 
 
 def test_the_history_survives_a_registry_kill9(site, heated):
