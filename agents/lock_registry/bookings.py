@@ -135,10 +135,17 @@ class BookingOps:
             from ocs_locking.agents.lock_registry.leases import _DetailsRegistrar
             registrar = self._registrar = Registrar(
                 _DetailsRegistrar(self.agent), self.reactor, self.log,
-                {lease_uri(self.agent.agent_address, n): getattr(self, f'_rpc_{n}')
+                {lease_uri(self.agent.agent_address, n): self._answered(n)
                  for n in BOOKING_PROCEDURES})
             self.agent.on('leave', lambda session, details=None: registrar.left())
         registrar.joined()
+
+    #: The procedures that write (their answer waits for the standbys' ack).
+    WRITES = ('book', 'unbook', 'claim')
+
+    def _answered(self, name):
+        fn = getattr(self, f'_rpc_{name}')
+        return self.leases._answered(fn) if name in self.WRITES else fn
 
     def _caller(self, details, client):
         from ocs_locking.agents.lock_registry.leases import caller_of

@@ -200,15 +200,17 @@ class Standby:
         state = self.follower.snapshot(reply, self.mono())
         try:
             self.store.install(state['grants'], state['counters'], state['last_request_id'],
-                               state['audit'], state['privs'])
+                               state['audit'], state['privs'], state.get('bookings') or (),
+                               state.get('last_booking_id') or 0)
         except BaseException:
             self.follower.reset('the snapshot could not be installed')
             raise
         self._logged = None
         self.log.info('standby: following {service} (epoch {epoch}, batch {seq}): {g} '
-                      'grant(s), {a} audit row(s)', service=self.service,
+                      'grant(s), {b} booking(s), {a} audit row(s)', service=self.service,
                       epoch=self.follower.epoch, seq=self.follower.seq,
-                      g=len(state['grants']), a=len(state['audit']))
+                      g=len(state['grants']), b=len(state.get('bookings') or ()),
+                      a=len(state['audit']))
 
     def _apply(self, reply):
         for seq, op, payload in self.follower.batches(reply, self.mono()):

@@ -19,9 +19,10 @@ longer than ``ack_timeout`` (it then follows again, from a snapshot).
 Messages (every pull reply is one dict):
 
 * ``{'kind': 'snapshot', 'stream', 'seq', 'now', 'epoch', 'db_id', 'state':
-  {'grants', 'counters', 'last_request_id', 'privs', 'audit'}}``: the whole
-  store (``audit``: its newest rows, oldest first); ``seq``: the batch it
-  includes;
+  {'grants', 'counters', 'last_request_id', 'privs', 'audit', 'bookings',
+  'last_booking_id'}}``: the whole store (``audit``: its newest rows, oldest
+  first; ``bookings`` and ``last_booking_id`` may be absent: none); ``seq``:
+  the batch it includes;
 * ``{'kind': 'batches', 'stream', 'now', 'batches': [[seq, op, payload],
   ...]}``: ``op`` is ``apply`` (the keyword arguments of one ``apply``) or
   ``privs`` (``[request_id, hash, value]``); an empty list is a heartbeat;
@@ -51,7 +52,8 @@ PULL_WAIT = 2.0
 AUDIT_TAIL = 2000
 #: What a batch may carry.
 OPS = ('apply', 'privs')
-_APPLY_KEYS = frozenset(('counters', 'grants', 'audit', 'last_request_id', 'folds'))
+_APPLY_KEYS = frozenset(('counters', 'grants', 'audit', 'last_request_id', 'folds',
+                         'bookings', 'last_booking_id'))
 _STATE_KEYS = ('grants', 'counters', 'last_request_id', 'privs', 'audit')
 _MAX_NAME = 128
 
@@ -99,7 +101,8 @@ def check_batch(batch):
         extra = sorted(set(payload) - _APPLY_KEYS) if isinstance(payload, dict) else payload
         raise ReplicaError(f'batch {seq}: apply takes {", ".join(sorted(_APPLY_KEYS))}, not '
                            f'{extra!r:.80}')
-    kinds = {'counters': dict, 'grants': dict, 'audit': (list, tuple), 'folds': (list, tuple)}
+    kinds = {'counters': dict, 'grants': dict, 'audit': (list, tuple), 'folds': (list, tuple),
+             'bookings': dict}
     for key, kind in kinds.items():
         if payload.get(key) is not None and not isinstance(payload[key], kind):
             raise ReplicaError(f'batch {seq}: {key} must be a {kind}, not '
@@ -115,10 +118,20 @@ def check_batch(batch):
         if not isinstance(row, dict) or not isinstance(row.get('action'), str) \
                 or not _is_num(row.get('at')):
             raise ReplicaError(f'batch {seq}: an audit row needs action and at')
-    rid = payload.get('last_request_id')
-    if rid is not None and not _is_int(rid):
-        raise ReplicaError(f'batch {seq}: last_request_id must be an integer')
+    for key in ('last_request_id', 'last_booking_id'):
+        if payload.get(key) is not None and not _is_int(payload[key]):
+            raise ReplicaError(f'batch {seq}: {key} must be an integer')
+    for bid, b in (payload.get('bookings') or {}).items():
+        if not _booking_id(bid) or not (b is None or (isinstance(b, dict)
+                                                     and str(b.get('booking_id')) == str(bid))):
+            raise ReplicaError(f'batch {seq}: bookings map booking ids to bookings or None')
     return seq, op, payload
+
+
+def _booking_id(bid):
+    # (a JSON object's keys are strings: 12 arrives as '12')
+    return (_is_int(bid) and bid >= 1) or (isinstance(bid, str) and bid.isdigit()
+                                          and len(bid) < 20 and int(bid) >= 1)
 
 
 def check_reply(reply):
@@ -142,10 +155,16 @@ def check_reply(reply):
     state = reply.get('state')
     if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
         raise ReplicaError(f'snapshot: state needs {", ".join(_STATE_KEYS)}')
+    bookings = state.get('bookings') or []
+    if not isinstance(bookings, (list, tuple)):
+        raise ReplicaError('snapshot: bookings must be a list')
     check_batch([1, 'apply', {'grants': {g.get('resource') if isinstance(g, dict) else None: g
                                          for g in state['grants']},
                               'counters': state['counters'], 'audit': state['audit'],
-                              'last_request_id': state['last_request_id']}])
+                              'last_request_id': state['last_request_id'],
+                              'bookings': {b.get('booking_id') if isinstance(b, dict) else 0: b
+                                           for b in bookings},
+                              'last_booking_id': state.get('last_booking_id')}])
     for p in state['privs']:
         check_batch([1, 'privs', p])
     return reply

@@ -608,16 +608,21 @@ class LeaseStore:
 
     # -- a standby's copy (see replica.py) ------------------------------------------
 
-    def install(self, grants, counters, last_request_id, audit=(), privs=()):
+    def install(self, grants, counters, last_request_id, audit=(), privs=(), bookings=(),
+                last_booking_id=0):
         """Make this file a copy of a primary's (a standby following it), in
-        one transaction: its grants, audit rows and credential hashes
-        replaced by the given ones (``audit`` oldest first; ``privs``:
-        ``[request_id, hash, value]``), counters max'd (they never go down),
-        the request ids reserved up to ``last_request_id``."""
+        one transaction: its grants, audit rows, bookings and credential
+        hashes replaced by the given ones (``audit`` oldest first; ``privs``:
+        ``[request_id, hash, value]``; ``bookings``: ``Booking.stored()``
+        dicts), counters and the last booking id max'd (they never go
+        down), the request ids reserved up to ``last_request_id``."""
         def work(db):
             db.execute('DELETE FROM grants')
             db.execute('DELETE FROM audit')
             db.execute('DELETE FROM grant_privs')
+            db.execute('DELETE FROM bookings')
+            self._write_bookings(db, {b['booking_id']: b for b in bookings},
+                                 last_booking_id or 0)
             self._last_rid = None
             reserved = self._write(db, counters, {g['resource']: g for g in grants}, audit,
                                    last_request_id)

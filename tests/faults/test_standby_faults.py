@@ -25,6 +25,7 @@ import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
+from ocs_locking.leases.booked import Calendar
 from ocs_locking.leases.reservation import Reservation
 from .support import (UNISSUED, client, give_back, grant_of, history, lease_rpc, retry, take,
                       take_lease, wait_for, wait_lease_rpcs)
@@ -39,6 +40,8 @@ FAILOVER = 2.0
 #: Load clients (Reservation threads) and the resources they take turns on.
 CLIENTS = 3
 LOAD_RESOURCES = ('load/r1', 'load/r2')
+#: Booking ids made before each kill (every later registry must hold them all).
+BOOKED = []
 
 
 def _registry(instance, db, standby_for=None):
@@ -203,6 +206,11 @@ def fail_over(site, primary, standby, primary_db):
     if grant_of(site, SITE_LOCK) is None:
         assert take(site, 'holder-1')['success'] is True
     bridge = wait_for(lambda: grant_of(site, SITE_LOCK), 'holder-1 holds the site lock')
+    # a booking made just before the kill (its batch) beside those made
+    # before earlier kills (the standby's snapshot)
+    cal = Calendar(args=site.client_args, client_id='standby-faults')
+    BOOKED.append(cal.book(f'booked/{standby}', 'planner', start_in=3600,
+                           end_in=7200)['booking_id'])
     with Load(site) as load:
         load.wait_cycles(3, 'three load cycles per client before the kill')
         t0 = time.monotonic()
@@ -219,6 +227,9 @@ def fail_over(site, primary, standby, primary_db):
     wait_for(lambda: grant_of(site, SITE_LOCK)['expires'] > after['expires'],
              'holder-1 renewing on the standby')
     keeper.release()
+    # every booking made before the kill is still on the calendar, booked
+    assert {b['booking_id']: b['owner'] for b in cal.bookings()
+            if b['booking_id'] in BOOKED} == {i: 'planner' for i in BOOKED}
     print(f'{primary} killed: {standby} answered after {took * 1000:.0f} ms')
     assert load.lost == [], load.lost
     # tokens: every grant after the takeover is above every token the
@@ -276,9 +287,9 @@ def test_primary_kill9_under_load_standby_answers_within_2s_and_no_lease_is_lost
     """When the primary is killed (kill -9) while Reservations take, renew
     and release leases and a SiteLock agent holds one, the standby answers
     lease calls within 2 s, every held lease is still its holder's (renewed
-    with the same lease id, same token), nobody lost a lease, tokens after
-    the takeover exceed every token the primary wrote, and the audit log
-    passes the checker."""
+    with the same lease id, same token), nobody lost a lease, a booking
+    made before the kill is still booked, tokens after the takeover exceed
+    every token the primary wrote, and the audit log passes the checker."""
     wait_following(site, 'lock-registry-b')
     fail_over(site, 'lock-registry', 'lock-registry-b',
               os.path.join(site.workdir, 'leases.db'))
@@ -288,7 +299,8 @@ def test_primary_kill9_under_load_standby_answers_within_2s_and_no_lease_is_lost
 def test_old_primary_back_as_standby_follows_and_takes_over_in_turn(site):
     """When the old primary's host comes back as a standby (on its old
     database) and the serving registry is killed in turn, it takes over
-    the same way: within 2 s, nothing lost, tokens still rising."""
+    the same way: within 2 s, nothing lost (the bookings made before
+    either kill included), tokens still rising."""
     site.start_agent('lock-registry-a')
     wait_following(site, 'lock-registry-a')
     fail_over(site, 'lock-registry-b', 'lock-registry-a',

@@ -146,3 +146,37 @@ def test_holder_in_the_way_hears_the_preempt_on_its_watch(ops):
     ops.reactor_.advance(0.1)
     assert watch[0]['data']['event'] == 'preempt'
     assert watch[0]['data']['deadline'] == T0 + WARN_AHEAD + 30
+
+
+def test_writing_procedures_answer_only_after_the_standbys_ack(ops):
+    """When a standby must acknowledge what a call wrote (``answer_after``),
+    the book, unbook and claim procedures' answers wait for it (so a
+    booking a caller heard of is on the standby too); calendar and
+    next_free answer at once."""
+    from twisted.internet import defer
+    held = []
+
+    def answer_after(result):
+        d = defer.Deferred()
+        held.append((d, result))
+        return d
+    ops.leases.answer_after = answer_after
+    procs = {n: ops._answered(n) for n in ('book', 'unbook', 'claim', 'calendar', 'next_free')}
+    got = fired(procs['book']('satp1/hwp', 'bob', start_in=10.0, end_in=20.0))
+    assert got == [] and len(held) == 1
+    d, result = held.pop()
+    d.callback(result)
+    booking = got[0]['data']
+    assert got[0]['ok'] and booking['claim']
+    assert procs['calendar']()['data']['bookings'][0]['booking_id'] == booking['booking_id']
+    assert procs['next_free']('satp1/hwp', 5.0)['ok']
+    claimed = fired(procs['claim'](booking['booking_id'], booking['claim']))
+    assert claimed == [] and len(held) == 1
+    d, result = held.pop()
+    d.callback(result)
+    assert claimed[0]['ok']
+    gone = fired(procs['unbook'](booking['booking_id'], booking['claim']))
+    assert gone == [] and len(held) == 1
+    d, result = held.pop()
+    d.callback(result)
+    assert gone[0]['ok'] and ops.state.booking(booking['booking_id']).outcome is not None

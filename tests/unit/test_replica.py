@@ -46,6 +46,26 @@ def test_check_batch_accepts_what_LeaseState_writes():
         assert check_batch([i, 'apply', changes]) == (i, 'apply', changes)
 
 
+def test_check_batch_accepts_a_booking_as_it_travels_over_the_wire():
+    """When a LeaseState books and cancels, each apply it makes (bookings
+    keyed by id, as JSON carries them: strings) is a batch check_batch
+    accepts, so a booking reaches the standby instead of making it resync."""
+    import json
+    rec = Recorder()
+    state = LeaseState(store=rec)
+    b, claim = state.book(['a/b'], 'alice', 1000.0, 2000.0, now=1.0)
+    state.unbook(b.booking_id, now=2.0, claim=claim)
+    booked = [c for c in rec.batches if c.get('bookings')]
+    assert len(booked) == 2
+    for i, changes in enumerate(booked, 1):
+        wire = json.loads(json.dumps(changes))
+        assert check_batch([i, 'apply', wire])[2] == wire
+    with pytest.raises(ReplicaError, match=r'^batch 1: bookings map booking ids'):
+        check_batch([1, 'apply', {'bookings': {'3': {'booking_id': 4}}}])
+    with pytest.raises(ReplicaError, match=r'^batch 1: last_booking_id must be an integer'):
+        check_batch([1, 'apply', {'last_booking_id': 'x'}])
+
+
 @pytest.mark.parametrize('batch, pattern', [
     ('nope', r'^a batch is \[seq, op, payload\]'),
     ([0, 'apply', {}], r'^batch seq must be an integer >= 1'),
@@ -223,3 +243,41 @@ def test_LeaseState_reload_sees_what_was_written_behind_its_back(tmp_path):
     state.reload()
     assert [g.owner for g in state.holders()] == ['alice']
     assert state.release('a', out.lease_id, now=2.0) == []
+
+
+def test_standby_copy_keeps_bookings_and_their_ids_never_repeat(tmp_path):
+    """When a standby installs a snapshot holding a booking, then applies
+    the batch of a second one, the state it serves after a takeover holds
+    both (claimable with their keys) and its next booking id is above them."""
+    import json
+    primary = LeaseStore(str(tmp_path / 'p.db'))
+    rec = []
+
+    class Tee:
+        def __getattr__(self, name):
+            return getattr(primary, name)
+
+        def apply(self, **changes):
+            primary.apply(**changes)
+            rec.append(json.loads(json.dumps(changes)))
+    state = LeaseState(store=Tee())
+    first, key1 = state.book(['hwp'], 'alice', 1000.0, 2000.0, now=1.0)
+    loaded = primary.load()
+    snap = snapshot(grants=loaded['grants'], counters=loaded['counters'])
+    snap['state'].update(bookings=loaded['bookings'], last_booking_id=loaded['last_booking_id'])
+    snap = check_reply(json.loads(json.dumps(snap)))
+    standby = LeaseStore(str(tmp_path / 's.db'))
+    st = snap['state']
+    standby.install(st['grants'], st['counters'], st['last_request_id'], st['audit'],
+                    st['privs'], st['bookings'], st['last_booking_id'])
+    mark = len(rec)
+    second, key2 = state.book(['mount'], 'bob', 3000.0, 4000.0, now=2.0)
+    for changes in rec[mark:]:
+        standby.apply(**check_batch([1, 'apply', changes])[2])
+    took_over = LeaseState(store=standby)
+    assert [(b.booking_id, b.owner) for b in took_over.bookings()] == [
+        (first.booking_id, 'alice'), (second.booking_id, 'bob')]
+    assert took_over.check_claim(first.booking_id, key1)
+    assert took_over.check_claim(second.booking_id, key2)
+    third, _ = took_over.book(['x'], 'carol', 5000.0, 6000.0, now=3.0)
+    assert third.booking_id > second.booking_id
