@@ -475,6 +475,7 @@ def test_a_cycle_of_an_agents_own_locks_is_flagged_and_counted_on_alerts():
     from ocs_locking.agents.lock_registry.deadlocks import SETTLE
     clock = Clock()
     reg = LockRegistryAgent(FakeAgent(), reactor=clock)
+    reg.deadlocks.clock = clock.seconds     # (ages on the fake clock, not the host's)
     for seq, (name, job, sid) in enumerate((('l1', 'j1', 1), ('l2', 'j2', 2)), 1):
         held = dict(lock_msg(seq, job=job), lock=name, session_id=sid)
         reg._on_locks([held, info('dev-1')], details=topic('dev-1'))
