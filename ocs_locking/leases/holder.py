@@ -34,7 +34,8 @@ from ..wire import one_line
 from .paths import bad_value, check_lease, check_resources, check_text, when
 
 __all__ = ['LeaseHolder', 'Answer', 'Notice', 'describe_holders', 'utc', 'MAX_RESOURCES',
-           'MAX_OWNER', 'GUARD_MARGIN', 'WATCH_RETRY', 'WATCH_RETRY_MAX']
+           'MAX_OWNER', 'GUARD_MARGIN', 'WATCH_RETRY', 'WATCH_RETRY_MAX', 'RELEASE_RESEND_FOR',
+           'release_resend_until']
 
 #: A request names at most this many resources (the registry's default).
 MAX_RESOURCES = 16
@@ -49,6 +50,12 @@ MAX_CALL = 3600.0
 #: this many seconds later, the delay doubling up to WATCH_RETRY_MAX; the
 #: renewals keep the lease meanwhile.
 WATCH_RETRY, WATCH_RETRY_MAX = 0.5, 5.0
+#: Seconds a release that got no answer (the registry failing over to its
+#: standby, a router restart) is sent again for, at most: about the time a
+#: standby takes to serve (docs/standby.rst) with room to spare, and short
+#: enough that a script's exit never waits long for a registry that stays
+#: away (the lease then ends at its expiry, as before).
+RELEASE_RESEND_FOR = 3.0
 #: A watch answered ``timeout`` sooner than this after it was sent is not
 #: polled again at once (a registry that answers too early cannot make the
 #: holder spin): the next one waits WATCH_RETRY.
@@ -137,6 +144,16 @@ def describe_holders(holders):
                      + (' ' + ', '.join(when_) if when_ else '')
                      + (f" ({h['note']})" if h.get('note') else ''))
     return '; '.join(parts)
+
+
+def release_resend_until(deadline, now, resend_for=RELEASE_RESEND_FOR):
+    """Until when (monotonic) an unanswered release is sent again: the
+    lease's local deadline (past it the lease has ended by itself) or
+    ``resend_for`` seconds from ``now``, whichever comes first; ``now``
+    itself when there is no deadline (nothing held)."""
+    if deadline is None:
+        return now
+    return min(deadline, now + resend_for)
 
 
 def _left(seconds):

@@ -43,7 +43,8 @@ from typing import Optional
 from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, one_line
 from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
-from .holder import Answer, LeaseHolder, describe_holders
+from .holder import (RELEASE_RESEND_FOR, Answer, LeaseHolder, describe_holders,
+                     release_resend_until)
 from .paths import check_seconds, check_text
 from .renewer import shared_renewer
 
@@ -645,10 +646,20 @@ class Reservation:
         with self._lock:
             core = self._core
             token, lost, first, lease_id = core.token, core.lost, core.first, core.lease_id
+            until = release_resend_until(core.deadline, self._clock())
             core.released()
         if token is None or lost is not None:
             return None
-        ans = self._call('release', resource=first, lease_id=lease_id, client=self.client_id)
+        for _ in range(int(RELEASE_RESEND_FOR / RETRY) + 1):     # (also bounded by count)
+            ans = self._call('release', resource=first, lease_id=lease_id,
+                             client=self.client_id)
+            if ans.ok or ans.answered or self._clock() + RETRY > until:
+                break
+            # (no answer: the registry failing over, the router restarting;
+            # a release that did arrive is refused when sent again: harmless)
+            log.info('release of %s not answered (%s); sending it again in %.1f s', first,
+                     one_line(ans.message, 120), RETRY)
+            self._sleep(RETRY)
         if not ans.ok:
             if ans.answered:        # already expired or revoked: nothing left to do
                 log.info('release of %s: %s', first, ans.message)

@@ -59,7 +59,8 @@ from twisted.python import threadable
 from ..errors import (LeaseBusy, LeaseLost, LeaseTooShort, LeaseUnavailable,
                       ReactorBlockingError)
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, lease_uri
-from .holder import GUARD_MARGIN, Answer, LeaseHolder
+from .holder import (GUARD_MARGIN, RELEASE_RESEND_FOR, Answer, LeaseHolder,
+                     release_resend_until)
 from .lease_report import LeaseReport, report_name
 
 __all__ = ['SiteLock', 'LeaseLost', 'LeaseTooShort', 'LeaseBusy', 'LeaseUnavailable',
@@ -387,20 +388,32 @@ class SiteLock:
     def release_deferred(self):
         """Give the lease back (a lost lease is simply forgotten). Fires True
         if the registry took it back; False if it was lost or unreachable
-        (the lease then runs out by itself)."""
+        (the lease then runs out by itself). A release that gets no answer
+        (the registry failing over to its standby) is sent again every
+        RETRY s, for up to RELEASE_RESEND_FOR s or the lease's end."""
         self._stop_renewing()
         token, lease_id = self._core.token, self._core.lease_id
         lost = self._core.lost
+        until = release_resend_until(self._core.deadline, self.clock())
         self._core.released()
         self.report.released()
         if token is None or lost is not None:
             return False
-        try:
-            reply = yield self.agent.call(self._uri('release'), self.resource, lease_id,
-                                          self.agent.agent_address)
-        except Exception:
-            return False
-        return bool(isinstance(reply, dict) and reply.get('ok'))
+        for _ in range(int(RELEASE_RESEND_FOR / RETRY) + 1):     # (also bounded by count)
+            try:
+                reply = yield self.agent.call(self._uri('release'), self.resource, lease_id,
+                                              self.agent.agent_address)
+            except Exception as e:
+                # no answer (the registry failing over to its standby, the
+                # router restarting): sent again while it can still matter
+                if self.clock() + RETRY > until:
+                    log.warning('could not release site lock %s (it ends with its lease): '
+                                '%s', self.resource, error_reason(e))
+                    return False
+                yield task.deferLater(self.reactor, RETRY, lambda: None)
+                continue
+            return bool(isinstance(reply, dict) and reply.get('ok'))
+        return False
 
     # -- thread API -----------------------------------------------------------------
 

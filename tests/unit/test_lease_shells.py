@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from ocs_locking.agents.lock_registry.leases import LeaseOps
 from ocs_locking.errors import LeaseBusy, LeaseError, LeaseLost, LeaseUnavailable
-from ocs_locking.leases.holder import Answer, utc
+from ocs_locking.leases.holder import RELEASE_RESEND_FOR, Answer, utc
 from ocs_locking.leases.paths import when
 from ocs_locking.leases.renewer import Renewer
 from ocs_locking.leases.reservation import Reservation, RetryPolicy
@@ -116,6 +116,22 @@ class SiteLockShell:
         holder.release_deferred().addBoth(out.append)
         return out[0]
 
+    def release_through_outage(self, holder, outage):
+        """Release while the registry is unreachable for ``outage`` s of
+        the clock (which runs on meanwhile); what the release fired with."""
+        self.registry.down = True
+        end = self.clock.t + outage
+        out = []
+        holder.release_deferred().addBoth(out.append)
+        for _ in range(1000):
+            if out:
+                break
+            self.clock.t += 0.1
+            self.registry.down = self.clock.t < end - 1e-9
+            self.reactor.advance(0.1)
+        assert out, 'the release never ended'
+        return out[0]
+
     def run_for(self, seconds):
         """Let ``seconds`` pass with the reactor running (renewals happen)."""
         end = self.clock.t + seconds
@@ -156,6 +172,18 @@ class ReservationShell:
         return holder.acquire()
 
     def release(self, holder):
+        return holder.release()
+
+    def release_through_outage(self, holder, outage):
+        """Release while the registry is unreachable for ``outage`` s of
+        the clock (its retry pauses run the clock on); what it returned."""
+        self.registry.down = True
+        end = self.clock.t + outage
+
+        def sleep(delay):
+            self.clock.t += delay
+            self.registry.down = self.clock.t < end - 1e-9
+        holder._sleep = sleep
         return holder.release()
 
     def run_for(self, seconds):
@@ -340,6 +368,31 @@ def test_shell_lease_outside_the_bounds_is_refused_at_construction(shell, lease)
     with pytest.raises(LeaseError, match=r'^lease must be in \[0\.5, 3600\] seconds, not '):
         shell.make(lease=lease)
     assert shell.registry.calls == []
+
+
+def test_shell_release_not_answered_is_sent_again_until_the_registry_answers(shell):
+    """When a release gets no answer (the registry failing over to its
+    standby for 1 s), it is sent again every RETRY s until one is answered:
+    the lease is given back at once, not left to block others until its
+    expiry."""
+    a = shell.make()
+    shell.acquire(a)
+    assert shell.release_through_outage(a, 1.0)
+    assert owner_of(shell) == [] and not a.held
+    assert shell.registry.count('release') >= 3     # (t+0, t+0.5 unanswered; then answered)
+
+
+def test_shell_release_resends_stop_after_a_bound_and_the_lease_ends_by_itself(shell):
+    """When the registry stays unreachable, the release is sent again for
+    at most RELEASE_RESEND_FOR s (a script's exit never waits long), then
+    given up: the lease is left to its expiry and nothing else changes."""
+    a = shell.make()
+    shell.acquire(a)
+    t0 = shell.clock()
+    assert not shell.release_through_outage(a, 60.0)
+    assert shell.clock() - t0 <= RELEASE_RESEND_FOR + 0.2
+    assert 2 <= shell.registry.count('release') <= RELEASE_RESEND_FOR / 0.5 + 1
+    assert owner_of(shell) == ['dev-1'] and not a.held and a.lost is None
 
 
 def test_shell_release_gives_it_back_and_a_lost_lease_is_not_released(shell):
