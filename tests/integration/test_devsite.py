@@ -1,6 +1,7 @@
 """``python -m tools.devsite run`` (what ``make run`` runs) as a process, with a
 real crossbar router, simulated devices and agents: signals, a dead agent, a
-dead router, the banner under the watch, and an agent file of one's own.
+dead router, the banner under the watch, an agent file of one's own, and
+the standby pair of docs/examples/standby_site.yaml.
 
 Every wait is bounded and waits on an event: a line on the devsite's output,
 a process exit (pidfd), or an OCS reply."""
@@ -24,6 +25,7 @@ from tools.processes import spawn
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_SITE = os.path.join(REPO, 'site-config', 'default.yaml')
 OWN_AGENT_SITE = os.path.join(REPO, 'docs', 'examples', 'own_agent_site.yaml')
+STANDBY_SITE = os.path.join(REPO, 'docs', 'examples', 'standby_site.yaml')
 #: Bound on the site's start-up with both cores busy, in seconds.
 STARTUP = 180
 #: Bound on a stop (agents' SIGINT shutdown, then the router), in seconds.
@@ -303,6 +305,61 @@ def test_own_agent_file_runs_beside_the_demo(tmp_path):
         assert re.search(r'^counter-1/counter +\(free\) .* alive$', status, re.M), status
         cmd = ds.tree[ds.pid_of('--instance-id counter-1')]
         assert re.search(r'--agent \S+/docs/examples/own_agent\.py --entrypoint main', cmd), cmd
+        os.kill(ds.proc.pid, signal.SIGINT)
+        ds.expect('^stopped.$')
+        assert ds.wait() == 0
+    finally:
+        ds.kill()
+
+
+def _until(fn, what, bound=STARTUP):
+    """fn() until it returns something true (a reply polled); bounded."""
+    deadline = time.monotonic() + bound
+    while True:
+        got = fn()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f'never saw {what} within {bound} s'
+        time.sleep(0.1)
+
+
+def test_standby_pair_site_fails_over_and_keeps_the_site_lease(tmp_path):
+    """When the example standby site (docs/examples/standby_site.yaml) runs
+    under the devsite, ocs-locks status shows lock-registry-b following,
+    verified; when the primary is killed (kill -9), the devsite reports it,
+    status says the standby serves, and the device agent's site lease is
+    still its own with the same token."""
+    ds = Devsite(tmp_path / 'run', STANDBY_SITE)
+    try:
+        ds.up()
+
+        def status(*extra):
+            return subprocess.run(
+                [sys.executable, '-m', 'ocs_locking.cli', *ds.site_args, 'status', *extra],
+                capture_output=True, text=True, timeout=STOPPING).stdout
+        _until(lambda: re.search(r'^standby lock-registry-b follows \(verified\)', status(),
+                                 re.M), 'lock-registry-b following, verified')
+        reply = OCSClient('sim-device-1', args=ds.site_args).take_site_lock()
+        assert reply.session['success'] is True, reply
+
+        def lease():
+            out = subprocess.run(
+                [sys.executable, '-m', 'ocs_locking.cli', *ds.site_args, 'leases', '--json'],
+                capture_output=True, text=True, timeout=STOPPING).stdout
+            held = [g for g in json.loads(out or '{}').get('grants', [])
+                    if g.get('resource') == 'lab/bridge']
+            return held[0] if held else None
+        before = _until(lease, 'the site lease lab/bridge held')
+        [pid] = [p for p, cmd in ds.tree.items()
+                 if re.search(r'ocs-agent:lock-registry(\s|$)', cmd)]
+        os.kill(pid, signal.SIGKILL)
+        ds.expect(rf'^devsite: .* agent lock-registry \(LockRegistryAgent\), pid {pid}, '
+                  rf'killed by SIGKILL; the rest of the site keeps running')
+        _until(lambda: re.search(r'^registry served by standby lock-registry-b since ',
+                                 status(), re.M), 'status saying lock-registry-b serves')
+        after = _until(lease, 'the site lease still held')
+        assert (after['owner'], after['token']) == (before['owner'], before['token']), \
+            (before, after)
         os.kill(ds.proc.pid, signal.SIGINT)
         ds.expect('^stopped.$')
         assert ds.wait() == 0
