@@ -25,8 +25,6 @@ failover p99 under 2 s (the issue's bound), the kept lease renewed after
 every failover. ``--json PATH`` writes the results; ``main()`` returns 0
 when every target passes.
 """
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,6 +37,7 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tools import trials as trials_cli  # noqa: E402
 from tools.devsite import Site, SiteError  # noqa: E402
 
 CROSSBAR_CONFIG = os.path.join(REPO, 'site-config', 'crossbar', 'config.json')
@@ -207,12 +206,9 @@ def summarize(trials):
 
 
 def main(args=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--quick', action='store_true', help='5 trials instead of 20')
-    p.add_argument('--json', metavar='PATH', help='write the results here')
-    p.add_argument('--keep', action='store_true', help='keep the sites\' work dir (logs)')
-    opts = p.parse_args(args)
-    n = 5 if opts.quick else 20
+    opts = trials_cli.parse(trials_cli.trial_parser(
+        __doc__.splitlines()[0], keep="keep the sites' work dir (logs)"), args)
+    n = opts.trials
     start = time.perf_counter()
     try:
         trials, workdir = run(n, opts.keep)
@@ -243,17 +239,7 @@ def main(args=None):
         dict(name='every kept lease renewed with its lease id after the failover',
              detail=f"{s['kept']}/{n}", passed=s['kept'] == n),
     ]
-    for t in targets:
-        print(f"{'PASS' if t['passed'] else 'FAIL'}: {t['name']} ({t['detail']})")
-    elapsed = time.perf_counter() - start
-    print(f"\n{'quick' if opts.quick else 'full'} run: {elapsed:.1f} s, Python "
-          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs"
-          + (f'; site logs in {workdir}' if opts.keep else ''))
-    if opts.json:
-        with open(opts.json, 'w') as fh:
-            json.dump({'results': s, 'trials': trials, 'targets': targets, 'quick': opts.quick,
-                       'elapsed_s': elapsed}, fh, indent=2)
-    return 0 if all(t['passed'] for t in targets) else 1
+    return trials_cli.finish(opts, start, targets, workdir, results=s, trials=trials)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ no two hosts' clocks are ever compared). Every refusal raises
 :class:`ReservationError` with the registry's one line.
 """
 from ..errors import ReservationError
-from .bridge import BridgeClient, OCSClientTransport
+from .bridge import lease_transport
 
 __all__ = ['Calendar']
 
@@ -44,15 +44,7 @@ class Calendar:
 
     @property
     def client(self):
-        if self._client is None:
-            try:
-                self._client = BridgeClient.from_site(self.registry, args=self.args)
-            except Exception as e:
-                from .reservation import _exc_reason
-                raise ReservationError(f'cannot reach the lock registry {self.registry!r}: '
-                                       f'{_exc_reason(e)}') from None
-        elif not callable(getattr(self._client, 'lease_call', None)):
-            self._client = OCSClientTransport(self._client)
+        self._client = lease_transport(self.registry, self.args, self._client)
         return self._client
 
     def call(self, name, params_wait=0.0, **params):

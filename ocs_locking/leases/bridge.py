@@ -11,10 +11,11 @@ import json
 import logging
 import threading
 
+from ..errors import ReservationError
 from ..wire import ANSWER_MARGIN, error_reason, lease_uri, one_line
 from .holder import Answer
 
-__all__ = ['BridgeClient', 'OCSClientTransport']
+__all__ = ['BridgeClient', 'OCSClientTransport', 'lease_transport']
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,22 @@ class OCSClientTransport:
         except Exception as e:      # ControlClientError, requests errors...
             return Answer(False, _reason(e), answered=False)
         return Answer.from_reply(reply)
+
+
+def lease_transport(registry, args=None, client=None):
+    """What a client's lease calls go through: ``client`` if it has
+    ``lease_call``, an ``OCSClient`` (or ocs ``ControlClient``) wrapped in
+    :class:`OCSClientTransport`, or with no ``client`` a
+    :class:`BridgeClient` for ``registry`` on the site ``args`` name.
+    Raises ReservationError (one line) when the registry cannot be found."""
+    if client is None:
+        try:
+            return BridgeClient.from_site(registry, args=args)
+        except Exception as e:
+            reason = error_reason(
+                e, not_running='the registry is not running (no such agent on the router)')
+            raise ReservationError(f'cannot reach the lock registry {registry!r}: '
+                                   f'{reason}') from None
+    if not callable(getattr(client, 'lease_call', None)):
+        return OCSClientTransport(client)
+    return client

@@ -42,7 +42,8 @@ from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, one_line
-from .bridge import CALL_MARGIN, BridgeClient, OCSClientTransport  # noqa: F401 (public)
+from .bridge import (CALL_MARGIN, BridgeClient, OCSClientTransport,  # noqa: F401 (public)
+                     lease_transport)
 from .holder import (RELEASE_RESEND_FOR, Answer, LeaseHolder, describe_holders,
                      release_resend_until)
 from .paths import check_seconds, check_text
@@ -349,14 +350,7 @@ class Reservation:
     @property
     def client(self):
         """The transport the lease calls go through."""
-        if self._client is None:
-            try:
-                self._client = BridgeClient.from_site(self.registry, args=self.args)
-            except Exception as e:
-                raise ReservationError(f'cannot reach the lock registry {self.registry!r}: '
-                                       f'{_exc_reason(e)}') from None
-        elif not callable(getattr(self._client, 'lease_call', None)):
-            self._client = OCSClientTransport(self._client)
+        self._client = lease_transport(self.registry, self.args, self._client)
         return self._client
 
     def _call(self, name, wait=0.0, **params):
