@@ -4,6 +4,8 @@ Every wait is bounded and polls something the site shows; nothing here
 sleeps for a margin.
 """
 import json
+import os
+import shutil
 import socket
 import time
 import urllib.request
@@ -12,6 +14,8 @@ import urllib.request
 #: (not a margin: each wait ends as soon as they are back).
 BACK = 60
 REGISTRY = 'lock-registry'
+CROSSBAR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'site-config', 'crossbar', 'config.json')
 
 
 def retry(fn, what, timeout=30):
@@ -154,3 +158,28 @@ def drop(site, instance_id):
 
 def messages(session):
     return [m for _, m in session['messages']]
+
+
+def module_site(tmp_path_factory, site_starter, name, config, host, site_class=None):
+    """A fault module's site (a generator, for a module fixture): the repo's
+    crossbar config and ``config`` (a site dict) under a fresh directory for
+    each start attempt, started by ``site_starter``, its lease procedures
+    registered; closed when the module is done."""
+    import yaml
+    if site_class is None:
+        from tools.devsite import Site as site_class
+    root = tmp_path_factory.mktemp(name)
+
+    def make(attempt):
+        r = root / f'attempt-{attempt}'
+        (r / 'crossbar').mkdir(parents=True)
+        shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
+        site_file = r / 'site.yaml'
+        site_file.write_text(yaml.safe_dump(config))
+        return site_class(str(site_file), host, r / 'work', port=0, teardown='kill')
+    s = site_starter(make)
+    try:
+        wait_lease_rpcs(s)
+        yield s
+    finally:
+        s.close()

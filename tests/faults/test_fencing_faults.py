@@ -17,24 +17,19 @@ test, the audit log replayed after each).
 """
 import concurrent.futures
 import os
-import shutil
 import signal
 import socket
 import time
 
 import pytest
-import yaml
 
-from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from .support import (client, drop, grant_of, history, lease_rpc, leases, messages,
-                      retry, take, wait_for, wait_lease_rpcs)
+                      module_site, retry, take, wait_for, wait_lease_rpcs)
 from .support import UNISSUED, end_lease
 
 pytestmark = pytest.mark.integration
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CROSSBAR_CONFIG = os.path.join(REPO, 'site-config', 'crossbar', 'config.json')
 
 RESOURCE = 'lab/bridge'
 #: instance -> (--site-lease, --device-timeout, extra arguments)
@@ -75,21 +70,8 @@ def _site_config():
 
 @pytest.fixture(scope='module')
 def _site(tmp_path_factory, site_starter):
-    root = tmp_path_factory.mktemp('fencing-site')
-
-    def make(attempt):
-        r = root / f'attempt-{attempt}'
-        (r / 'crossbar').mkdir(parents=True)
-        shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
-        site_file = r / 'site.yaml'
-        site_file.write_text(yaml.safe_dump(_site_config()))
-        return Site(str(site_file), 'fencing', r / 'work', port=0, teardown='kill')
-    s = site_starter(make)
-    try:
-        wait_lease_rpcs(s)
-        yield s
-    finally:
-        s.close()
+    yield from module_site(tmp_path_factory, site_starter, 'fencing-site', _site_config(),
+                           'fencing')
 
 
 @pytest.fixture

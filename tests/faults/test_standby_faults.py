@@ -14,26 +14,22 @@ Every wait is bounded and polls what the site shows; nothing sleeps for a
 margin. Load threads pause between cycles only to pace themselves.
 """
 import os
-import shutil
 import signal
 import sqlite3
 import threading
 import time
 
 import pytest
-import yaml
 
 from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.booked import Calendar
 from ocs_locking.leases.reservation import Reservation
-from .support import (UNISSUED, client, give_back, grant_of, history, lease_rpc, retry, take,
-                      take_lease, wait_for, wait_lease_rpcs)
+from .support import (UNISSUED, client, give_back, grant_of, history, lease_rpc, module_site,
+                      retry, take, take_lease, wait_for)
 
 pytestmark = pytest.mark.integration
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CROSSBAR_CONFIG = os.path.join(REPO, 'site-config', 'crossbar', 'config.json')
 SITE_LOCK = 'lab/bridge'
 #: The failover bound the issue sets (primary killed -> a lease call answered).
 FAILOVER = 2.0
@@ -91,21 +87,8 @@ class PairSite(Site):
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory, site_starter):
-    root = tmp_path_factory.mktemp('standby-site')
-
-    def make(attempt):
-        r = root / f'attempt-{attempt}'
-        (r / 'crossbar').mkdir(parents=True)
-        shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
-        site_file = r / 'site.yaml'
-        site_file.write_text(yaml.safe_dump(_site_config()))
-        return PairSite(str(site_file), 'standby', r / 'work', port=0, teardown='kill')
-    s = site_starter(make)
-    try:
-        wait_lease_rpcs(s)
-        yield s
-    finally:
-        s.close()
+    yield from module_site(tmp_path_factory, site_starter, 'standby-site', _site_config(),
+                           'standby', site_class=PairSite)
 
 
 # -- helpers ----------------------------------------------------------------------------

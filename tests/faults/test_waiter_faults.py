@@ -22,7 +22,6 @@ every test the audit log replays cleanly (:func:`check_audit`).
 import json
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,19 +29,16 @@ import threading
 import time
 
 import pytest
-import yaml
 
-from tools.devsite import Site
 from ocs_locking.leases.audit import check_audit
 from ocs_locking.leases.bridge import BridgeClient
 from ocs_locking.wire import ANSWER_MARGIN
 from .support import (_as_session, end_lease, give_back, history, lease_rpc, leases, take_lease,
-                      wait_for, wait_lease_rpcs)
+                      module_site, wait_for, wait_lease_rpcs)
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CROSSBAR_CONFIG = os.path.join(REPO, 'site-config', 'crossbar', 'config.json')
 #: Bound on waits for processes and the router (not a margin: each wait ends
 #: as soon as what it waits for is seen).
 BACK = 60
@@ -68,21 +64,8 @@ def _site_config():
 
 @pytest.fixture(scope='module')
 def _site(tmp_path_factory, site_starter):
-    root = tmp_path_factory.mktemp('waiter-faults')
-
-    def make(attempt):
-        r = root / f'attempt-{attempt}'
-        (r / 'crossbar').mkdir(parents=True)
-        shutil.copy(CROSSBAR_CONFIG, r / 'crossbar' / 'config.json')
-        site_file = r / 'site.yaml'
-        site_file.write_text(yaml.safe_dump(_site_config()))
-        return Site(str(site_file), 'waiters', r / 'work', port=0, teardown='kill')
-    s = site_starter(make)
-    try:
-        wait_lease_rpcs(s)
-        yield s
-    finally:
-        s.close()
+    yield from module_site(tmp_path_factory, site_starter, 'waiter-faults', _site_config(),
+                           'waiters')
 
 
 @pytest.fixture
