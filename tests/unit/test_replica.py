@@ -2,6 +2,8 @@
 store and state calls it relies on: batches checked, the primary's log of
 batches and acknowledgements, the follower's place and clock, the epoch
 rule; LeaseStore.install / raise_epoch and LeaseState.reload."""
+import json
+
 import pytest
 
 from ocs_locking.leases.audit import check_audit
@@ -22,6 +24,21 @@ class Recorder:
 
     def apply(self, **changes):
         self.batches.append(changes)
+
+
+class Tee:
+    """A real store whose applies are also kept in ``rec`` (the batches a
+    standby would get; ``wire``: as JSON carries them)."""
+
+    def __init__(self, store, rec, wire=False):
+        self._store, self._rec, self._wire = store, rec, wire
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def apply(self, **changes):
+        self._store.apply(**changes)
+        self._rec.append(json.loads(json.dumps(changes)) if self._wire else changes)
 
 
 def snapshot(seq=0, stream='s1', now=1000.0, epoch=3, grants=(), counters=None):
@@ -50,7 +67,6 @@ def test_check_batch_accepts_a_booking_as_it_travels_over_the_wire():
     """When a LeaseState books and cancels, each apply it makes (bookings
     keyed by id, as JSON carries them: strings) is a batch check_batch
     accepts, so a booking reaches the standby instead of making it resync."""
-    import json
     rec = Recorder()
     state = LeaseState(store=rec)
     b, claim = state.book(['a/b'], 'alice', 1000.0, 2000.0, now=1.0)
@@ -202,15 +218,7 @@ def test_standby_store_copy_then_takeover_grants_tokens_above_the_primary_s(tmp_
     the checker."""
     primary = LeaseStore(str(tmp_path / 'p.db'))
     rec = []
-
-    class Tee:
-        def __getattr__(self, name):
-            return getattr(primary, name)
-
-        def apply(self, **changes):
-            primary.apply(**changes)
-            rec.append(changes)
-    state = LeaseState(store=Tee())
+    state = LeaseState(store=Tee(primary, rec))
     held = state.acquire('a/b', 'alice', 30.0, now=1.0)
     standby = LeaseStore(str(tmp_path / 's.db'))
     loaded = primary.load()
@@ -249,18 +257,9 @@ def test_standby_copy_keeps_bookings_and_their_ids_never_repeat(tmp_path):
     """When a standby installs a snapshot holding a booking, then applies
     the batch of a second one, the state it serves after a takeover holds
     both (claimable with their keys) and its next booking id is above them."""
-    import json
     primary = LeaseStore(str(tmp_path / 'p.db'))
     rec = []
-
-    class Tee:
-        def __getattr__(self, name):
-            return getattr(primary, name)
-
-        def apply(self, **changes):
-            primary.apply(**changes)
-            rec.append(json.loads(json.dumps(changes)))
-    state = LeaseState(store=Tee())
+    state = LeaseState(store=Tee(primary, rec, wire=True))
     first, key1 = state.book(['hwp'], 'alice', 1000.0, 2000.0, now=1.0)
     loaded = primary.load()
     snap = snapshot(grants=loaded['grants'], counters=loaded['counters'])
