@@ -26,6 +26,10 @@ SITE_FILE = os.path.join(REPO, 'site-config', 'default.yaml')
 WAIT = 30.0
 #: A test booking starts this long after it is made (the booker claims first).
 AHEAD = 1.5
+#: How late a grant may come after its booking's start here (the registry's
+#: clock): a bound never reached unless something is broken; the precision
+#: itself is booking_bench's to measure, on an unloaded machine.
+LATE = 5.0
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +76,7 @@ def test_booking_becomes_the_bookers_lease_at_its_start_and_ends_at_its_end(site
                              on_lost=lambda reason: ended.set())
     with res:
         late = res.claimed['late']
-        assert 0 <= late < 0.5, late           # the registry's clock: grant - start
+        assert 0 <= late < LATE, late          # the registry's clock: grant - start
         assert res.lease_id == b['claim'] and res.tokens['demo/hwp'] >= 1
         assert res.check() == res.tokens['demo/hwp']
         assert ended.wait(WAIT), 'the booked lease never ended'
@@ -81,8 +85,8 @@ def test_booking_becomes_the_bookers_lease_at_its_start_and_ends_at_its_end(site
                 if r['detail'].get('booking') == b['booking_id']]
     (end,) = [r for r in audit(registry, 'demo/hwp', 'expire')
               if r['detail'].get('booking') == b['booking_id']]
-    assert grant['owner'] == 'schedule-b' and 0 <= grant['at'] - b['start'] < 0.5
-    assert 0 <= end['at'] - b['end'] < 0.5
+    assert grant['owner'] == 'schedule-b' and 0 <= grant['at'] - b['start'] < LATE
+    assert 0 <= end['at'] - b['end'] < LATE
     assert [x['outcome'] for x in cal.bookings('demo/hwp', done=True)
             if x['booking_id'] == b['booking_id']] == ['expire']
 
@@ -112,13 +116,13 @@ def test_booked_lease_extends_when_nothing_follows_and_is_capped_by_the_next(sit
     longer than its end; with a booking following on the path, the
     extension stops at that booking's start."""
     b = cal.book('it/booked-b', 'bob', start_in=0, end_in=5)
-    cal.book('it/booked-b', 'carol', start_in=12, end_in=20)
+    c = cal.book('it/booked-b', 'carol', start_in=12, end_in=20)
     with Reservation.booked(b['booking_id'], b['claim'], args=site.client_args) as res:
         held = res.extend(60)
         assert 5 < held <= 12, held             # capped at carol's start
         (g,) = [g for g in registry.leases().session['data']['grants']
                 if g['resource'] == 'it/booked-b']
-        assert g['expires'] == pytest.approx(b['start'] + 12, abs=0.01)
+        assert g['expires'] == pytest.approx(c['start'], abs=1e-6)   # (both registry times)
     b = cal.book('it/booked-c', 'bob', start_in=0, end_in=5)
     with Reservation.booked(b['booking_id'], b['claim'], args=site.client_args) as res:
         assert res.extend(60) > 50
@@ -183,10 +187,19 @@ def test_ocs_locks_reserve_booking_holds_from_the_start_to_the_end(site, registr
     """When an operator runs ``ocs-locks reserve --booking ID --claim KEY``
     before the start, it waits, holds the booking's lease from the start
     (printing its token) and exits 0 when the booking is over."""
-    b = cal.book('it/booked-f', 'operator', start_in=AHEAD, end_in=AHEAD + 2)
-    out = ocs_locks(site, 'reserve', '--booking', str(b['booking_id']), '--claim', b['claim'])
+    # The command must reach the registry before the start: a loaded
+    # machine may start it late, so the start moves further ahead (bounded)
+    # until it did; a late start still holds the booking to its end.
+    for ahead in (AHEAD * 2 ** k for k in range(5)):
+        b = cal.book('it/booked-f', 'operator', start_in=ahead, end_in=ahead + 2)
+        out = ocs_locks(site, 'reserve', '--booking', str(b['booking_id']), '--claim',
+                        b['claim'])
+        lines = out.stdout.splitlines()
+        assert out.returncode == 0 or 'is over' in out.stderr, out.stderr
+        if out.returncode == 0 and lines[0].startswith('Waiting for booking'):
+            break
+        assert out.returncode != 0 or lines[0].startswith('Holding'), out.stdout
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
     assert lines[0].startswith(f"Waiting for booking {b['booking_id']} (it/booked-f)")
     assert lines[1].startswith(f"Holding it/booked-f (booking {b['booking_id']}): token(s) "
                                f"it/booked-f=")
@@ -202,8 +215,18 @@ def test_bookings_persist_across_a_registry_restart_and_a_missed_start_activates
     (late by the outage, on the registry's clock); a booking far ahead keeps
     its id; a claim key given before the restart still holds it."""
     later = cal.book('it/booked-d', 'dave', start_in=3600, end_in=7200, note='later')
-    b = cal.book('it/booked-e', 'erin', start_in=1.0, end_in=120)
-    site.stop_agent('lock-registry')
+    # The registry must be down before the start: on a loaded machine the
+    # stop may take longer than the start is ahead, so it moves (bounded).
+    for ahead in (1.0, 2.0, 4.0, 8.0, 16.0):
+        b = cal.book('it/booked-e', 'erin', start_in=ahead, end_in=120)
+        site.stop_agent('lock-registry')
+        if time.time() < b['start']:
+            break
+        site.start_agent('lock-registry')
+        site.wait_agent('lock-registry')
+        cal.unbook(b['booking_id'], b['claim'])
+    else:
+        pytest.fail('the registry never stopped before a booking 16 s ahead started')
     deadline = time.monotonic() + WAIT
     while time.time() < b['start'] + 0.2:           # the start passes while it is down
         assert time.monotonic() < deadline
