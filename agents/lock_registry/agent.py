@@ -408,6 +408,7 @@ class LockRegistryAgent:
         """Follow waits into ``leases`` too (their grants and queue) when
         looking for deadlocks (:mod:`.deadlocks`)."""
         self.deadlocks.leases = leases.state.snapshot
+        self.deadlocks.waiting = leases.state.waiting
         leases.state.add_listener(self.deadlocks.lease_changed)
 
     def watch_lease_stats(self, leases):

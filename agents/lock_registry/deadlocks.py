@@ -32,13 +32,17 @@ class DeadlockWatch:
         table: the registry's OwnershipTable.
         leases: a callable returning the lease state's snapshot, or None.
         clock: the registry's clock (time.time).
+        waiting: a callable, true while a lease request waits (cheap: it
+            is asked at every lease change; default: the snapshot's
+            ``waiting``).
         on_change: called with no argument when the set of cycles changes.
         reactor: for the settle delay.
         log: the agent's logger.
     """
 
-    def __init__(self, table, leases, clock, on_change, reactor, log):
+    def __init__(self, table, leases, clock, on_change, reactor, log, waiting=None):
         self.table, self.leases, self.clock = table, leases, clock
+        self.waiting = waiting
         self.on_change, self.reactor, self.log = on_change, reactor, log
         #: key (the cycle's parties) -> the cycle (site_deadlocks' dict and
         #: ``since``: registry time first seen)
@@ -57,9 +61,14 @@ class DeadlockWatch:
             self.poke()
 
     def lease_changed(self, action, item):
-        """A lease state listener: any change matters while a request waits."""
-        if self.current or action == 'queue' or (self.leases is not None and
-                                                 self.leases().get('waiting')):
+        """A lease state listener: any change matters while a request waits
+        (asked without a snapshot: this runs at every grant and release)."""
+        if self.current or action == 'queue':
+            self.poke()
+        elif self.waiting is not None:
+            if self.waiting():
+                self.poke()
+        elif self.leases is not None and self.leases().get('waiting'):
             self.poke()
 
     def check(self):

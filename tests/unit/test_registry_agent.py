@@ -502,3 +502,30 @@ def test_a_cycle_of_an_agents_own_locks_is_flagged_and_counted_on_alerts():
     clock.advance(SETTLE)
     assert reg.deadlocks.current == {}
     assert all(r['flags'] == [] for r in reg.table.snapshot())
+
+
+def test_lease_changes_with_nobody_waiting_cost_the_deadlock_watch_no_snapshot(tmp_path):
+    """When leases are granted and released with nobody waiting (the common
+    case), the deadlock watch neither snapshots the lease state nor arms
+    its look (a snapshot per change sorted every token counter: it made
+    each lease call slower as resources accumulated); when a request queues,
+    it looks SETTLE s later."""
+    from ocs_locking.agents.lock_registry.deadlocks import SETTLE
+    from .lease_ops_support import fired, hold, make_ops
+    clock = Clock()
+    reg = LockRegistryAgent(FakeAgent(), reactor=clock)
+    ops = make_ops(tmp_path)
+    reg.watch_deadlocks(ops)
+    snapshots = []
+    real = ops.state.snapshot
+    reg.deadlocks.leases = lambda: snapshots.append(1) or real()
+    for i in range(5):
+        lease_id = hold(ops, resource=f'r/{i}')
+        ok, msg, _ = ops.do_release(f'r/{i}', lease_id)
+        assert ok, msg
+    assert snapshots == [] and reg.deadlocks._call is None
+    hold(ops, resource='busy', owner='a')
+    fired(ops.do_acquire('busy', 'b', lease=60, timeout=30))
+    assert reg.deadlocks._call is not None and reg.deadlocks._call.active()
+    clock.advance(SETTLE)
+    assert reg.deadlocks.checks == 1 and snapshots == [1]
