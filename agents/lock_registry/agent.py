@@ -136,6 +136,7 @@ class LockRegistryAgent:
         #: holds, waits, grants and timeouts of site leases (watch_lease_stats)
         self.lease_stats = PeriodStats()
         self._leases_touched = set()    # resources with news since the last lease records
+        self._lease_records = []        # (lock_stats records of leases) left for later parts
         self._usual_cache = {}      # (lock, job) -> (when asked, usual or None)
         self._expiring = set()      # (resource, token) of the leases flagged expiring
         self._alerts = None         # the latest alerts counts published
@@ -434,6 +435,18 @@ class LockRegistryAgent:
                 for k in values}
         self.agent.publish_to_feed(STATS_FEED, {'block_name': slug, 'timestamp': now,
                                                 'data': data, 'influxdb_tags': tags})
+        # ocs's Feed keeps a Block per block name for ever and clears every
+        # one of them at each flush: with a block per lock and per lease
+        # resource, each record cost O(every name ever recorded), and a
+        # registry that had seen thousands of resources stalled its reactor
+        # for a large part of each stats period. The feed flushes each
+        # message as it comes (buffer_time 0), so the emptied block is dropped
+        # (ocs makes it again, same keys, at the next record).
+        feed = getattr(self.agent, 'feeds', {}).get(STATS_FEED)
+        block = getattr(feed, 'blocks', {}).get(slug)
+        if block is not None and getattr(feed, 'buffer_time', None) == 0 \
+                and not block.timestamps:
+            del feed.blocks[slug]
 
     def _publish_stats(self, part=0, parts=1, rows=None, now=None):
         """Record figures for one slice of the locks (all when parts == 1), so
@@ -455,10 +468,20 @@ class LockRegistryAgent:
                 **self.table.period.take(row['lock']),
             }
             self._record(now, _slug(row['lock']), values, row['lock'], row['agent'], 'lock')
-        if part == 0 and self.leases is not None:
-            self._publish_lease_stats(now)
+        if self.leases is not None:
+            if part == 0:
+                self._lease_records = self._lease_stats(now)
+            # the site leases' records are spread over the parts too
+            left = parts - part
+            batch = self._lease_records[:-(-len(self._lease_records) // left)]
+            del self._lease_records[:len(batch)]
+            for record in batch:
+                self._record(*record)
 
-    def _publish_lease_stats(self, now):
+    def _lease_stats(self, now):
+        """The lock_stats records of the site leases with news this period
+        (held, waited for, or touched): ``[(now, slug, values, resource,
+        agent, 'lease')]``, by resource."""
         clock = self.leases.clock()
         snapshot = self.leases.state.snapshot()
         held = {g['resource']: g for g in snapshot['grants']}
@@ -468,6 +491,7 @@ class LockRegistryAgent:
                 waiting[r] = waiting.get(r, 0) + 1
         refusals = self.leases.refusal_counts
         touched, self._leases_touched = self._leases_touched, set()
+        records = []
         for resource in sorted(set(held) | set(waiting) | touched | self.lease_stats.pending()):
             g = held.get(resource)
             values = {
@@ -480,8 +504,9 @@ class LockRegistryAgent:
                 'alive': 1,
                 **self.lease_stats.take(resource),
             }
-            self._record(now, 'lease_' + _slug(resource), values, resource, LEASE_AGENT,
-                         'lease')
+            records.append((now, 'lease_' + _slug(resource), values, resource, LEASE_AGENT,
+                            'lease'))
+        return records
 
     def _usual(self, row, now):
         key = (row['lock'], row['job'])

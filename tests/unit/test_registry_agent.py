@@ -529,3 +529,62 @@ def test_lease_changes_with_nobody_waiting_cost_the_deadlock_watch_no_snapshot(t
     assert reg.deadlocks._call is not None and reg.deadlocks._call.active()
     clock.advance(SETTLE)
     assert reg.deadlocks.checks == 1 and snapshots == [1]
+
+
+class FeedAgent(FakeAgent):
+    """A FakeAgent whose recorded feeds are ocs's own Feed objects."""
+    agent_address = 'observatory.lock-registry'
+    agent_session_id = 'test'
+    class_name = 'LockRegistryAgent'
+
+    def __init__(self):
+        super().__init__()
+        self.feeds, self.sent = {}, []
+
+    def register_feed(self, name, **kw):
+        self.feeds[name] = Feed(self, name, **kw)
+
+    def publish_to_feed(self, name, message):
+        self.published.append((name, message))
+        self.feeds[name].publish_message(message)
+
+    def publish(self, address, payload):
+        self.sent.append((address, payload))
+
+
+def test_lock_stats_records_leave_ocs_feed_no_block_behind(monkeypatch):
+    """When the registry records lock_stats for many locks (ocs's own Feed,
+    flushing each message), every record is sent and the feed keeps no
+    emptied block: ocs clears every block it holds at each flush, so blocks
+    kept for every name ever recorded made each record slower."""
+    import ocs.ocs_feed
+    monkeypatch.setattr(ocs.ocs_feed, 'in_reactor_context', lambda: True)
+    reg = LockRegistryAgent(FeedAgent(), reactor=NowReactor())
+    for i in range(50):
+        reg._on_locks([lock_msg(1), info(f'dev-{i}')], details=topic(f'dev-{i}'))
+    reg._publish_stats()
+    feed = reg.agent.feeds[STATS_FEED]
+    stats = [p for a, p in reg.agent.sent if a.endswith(f'.feeds.{STATS_FEED}')]
+    assert len(stats) == 50 and feed.blocks == {}
+    reg._publish_stats()
+    assert len([a for a, _ in reg.agent.sent if a.endswith(f'.feeds.{STATS_FEED}')]) == 100
+
+
+def test_lease_stats_records_are_spread_over_the_stats_period(tmp_path):
+    """When many site leases had news in a period, their lock_stats records
+    are spread over the monitor's parts of the period (like the locks'),
+    each recorded once, all by the period's last part."""
+    from .lease_ops_support import hold, make_ops
+    reg = LockRegistryAgent(FakeAgent(), reactor=NowReactor())
+    ops = reg.leases = make_ops(tmp_path)
+    reg.watch_lease_stats(ops)
+    for i in range(23):
+        hold(ops, resource=f'r/{i:02d}')
+    counts = []
+    for part in range(5):
+        reg.agent.published.clear()
+        reg._publish_stats(part, 5, rows=[], now=1.0)
+        counts.append(sorted(m['block_name'] for n, m in reg.agent.published
+                             if n == STATS_FEED))
+    assert [len(c) for c in counts] == [5, 5, 5, 4, 4]
+    assert sorted(sum(counts, [])) == [f'lease_r_{i:02d}' for i in range(23)]
