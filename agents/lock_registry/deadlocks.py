@@ -33,8 +33,7 @@ class DeadlockWatch:
         leases: a callable returning the lease state's snapshot, or None.
         clock: the registry's clock (time.time).
         waiting: a callable, true while a lease request waits (cheap: it
-            is asked at every lease change; default: the snapshot's
-            ``waiting``).
+            is asked at every lease change), or None.
         on_change: called with no argument when the set of cycles changes.
         reactor: for the settle delay.
         log: the agent's logger.
@@ -63,12 +62,8 @@ class DeadlockWatch:
     def lease_changed(self, action, item):
         """A lease state listener: any change matters while a request waits
         (asked without a snapshot: this runs at every grant and release)."""
-        if self.current or action == 'queue':
-            self.poke()
-        elif self.waiting is not None:
-            if self.waiting():
-                self.poke()
-        elif self.leases is not None and self.leases().get('waiting'):
+        if self.current or action == 'queue' or (self.waiting is not None
+                                                 and self.waiting()):
             self.poke()
 
     def check(self):

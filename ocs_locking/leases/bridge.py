@@ -30,6 +30,10 @@ NOT_RUNNING = ('the registry is not running (its lease procedures are not regist
                'on the router)')
 
 
+#: Why a client found no registry on the router (its agent is not there).
+NO_REGISTRY = 'the registry is not running (no such agent on the router)'
+
+
 def _reason(exc):
     return error_reason(exc, not_running=NOT_RUNNING)
 
@@ -186,10 +190,8 @@ def lease_transport(registry, args=None, client=None):
         try:
             return BridgeClient.from_site(registry, args=args)
         except Exception as e:
-            reason = error_reason(
-                e, not_running='the registry is not running (no such agent on the router)')
             raise ReservationError(f'cannot reach the lock registry {registry!r}: '
-                                   f'{reason}') from None
+                                   f'{error_reason(e, not_running=NO_REGISTRY)}') from None
     if not callable(getattr(client, 'lease_call', None)):
         return OCSClientTransport(client)
     return client

@@ -42,8 +42,8 @@ from typing import Optional
 
 from ..errors import LeaseLost, ReservationBusy, ReservationError
 from ..wire import ANSWER_MARGIN, WATCH_WAIT, error_reason, one_line
-from .bridge import (CALL_MARGIN, BridgeClient, OCSClientTransport,  # noqa: F401 (public)
-                     lease_transport)
+from .bridge import (CALL_MARGIN, NO_REGISTRY, BridgeClient,  # noqa: F401 (public)
+                     OCSClientTransport, lease_transport)
 from .holder import (RELEASE_RESEND_FOR, Answer, LeaseHolder, describe_holders,
                      release_resend_until)
 from .paths import check_seconds, check_text
@@ -144,7 +144,7 @@ _Answer = Answer         # the name this module used first
 
 def _exc_reason(exc):
     """A short reason from an exception met on the way to the registry."""
-    return error_reason(exc, not_running='the registry is not running (no such agent on the router)')
+    return error_reason(exc, not_running=NO_REGISTRY)
 
 
 def call_task(client, name, params, wait=None, retry_busy=5.0, sleep=time.sleep):

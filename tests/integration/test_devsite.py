@@ -21,6 +21,7 @@ import pytest
 from ocs.ocs_client import OCSClient
 
 from tools.processes import spawn
+from ..faults.support import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_SITE = os.path.join(REPO, 'site-config', 'default.yaml')
@@ -312,17 +313,6 @@ def test_own_agent_file_runs_beside_the_demo(tmp_path):
         ds.kill()
 
 
-def _until(fn, what, bound=STARTUP):
-    """fn() until it returns something true (a reply polled); bounded."""
-    deadline = time.monotonic() + bound
-    while True:
-        got = fn()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f'never saw {what} within {bound} s'
-        time.sleep(0.1)
-
-
 def test_standby_pair_site_fails_over_and_keeps_the_site_lease(tmp_path):
     """When the example standby site (docs/examples/standby_site.yaml) runs
     under the devsite, ocs-locks status shows lock-registry-b following,
@@ -333,31 +323,30 @@ def test_standby_pair_site_fails_over_and_keeps_the_site_lease(tmp_path):
     try:
         ds.up()
 
-        def status(*extra):
-            return subprocess.run(
-                [sys.executable, '-m', 'ocs_locking.cli', *ds.site_args, 'status', *extra],
-                capture_output=True, text=True, timeout=STOPPING).stdout
-        _until(lambda: re.search(r'^standby lock-registry-b follows \(verified\)', status(),
-                                 re.M), 'lock-registry-b following, verified')
+        def cli(*argv):
+            return subprocess.run([sys.executable, '-m', 'ocs_locking.cli', *ds.site_args, *argv],
+                                  capture_output=True, text=True, timeout=STOPPING).stdout
+
+        def status():
+            return cli('status')
+        wait_for(lambda: re.search(r'^standby lock-registry-b follows \(verified\)', status(),
+                                 re.M), 'lock-registry-b following, verified', STARTUP)
         reply = OCSClient('sim-device-1', args=ds.site_args).take_site_lock()
         assert reply.session['success'] is True, reply
 
         def lease():
-            out = subprocess.run(
-                [sys.executable, '-m', 'ocs_locking.cli', *ds.site_args, 'leases', '--json'],
-                capture_output=True, text=True, timeout=STOPPING).stdout
-            held = [g for g in json.loads(out or '{}').get('grants', [])
+            held = [g for g in json.loads(cli('leases', '--json') or '{}').get('grants', [])
                     if g.get('resource') == 'lab/bridge']
             return held[0] if held else None
-        before = _until(lease, 'the site lease lab/bridge held')
+        before = wait_for(lease, 'the site lease lab/bridge held', STARTUP)
         [pid] = [p for p, cmd in ds.tree.items()
                  if re.search(r'ocs-agent:lock-registry(\s|$)', cmd)]
         os.kill(pid, signal.SIGKILL)
         ds.expect(rf'^devsite: .* agent lock-registry \(LockRegistryAgent\), pid {pid}, '
                   rf'killed by SIGKILL; the rest of the site keeps running')
-        _until(lambda: re.search(r'^registry served by standby lock-registry-b since ',
-                                 status(), re.M), 'status saying lock-registry-b serves')
-        after = _until(lease, 'the site lease still held')
+        wait_for(lambda: re.search(r'^registry served by standby lock-registry-b since ',
+                                 status(), re.M), 'status saying lock-registry-b serves', STARTUP)
+        after = wait_for(lease, 'the site lease still held', STARTUP)
         assert (after['owner'], after['token']) == (before['owner'], before['token']), \
             (before, after)
         os.kill(ds.proc.pid, signal.SIGINT)
